@@ -1,0 +1,49 @@
+"""Fixtures shared by every test module."""
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def staff(db):
+    return UserFactory(is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def client_for():
+    """An APIClient authenticated as the given user."""
+
+    def make(user) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def online_device(db):
+    """An online WiFi device (firmware v2.1) with five stocked slots; it is the active one."""
+    device = DeviceFactory(device_id="ESP32_6CC8404FE03C", last_seen=timezone.now(), is_active=True)
+    for number in range(1, 6):
+        SlotFactory(
+            device=device,
+            number=number,
+            product=ProductFactory(sku=f"SKU-{number}", name=f"Product {number}"),
+            quantity=5,
+            capacity=10,
+        )
+    return device

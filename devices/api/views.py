@@ -1,0 +1,116 @@
+"""Device management for REST clients and the dashboard, plus ``/status``."""
+
+from django.db.models import Prefetch
+from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.choices import CommandKind
+from devices.models import Device
+from devices.selectors import get_device
+from devices.services import auto_select_active_device, queue_command, select_active_device
+from inventory.api.serializers import SlotSerializer
+from inventory.models import Slot
+from transactions.services import sweep_if_due
+
+from .serializers import CommandRequestSerializer, DeviceSelectionSerializer, DeviceSerializer
+
+
+def _devices_with_slots():
+    slots = Slot.objects.select_related("product").order_by("number")
+    return Device.objects.prefetch_related(Prefetch("slots", queryset=slots)).order_by("device_id")
+
+
+class DeviceListView(APIView):
+    """``GET /esp32/devices/list``: every device with its online state, and the active one."""
+
+    permission_classes = (AllowAny,)
+
+    def get(self, request: Request) -> Response:
+        devices = list(Device.objects.order_by("device_id"))
+        active = next((d.device_id for d in devices if d.is_active), None)
+        return Response(
+            {"devices": DeviceSerializer(devices, many=True).data, "active_device": active}
+        )
+
+
+class DeviceSelectView(APIView):
+    """``POST /esp32/devices/select`` with ``{"device_id": ...}``: staff pick the active device."""
+
+    permission_classes = (IsAdminUser,)
+
+    def post(self, request: Request) -> Response:
+        serializer = DeviceSelectionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        device = select_active_device(device=get_device(serializer.validated_data["device_id"]))
+        return Response({"status": "selected", "active_device": device.device_id})
+
+
+class DeviceAutoSelectView(APIView):
+    """``POST /esp32/devices/auto-select``: a connected serial device first, then the most
+    recently seen WiFi device."""
+
+    permission_classes = (IsAdminUser,)
+
+    def post(self, request: Request) -> Response:
+        device = auto_select_active_device()
+        if device is None:
+            return Response(
+                {"detail": "No device is online to select.", "code": "no_device_online"},
+                status=409,
+            )
+        return Response({"status": "selected", "active_device": device.device_id})
+
+
+class DeviceCommandView(APIView):
+    """``POST /api/v1/devices/<id>/commands`` with ``{"command": "STATUS"|"RESET"}`` (staff)."""
+
+    permission_classes = (IsAdminUser,)
+
+    def post(self, request: Request, device_id: str) -> Response:
+        serializer = CommandRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        command = queue_command(
+            device=get_device(device_id), kind=CommandKind(serializer.validated_data["command"])
+        )
+        return Response(
+            {
+                "id": command.pk,
+                "command": command.kind,
+                "state": command.state,
+                "device_id": command.device.device_id,
+                "expires_at": command.expires_at,
+            },
+            status=202,
+        )
+
+
+class StatusView(APIView):
+    """``GET /status``: the firmware's server probe, and a summary of the fleet.
+
+    The probe needs HTTP 200 and a body containing ``vending`` or ``status``.
+    """
+
+    permission_classes = (AllowAny,)
+    authentication_classes = ()
+
+    def get(self, request: Request) -> Response:
+        sweep_if_due()
+        devices = list(_devices_with_slots())
+        active = next((d.device_id for d in devices if d.is_active), None)
+        return Response(
+            {
+                "service": "vending",
+                "status": "ok",
+                "active_device": active,
+                "devices_online": sum(1 for d in devices if d.is_online),
+                "devices": [
+                    {
+                        **DeviceSerializer(device).data,
+                        "inventory": SlotSerializer(device.slots.all(), many=True).data,
+                    }
+                    for device in devices
+                ],
+            }
+        )

@@ -1,0 +1,146 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .choices import (
+    SUPPORTED_COMMANDS,
+    CommandKind,
+    CommandState,
+    Direction,
+    LogLevel,
+    Protocol,
+    Transport,
+)
+
+MAX_SLOTS = 64
+
+
+class Device(models.Model):
+    """One vending machine's controller, known by the id its firmware sends.
+
+    ``device_id`` is canonical (see ``protocol.normalize_device_id``): the MAC with or
+    without colons, in any case, resolves to the same row. Online state is derived from
+    ``last_seen``; it is never stored.
+    """
+
+    device_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100, blank=True, help_text="A name for staff.")
+    mac_address = models.CharField(max_length=17, blank=True)
+    transport = models.CharField(max_length=10, choices=Transport.choices, default=Transport.WIFI)
+    protocol = models.CharField(max_length=20, choices=Protocol.choices, default=Protocol.WIFI_V2)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    serial_port = models.CharField(max_length=255, blank=True)
+    firmware_version = models.CharField(max_length=50, blank=True)
+    slot_count = models.PositiveSmallIntegerField(
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(MAX_SLOTS)]
+    )
+    reported_status = models.CharField(max_length=50, blank=True)
+    is_active = models.BooleanField(
+        default=False, help_text="The device vends go to when a request names none."
+    )
+    last_seen = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["device_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="single_active_device"
+            ),
+            models.CheckConstraint(
+                condition=Q(slot_count__gte=1) & Q(slot_count__lte=MAX_SLOTS),
+                name="device_slot_count_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.device_id
+
+    @property
+    def is_online(self) -> bool:
+        if self.last_seen is None:
+            return False
+        cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+        return self.last_seen >= cutoff
+
+    def supports(self, kind: str) -> bool:
+        return kind in SUPPORTED_COMMANDS[self.protocol]
+
+
+class Command(models.Model):
+    """One instruction for one device, delivered at most once."""
+
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="commands")
+    kind = models.CharField(max_length=10, choices=CommandKind.choices)
+    slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    state = models.CharField(
+        max_length=10, choices=CommandState.choices, default=CommandState.QUEUED
+    )
+    transaction = models.OneToOneField(
+        "transactions.Transaction",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="command",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["device", "state", "created_at"], name="command_device_queue"),
+            models.Index(fields=["state", "expires_at"], name="command_state_expiry"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind=CommandKind.VEND) | Q(slot__isnull=False),
+                name="vend_command_has_slot",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        target = f":{self.slot}" if self.slot else ""
+        return f"{self.kind}{target} → {self.device.device_id} ({self.state})"
+
+    def as_wire(self) -> dict:
+        """The JSON object the WiFi firmware receives (extra keys are ignored by it)."""
+        body: dict = {"command": self.kind, "command_id": self.pk}
+        if self.slot is not None:
+            body["slot"] = self.slot
+        if self.transaction_id is not None:
+            body["transaction_id"] = str(self.transaction_id)
+        return body
+
+
+class CommunicationLog(models.Model):
+    """Every exchange with a device, as it crossed the wire."""
+
+    device = models.ForeignKey(
+        Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="log_entries"
+    )
+    device_key = models.CharField(
+        max_length=64, blank=True, help_text="The id as the device sent it."
+    )
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    transport = models.CharField(max_length=10, choices=Transport.choices)
+    endpoint = models.CharField(max_length=100, blank=True)
+    message = models.TextField()
+    level = models.CharField(max_length=10, choices=LogLevel.choices, default=LogLevel.INFO)
+    remote_addr = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["device", "-created_at"], name="commlog_device_time")]
+        verbose_name = "communication log entry"
+        verbose_name_plural = "communication log"
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} {self.device_key}: {self.message[:60]}"

@@ -1,0 +1,56 @@
+"""Reads of devices and commands."""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, QuerySet
+from django.utils import timezone
+
+from .choices import CommandState
+from .exceptions import BadDeviceId, NoActiveDevice, UnknownDevice
+from .models import Command, Device
+from .protocol import InvalidDeviceId, normalize_device_id
+
+
+def online_cutoff(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+
+
+def online_devices() -> QuerySet[Device]:
+    return Device.objects.filter(last_seen__gte=online_cutoff())
+
+
+def canonical_id(raw: str) -> str:
+    """The canonical id, or :class:`BadDeviceId` with the reason."""
+    try:
+        return normalize_device_id(raw)
+    except InvalidDeviceId as exc:
+        raise BadDeviceId(f"Invalid device id {raw!r}: {exc}.") from exc
+
+
+def get_device(raw_id: str) -> Device:
+    """The device for any spelling of its id, or :class:`UnknownDevice`."""
+    device_id = canonical_id(raw_id)
+    try:
+        return Device.objects.get(device_id=device_id)
+    except Device.DoesNotExist:
+        raise UnknownDevice(f"No device {device_id} is registered.", device_id=device_id) from None
+
+
+def active_device() -> Device:
+    device = Device.objects.filter(is_active=True).first()
+    if device is None:
+        raise NoActiveDevice("No device was given and no device is selected as active.")
+    return device
+
+
+def device_for_poll(device_id: str) -> Device | None:
+    """The polling device with ``has_pending`` annotated, in one indexed query."""
+    pending = Command.objects.filter(device=OuterRef("pk"), state=CommandState.QUEUED)
+    return Device.objects.annotate(has_pending=Exists(pending)).filter(device_id=device_id).first()
+
+
+def pending_commands(device: Device) -> QuerySet[Command]:
+    return Command.objects.filter(device=device, state=CommandState.QUEUED).order_by(
+        "created_at", "id"
+    )

@@ -1,0 +1,445 @@
+"""Writes about devices: registration, presence, the active device, and command delivery.
+
+Transports (the HTTP device views, the serial bridge) call these and translate the result
+back to bytes; the rules live here.
+"""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Case, IntegerField, Value, When
+from django.utils import timezone
+
+from inventory.services import ensure_slots
+from transactions.choices import TransactionState
+from transactions.lifecycle import transition
+from transactions.models import Transaction
+from vending_site.events import publish
+
+from .choices import CommandKind, CommandState, Direction, LogLevel, Protocol, Transport
+from .exceptions import CommandNotSupported, DeviceOffline
+from .models import MAX_SLOTS, Command, CommunicationLog, Device
+from .protocol import mac_from_device_id
+from .selectors import canonical_id, device_for_poll, online_cutoff
+
+logger = logging.getLogger(__name__)
+
+
+def log_exchange(
+    *,
+    direction: Direction,
+    transport: Transport,
+    message: str,
+    device: Device | None = None,
+    device_key: str = "",
+    endpoint: str = "",
+    level: LogLevel = LogLevel.INFO,
+    remote_addr: str = "",
+) -> CommunicationLog:
+    """Record one message that crossed the wire, and show it on live pages."""
+    entry = CommunicationLog.objects.create(
+        device=device,
+        device_key=(device_key or (device.device_id if device else ""))[:64],
+        direction=direction,
+        transport=transport,
+        endpoint=endpoint[:100],
+        message=message.replace("\x00", "\\x00"),
+        level=level,
+        remote_addr=remote_addr[:255],
+    )
+    publish(
+        "log",
+        {
+            "id": entry.pk,
+            "device_id": entry.device_key,
+            "direction": entry.direction,
+            "transport": entry.transport,
+            "endpoint": entry.endpoint,
+            "message": entry.message[:500],
+            "level": entry.level,
+            "created_at": entry.created_at.isoformat(),
+        },
+    )
+    return entry
+
+
+def device_payload(device: Device) -> dict:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "transport": device.transport,
+        "online": device.is_online,
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+        "is_active": device.is_active,
+    }
+
+
+@transaction.atomic
+def register_device(
+    *,
+    raw_id: str,
+    transport: Transport = Transport.WIFI,
+    protocol: Protocol = Protocol.WIFI_V2,
+    ip_address: str | None = None,
+    serial_port: str = "",
+    slot_count: int | None = None,
+    firmware_version: str = "",
+    reported_status: str = "",
+) -> tuple[Device, bool]:
+    """Create or refresh a device from what it said about itself; mark it seen now.
+
+    Creates its missing slot rows, and makes it the active device when none is, so a
+    single-machine install works without any selection. Returns ``(device, created)``.
+    """
+    device_id = canonical_id(raw_id)
+    now = timezone.now()
+    count = min(max(slot_count or 0, 0), MAX_SLOTS) or None
+    device, created = Device.objects.select_for_update().get_or_create(
+        device_id=device_id,
+        defaults={
+            "transport": transport,
+            "protocol": protocol,
+            "slot_count": count or settings.DEVICE_DEFAULT_SLOTS,
+            "mac_address": mac_from_device_id(device_id),
+            "registered_at": now,
+        },
+    )
+    device.transport = transport
+    device.protocol = protocol
+    device.last_seen = now
+    if count:
+        device.slot_count = count
+    if ip_address:
+        device.ip_address = ip_address
+    if serial_port:
+        device.serial_port = serial_port
+    if firmware_version:
+        device.firmware_version = firmware_version[:50]
+    if reported_status:
+        device.reported_status = reported_status[:50]
+    device.save()
+    ensure_slots(device=device, count=device.slot_count)
+    if not Device.objects.filter(is_active=True).exists():
+        _try_activate(device)
+    publish("device", device_payload(device))
+    return device, created
+
+
+def _try_activate(device: Device) -> None:
+    try:
+        with transaction.atomic():
+            Device.objects.filter(pk=device.pk).update(is_active=True)
+            device.is_active = True
+    except IntegrityError:
+        pass  # another process activated a device first; that one stays active
+
+
+def select_active_device(*, device: Device) -> Device:
+    """Make ``device`` the only active device (the database allows at most one)."""
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                Device.objects.filter(is_active=True).exclude(pk=device.pk).update(is_active=False)
+                Device.objects.filter(pk=device.pk).update(is_active=True)
+            break
+        except IntegrityError:
+            continue  # a concurrent selection committed between our two updates; go again
+    device.is_active = True
+    publish("device", device_payload(device))
+    return device
+
+
+def auto_select_active_device() -> Device | None:
+    """Prefer a connected serial device, else the most recently seen WiFi device."""
+    online = Device.objects.filter(last_seen__gte=online_cutoff())
+    device = (
+        online.filter(transport=Transport.SERIAL).order_by("-last_seen").first()
+        or online.filter(transport=Transport.WIFI).order_by("-last_seen").first()
+    )
+    if device is not None:
+        select_active_device(device=device)
+    return device
+
+
+def mark_seen(device: Device, *, now: datetime | None = None) -> None:
+    """Refresh ``last_seen``, writing only when the stored value is older than
+    ``DEVICE_SEEN_WRITE_INTERVAL`` (an idle fleet then costs reads, not writes)."""
+    now = now or timezone.now()
+    threshold = now - timedelta(seconds=settings.DEVICE_SEEN_WRITE_INTERVAL)
+    if device.last_seen is not None and device.last_seen > threshold:
+        return
+    was_online = device.last_seen is not None and device.last_seen >= online_cutoff(now)
+    Device.objects.filter(pk=device.pk).update(last_seen=now)
+    device.last_seen = now
+    if not was_online:
+        publish("device", device_payload(device))
+
+
+def queue_command(
+    *,
+    device: Device,
+    kind: CommandKind,
+    slot: int | None = None,
+    txn: Transaction | None = None,
+    require_online: bool = True,
+) -> Command:
+    """Queue a command for delivery at the device's next poll (or by its serial link)."""
+    if not device.supports(kind):
+        raise CommandNotSupported(
+            f"{device.device_id} runs {device.get_protocol_display()}, "
+            f"which does not act on {kind}.",
+            device_id=device.device_id,
+        )
+    if require_online and not device.is_online:
+        raise DeviceOffline(
+            f"{device.device_id} is offline (last seen {_ago(device.last_seen)}).",
+            device_id=device.device_id,
+        )
+    now = timezone.now()
+    command = Command.objects.create(
+        device=device,
+        kind=kind,
+        slot=slot,
+        transaction=txn,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.VEND_QUEUE_TTL),
+    )
+    publish("command", {"device_id": device.device_id, "id": command.pk, "kind": kind})
+    return command
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((timezone.now() - moment).total_seconds())
+    return f"{seconds} s ago"
+
+
+def poll(
+    *,
+    raw_id: str,
+    protocol: Protocol,
+    remote_addr: str = "",
+    kinds: frozenset[str] | None = None,
+    endpoint: str = "",
+) -> tuple[Device, Command | None]:
+    """A WiFi device asks for work: register it if unknown, note it was seen, and hand it
+    the oldest queued command it can act on, claimed so no other poll can get it.
+
+    An idle poll with a known device is one indexed read and, at most every few seconds,
+    one write.
+    """
+    device_id = canonical_id(raw_id)
+    device = device_for_poll(device_id)
+    if device is None:
+        device, _created = register_device(
+            raw_id=device_id,
+            protocol=protocol,
+            ip_address=remote_addr or None,
+        )
+        log_exchange(
+            direction=Direction.IN,
+            transport=Transport.WIFI,
+            device=device,
+            endpoint=endpoint,
+            remote_addr=remote_addr,
+            message="poll from an unregistered device: registered it",
+            level=LogLevel.WARNING,
+        )
+        has_pending = False
+    else:
+        has_pending = device.has_pending
+        mark_seen(device)
+    command = claim_next_command(device=device, kinds=kinds) if has_pending else None
+    if command is not None:
+        log_exchange(
+            direction=Direction.OUT,
+            transport=Transport.WIFI,
+            device=device,
+            endpoint=endpoint,
+            remote_addr=remote_addr,
+            message=str(command.as_wire()),
+        )
+    elif settings.LOG_IDLE_POLLS:
+        log_exchange(
+            direction=Direction.IN,
+            transport=Transport.WIFI,
+            device=device,
+            endpoint=endpoint,
+            remote_addr=remote_addr,
+            message="poll: no command",
+            level=LogLevel.DEBUG,
+        )
+    return device, command
+
+
+def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -> Command | None:
+    """Mark the oldest deliverable queued command of ``device`` as sent, and return it.
+
+    The claim is a conditional update (``state = queued``), so with any number of web
+    workers or bridges exactly one of them gets a command. On PostgreSQL the candidate row
+    is locked with SKIP LOCKED so concurrent pollers do not queue behind each other.
+    Expired commands are never delivered; they are expired here on the way.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = Command.objects.filter(
+            device=device, state=CommandState.QUEUED, expires_at__gt=now
+        )
+        if kinds is not None:
+            candidates = candidates.filter(kind__in=kinds)
+        candidates = candidates.order_by("created_at", "id")
+        if transaction.get_connection().features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        command = candidates.first()
+        if command is not None:
+            claimed = Command.objects.filter(pk=command.pk, state=CommandState.QUEUED).update(
+                state=CommandState.SENT, sent_at=now
+            )
+            if claimed != 1:
+                command = None
+            else:
+                command.state, command.sent_at = CommandState.SENT, now
+                if command.kind != CommandKind.VEND:
+                    # Nothing confirms STATUS or RESET over WiFi: delivery completes them.
+                    Command.objects.filter(pk=command.pk).update(
+                        state=CommandState.COMPLETED, completed_at=now
+                    )
+                    command.state = CommandState.COMPLETED
+                if command.transaction_id is not None:
+                    txn = Transaction.objects.select_related("device", "slot").get(
+                        pk=command.transaction_id
+                    )
+                    transition(txn, TransactionState.SENT, note="delivered to device")
+    if command is None:
+        expire_due_commands(device=device, now=now)
+    return command
+
+
+def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
+    """Expire queued commands whose time to be delivered has passed; returns how many."""
+    now = now or timezone.now()
+    due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now)
+    if device is not None:
+        due = due.filter(device=device)
+    count = 0
+    for command_id in list(due.values_list("pk", flat=True)[:500]):
+        count += expire_command(command_id=command_id, now=now)
+    return count
+
+
+@transaction.atomic
+def expire_command(*, command_id: int, now: datetime | None = None) -> int:
+    """Expire one queued command (and its vend, returning the unit). Returns 1 or 0."""
+    now = now or timezone.now()
+    expired = Command.objects.filter(pk=command_id, state=CommandState.QUEUED).update(
+        state=CommandState.EXPIRED, completed_at=now
+    )
+    if expired:
+        command = Command.objects.select_related("transaction__device", "transaction__slot").get(
+            pk=command_id
+        )
+        if command.transaction is not None:
+            transition(
+                command.transaction,
+                TransactionState.EXPIRED,
+                failure_reason=f"not delivered within {settings.VEND_QUEUE_TTL} s",
+            )
+    return expired
+
+
+def confirm_vend(
+    *,
+    raw_id: str,
+    slot: int,
+    success: bool,
+    message: str = "",
+    device_timestamp: int | None = None,
+    transport: Transport = Transport.WIFI,
+    endpoint: str = "",
+    remote_addr: str = "",
+    raw_message: str = "",
+) -> Transaction | None:
+    """Settle the vend a device reports on, or log that nothing matched.
+
+    The confirmation carries no command id, so it belongs to the oldest delivered, not
+    yet confirmed vend for that device and slot: one still inside its confirmation window
+    first, else the oldest already flagged ``unconfirmed`` (a late confirmation settles it).
+    Returns the settled transaction, or ``None`` when nothing matched.
+    """
+    device_id = canonical_id(raw_id)
+    device = Device.objects.filter(device_id=device_id).first()
+    log_exchange(
+        direction=Direction.IN,
+        transport=transport,
+        device=device,
+        device_key=device_id,
+        endpoint=endpoint,
+        remote_addr=remote_addr,
+        message=raw_message or f"confirm slot {slot} success={success} {message}",
+    )
+    if device is None:
+        _log_unmatched(device_id, transport, endpoint, remote_addr, "unknown device")
+        return None
+    mark_seen(device)
+    with transaction.atomic():
+        candidates = (
+            Command.objects.filter(
+                device=device,
+                kind=CommandKind.VEND,
+                slot=slot,
+                state=CommandState.SENT,
+                transaction__state__in=[TransactionState.SENT, TransactionState.UNCONFIRMED],
+            )
+            .annotate(
+                late=Case(
+                    When(transaction__state=TransactionState.SENT, then=Value(0)),
+                    default=Value(1),
+                    output_field=IntegerField(),
+                )
+            )
+            .order_by("late", "sent_at", "id")
+        )
+        if transaction.get_connection().features.has_select_for_update:
+            candidates = candidates.select_for_update(of=("self",))
+        command = candidates.first()
+        if command is None:
+            settled = None
+        else:
+            Command.objects.filter(pk=command.pk).update(
+                state=CommandState.COMPLETED, completed_at=timezone.now()
+            )
+            settled = Transaction.objects.select_related("device", "slot").get(
+                pk=command.transaction_id
+            )
+            stamp = f" (device clock {device_timestamp} ms)" if device_timestamp is not None else ""
+            if success:
+                transition(settled, TransactionState.SUCCEEDED, note=f"{message}{stamp}".strip())
+            else:
+                transition(
+                    settled,
+                    TransactionState.FAILED,
+                    failure_reason=message or "the machine reported a failed vend",
+                    note=f"{message}{stamp}".strip(),
+                )
+    if settled is None:
+        _log_unmatched(device_id, transport, endpoint, remote_addr, f"no vend awaits slot {slot}")
+    return settled
+
+
+def _log_unmatched(
+    device_id: str, transport: Transport, endpoint: str, remote_addr: str, why: str
+) -> None:
+    logger.warning("confirmation from %s ignored: %s", device_id, why)
+    log_exchange(
+        direction=Direction.IN,
+        transport=transport,
+        device=Device.objects.filter(device_id=device_id).first(),
+        device_key=device_id,
+        endpoint=endpoint,
+        remote_addr=remote_addr,
+        message=f"confirmation ignored: {why}",
+        level=LogLevel.WARNING,
+    )

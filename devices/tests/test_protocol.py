@@ -1,0 +1,69 @@
+"""The device-id rules of the wire protocol (pure functions, no database)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from devices.protocol import InvalidDeviceId, mac_from_device_id, normalize_device_id
+
+MAC_BYTES = st.lists(st.integers(0, 255), min_size=6, max_size=6)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "ESP32_6CC8404FE03C",
+        "esp32_6cc8404fe03c",
+        "6C:C8:40:4F:E0:3C",
+        "6c:c8:40:4f:e0:3c",
+        "6C-C8-40-4F-E0-3C",
+        "6CC8404FE03C",
+        "  ESP32_6CC8404FE03C\n",
+    ],
+)
+def test_every_spelling_of_one_mac_is_the_same_device(spelling):
+    assert normalize_device_id(spelling) == "ESP32_6CC8404FE03C"
+
+
+def test_ids_that_are_not_macs_are_upper_cased_and_kept():
+    assert normalize_device_id("ESP32_USB_VENDING") == "ESP32_USB_VENDING"
+    assert normalize_device_id("esp32_demo") == "ESP32_DEMO"
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "x" * 65, "ESP32 6CC8", "ESP32_\x00", "caf\u00e9", "a/b", "<script>"]
+)
+def test_malformed_ids_are_refused_with_a_reason(bad):
+    with pytest.raises(InvalidDeviceId):
+        normalize_device_id(bad)
+
+
+def test_non_string_is_refused():
+    with pytest.raises(InvalidDeviceId):
+        normalize_device_id(12345)  # type: ignore[arg-type]
+
+
+def test_mac_is_derived_from_a_mac_based_id_only():
+    assert mac_from_device_id("ESP32_6CC8404FE03C") == "6C:C8:40:4F:E0:3C"
+    assert mac_from_device_id("ESP32_USB_VENDING") == ""
+
+
+@given(MAC_BYTES, st.sampled_from([":", "-"]), st.booleans())
+def test_any_mac_round_trips_through_its_canonical_id(octets, separator, lower):
+    mac = separator.join(f"{b:02X}" for b in octets)
+    spelled = mac.lower() if lower else mac
+    canonical = normalize_device_id(spelled)
+    assert canonical == "ESP32_" + "".join(f"{b:02X}" for b in octets)
+    assert mac_from_device_id(canonical) == mac.replace("-", ":")
+    assert normalize_device_id(mac_from_device_id(canonical)) == canonical
+
+
+@given(st.text(max_size=80))
+def test_normalisation_never_fails_other_than_by_invalid_device_id(text):
+    try:
+        result = normalize_device_id(text)
+    except InvalidDeviceId:
+        return
+    assert result == result.upper()
+    assert 1 <= len(result) <= 64
+    assert normalize_device_id(result) == result

@@ -1,0 +1,48 @@
+"""The demo machine `make run` loads on first start, so the admin and dashboard are not empty."""
+
+from decimal import Decimal
+
+from django.db import transaction
+
+from devices.choices import Protocol, Transport
+from devices.models import Device
+from inventory.choices import MovementReason
+from inventory.models import Product, Slot
+from inventory.services import ensure_slots, set_stock
+
+DEMO_DEVICE_ID = "ESP32_DEMO"
+DEMO_PRODUCTS = [
+    ("Sparkling water 0.5 l", "WATER-05", "1.20", 8),
+    ("Cola 0.33 l", "COLA-033", "1.80", 6),
+    ("Chocolate bar", "CHOC-100", "1.50", 10),
+    ("Salted peanuts", "NUTS-150", "2.00", 2),
+    ("Apple juice 0.25 l", "APPLE-025", "1.60", 0),
+]
+
+
+def demo_data_needed() -> bool:
+    return not Device.objects.exists() and not Product.objects.exists()
+
+
+@transaction.atomic
+def load_demo_data() -> Device:
+    """One WiFi machine, ``ESP32_DEMO``, with five slots of products (one low, one empty)."""
+    device, _ = Device.objects.get_or_create(
+        device_id=DEMO_DEVICE_ID,
+        defaults={
+            "name": "Demo machine",
+            "transport": Transport.WIFI,
+            "protocol": Protocol.WIFI_DOCUMENTED,
+            "slot_count": len(DEMO_PRODUCTS),
+            "is_active": not Device.objects.filter(is_active=True).exists(),
+        },
+    )
+    ensure_slots(device=device, count=device.slot_count)
+    for number, (name, sku, price, quantity) in enumerate(DEMO_PRODUCTS, start=1):
+        product, _ = Product.objects.get_or_create(
+            sku=sku, defaults={"name": name, "price": Decimal(price)}
+        )
+        slot = Slot.objects.get(device=device, number=number)
+        Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10)
+        set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK, note="demo data")
+    return device

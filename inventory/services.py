@@ -1,0 +1,123 @@
+"""The only code that changes stock. Every change writes a ledger row in the same transaction."""
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+
+from vending_site.events import publish
+
+from .choices import MovementReason
+from .exceptions import CapacityExceeded, OutOfStock
+from .models import Slot, StockMovement
+
+
+def lock_slot(slot_id: int) -> Slot:
+    """The slot row, locked until the surrounding transaction ends (a no-op lock on SQLite,
+    where IMMEDIATE transactions already serialise writers)."""
+    return Slot.objects.select_for_update().select_related("product", "device").get(pk=slot_id)
+
+
+@transaction.atomic
+def move_stock(
+    *,
+    slot: Slot,
+    delta: int,
+    reason: MovementReason,
+    transaction=None,
+    user: AbstractBaseUser | None = None,
+    note: str = "",
+    clamp: bool = False,
+) -> StockMovement:
+    """Change ``slot.quantity`` by ``delta`` and record it in the ledger.
+
+    The slot row is locked first, so concurrent movements queue and none is lost.
+    Raises :class:`OutOfStock` when the quantity would go below zero and
+    :class:`CapacityExceeded` when it would go above capacity; with ``clamp=True`` the
+    movement is cut to what fits instead (a refund into a slot restocked meanwhile), and
+    the ledger row says so. ``slot`` is refreshed in place.
+    """
+    locked = lock_slot(slot.pk)
+    target = locked.quantity + delta
+    if target < 0 or target > locked.capacity:
+        if not clamp:
+            if target < 0:
+                raise OutOfStock(
+                    f"{locked} holds {locked.quantity}, cannot take {-delta}.",
+                    requested=-delta,
+                    available=locked.quantity,
+                )
+            raise CapacityExceeded(
+                f"{locked} holds {locked.quantity} of {locked.capacity}, cannot add {delta}.",
+                requested=delta,
+                free=locked.capacity - locked.quantity,
+            )
+        clamped = min(max(target, 0), locked.capacity)
+        note = (note + " " if note else "") + f"(clamped from {delta:+d})"
+        delta, target = clamped - locked.quantity, clamped
+    if delta:
+        Slot.objects.filter(pk=locked.pk).update(quantity=target)
+    movement = StockMovement.objects.create(
+        slot=locked,
+        delta=delta,
+        quantity_after=target,
+        reason=reason,
+        transaction=transaction,
+        user=user,
+        note=note[:255],
+    )
+    slot.quantity = target
+    slot.capacity = locked.capacity
+    publish(
+        "stock",
+        {
+            "device_id": locked.device.device_id,
+            "slot": locked.number,
+            "quantity": target,
+            "capacity": locked.capacity,
+            "delta": delta,
+            "reason": str(reason),
+        },
+    )
+    return movement
+
+
+@transaction.atomic
+def set_stock(
+    *,
+    slot: Slot,
+    quantity: int,
+    reason: MovementReason = MovementReason.ADJUSTMENT,
+    user: AbstractBaseUser | None = None,
+    note: str = "",
+) -> StockMovement | None:
+    """Set the quantity to an absolute value (a count, a restock) through the ledger.
+
+    Returns ``None`` when the quantity already is ``quantity``.
+    """
+    locked = lock_slot(slot.pk)
+    delta = quantity - locked.quantity
+    if delta == 0:
+        return None
+    return move_stock(slot=slot, delta=delta, reason=reason, user=user, note=note)
+
+
+@transaction.atomic
+def restock_to_capacity(
+    *, slot: Slot, user: AbstractBaseUser | None = None
+) -> StockMovement | None:
+    """Fill the slot up to its capacity, recorded as a ``restock``."""
+    capacity = lock_slot(slot.pk).capacity
+    return set_stock(
+        slot=slot,
+        quantity=capacity,
+        reason=MovementReason.RESTOCK,
+        user=user,
+        note="restocked to capacity",
+    )
+
+
+def ensure_slots(*, device, count: int) -> None:
+    """Create the missing slot rows 1..count for a device (empty, no product)."""
+    existing = set(Slot.objects.filter(device=device).values_list("number", flat=True))
+    Slot.objects.bulk_create(
+        [Slot(device=device, number=n) for n in range(1, count + 1) if n not in existing]
+    )

@@ -1,0 +1,157 @@
+"""REST endpoints for vends and their transactions."""
+
+import asyncio
+import time
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import generics
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from devices.selectors import active_device, get_device
+from transactions.choices import SETTLED_STATES
+from transactions.filtersets import TransactionFilterSet
+from transactions.models import Transaction
+from transactions.services import (
+    cancel_vend,
+    claim_idempotency_key,
+    release_idempotency_key,
+    request_fingerprint,
+    request_vend_once,
+    sweep_if_due,
+)
+from vending_site.errors import InvalidRequest
+
+from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+
+
+def _visible_transactions(request: Request):
+    queryset = Transaction.objects.select_related("device")
+    if not request.user.is_staff:
+        queryset = queryset.filter(requested_by=request.user)
+    return queryset
+
+
+class VendView(APIView):
+    """``POST /api/v1/vend/<slot_id>``: reserve a unit and queue the vend; answers 202.
+
+    The body may name ``device_id`` (default: the active device) and ``wait`` seconds.
+    """
+
+    def post(self, request: Request, slot_id: str) -> Response:
+        slot_number = _parse_slot(slot_id)
+        if request.data is None or not isinstance(request.data, dict):
+            raise InvalidRequest("The body must be a JSON object (it may be empty: {}).")
+        serializer = VendRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        params = serializer.validated_data
+        key = self._claim_key(request, slot_number)
+        if key is not None and not key.in_progress:
+            txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)
+            response = Response(TransactionSerializer(txn).data, status=key.response_status)
+            response["Idempotent-Replayed"] = "true"
+            return response
+        try:
+            device = get_device(params["device_id"]) if params.get("device_id") else active_device()
+        except Exception:
+            if key is not None:
+                release_idempotency_key(key=key)
+            raise
+        txn = request_vend_once(
+            device=device, slot_number=slot_number, user=request.user, key=key, status=202
+        )
+        response = Response(TransactionSerializer(txn).data, status=202)
+        response["Location"] = response.data["links"]["self"]
+        response.vend_wait = params.get("wait", 0)
+        return response
+
+    @staticmethod
+    def _claim_key(request: Request, slot_number: int):
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return None
+        key = key.strip()
+        if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            raise InvalidRequest(
+                f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
+            )
+        fingerprint = request_fingerprint(
+            method="POST", path=f"vend/{slot_number}", body=request.data
+        )
+        return claim_idempotency_key(user=request.user, key=key, fingerprint=fingerprint)
+
+
+def _parse_slot(slot_id: str) -> int:
+    try:
+        number = int(slot_id)
+    except ValueError:
+        raise InvalidRequest(f"Slot id {slot_id[:20]!r} is not a whole number.") from None
+    if number < 1 or number > 10_000:
+        raise InvalidRequest(f"Slot id {number} is out of range; slots are numbered from 1.")
+    return number
+
+
+_sync_vend = VendView.as_view()
+
+
+@csrf_exempt
+async def vend(request: HttpRequest, slot_id: str):
+    """Run :class:`VendView`, then, if the client asked to ``wait``, hold the answer until the
+    vend settles or the wait runs out, without holding a worker thread meanwhile.
+
+    Answers 200 with the settled transaction, or 202 with its state when the wait ran out.
+    """
+    response = await sync_to_async(_sync_vend)(request, slot_id=slot_id)
+    wait = getattr(response, "vend_wait", 0)
+    if response.status_code != 202 or not wait:
+        return response
+    txn_id = response.data["id"]
+    deadline = time.monotonic() + wait
+    interval = 0.05
+    state = response.data["state"]
+    while state not in SETTLED_STATES and time.monotonic() < deadline:
+        await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+        interval = min(interval * 1.5, 0.25)
+        state = await Transaction.objects.filter(pk=txn_id).values_list("state", flat=True).aget()
+    if state != response.data["state"]:
+        txn = await Transaction.objects.select_related("device").aget(pk=txn_id)
+        response.data = TransactionSerializer(txn).data
+    if state in SETTLED_STATES:
+        response.status_code = 200
+    return response
+
+
+class TransactionListView(generics.ListAPIView):
+    """``GET /api/v1/transactions/``: newest first; staff see all, clients their own."""
+
+    serializer_class = TransactionSerializer
+    filterset_class = TransactionFilterSet
+
+    def get_queryset(self):
+        sweep_if_due()
+        return _visible_transactions(self.request).order_by("-created_at")
+
+
+class TransactionDetailView(generics.RetrieveAPIView):
+    serializer_class = TransactionDetailSerializer
+
+    def get_queryset(self):
+        sweep_if_due()
+        return _visible_transactions(self.request).prefetch_related("events")
+
+
+class TransactionCancelView(APIView):
+    """``POST /api/v1/transactions/<id>/cancel``: cancel a vend not yet delivered (409 after)."""
+
+    def post(self, request: Request, pk: str) -> Response:
+        txn = generics.get_object_or_404(
+            _visible_transactions(request).select_related("slot"), pk=pk
+        )
+        cancel_vend(txn=txn, user=request.user)
+        return Response(TransactionSerializer(txn).data)

@@ -1,0 +1,121 @@
+"""The vend state machine. Every change of ``Transaction.state`` goes through :func:`transition`.
+
+::
+
+    queued ──> sent ──> succeeded | failed | unconfirmed
+      │                              unconfirmed ──> succeeded | failed
+      └──> expired | cancelled
+
+Entering ``failed``, ``expired`` or ``cancelled`` returns the reserved unit to its slot
+(ledger ``refund``); ``succeeded`` and ``unconfirmed`` keep it taken. Nothing leads back to
+``queued`` or ``sent``: a delivered vend is never sent again, because that could dispense twice.
+"""
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction as db_transaction
+from django.utils import timezone
+
+from inventory.choices import MovementReason
+from inventory.services import move_stock
+from vending_site.events import publish
+
+from .choices import TransactionState as S
+from .exceptions import InvalidTransition
+from .models import Transaction, TransactionEvent
+
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.QUEUED: frozenset({S.SENT, S.EXPIRED, S.CANCELLED}),
+    S.SENT: frozenset({S.SUCCEEDED, S.FAILED, S.UNCONFIRMED}),
+    S.UNCONFIRMED: frozenset({S.SUCCEEDED, S.FAILED}),
+}
+RETURNS_UNIT = frozenset({S.FAILED, S.EXPIRED, S.CANCELLED})
+# The timestamp field stamped on entering a state.
+STAMPS = {
+    S.SENT: "sent_at",
+    S.UNCONFIRMED: "unconfirmed_at",
+    S.SUCCEEDED: "completed_at",
+    S.FAILED: "completed_at",
+    S.EXPIRED: "completed_at",
+    S.CANCELLED: "completed_at",
+}
+
+
+def can_transition(from_state: str, to_state: str) -> bool:
+    return to_state in ALLOWED_TRANSITIONS.get(from_state, frozenset())
+
+
+@db_transaction.atomic
+def transition(
+    txn: Transaction,
+    to_state: S,
+    *,
+    note: str = "",
+    actor: AbstractBaseUser | None = None,
+    failure_reason: str = "",
+) -> Transaction:
+    """Move ``txn`` to ``to_state``, or raise :class:`InvalidTransition`.
+
+    The move is a conditional update on the state ``txn`` was read in, so of two processes
+    racing to move the same vend exactly one wins and the other gets the error. It stamps
+    the state's time, writes a :class:`TransactionEvent`, returns the unit for states that
+    give it back, and publishes the change after commit. ``txn`` is updated in place.
+    """
+    from_state = txn.state
+    if not can_transition(from_state, to_state):
+        raise InvalidTransition(
+            f"Transaction {txn.pk} is {from_state}; it cannot become {to_state}.",
+            state=from_state,
+        )
+    now = timezone.now()
+    changes = {"state": to_state, "updated_at": now, STAMPS[to_state]: now}
+    if failure_reason:
+        changes["failure_reason"] = failure_reason[:255]
+    updated = Transaction.objects.filter(pk=txn.pk, state=from_state).update(**changes)
+    if updated != 1:
+        current = Transaction.objects.filter(pk=txn.pk).values_list("state", flat=True).first()
+        raise InvalidTransition(
+            f"Transaction {txn.pk} changed to {current} meanwhile; it cannot become {to_state}.",
+            state=current,
+        )
+    for field, value in changes.items():
+        setattr(txn, field, value)
+    TransactionEvent.objects.create(
+        transaction=txn,
+        from_state=from_state,
+        to_state=to_state,
+        note=(note or failure_reason)[:255],
+        actor=actor,
+        created_at=now,
+    )
+    if to_state in RETURNS_UNIT:
+        move_stock(
+            slot=txn.slot,
+            delta=1,
+            reason=MovementReason.REFUND,
+            transaction=txn,
+            user=actor,
+            note=f"vend {to_state}",
+            clamp=True,
+        )
+    publish("transaction", transaction_event_payload(txn))
+    return txn
+
+
+def record_creation(txn: Transaction, *, actor: AbstractBaseUser | None = None) -> None:
+    """The first event of a new transaction (∅ → queued)."""
+    TransactionEvent.objects.create(
+        transaction=txn, from_state="", to_state=txn.state, actor=actor, created_at=txn.created_at
+    )
+    publish("transaction", transaction_event_payload(txn))
+
+
+def transaction_event_payload(txn: Transaction) -> dict:
+    return {
+        "id": str(txn.pk),
+        "state": txn.state,
+        "device_id": txn.device.device_id,
+        "slot": txn.slot_number,
+        "product": txn.product_name,
+        "failure_reason": txn.failure_reason,
+        "updated_at": txn.updated_at.isoformat(),
+    }

@@ -1,0 +1,269 @@
+"""Writes about vends: request, cancel, staff resolution, the sweep, idempotency keys."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from devices.choices import CommandKind, CommandState
+from devices.exceptions import DeviceOffline
+from devices.models import Command, Device
+from devices.services import expire_due_commands, queue_command
+from inventory.choices import MovementReason
+from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
+from inventory.models import Slot
+from inventory.services import lock_slot, move_stock
+
+from .choices import TransactionState
+from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
+from .lifecycle import record_creation, transition
+from .models import IdempotencyKey, Transaction
+
+
+def request_vend(
+    *, device: Device, slot_number: int, user: AbstractBaseUser | None = None
+) -> Transaction:
+    """Reserve one unit of a slot and queue the vend for the device.
+
+    Checks, in order: slot in range, device online, slot configured and enabled, product
+    assigned, stock left. The reservation (ledger row), the transaction and the command are
+    written in one database transaction holding the slot's row lock, so however many
+    requests race for a slot holding N units, exactly N are accepted.
+    """
+    if not 1 <= slot_number <= device.slot_count:
+        raise SlotOutOfRange(
+            f"Slot {slot_number} does not exist on {device.device_id}; "
+            f"it has slots 1 to {device.slot_count}.",
+            slot_id=slot_number,
+        )
+    if not device.is_online:
+        raise DeviceOffline(
+            f"{device.device_id} is offline; it was last seen {_describe(device.last_seen)}.",
+            device_id=device.device_id,
+        )
+    expire_due_commands(device=device)  # expired reservations go back before we count stock
+    slot_id = (
+        Slot.objects.filter(device=device, number=slot_number).values_list("pk", flat=True).first()
+    )
+    if slot_id is None:
+        raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
+    with transaction.atomic():
+        slot = lock_slot(slot_id)
+        if not slot.enabled:
+            raise SlotDisabled(f"Slot {slot_number} on {device.device_id} is disabled.")
+        if slot.product is None:
+            raise SlotNotConfigured(
+                f"Slot {slot_number} on {device.device_id} has no product assigned."
+            )
+        if slot.quantity < 1:
+            raise OutOfStock(
+                f"Slot {slot_number} on {device.device_id} ({slot.product.name}) is empty.",
+                requested=1,
+                available=0,
+            )
+        now = timezone.now()
+        txn = Transaction.objects.create(
+            device=device,
+            slot=slot,
+            slot_number=slot_number,
+            product=slot.product,
+            product_name=slot.product.name,
+            product_sku=slot.product.sku,
+            price=slot.product.price,
+            requested_by=user,
+            created_at=now,
+            updated_at=now,
+        )
+        move_stock(slot=slot, delta=-1, reason=MovementReason.VEND, transaction=txn, user=user)
+        queue_command(
+            device=device, kind=CommandKind.VEND, slot=slot_number, txn=txn, require_online=False
+        )
+        record_creation(txn, actor=user)
+    return txn
+
+
+def request_vend_once(
+    *,
+    device: Device,
+    slot_number: int,
+    user: AbstractBaseUser | None,
+    key: IdempotencyKey | None,
+    status: int,
+) -> Transaction:
+    """:func:`request_vend`, bound to an Idempotency-Key in the same database transaction.
+
+    If the vend is refused, the key is released so the client may retry with it.
+    """
+    try:
+        with transaction.atomic():
+            txn = request_vend(device=device, slot_number=slot_number, user=user)
+            if key is not None:
+                complete_idempotency_key(key=key, txn=txn, status=status)
+    except Exception:
+        if key is not None:
+            release_idempotency_key(key=key)
+        raise
+    return txn
+
+
+def _describe(moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    return f"{int((timezone.now() - moment).total_seconds())} s ago"
+
+
+@transaction.atomic
+def cancel_vend(*, txn: Transaction, user: AbstractBaseUser | None = None) -> Transaction:
+    """Cancel a vend that has not been delivered yet; the unit is returned."""
+    cancelled = Command.objects.filter(transaction=txn, state=CommandState.QUEUED).update(
+        state=CommandState.CANCELLED, completed_at=timezone.now()
+    )
+    if not cancelled:
+        txn.refresh_from_db(fields=["state"])
+        raise InvalidTransition(
+            f"Transaction {txn.pk} is {txn.state}; only a queued vend can be cancelled.",
+            state=txn.state,
+        )
+    return transition(txn, TransactionState.CANCELLED, actor=user, note="cancelled")
+
+
+@transaction.atomic
+def resolve_unconfirmed(
+    *, txn: Transaction, dispensed: bool, user: AbstractBaseUser | None, note: str = ""
+) -> Transaction:
+    """Staff settle an ``unconfirmed`` vend: it dispensed (keep the sale) or it did not
+    (refund: the unit goes back into stock)."""
+    if txn.state != TransactionState.UNCONFIRMED:
+        raise InvalidTransition(
+            f"Transaction {txn.pk} is {txn.state}; only unconfirmed vends are resolved by staff.",
+            state=txn.state,
+        )
+    Command.objects.filter(transaction=txn, state=CommandState.SENT).update(
+        state=CommandState.COMPLETED, completed_at=timezone.now()
+    )
+    if dispensed:
+        return transition(
+            txn, TransactionState.SUCCEEDED, actor=user, note=note or "staff: dispensed"
+        )
+    return transition(
+        txn,
+        TransactionState.FAILED,
+        actor=user,
+        failure_reason=note or "staff: not dispensed, refunded",
+    )
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    expired: int
+    unconfirmed: int
+
+
+def sweep(*, now: datetime | None = None) -> SweepResult:
+    """Expire undelivered commands and flag vends whose confirmation never came.
+
+    Safe to run from cron beside every other process, and beside itself: each step is a
+    conditional update, so a vend moved by someone else meanwhile is skipped. A vend
+    flagged ``unconfirmed`` keeps its unit reserved and is never sent again.
+    """
+    now = now or timezone.now()
+    expired = expire_due_commands(now=now)
+    cutoff = now - timedelta(seconds=settings.VEND_CONFIRM_TIMEOUT)
+    unconfirmed = 0
+    stale = Transaction.objects.filter(state=TransactionState.SENT, sent_at__lte=cutoff)
+    for txn_id in list(stale.values_list("pk", flat=True)[:500]):
+        with transaction.atomic():
+            txn = Transaction.objects.select_related("device", "slot").get(pk=txn_id)
+            try:
+                transition(
+                    txn,
+                    TransactionState.UNCONFIRMED,
+                    note=f"no confirmation within {settings.VEND_CONFIRM_TIMEOUT} s",
+                )
+            except InvalidTransition:
+                continue  # confirmed (or otherwise settled) meanwhile
+            unconfirmed += 1
+    return SweepResult(expired=expired, unconfirmed=unconfirmed)
+
+
+def sweep_if_due(*, now: datetime | None = None) -> SweepResult | None:
+    """Run :func:`sweep` only when something is due: one cheap read otherwise."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.VEND_CONFIRM_TIMEOUT)
+    due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now).exists() or (
+        Transaction.objects.filter(state=TransactionState.SENT, sent_at__lte=cutoff).exists()
+    )
+    return sweep(now=now) if due else None
+
+
+# --- Idempotency keys ------------------------------------------------------------------
+
+
+def request_fingerprint(*, method: str, path: str, body: object) -> str:
+    canonical = json.dumps([method.upper(), path, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str) -> IdempotencyKey:
+    """Reserve ``key`` for this request, or tell what an earlier use of it decided.
+
+    Returns a key that is either new (``in_progress``: go ahead and vend) or completed
+    (``transaction`` set: answer with it again). Raises :class:`IdempotencyKeyMismatch`
+    when the key was used with another request and :class:`IdempotencyKeyInUse` while the
+    first request with it is still being processed.
+    """
+    now = timezone.now()
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                return IdempotencyKey.objects.create(
+                    user=user, key=key, fingerprint=fingerprint, created_at=now, locked_at=now
+                )
+        except IntegrityError:
+            pass
+        existing = IdempotencyKey.objects.filter(user=user, key=key).first()
+        if existing is None:
+            continue  # released between our insert and our read; try again
+        if existing.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL):
+            IdempotencyKey.objects.filter(pk=existing.pk, created_at=existing.created_at).delete()
+            continue
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyMismatch(
+                "This Idempotency-Key was already used with a different request.",
+            )
+        if not existing.in_progress:
+            return existing
+        stale = now - timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT)
+        if existing.locked_at < stale and IdempotencyKey.objects.filter(
+            pk=existing.pk, transaction__isnull=True, locked_at=existing.locked_at
+        ).update(locked_at=now):
+            # The first request died before committing its vend (the key is completed in
+            # the vend's own transaction), so nothing was sold: this retry takes over.
+            existing.locked_at = now
+            return existing
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry later.",
+        )
+    raise IdempotencyKeyInUse("This Idempotency-Key is contended; retry later.")
+
+
+def complete_idempotency_key(*, key: IdempotencyKey, txn: Transaction, status: int) -> None:
+    """Bind the key to its vend; call inside the vend's transaction so both commit together."""
+    IdempotencyKey.objects.filter(pk=key.pk).update(transaction=txn, response_status=status)
+    key.transaction, key.response_status = txn, status
+
+
+def release_idempotency_key(*, key: IdempotencyKey) -> None:
+    """Forget a key whose request was refused, so the client may retry with it."""
+    IdempotencyKey.objects.filter(pk=key.pk, transaction__isnull=True).delete()
+
+
+def prune_idempotency_keys(*, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,77 @@
+"""Domain errors and the single place where they become HTTP answers.
+
+Services raise a subclass of :class:`DomainError`; they know nothing of HTTP. The DRF
+exception handler below turns every error into ``{"detail": message, "code": code}`` with
+the status the error class names, so each rule's message is written once.
+"""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class DomainError(Exception):
+    """A request the domain refuses, with a message for the person who made it."""
+
+    status_code: int = status.HTTP_409_CONFLICT
+    code: str = "conflict"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(DomainError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class Unprocessable(DomainError):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "unprocessable"
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, DomainError):
+        body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
+        body.update(exc.details)
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, exceptions.ValidationError):
+        return Response(
+            {"detail": _summarise(exc.detail), "code": "invalid", "errors": exc.detail},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.APIException):
+        response.data = {"detail": str(exc.detail), "code": _code_of(exc)}
+    elif response is not None and isinstance(exc, (Http404, PermissionDenied)):
+        response.data = {
+            "detail": str(response.data.get("detail", "")),
+            "code": "not_found" if isinstance(exc, Http404) else "permission_denied",
+        }
+    return response
+
+
+def _code_of(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    return codes if isinstance(codes, str) else exc.default_code
+
+
+def _summarise(detail: Any, prefix: str = "") -> str:
+    """One readable sentence out of DRF's nested error structure."""
+    if isinstance(detail, dict):
+        parts = [_summarise(value, f"{key}: ") for key, value in detail.items()]
+        return "; ".join(p for p in parts if p)
+    if isinstance(detail, list):
+        return "; ".join(_summarise(item, prefix) for item in detail)
+    return f"{prefix}{detail}"
