@@ -13,7 +13,11 @@ from .models import Slot, StockMovement
 def lock_slot(slot_id: int) -> Slot:
     """The slot row, locked until the surrounding transaction ends (a no-op lock on SQLite,
     where IMMEDIATE transactions already serialise writers)."""
-    return Slot.objects.select_for_update().select_related("product", "device").get(pk=slot_id)
+    return (
+        Slot.objects.select_for_update(of=("self",))
+        .select_related("product", "device")
+        .get(pk=slot_id)
+    )
 
 
 @transaction.atomic

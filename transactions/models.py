@@ -32,6 +32,9 @@ class Transaction(models.Model):
         max_length=12, choices=TransactionState.choices, default=TransactionState.QUEUED
     )
     failure_reason = models.CharField(max_length=255, blank=True)
+    idempotency_key = models.CharField(
+        max_length=255, blank=True, help_text="The Idempotency-Key the client sent, if any."
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )

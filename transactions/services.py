@@ -26,7 +26,11 @@ from .models import IdempotencyKey, Transaction
 
 
 def request_vend(
-    *, device: Device, slot_number: int, user: AbstractBaseUser | None = None
+    *,
+    device: Device,
+    slot_number: int,
+    user: AbstractBaseUser | None = None,
+    idempotency_key: str = "",
 ) -> Transaction:
     """Reserve one unit of a slot and queue the vend for the device.
 
@@ -76,6 +80,7 @@ def request_vend(
             product_sku=slot.product.sku,
             price=slot.product.price,
             requested_by=user,
+            idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
         )
@@ -101,7 +106,12 @@ def request_vend_once(
     """
     try:
         with transaction.atomic():
-            txn = request_vend(device=device, slot_number=slot_number, user=user)
+            txn = request_vend(
+                device=device,
+                slot_number=slot_number,
+                user=user,
+                idempotency_key=key.key if key is not None else "",
+            )
             if key is not None:
                 complete_idempotency_key(key=key, txn=txn, status=status)
     except Exception:

@@ -184,7 +184,7 @@ SIMPLE_JWT = {
 DEVICE_OFFLINE_AFTER = env.int("DEVICE_OFFLINE_AFTER", default=10)
 # The device poll writes `last_seen` only when the stored value is older than this, so an
 # idle fleet costs reads, not writes. Must stay well below DEVICE_OFFLINE_AFTER.
-DEVICE_SEEN_WRITE_INTERVAL = env.int("DEVICE_SEEN_WRITE_INTERVAL", default=3)
+DEVICE_SEEN_WRITE_INTERVAL = env.int("DEVICE_SEEN_WRITE_INTERVAL", default=5)
 # Slots created for a device that polls without having registered.
 DEVICE_DEFAULT_SLOTS = env.int("DEVICE_DEFAULT_SLOTS", default=5)
 # Write idle polls (no command delivered) to the communication log. Off by default: a
