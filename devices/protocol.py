@@ -51,3 +51,25 @@ def mac_from_device_id(device_id: str) -> str:
         if _HEX12.match(tail):
             return ":".join(tail[i : i + 2] for i in range(0, 12, 2))
     return ""
+
+
+# --- UDP discovery ------------------------------------------------------------------------
+
+DISCOVERY_REQUESTS: dict[bytes, str] = {
+    b"ESP32_DISCOVERY_REQUEST": "FLASK_SERVER:",  # firmware v2.1
+    b"DISCOVER_FLASK_SERVER": "FLASK_SERVER_IP:",  # the documented variant
+}
+MAX_DISCOVERY_DATAGRAM = 64
+
+
+def discovery_reply(datagram: bytes, server_ip: str) -> bytes | None:
+    """The answer to a discovery datagram, or ``None`` for anything that is not one.
+
+    Surrounding whitespace and a trailing NUL (C strings) are tolerated; nothing else is.
+    """
+    if len(datagram) > MAX_DISCOVERY_DATAGRAM:
+        return None
+    prefix = DISCOVERY_REQUESTS.get(datagram.strip(b" \t\r\n\x00"))
+    if prefix is None:
+        return None
+    return f"{prefix}{server_ip}".encode("ascii")

@@ -202,6 +202,12 @@ IDEMPOTENCY_KEY_TTL = max(env.int("IDEMPOTENCY_KEY_TTL", default=48 * 3600), 24 
 # before committing anything, so a retry may take it over.
 IDEMPOTENCY_LOCK_TIMEOUT = env.int("IDEMPOTENCY_LOCK_TIMEOUT", default=60)
 
+# UDP discovery (`manage.py run_discovery`). The firmware sends to port 12346.
+DISCOVERY_HOST = env.str("DISCOVERY_HOST", default="0.0.0.0")
+DISCOVERY_PORT = env.int("DISCOVERY_PORT", default=12346)
+# Answer with this address instead of the one facing the sender (NAT, containers).
+DISCOVERY_ADVERTISE_IP = env.str("DISCOVERY_ADVERTISE_IP", default="")
+
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env.str("ADMIN_PASSWORD", default="")

@@ -1,0 +1,124 @@
+"""The UDP discovery responder behind ``manage.py run_discovery``.
+
+A machine broadcasts ``ESP32_DISCOVERY_REQUEST`` (or ``DISCOVER_FLASK_SERVER``) to port
+12346 and takes the first ``FLASK_SERVER:<ip>`` (``FLASK_SERVER_IP:<ip>``) it hears. The
+address we answer with is ours on the interface that faces the sender, found by asking the
+kernel's routing table (a ``connect`` on a UDP socket sends nothing), so it works on an
+offline LAN and never looks anything up outside.
+
+The listener must not be usable to amplify traffic: it answers only the two exact requests,
+its answers are at most 31 bytes, and each source address gets at most ``rate`` answers per
+second (the rest are dropped silently).
+"""
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .protocol import discovery_reply
+
+logger = logging.getLogger(__name__)
+
+
+def local_address_towards(peer_ip: str) -> str:
+    """Our IPv4 address on the interface the kernel would use to reach ``peer_ip``."""
+    if ipaddress.ip_address(peer_ip).is_loopback:
+        return "127.0.0.1"
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((peer_ip, 9))  # a UDP connect only selects a route; no packet leaves
+        return probe.getsockname()[0]
+    finally:
+        probe.close()
+
+
+@dataclass
+class RateLimiter:
+    """At most ``rate`` events per second per key (a token bucket with burst ``burst``)."""
+
+    rate: float = 5.0
+    burst: int = 5
+    max_keys: int = 10_000
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(self._buckets) >= self.max_keys and key not in self._buckets:
+            self._buckets.clear()  # a flood of spoofed sources must not grow memory forever
+        self._buckets[key] = (tokens, now)
+        return allowed
+
+
+class DiscoveryProtocol(asyncio.DatagramProtocol):
+    """Answers discovery requests; calls ``on_discovery(peer_ip, request, reply)`` for each."""
+
+    def __init__(
+        self,
+        *,
+        advertise_ip: str = "",
+        limiter: RateLimiter | None = None,
+        on_discovery: Callable[[str, bytes, bytes], None] | None = None,
+    ) -> None:
+        self.advertise_ip = advertise_ip
+        self.limiter = limiter or RateLimiter()
+        self.on_discovery = on_discovery
+        self.transport: asyncio.DatagramTransport | None = None
+        self.answered = 0
+        self.dropped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        peer_ip = addr[0]
+        server_ip = self.advertise_ip or local_address_towards(peer_ip)
+        reply = discovery_reply(data, server_ip)
+        if reply is None:
+            logger.debug("ignored %d-byte datagram from %s:%s", len(data), *addr[:2])
+            return
+        if not self.limiter.allow(peer_ip):
+            self.dropped += 1
+            logger.debug("rate limit: dropped discovery from %s", peer_ip)
+            return
+        assert self.transport is not None
+        self.transport.sendto(reply, addr)
+        self.answered += 1
+        if self.on_discovery is not None:
+            try:
+                self.on_discovery(peer_ip, data, reply)
+            except Exception:  # recording is best effort; answering is what matters
+                logger.exception("could not record discovery from %s", peer_ip)
+
+
+async def serve(
+    *,
+    host: str,
+    port: int,
+    advertise_ip: str = "",
+    on_discovery: Callable[[str, bytes, bytes], None] | None = None,
+    stop: asyncio.Event,
+    ready: Callable[[tuple], None] | None = None,
+) -> DiscoveryProtocol:
+    """Listen until ``stop`` is set; returns the protocol (with its counters)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: DiscoveryProtocol(advertise_ip=advertise_ip, on_discovery=on_discovery),
+        local_addr=(host, port),
+        family=socket.AF_INET,
+    )
+    try:
+        if ready is not None:
+            ready(transport.get_extra_info("sockname"))
+        await stop.wait()
+    finally:
+        transport.close()
+    return protocol

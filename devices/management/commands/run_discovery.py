@@ -1,0 +1,77 @@
+"""``manage.py run_discovery``: answer ESP32 UDP discovery on DISCOVERY_HOST:DISCOVERY_PORT."""
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
+
+from devices import discovery
+from devices.choices import Direction, Transport
+from devices.services import log_exchange
+
+
+class Command(BaseCommand):
+    help = (
+        "Answer ESP32_DISCOVERY_REQUEST / DISCOVER_FLASK_SERVER datagrams with this server's "
+        "address on the interface facing the sender. Stops cleanly on SIGINT or SIGTERM."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=settings.DISCOVERY_HOST)
+        parser.add_argument("--port", type=int, default=settings.DISCOVERY_PORT)
+        parser.add_argument(
+            "--advertise-ip",
+            default=settings.DISCOVERY_ADVERTISE_IP,
+            help="Answer with this address instead of the interface's (NAT, containers).",
+        )
+
+    def handle(self, *args, host: str, port: int, advertise_ip: str, **options):
+        # One thread writes the log, so the event loop only ever answers datagrams.
+        recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery-log")
+
+        def record(peer_ip: str, request: bytes, reply: bytes) -> None:
+            recorder.submit(self._log, peer_ip, request, reply)
+
+        try:
+            protocol = asyncio.run(self._serve(host, port, advertise_ip, record))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on UDP {host}:{port}: {exc}") from exc
+        finally:
+            recorder.shutdown(wait=True)
+        self.stdout.write(
+            f"discovery stopped: answered {protocol.answered}, rate-limited {protocol.dropped}"
+        )
+
+    async def _serve(self, host, port, advertise_ip, record):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        def ready(sockname) -> None:
+            where = advertise_ip or "the address facing each sender"
+            self.stdout.write(f"discovery listening on udp {sockname[0]}:{sockname[1]} ({where})")
+            self.stdout.flush()
+
+        return await discovery.serve(
+            host=host,
+            port=port,
+            advertise_ip=advertise_ip,
+            on_discovery=record,
+            stop=stop,
+            ready=ready,
+        )
+
+    @staticmethod
+    def _log(peer_ip: str, request: bytes, reply: bytes) -> None:
+        close_old_connections()
+        log_exchange(
+            direction=Direction.IN,
+            transport=Transport.WIFI,
+            endpoint="udp discovery",
+            remote_addr=peer_ip,
+            message=f"{request.decode('ascii', 'replace').strip()} -> {reply.decode()}",
+        )
