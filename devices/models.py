@@ -43,6 +43,11 @@ class Device(models.Model):
         default=False, help_text="The device vends go to when a request names none."
     )
     last_seen = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its serial link was lost (offline until heard again).",
+    )
     registered_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -63,6 +68,8 @@ class Device(models.Model):
     @property
     def is_online(self) -> bool:
         if self.last_seen is None:
+            return False
+        if self.disconnected_at is not None and self.disconnected_at >= self.last_seen:
             return False
         cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
         return self.last_seen >= cutoff

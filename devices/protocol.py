@@ -6,6 +6,8 @@ canonical id so that the rest of the server deals with a single key.
 """
 
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 
 MAX_DEVICE_ID_LENGTH = 64
 DEVICE_ID_PREFIX = "ESP32_"
@@ -73,3 +75,109 @@ def discovery_reply(datagram: bytes, server_ip: str) -> bytes | None:
     if prefix is None:
         return None
     return f"{prefix}{server_ip}".encode("ascii")
+
+
+# --- USB serial ---------------------------------------------------------------------------
+
+SERIAL_BAUD = 115200
+MAX_SERIAL_COMMAND = 50  # the firmware throws longer lines away
+
+
+class SerialLine(StrEnum):
+    """What a line from the serial firmware means."""
+
+    VEND_SUCCESS = "vend_success"
+    VEND_FAILED = "vend_failed"
+    SLOT_EMPTY = "slot_empty"
+    INVALID_SLOT = "invalid_slot"
+    DEVICE_ID = "device_id"  # boot banner or IDENTIFY answer
+    DEVICE_RESPONSE = "device_response"  # first line of the IDENTIFY answer
+    BANNER_FIELD = "banner_field"  # DEVICE_TYPE:, FIRMWARE_VERSION:, SLOTS_AVAILABLE: ...
+    STATUS = "status"  # STATUS:ONLINE, STATUS_OK:READY:5_SLOTS, STATUS:READY
+    ERROR = "error"
+    RECEIVED = "received"  # the firmware echoing a command
+    IDLE = "idle"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    kind: SerialLine
+    text: str
+    slot: int | None = None
+    value: str = ""
+    field: str = ""
+
+
+_TOKENS: list[tuple[re.Pattern, SerialLine]] = [
+    (re.compile(r"VEND_SUCCESS:(\d+)"), SerialLine.VEND_SUCCESS),
+    (re.compile(r"VEND_FAILED:(\d+)"), SerialLine.VEND_FAILED),
+    (re.compile(r"ERROR:SLOT_EMPTY(?::(\d+))?"), SerialLine.SLOT_EMPTY),
+    (re.compile(r"Invalid slot", re.IGNORECASE), SerialLine.INVALID_SLOT),
+    (re.compile(r"DEVICE_RESPONSE:(\S+)"), SerialLine.DEVICE_RESPONSE),
+    (re.compile(r"DEVICE_ID:(\S+)"), SerialLine.DEVICE_ID),
+    (re.compile(r"STATUS(?:_OK)?:(\S+)"), SerialLine.STATUS),
+    (
+        re.compile(
+            r"(DEVICE_TYPE|COMM_METHOD|FIRMWARE_VERSION|SLOTS_AVAILABLE|SLOTS|READY|UPTIME):"
+            r"\s*(\S+)"
+        ),
+        SerialLine.BANNER_FIELD,
+    ),
+    (re.compile(r"Received command:\s*(\S+)", re.IGNORECASE), SerialLine.RECEIVED),
+    (re.compile(r"\b(?:ERROR|Error)\b:?\s*(.*)"), SerialLine.ERROR),
+    (re.compile(r"idle", re.IGNORECASE), SerialLine.IDLE),
+]
+
+
+def decode_serial_line(raw: bytes) -> str:
+    """Text of one line as received; bytes that are not UTF-8 become U+FFFD, never an error."""
+    return raw.decode("utf-8", errors="replace").strip("\r\n\x00 ")
+
+
+def parse_serial_line(text: str) -> ParsedLine:
+    """Find the protocol token anywhere in a (possibly emoji-decorated) line."""
+    for pattern, kind in _TOKENS:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        if kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
+            return ParsedLine(kind, text, slot=int(match.group(1)))
+        if kind is SerialLine.SLOT_EMPTY:
+            slot = int(match.group(1)) if match.group(1) else None
+            return ParsedLine(kind, text, slot=slot)
+        if kind is SerialLine.BANNER_FIELD:
+            return ParsedLine(kind, text, field=match.group(1), value=match.group(2))
+        if kind in (
+            SerialLine.DEVICE_ID,
+            SerialLine.DEVICE_RESPONSE,
+            SerialLine.STATUS,
+            SerialLine.RECEIVED,
+            SerialLine.ERROR,
+        ):
+            return ParsedLine(kind, text, value=match.group(1).strip())
+        return ParsedLine(kind, text)
+    return ParsedLine(SerialLine.UNKNOWN, text)
+
+
+def serial_command(kind: str, slot: int | None = None) -> bytes:
+    """One command line for the serial firmware, e.g. ``b"VEND:3\\n"``."""
+    text = f"{kind}:{slot}" if slot is not None else kind
+    if len(text) > MAX_SERIAL_COMMAND or "\n" in text:
+        raise ValueError(f"not a serial command: {text!r}")
+    return (text + "\n").encode("ascii")
+
+
+# USB-UART bridges found on ESP32 boards, as (VID, PID).
+ESP32_USB_IDS: dict[tuple[int, int], str] = {
+    (0x10C4, 0xEA60): "Silicon Labs CP210x",
+    (0x1A86, 0x7523): "WCH CH340",
+    (0x1A86, 0x55D4): "WCH CH9102",
+    (0x0403, 0x6001): "FTDI FT232R",
+    (0x0403, 0x6015): "FTDI FT231X",
+    (0x303A, 0x1001): "Espressif native USB",
+}
+
+
+def likely_esp32(vid: int | None, pid: int | None) -> bool:
+    return (vid, pid) in ESP32_USB_IDS

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from .choices import CommandState
@@ -17,7 +17,9 @@ def online_cutoff(now: datetime | None = None) -> datetime:
 
 
 def online_devices() -> QuerySet[Device]:
-    return Device.objects.filter(last_seen__gte=online_cutoff())
+    return Device.objects.filter(last_seen__gte=online_cutoff()).exclude(
+        disconnected_at__gte=F("last_seen")
+    )
 
 
 def canonical_id(raw: str) -> str:

@@ -12,7 +12,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 
-from inventory.services import ensure_slots
+from inventory.choices import MovementReason
+from inventory.models import Slot
+from inventory.services import ensure_slots, set_stock
 from transactions.choices import TransactionState
 from transactions.lifecycle import transition
 from transactions.models import Transaction
@@ -39,12 +41,14 @@ def log_exchange(
     remote_addr: str = "",
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
+    # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
+    key = device_key or (device.device_id if device else "")
     entry = CommunicationLog.objects.create(
         device=device,
-        device_key=(device_key or (device.device_id if device else ""))[:64],
+        device_key=key.replace("\x00", "\\x00")[:64],
         direction=direction,
         transport=transport,
-        endpoint=endpoint[:100],
+        endpoint=endpoint.replace("\x00", "\\x00")[:100],
         message=message.replace("\x00", "\\x00"),
         level=level,
         remote_addr=remote_addr[:255],
@@ -168,9 +172,9 @@ def mark_seen(device: Device, *, now: datetime | None = None) -> None:
     ``DEVICE_SEEN_WRITE_INTERVAL`` (an idle fleet then costs reads, not writes)."""
     now = now or timezone.now()
     threshold = now - timedelta(seconds=settings.DEVICE_SEEN_WRITE_INTERVAL)
-    if device.last_seen is not None and device.last_seen > threshold:
+    was_online = device.is_online
+    if was_online and device.last_seen > threshold:
         return
-    was_online = device.last_seen is not None and device.last_seen >= online_cutoff(now)
     Device.objects.filter(pk=device.pk).update(last_seen=now)
     device.last_seen = now
     if not was_online:
@@ -443,3 +447,67 @@ def _log_unmatched(
         message=f"confirmation ignored: {why}",
         level=LogLevel.WARNING,
     )
+
+
+# --- For links that know which command they sent (the serial bridge) ----------------------
+
+
+@transaction.atomic
+def settle_vend(*, command_id: int, success: bool, message: str = "") -> Transaction | None:
+    """Settle the vend of a command the caller delivered: succeeded, or failed (unit back).
+
+    A conditional update on the command (``sent`` → ``completed``) makes a second settlement
+    of the same command a no-op, which returns ``None``.
+    """
+    completed = Command.objects.filter(pk=command_id, state=CommandState.SENT).update(
+        state=CommandState.COMPLETED, completed_at=timezone.now()
+    )
+    if not completed:
+        return None
+    txn = (
+        Transaction.objects.select_related("device", "slot").filter(command__pk=command_id).first()
+    )
+    if txn is None:
+        return None
+    if success:
+        return transition(txn, TransactionState.SUCCEEDED, note=message)
+    return transition(
+        txn, TransactionState.FAILED, failure_reason=message or "the machine reported a failure"
+    )
+
+
+@transaction.atomic
+def flag_unconfirmed(*, command_id: int, reason: str) -> Transaction | None:
+    """The outcome of a delivered vend is unknown (no answer, link lost, device rebooted):
+    keep the unit reserved and flag the vend for staff. It is never sent again."""
+    txn = (
+        Transaction.objects.select_related("device", "slot")
+        .filter(command__pk=command_id, state=TransactionState.SENT)
+        .first()
+    )
+    if txn is None:
+        return None
+    return transition(txn, TransactionState.UNCONFIRMED, note=reason)
+
+
+@transaction.atomic
+def report_slot_empty(*, device: Device, slot_number: int, note: str = "") -> None:
+    """The machine found a slot empty: set its stock to 0 through the ledger and flag it."""
+    slot = Slot.objects.filter(device=device, number=slot_number).first()
+    if slot is None:
+        return
+    set_stock(
+        slot=slot,
+        quantity=0,
+        reason=MovementReason.SLOT_EMPTY,
+        note=note or "the machine reported the slot empty",
+    )
+    Slot.objects.filter(pk=slot.pk).update(needs_attention=True)
+
+
+def mark_disconnected(device: Device) -> None:
+    """The device's link is gone: it shows offline at once, not after the offline timeout."""
+    now = timezone.now()
+    Device.objects.filter(pk=device.pk).update(disconnected_at=now)
+    device.disconnected_at = now
+    publish("device", device_payload(device))

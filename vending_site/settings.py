@@ -6,6 +6,7 @@ fleet install switches to PostgreSQL and Redis by setting ``DATABASE_URL`` and
 ``REDIS_URL``. Each variable is listed in the README's configuration table.
 """
 
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -112,11 +113,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # A file, not Django's shared in-memory database, so the concurrency tests see the
-    # same locking as production.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # same locking as production; one per test process, so two runs never share one.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -207,6 +209,11 @@ DISCOVERY_HOST = env.str("DISCOVERY_HOST", default="0.0.0.0")
 DISCOVERY_PORT = env.int("DISCOVERY_PORT", default=12346)
 # Answer with this address instead of the one facing the sender (NAT, containers).
 DISCOVERY_ADVERTISE_IP = env.str("DISCOVERY_ADVERTISE_IP", default="")
+
+# USB serial (`manage.py run_serial_bridge`).
+SERIAL_BAUD = env.int("SERIAL_BAUD", default=115200)
+# A vend with no result line within this many seconds is `unconfirmed`, never a success.
+SERIAL_REPLY_TIMEOUT = env.float("SERIAL_REPLY_TIMEOUT", default=3.0)
 
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")

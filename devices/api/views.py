@@ -14,6 +14,7 @@ from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.services import sweep_if_due
 
+from .device_views import FirstRenderer
 from .serializers import CommandRequestSerializer, DeviceSelectionSerializer, DeviceSerializer
 
 
@@ -94,6 +95,7 @@ class StatusView(APIView):
 
     permission_classes = (AllowAny,)
     authentication_classes = ()
+    content_negotiation_class = FirstRenderer  # a 406 would fail the probe
 
     def get(self, request: Request) -> Response:
         sweep_if_due()

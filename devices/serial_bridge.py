@@ -1,0 +1,363 @@
+"""The USB-serial link behind ``manage.py run_serial_bridge``.
+
+One :class:`SerialLink` (one thread) per port. It opens the port, learns who is on the other
+end (boot banner, then ``IDENTIFY``), registers the device, and then loops: read lines and
+turn them into service calls; when nothing is in flight, claim the device's next queued
+command and write it. It owns no rules: delivery, settlement and stock are
+``devices.services``. What it guarantees:
+
+- one command in flight per device; a command is written at most once, ever;
+- a vend with no result line within ``reply_timeout`` is ``unconfirmed`` (never a success,
+  never re-sent), and so is one in flight when the cable is pulled or the device reboots;
+- every line in and out is in the communication log;
+- a database outage does not lose a result: writes wait in a queue until it is back.
+"""
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import serial
+from django.db import DatabaseError, close_old_connections, connection
+
+from . import services
+from .choices import CommandKind, Direction, LogLevel, Protocol, Transport
+from .models import Device
+from .protocol import (
+    SERIAL_BAUD,
+    SerialLine,
+    decode_serial_line,
+    parse_serial_line,
+    serial_command,
+)
+from .selectors import pending_commands
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    baud: int = SERIAL_BAUD
+    reply_timeout: float = 3.0  # SERIAL_REPLY_TIMEOUT
+    poll_interval: float = 0.05  # how often to look for queued commands when idle
+    ping_interval: float = 3.0  # PING a quiet device this often, keeping it online
+    banner_wait: float = 1.2  # opening the port resets an ESP32; its banner follows
+    identify_timeout: float = 2.0
+    reconnect_max: float = 30.0
+
+
+@dataclass
+class InFlight:
+    command_id: int
+    kind: str
+    slot: int | None
+    deadline: float
+    written_at: float
+
+
+def port_device_id(path: str) -> str:
+    """A device id for a port whose device never said its own."""
+    name = re.sub(r"[^A-Z0-9]+", "_", Path(path).name.upper()).strip("_") or "PORT"
+    return f"ESP32_SERIAL_{name}"[:64]
+
+
+class SerialLink:
+    def __init__(
+        self,
+        path: str,
+        config: LinkConfig,
+        stop: threading.Event,
+        say: Callable[[str], None] = print,
+        opener: Callable[..., serial.SerialBase] = serial.serial_for_url,
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.stop = stop
+        self.say = say
+        self.opener = opener
+        self.device: Device | None = None
+        self.in_flight: InFlight | None = None
+        self.connected = threading.Event()
+        self._buffer = b""
+        self._writes: deque[Callable[[], None]] = deque()
+        self._last_traffic = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Keep the link up until ``stop``: reconnect with backoff after any failure."""
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self._session()
+                backoff = 0.5
+            except (serial.SerialException, OSError) as exc:
+                if self.connected.is_set():
+                    self.say(f"{self.path}: link lost ({exc})")
+                else:
+                    logger.debug("%s: cannot open (%s)", self.path, exc)
+            except Exception:  # a bug must not silently end the link for good
+                logger.exception("%s: unexpected error; reconnecting", self.path)
+                self.say(f"{self.path}: unexpected error; reconnecting")
+            finally:
+                self._link_down()
+            if not self.stop.is_set():
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max)
+        self._flush_writes(final=True)
+        connection.close()
+
+    def _session(self) -> None:
+        port = self.opener(self.path, baudrate=self.config.baud, timeout=0)
+        try:
+            self.connected.set()
+            self._buffer = b""
+            self.device = self._handshake(port)
+            self.say(f"{self.path}: connected to {self.device.device_id}")
+            while not self.stop.is_set():
+                self._serve_once(port)
+            self._finish_in_flight(port)
+        finally:
+            port.close()
+
+    def _link_down(self) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if self.in_flight is not None:
+            self._abandon("the serial link was lost mid-vend")
+        if was_connected and self.device is not None:
+            device = self.device
+            self._write(lambda: services.mark_disconnected(device))
+        self._flush_writes()
+
+    # --- the conversation -----------------------------------------------------------------
+
+    def _handshake(self, port: serial.SerialBase) -> Device:
+        facts: dict[str, str] = {}
+        self._collect(port, self.config.banner_wait, facts, until_id=True)
+        facts.pop("device_id", None)  # the banner's id may be generic; IDENTIFY says who it is
+        self._send_line(port, serial_command("IDENTIFY"), device=None)
+        self._collect(port, self.config.identify_timeout, facts, until_id=True)
+        raw_id = facts.get("device_id") or port_device_id(self.path)
+        slots = facts.get("SLOTS_AVAILABLE", "")
+        device, _created = self._db(
+            lambda: services.register_device(
+                raw_id=raw_id,
+                transport=Transport.SERIAL,
+                protocol=Protocol.SERIAL,
+                serial_port=self.path,
+                firmware_version=facts.get("FIRMWARE_VERSION", ""),
+                slot_count=int(slots) if slots.isdigit() else None,
+                reported_status="online",
+            )
+        )
+        return device
+
+    def _collect(self, port, seconds: float, facts: dict, until_id: bool) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop.is_set():
+            for text in self._read_lines(port, 0.05):
+                self._log_in(text)
+                parsed = parse_serial_line(text)
+                if parsed.kind is SerialLine.DEVICE_ID:
+                    facts["device_id"] = parsed.value
+                elif parsed.kind is SerialLine.BANNER_FIELD:
+                    facts[parsed.field] = parsed.value
+                elif parsed.kind is SerialLine.STATUS and until_id and "device_id" in facts:
+                    return  # STATUS:READY closes the IDENTIFY answer
+            if until_id and "device_id" in facts and "SLOTS_AVAILABLE" in facts:
+                return
+
+    def _serve_once(self, port: serial.SerialBase) -> None:
+        for text in self._read_lines(port, self.config.poll_interval):
+            self._on_line(text)
+        now = time.monotonic()
+        if self.in_flight is not None:
+            if now >= self.in_flight.deadline:
+                self._abandon(f"no result within {self.config.reply_timeout:g} s")
+        else:
+            self._deliver_next(port)
+            if self.in_flight is None and now - self._last_traffic >= self.config.ping_interval:
+                self._send_line(port, serial_command("PING"), device=self.device)
+        self._flush_writes()
+
+    def _deliver_next(self, port: serial.SerialBase) -> None:
+        if self._writes:
+            return  # the database is behind; do not start new work until it has caught up
+        device = self.device
+        try:
+            if not pending_commands(device).exists():
+                return
+            command = services.claim_next_command(device=device)
+        except DatabaseError as exc:
+            self._database_trouble(exc)
+            return
+        if command is None:
+            return
+        line = serial_command(command.kind, command.slot)
+        if command.kind == CommandKind.VEND:
+            now = time.monotonic()
+            self.in_flight = InFlight(
+                command_id=command.pk,
+                kind=command.kind,
+                slot=command.slot,
+                deadline=now + self.config.reply_timeout,
+                written_at=now,
+            )
+        self._send_line(port, line, device=device)
+
+    def _on_line(self, text: str) -> None:
+        self._log_in(text)
+        device = self.device
+        self._write(lambda: services.mark_seen(device))
+        parsed = parse_serial_line(text)
+        flight = self.in_flight
+        if parsed.kind is SerialLine.DEVICE_ID and flight is not None:
+            self._abandon("the device rebooted mid-vend")
+            return
+        if flight is None or flight.kind != CommandKind.VEND:
+            if parsed.kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
+                self._log_note(f"result for no vend in flight: {text}", LogLevel.WARNING)
+            return
+        if parsed.kind is SerialLine.VEND_SUCCESS and parsed.slot == flight.slot:
+            self._settle(flight, success=True, message="VEND_SUCCESS")
+        elif parsed.kind is SerialLine.VEND_FAILED and parsed.slot == flight.slot:
+            self._settle(flight, success=False, message="the machine reported VEND_FAILED")
+        elif parsed.kind is SerialLine.SLOT_EMPTY:
+            self._settle(flight, success=False, message="the machine reported the slot empty")
+            slot = flight.slot
+            self._write(lambda: services.report_slot_empty(device=device, slot_number=slot))
+        elif parsed.kind is SerialLine.INVALID_SLOT:
+            self._settle(flight, success=False, message="the machine refused the slot number")
+        elif parsed.kind is SerialLine.ERROR:
+            self._abandon(f"the machine answered with an error: {parsed.value}")
+
+    def _settle(self, flight: InFlight, *, success: bool, message: str) -> None:
+        self.in_flight = None
+        elapsed = time.monotonic() - flight.written_at
+        self.say(
+            f"{self.device.device_id}: vend slot {flight.slot} "
+            f"{'succeeded' if success else 'failed'} in {elapsed * 1000:.0f} ms"
+        )
+        self._write(
+            lambda: services.settle_vend(
+                command_id=flight.command_id, success=success, message=message
+            )
+        )
+
+    def _abandon(self, reason: str) -> None:
+        flight, self.in_flight = self.in_flight, None
+        if flight is None:
+            return
+        self.say(f"{self.path}: vend slot {flight.slot} unconfirmed: {reason}")
+        self._write(lambda: services.flag_unconfirmed(command_id=flight.command_id, reason=reason))
+
+    def _finish_in_flight(self, port: serial.SerialBase) -> None:
+        """On shutdown, wait (bounded) for the result of the vend in flight."""
+        while self.in_flight is not None and time.monotonic() < self.in_flight.deadline:
+            for text in self._read_lines(port, 0.05):
+                self._on_line(text)
+        if self.in_flight is not None:
+            self._abandon("the bridge stopped before the result arrived")
+
+    # --- bytes ----------------------------------------------------------------------------
+
+    def _read_lines(self, port: serial.SerialBase, wait: float) -> list[str]:
+        deadline = time.monotonic() + wait
+        while True:
+            chunk = port.read(port.in_waiting or 1)
+            if chunk:
+                self._buffer += chunk
+                self._last_traffic = time.monotonic()
+            if b"\n" in self._buffer or time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > 4096:  # a device that never ends its line
+            lines.append(self._buffer)
+            self._buffer = b""
+        return [text for raw in lines if (text := decode_serial_line(raw))]
+
+    def _send_line(self, port: serial.SerialBase, data: bytes, device: Device | None) -> None:
+        port.write(data)
+        port.flush()
+        self._last_traffic = time.monotonic()
+        text = data.decode().strip()
+        self._write(
+            lambda: services.log_exchange(
+                direction=Direction.OUT,
+                transport=Transport.SERIAL,
+                device=device,
+                device_key=device.device_id if device else "",
+                endpoint=self.path,
+                message=text,
+            )
+        )
+
+    def _log_in(self, text: str) -> None:
+        device = self.device
+        self._write(
+            lambda: services.log_exchange(
+                direction=Direction.IN,
+                transport=Transport.SERIAL,
+                device=device,
+                device_key=device.device_id if device else "",
+                endpoint=self.path,
+                message=text,
+            )
+        )
+
+    def _log_note(self, text: str, level: LogLevel) -> None:
+        device = self.device
+        self._write(
+            lambda: services.log_exchange(
+                direction=Direction.IN,
+                transport=Transport.SERIAL,
+                device=device,
+                endpoint=self.path,
+                message=text,
+                level=level,
+            )
+        )
+
+    # --- the database -----------------------------------------------------------------
+
+    def _write(self, action: Callable[[], None]) -> None:
+        self._writes.append(action)
+
+    def _flush_writes(self, final: bool = False) -> None:
+        """Run queued writes in order; on a database error keep them for the next try."""
+        attempts = 20 if final else 1
+        for _ in range(attempts):
+            try:
+                while self._writes:
+                    self._writes[0]()
+                    self._writes.popleft()
+                return
+            except DatabaseError as exc:
+                self._database_trouble(exc)
+                if final:
+                    time.sleep(0.5)
+
+    def _db(self, action: Callable):
+        """Run one read/write now, retrying through a database outage until ``stop``."""
+        while True:
+            try:
+                return action()
+            except DatabaseError as exc:
+                self._database_trouble(exc)
+                if self.stop.wait(1.0):
+                    raise
+
+    def _database_trouble(self, exc: Exception) -> None:
+        logger.warning("%s: database unavailable (%s); will retry", self.path, exc)
+        try:
+            connection.close()
+        except DatabaseError:
+            pass
+        close_old_connections()

@@ -1,0 +1,233 @@
+"""The serial bridge against a virtual ESP32 on a real pseudo-terminal."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.db.models import Sum
+from django.utils import timezone
+
+from devices.choices import CommandState, Direction, Protocol, Transport
+from devices.models import Command, CommunicationLog, Device
+from devices.serial_bridge import LinkConfig, SerialLink, port_device_id
+from devices.simulators.serial_firmware import SerialFirmware
+from inventory.choices import MovementReason
+from inventory.models import Slot
+from inventory.services import set_stock
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory
+from transactions.choices import TransactionState
+from transactions.models import Transaction
+from transactions.services import request_vend
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEVICE_ID = "ESP32_USB_A1B2C3"
+FAST = LinkConfig(reply_timeout=1.0, banner_wait=0.3, identify_timeout=1.0, ping_interval=0.5)
+
+
+def stocked_device(quantity: int = 5) -> Device:
+    device = DeviceFactory(
+        device_id=DEVICE_ID, transport=Transport.SERIAL, protocol=Protocol.SERIAL
+    )
+    for number in range(1, 6):
+        slot = SlotFactory(
+            device=device,
+            number=number,
+            product=ProductFactory(sku=f"SER-{number}"),
+            quantity=0,
+            capacity=10,
+        )
+        set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK)
+    return device
+
+
+class Rig:
+    """A simulator and a bridge link, both in threads, torn down in order."""
+
+    def __init__(self, config: LinkConfig = FAST, **firmware):
+        self.firmware = SerialFirmware(device_id=DEVICE_ID, **firmware)
+        self.sim_stop = self.firmware.start()
+        self.stop = threading.Event()
+        self.said: list[str] = []
+        self.link = SerialLink(self.firmware.path, config, self.stop, say=self.said.append)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.link.run()
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: any("connected to" in line for line in self.said), what="handshake")
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+        self.sim_stop.set()
+        self.firmware.close()
+        assert not self.thread.is_alive(), "the bridge did not stop"
+
+
+def wait_for(condition, timeout: float = 8.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def state_of(txn: Transaction) -> str:
+    return Transaction.objects.values_list("state", flat=True).get(pk=txn.pk)
+
+
+def settled(txn: Transaction, *states: str):
+    return lambda: state_of(txn) in states
+
+
+def ledger_matches(slot: Slot) -> bool:
+    slot.refresh_from_db()
+    return (slot.movements.aggregate(total=Sum("delta"))["total"] or 0) == slot.quantity
+
+
+def test_the_bridge_registers_the_device_from_its_identify_answer():
+    with Rig():
+        device = Device.objects.get(device_id=DEVICE_ID)
+        assert device.transport == Transport.SERIAL
+        assert device.protocol == Protocol.SERIAL
+        assert device.firmware_version == "1.1"
+        assert device.is_online
+        assert device.slots.count() == 5
+
+
+def test_a_vend_succeeds_and_keeps_the_unit():
+    device = stocked_device()
+    with Rig() as rig:
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=3)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")
+        assert rig.firmware.received.count("VEND:3") == 1
+    slot = Slot.objects.get(device=device, number=3)
+    assert slot.quantity == 4
+    assert ledger_matches(slot)
+    lines = CommunicationLog.objects.filter(device=device)
+    assert lines.filter(direction=Direction.OUT, message="VEND:3").count() == 1
+    assert lines.filter(direction=Direction.IN, message__contains="VEND_SUCCESS:3").exists()
+
+
+def test_the_plain_variant_is_understood_too():
+    device = stocked_device()
+    with Rig(plain=True):
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=2)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")
+
+
+def test_a_failed_vend_returns_the_unit():
+    device = stocked_device()
+    with Rig(failure_rate=1.0):
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(txn, TransactionState.FAILED), what="failure")
+    slot = Slot.objects.get(device=device, number=1)
+    assert slot.quantity == 5
+    assert ledger_matches(slot)
+
+
+def test_a_slot_the_machine_finds_empty_is_zeroed_through_the_ledger_and_flagged():
+    device = stocked_device()
+    with Rig(stock={1: 0, 2: 5, 3: 5, 4: 5, 5: 5}):
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(txn, TransactionState.FAILED), what="failure")
+        slot = Slot.objects.get(device=device, number=1)
+        wait_for(lambda: Slot.objects.get(pk=slot.pk).quantity == 0, what="slot zeroed")
+    slot.refresh_from_db()
+    assert slot.needs_attention
+    assert ledger_matches(slot)
+    assert slot.movements.filter(reason="slot_empty").count() == 1
+
+
+def test_no_reply_makes_the_vend_unconfirmed_and_it_is_never_sent_again():
+    device = stocked_device()
+    with Rig(mute=True) as rig:
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=4)
+        wait_for(settled(txn, TransactionState.UNCONFIRMED), what="unconfirmed")
+        time.sleep(1.0)  # several more bridge iterations
+        assert rig.firmware.received.count("VEND:4") == 1
+    assert Slot.objects.get(device=device, number=4).quantity == 4  # still reserved
+    assert Command.objects.get(transaction=txn).state == CommandState.SENT
+
+
+def test_a_reboot_banner_mid_vend_makes_the_vend_unconfirmed():
+    device = stocked_device()
+    with Rig(reboot_on_vend=True) as rig:
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=5)
+        wait_for(settled(txn, TransactionState.UNCONFIRMED), what="unconfirmed")
+        assert rig.firmware.received.count("VEND:5") == 1
+    reason = txn.events.filter(to_state=TransactionState.UNCONFIRMED).get().note
+    assert "rebooted" in reason
+
+
+def test_bytes_that_are_not_utf8_are_survived_and_logged():
+    device = stocked_device()
+    with Rig(garbage_before_result=True):
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=2)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")
+    assert CommunicationLog.objects.filter(message__contains="\ufffd").exists()
+
+
+def test_pulling_the_cable_mid_vend_makes_it_unconfirmed_and_the_device_offline():
+    device = stocked_device()
+    config = LinkConfig(reply_timeout=5.0, banner_wait=0.3, identify_timeout=1.0)
+    with Rig(config=config, latency=3.0) as rig:
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(txn, TransactionState.SENT), what="delivery")
+        rig.firmware.unplug()
+        wait_for(settled(txn, TransactionState.UNCONFIRMED), what="unconfirmed")
+        wait_for(lambda: not Device.objects.get(pk=device.pk).is_online, what="offline")
+
+
+def test_the_bridge_reconnects_after_the_port_comes_back():
+    device = stocked_device()
+    firmware = SerialFirmware(device_id=DEVICE_ID)
+    path = firmware.path
+    firmware.close()  # the port exists no more: the bridge keeps trying
+    stop = threading.Event()
+    said: list[str] = []
+    link = SerialLink(path, FAST, stop, say=said.append)
+    thread = threading.Thread(target=lambda: (link.run(), connection.close()), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert not link.connected.is_set()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert Device.objects.filter(pk=device.pk, last_seen__isnull=True).exists()
+
+
+def test_stopping_mid_vend_waits_for_the_result():
+    device = stocked_device()
+    config = LinkConfig(reply_timeout=3.0, banner_wait=0.3, identify_timeout=1.0)
+    with Rig(config=config, latency=0.5) as rig:
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=3)
+        wait_for(settled(txn, TransactionState.SENT), what="delivery")
+        rig.stop.set()  # SIGTERM arrives while the motor runs
+        rig.thread.join(5)
+    assert state_of(txn) == TransactionState.SUCCEEDED
+
+
+def test_a_port_without_a_device_id_gets_one_from_its_path():
+    assert port_device_id("/dev/ttyUSB0") == "ESP32_SERIAL_TTYUSB0"
+    assert port_device_id("/dev/pts/7") == "ESP32_SERIAL_7"
+
+
+def test_a_quiet_device_is_pinged_and_stays_online():
+    device = stocked_device()
+    with Rig(idle_interval=60) as rig:
+        Device.objects.filter(pk=device.pk).update(last_seen=timezone.now())
+        time.sleep(1.5)
+        assert "PING" in rig.firmware.received
