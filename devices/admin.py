@@ -1,0 +1,237 @@
+"""Staff screens for devices, their commands and the communication log.
+
+Actions call the same services as the REST API (``select_active_device``,
+``queue_command``); a refusal from a service becomes an error message, never a 500.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.utils.text import Truncator
+
+from inventory.admin import ReadOnlyAdminMixin, SlotForm, save_slot_form, stock_badge
+from inventory.models import Slot
+from inventory.services import ensure_slots
+from vending_site.errors import DomainError
+
+from .choices import CommandKind
+from .models import Command, CommunicationLog, Device
+from .protocol import mac_from_device_id
+from .selectors import canonical_id, online_devices
+from .services import queue_command, select_active_device
+
+
+class DeviceForm(forms.ModelForm):
+    """Stores the canonical spelling of the id, so the firmware's spelling finds the row."""
+
+    class Meta:
+        model = Device
+        fields = (
+            "device_id",
+            "name",
+            "mac_address",
+            "transport",
+            "protocol",
+            "ip_address",
+            "serial_port",
+            "firmware_version",
+            "slot_count",
+        )
+
+    def clean_device_id(self) -> str:
+        try:
+            return canonical_id(self.cleaned_data["device_id"])
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("device_id") and not cleaned.get("mac_address"):
+            cleaned["mac_address"] = mac_from_device_id(cleaned["device_id"])
+        return cleaned
+
+
+class OnlineFilter(admin.SimpleListFilter):
+    title = "online"
+    parameter_name = "online"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Online"), ("no", "Offline")]
+
+    def queryset(self, request, queryset):
+        # The selector owns the rule for "online"; the filter only applies it.
+        if self.value() == "yes":
+            return queryset.filter(pk__in=online_devices().values("pk"))
+        if self.value() == "no":
+            return queryset.exclude(pk__in=online_devices().values("pk"))
+        return queryset
+
+
+class SlotInline(admin.TabularInline):
+    model = Slot
+    form = SlotForm
+    fields = (
+        "number",
+        "product",
+        "quantity",
+        "capacity",
+        "stock",
+        "low_stock_threshold",
+        "enabled",
+        "needs_attention",
+    )
+    readonly_fields = ("stock",)
+    autocomplete_fields = ("product",)
+    extra = 0
+    ordering = ("number",)
+    show_change_link = True
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product")
+
+    @admin.display(description="Stock")
+    def stock(self, obj: Slot) -> str:
+        return stock_badge(obj) if obj.pk else "-"
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    form = DeviceForm
+    inlines = (SlotInline,)
+    list_display = (
+        "device_id",
+        "name",
+        "online",
+        "is_active",
+        "transport",
+        "protocol",
+        "firmware_version",
+        "address",
+        "last_seen",
+    )
+    list_filter = (OnlineFilter, "transport", "protocol", "is_active")
+    search_fields = ("device_id", "name", "mac_address")
+    actions = ("make_active", "queue_status", "queue_reset")
+    fields = (
+        "device_id",
+        "name",
+        "mac_address",
+        "transport",
+        "protocol",
+        "ip_address",
+        "serial_port",
+        "firmware_version",
+        "slot_count",
+        "reported_status",
+        "is_active",
+        "online",
+        "last_seen",
+        "registered_at",
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        # The active flag has its own action (the database allows one active device);
+        # presence is what the device reports, not what staff type.
+        readonly = ["reported_status", "is_active", "online", "last_seen", "registered_at"]
+        if obj is not None:
+            readonly.insert(0, "device_id")  # the firmware knows the device by it
+        return readonly
+
+    @admin.display(description="Online", boolean=True, ordering="last_seen")
+    def online(self, obj: Device) -> bool:
+        return obj.is_online
+
+    @admin.display(description="Address", ordering="ip_address")
+    def address(self, obj: Device) -> str:
+        return obj.ip_address or obj.serial_port or "-"
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Slot:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)  # fills the instances and the change lists for the log
+        for slot in formset.deleted_objects:
+            slot.delete()
+        deleted = set(formset.deleted_forms)
+        for slot_form in formset.forms:
+            if slot_form in deleted or not slot_form.has_changed():
+                continue
+            save_slot_form(form=slot_form, user=request.user, note="admin: device slots edited")
+        return None
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        ensure_slots(device=form.instance, count=form.instance.slot_count)
+
+    @admin.action(description="Make active device", permissions=["change"])
+    def make_active(self, request: HttpRequest, queryset) -> None:
+        devices = list(queryset[:2])
+        if len(devices) != 1:
+            self.message_user(
+                request, "Select exactly one device to make it the active one.", messages.WARNING
+            )
+            return
+        device = select_active_device(device=devices[0])
+        self.message_user(request, f"{device.device_id} is now the active device.")
+
+    @admin.action(description="Queue STATUS", permissions=["change"])
+    def queue_status(self, request: HttpRequest, queryset) -> None:
+        self._queue(request, queryset, CommandKind.STATUS)
+
+    @admin.action(description="Queue RESET", permissions=["change"])
+    def queue_reset(self, request: HttpRequest, queryset) -> None:
+        self._queue(request, queryset, CommandKind.RESET)
+
+    def _queue(self, request: HttpRequest, queryset, kind: CommandKind) -> None:
+        queued = []
+        for device in queryset:
+            try:
+                queue_command(device=device, kind=kind)
+            except DomainError as exc:
+                self.message_user(request, f"{kind} refused: {exc.message}", messages.ERROR)
+            else:
+                queued.append(device.device_id)
+        if queued:
+            self.message_user(
+                request, f"{kind} queued for {len(queued)} device(s): {', '.join(queued)}."
+            )
+
+
+@admin.register(Command)
+class CommandAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "device",
+        "kind",
+        "slot",
+        "state",
+        "created_at",
+        "sent_at",
+        "completed_at",
+        "expires_at",
+    )
+    list_filter = ("state", "kind", "device", "created_at")
+    list_select_related = ("device",)
+    search_fields = ("device__device_id", "device__name")
+    date_hierarchy = "created_at"
+
+
+@admin.register(CommunicationLog)
+class CommunicationLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "device_key",
+        "direction",
+        "transport",
+        "endpoint",
+        "level",
+        "short_message",
+    )
+    list_filter = ("direction", "transport", "level")
+    search_fields = ("message", "device_key")
+    date_hierarchy = "created_at"
+    # The log grows without bound: skip counting the whole table on every page.
+    show_full_result_count = False
+
+    @admin.display(description="Message")
+    def short_message(self, obj: CommunicationLog) -> str:
+        return Truncator(obj.message).chars(120)

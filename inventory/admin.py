@@ -1,0 +1,251 @@
+"""Staff screens for products, slots and the stock ledger.
+
+The admin never writes ``Slot.quantity`` itself: a quantity typed into a form becomes a
+``set_stock`` call (an ``adjustment`` ledger row with the staff user), and every other
+field is saved without touching the quantity, so a vend that took a unit while the form
+was open is never overwritten.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from vending_site.errors import DomainError
+
+from .choices import MovementReason
+from .models import Product, Slot, StockMovement
+from .services import lock_slot, restock_to_capacity, set_stock
+
+# The fields a slot form may save directly; ``quantity`` is deliberately not among them.
+SLOT_DIRECT_FIELDS = frozenset(
+    {"device", "number", "product", "capacity", "low_stock_threshold", "enabled", "needs_attention"}
+)
+
+
+class SlotForm(forms.ModelForm):
+    """A slot's settings; refuses a quantity above the capacity with a readable message."""
+
+    class Meta:
+        model = Slot
+        fields = (
+            "device",
+            "number",
+            "product",
+            "quantity",
+            "capacity",
+            "low_stock_threshold",
+            "enabled",
+            "needs_attention",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "quantity" in self.fields:
+            # Compare the posted quantity with the one the page showed, not with the
+            # database: a vend while the form was open is not an edit by staff.
+            self.fields["quantity"].show_hidden_initial = True
+
+    def clean(self):
+        cleaned = super().clean()
+        capacity = cleaned.get("capacity")
+        if capacity is None:
+            return cleaned
+        if "quantity" in self.fields and "quantity" in self.changed_data:
+            quantity = cleaned.get("quantity")
+            if quantity is not None and quantity > capacity:
+                self.add_error(
+                    "quantity",
+                    f"The quantity ({quantity}) cannot exceed the slot's capacity ({capacity}).",
+                )
+        elif self.instance.pk is not None and "capacity" in self.changed_data:
+            # The quantity is not being set, so the capacity must hold what the slot
+            # holds now (a vend may have changed it since the form was opened).
+            held = Slot.objects.filter(pk=self.instance.pk).values_list("quantity", flat=True)
+            current = held.first() or 0
+            if current > capacity:
+                self.add_error(
+                    "capacity",
+                    f"The slot holds {current} units; the capacity cannot be less than that.",
+                )
+        return cleaned
+
+
+@transaction.atomic
+def save_slot_form(*, form: forms.ModelForm, user, note: str = "") -> Slot:
+    """Save a validated slot form; a new quantity goes through ``set_stock``.
+
+    A new slot is created empty and then filled through the ledger. For an existing slot
+    only the changed fields other than ``quantity`` are written, ordered around the stock
+    change so that the database's ``quantity <= capacity`` check holds at every step.
+    """
+    slot = form.instance
+    wanted = slot.quantity
+    if slot.pk is None:
+        slot.quantity = 0
+        slot.save()
+        if wanted:
+            set_stock(
+                slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+            )
+        return slot
+    fields = [name for name in form.changed_data if name in SLOT_DIRECT_FIELDS]
+    values = {name: getattr(slot, name) for name in fields}
+    quantity_changed = "quantity" in form.changed_data
+    current = lock_slot(slot.pk).quantity
+    # Emptying first lets a lower capacity fit; a higher capacity must exist before filling.
+    set_first = quantity_changed and wanted < current
+    if set_first:
+        set_stock(
+            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+        )
+    if fields:
+        for name, value in values.items():
+            setattr(slot, name, value)  # set_stock refreshes the slot in place
+        slot.save(update_fields=fields)
+    if quantity_changed and not set_first:
+        set_stock(
+            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+        )
+    slot.refresh_from_db(fields=["quantity"])
+    return slot
+
+
+def stock_badge(slot: Slot) -> str:
+    """A coloured ``empty`` / ``low`` / ``ok`` marker for a slot's stock."""
+    if slot.is_empty:
+        colour, label = "#ba2121", "empty"
+    elif slot.is_low:
+        colour, label = "#c77c00", "low"
+    else:
+        colour, label = "#3a7d22", "ok"
+    return format_html(
+        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:8px;'
+        'font-weight:bold;">{}</span>',
+        colour,
+        label,
+    )
+
+
+class StockLevelFilter(admin.SimpleListFilter):
+    title = "stock level"
+    parameter_name = "stock"
+
+    def lookups(self, request, model_admin):
+        return [("empty", "Empty"), ("low", "Low (not empty)"), ("ok", "OK")]
+
+    def queryset(self, request, queryset):
+        low = {"quantity__lte": F("low_stock_threshold")}
+        if self.value() == "empty":
+            return queryset.filter(quantity=0)
+        if self.value() == "low":
+            return queryset.filter(**low).exclude(quantity=0)
+        if self.value() == "ok":
+            return queryset.exclude(**low)
+        return queryset
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ("name", "sku", "price", "created_at")
+    search_fields = ("name", "sku")
+    ordering = ("name",)
+
+
+@admin.register(Slot)
+class SlotAdmin(admin.ModelAdmin):
+    form = SlotForm
+    list_display = (
+        "device",
+        "number",
+        "product",
+        "quantity",
+        "capacity",
+        "stock",
+        "enabled",
+        "needs_attention",
+    )
+    list_display_links = ("device", "number")
+    list_filter = (StockLevelFilter, "enabled", "needs_attention", "device")
+    list_select_related = ("device", "product")
+    search_fields = ("device__device_id", "device__name", "product__name", "product__sku")
+    autocomplete_fields = ("product",)
+    actions = ("restock_selected",)
+    fields = (
+        "device",
+        "number",
+        "product",
+        "quantity",
+        "capacity",
+        "low_stock_threshold",
+        "enabled",
+        "needs_attention",
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        # A slot's history belongs to its place in its machine: that place never moves.
+        return ("device", "number") if obj is not None else ()
+
+    @admin.display(description="Stock")
+    def stock(self, obj: Slot) -> str:
+        return stock_badge(obj)
+
+    def save_model(self, request, obj, form, change):
+        save_slot_form(form=form, user=request.user, note="admin: slot edited")
+
+    @admin.action(description="Restock selected slots to capacity", permissions=["change"])
+    def restock_selected(self, request: HttpRequest, queryset) -> None:
+        restocked = units = full = 0
+        for slot in queryset.select_related("device"):
+            try:
+                movement = restock_to_capacity(slot=slot, user=request.user)
+            except DomainError as exc:
+                self.message_user(request, f"{slot}: {exc.message}", messages.ERROR)
+                continue
+            if movement is None:
+                full += 1
+            else:
+                restocked += 1
+                units += movement.delta
+        if restocked:
+            self.message_user(
+                request,
+                f"Restocked {restocked} slot(s) to capacity ({units:+d} units).",
+                messages.SUCCESS,
+            )
+        if full:
+            self.message_user(request, f"{full} slot(s) were already full.", messages.INFO)
+
+
+class ReadOnlyAdminMixin:
+    """Rows that are a record of what happened: staff read them, nobody edits them."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(StockMovement)
+class StockMovementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "slot",
+        "delta",
+        "quantity_after",
+        "reason",
+        "user",
+        "transaction",
+        "note",
+    )
+    list_filter = ("reason", "created_at")
+    list_select_related = ("slot__device", "user", "transaction")
+    search_fields = ("slot__device__device_id", "note", "reason")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
