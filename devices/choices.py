@@ -50,3 +50,7 @@ SUPPORTED_COMMANDS: dict[str, frozenset[str]] = {
     Protocol.WIFI_DOCUMENTED: frozenset({CommandKind.VEND, CommandKind.STATUS, CommandKind.RESET}),
     Protocol.SERIAL: frozenset({CommandKind.VEND, CommandKind.STATUS, CommandKind.RESET}),
 }
+
+# The highest slot number each dialect acts on (PROTOCOL.md: VEND with slot 1..5); the
+# documented WiFi variant sets no limit beyond the machine's own slot count.
+FIRMWARE_MAX_SLOT: dict[str, int] = {Protocol.WIFI_V2: 5, Protocol.SERIAL: 5}

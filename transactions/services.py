@@ -10,7 +10,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from devices.choices import CommandKind, CommandState
+from devices.choices import FIRMWARE_MAX_SLOT, CommandKind, CommandState
 from devices.exceptions import DeviceOffline
 from devices.models import Command, Device
 from devices.services import expire_due_commands, queue_command
@@ -43,6 +43,13 @@ def request_vend(
         raise SlotOutOfRange(
             f"Slot {slot_number} does not exist on {device.device_id}; "
             f"it has slots 1 to {device.slot_count}.",
+            slot_id=slot_number,
+        )
+    firmware_max = FIRMWARE_MAX_SLOT.get(device.protocol)
+    if firmware_max is not None and slot_number > firmware_max:
+        raise SlotOutOfRange(
+            f"{device.device_id} runs {device.get_protocol_display()}, which acts only on "
+            f"slots 1 to {firmware_max}; slot {slot_number} would never be dispensed.",
             slot_id=slot_number,
         )
     if not device.is_online:

@@ -9,9 +9,7 @@ slash. They translate bytes to service calls and back; the rules live in ``devic
 import json
 
 from django.http import HttpResponse
-from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,19 +33,8 @@ class FirstRenderer(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-class DeviceJSONParser(JSONParser):
-    """JSON nested too deeply for the decoder is a parse error (400), not a crash (500)."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise ParseError("JSON parse error - the body is nested too deeply.") from None
-
-
 class DeviceEndpoint(APIView):
     content_negotiation_class = FirstRenderer
-    parser_classes = (DeviceJSONParser,)
     authentication_classes = ()
     permission_classes = (AllowAny,)
     throttle_classes = ()

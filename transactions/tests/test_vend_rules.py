@@ -1,0 +1,43 @@
+"""Vend rules that come from the firmware's limits and from hostile bodies."""
+
+import pytest
+
+from devices.choices import Protocol
+from devices.models import Device
+from transactions.models import Transaction
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_v21_device_is_never_sent_a_slot_its_firmware_ignores(online_device, staff, client_for):
+    Device.objects.filter(pk=online_device.pk).update(slot_count=6)
+
+    response = client_for(staff).post("/api/v1/vend/6", {}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "slot_out_of_range"
+    assert "slots 1 to 5" in response.json()["detail"]
+    assert not Transaction.objects.exists()
+
+
+def test_the_documented_variant_may_use_every_slot_the_machine_has(
+    online_device, staff, client_for
+):
+    Device.objects.filter(pk=online_device.pk).update(
+        slot_count=6, protocol=Protocol.WIFI_DOCUMENTED
+    )
+
+    response = client_for(staff).post("/api/v1/vend/6", {}, format="json")
+
+    # Past the firmware check: slot 6 has no row yet, so it is refused as not set up.
+    assert response.status_code == 409
+    assert response.json()["code"] == "slot_not_configured"
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_crash(online_device, staff, client_for):
+    body = "[" * 100_000 + "]" * 100_000
+
+    response = client_for(staff).post("/api/v1/vend/1", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["detail"]
