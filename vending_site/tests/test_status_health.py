@@ -1,0 +1,112 @@
+"""``/status`` (the firmware's probe and the fleet summary), ``/health`` and the device list."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import OperationalError
+from django.utils import timezone
+
+from tests.factories import DeviceFactory, SlotFactory
+from vending_site import health
+
+DEVICE_ID = "ESP32_6CC8404FE03C"
+
+
+def test_status_answers_an_anonymous_probe_with_200_naming_the_service(online_device, api_client):
+    response = api_client.get("/status")
+
+    assert response.status_code == 200
+    assert b"vending" in response.content
+    assert b"status" in response.content
+    body = response.json()
+    assert body["service"] == "vending"
+    assert body["status"] == "ok"
+    assert body["active_device"] == DEVICE_ID
+
+
+def test_status_lists_each_device_with_its_online_state_and_slot_inventory(
+    online_device, api_client
+):
+    DeviceFactory(device_id="ESP32_AAAAAAAAAAAA", last_seen=timezone.now() - timedelta(hours=1))
+
+    body = api_client.get("/status").json()
+
+    devices = {d["device_id"]: d for d in body["devices"]}
+    assert body["devices_online"] == 1
+    assert devices[DEVICE_ID]["online"] is True
+    assert devices["ESP32_AAAAAAAAAAAA"]["online"] is False
+    assert devices["ESP32_AAAAAAAAAAAA"]["inventory"] == []
+    inventory = devices[DEVICE_ID]["inventory"]
+    assert [slot["slot_id"] for slot in inventory] == [1, 2, 3, 4, 5]
+    assert inventory[2]["quantity"] == 5
+    assert inventory[2]["capacity"] == 10
+    assert inventory[2]["product"]["sku"] == "SKU-3"
+
+
+def test_status_queries_do_not_grow_with_the_fleet(
+    online_device, api_client, django_assert_max_num_queries
+):
+    # Two "is a sweep due?" reads, the devices, their slots with products.
+    with django_assert_max_num_queries(4) as one:
+        assert len(api_client.get("/status").json()["devices"]) == 1
+    for n in range(5):
+        device = DeviceFactory(last_seen=timezone.now())
+        for number in range(1, 4):
+            SlotFactory(device=device, number=number, product__sku=f"SKU-{n}-{number}")
+    with django_assert_max_num_queries(4) as six:
+        assert len(api_client.get("/status").json()["devices"]) == 6
+
+    assert len(six.captured_queries) == len(one.captured_queries)
+
+
+def test_health_reports_every_check_ok(db, api_client):
+    response = api_client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "healthy",
+        "checks": {"database": "ok", "migrations": "ok", "channel_layer": "ok"},
+    }
+
+
+@pytest.mark.parametrize("failing", ["database", "migrations", "channel_layer"])
+def test_health_answers_503_naming_the_failing_check(db, api_client, monkeypatch, failing):
+    def broken() -> str:
+        raise OperationalError("connection refused")
+
+    # A stand-in for a broken dependency: the one place a fake is the honest test.
+    monkeypatch.setitem(health.CHECKS, failing, broken)
+
+    response = api_client.get("/health")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"][failing] == "error: connection refused"
+    assert {name: result for name, result in body["checks"].items() if name != failing} == {
+        name: "ok" for name in health.CHECKS if name != failing
+    }
+
+
+def test_device_list_names_every_device_and_the_active_one(online_device, api_client):
+    DeviceFactory(device_id="ESP32_AAAAAAAAAAAA")
+
+    response = api_client.get("/esp32/devices/list")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["active_device"] == DEVICE_ID
+    assert [(d["device_id"], d["online"], d["is_active"]) for d in body["devices"]] == [
+        ("ESP32_6CC8404FE03C", True, True),
+        ("ESP32_AAAAAAAAAAAA", False, False),
+    ]
+    assert body["devices"][0]["slots"] == 5
+
+
+def test_device_list_has_no_active_device_when_none_is_selected(db, api_client):
+    DeviceFactory(device_id="ESP32_AAAAAAAAAAAA")
+
+    body = api_client.get("/esp32/devices/list").json()
+
+    assert body["active_device"] is None
+    assert len(body["devices"]) == 1
