@@ -7,6 +7,12 @@ from rest_framework.test import APIClient
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Tests log users in often; production hashing would make that the slowest thing here."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

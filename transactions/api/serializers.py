@@ -55,6 +55,8 @@ class VendRequestSerializer(serializers.Serializer):
     wait = serializers.FloatField(required=False, min_value=0, default=0)
 
     def validate_wait(self, value: float) -> float:
+        if isinstance(self.initial_data.get("wait"), bool):
+            raise serializers.ValidationError("A valid number is required.")
         if value > settings.VEND_MAX_WAIT:
             raise serializers.ValidationError(
                 f"Ensure this value is less than or equal to {settings.VEND_MAX_WAIT}."

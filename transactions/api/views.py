@@ -1,6 +1,7 @@
 """REST endpoints for vends and their transactions."""
 
 import asyncio
+import re
 import time
 
 from asgiref.sync import sync_to_async
@@ -28,6 +29,7 @@ from vending_site.errors import InvalidRequest
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+_SLOT_ID = re.compile(r"-?[0-9]{1,6}")
 MAX_KEY_LENGTH = 255
 
 
@@ -56,6 +58,7 @@ class VendView(APIView):
             txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)
             response = Response(TransactionSerializer(txn).data, status=key.response_status)
             response["Idempotent-Replayed"] = "true"
+            response["Location"] = response.data["links"]["self"]
             return response
         try:
             device = get_device(params["device_id"]) if params.get("device_id") else active_device()
@@ -88,10 +91,9 @@ class VendView(APIView):
 
 
 def _parse_slot(slot_id: str) -> int:
-    try:
-        number = int(slot_id)
-    except ValueError:
-        raise InvalidRequest(f"Slot id {slot_id[:20]!r} is not a whole number.") from None
+    if not _SLOT_ID.fullmatch(slot_id):
+        raise InvalidRequest(f"Slot id {slot_id[:20]!r} is not a whole number.")
+    number = int(slot_id)
     if number < 1 or number > 10_000:
         raise InvalidRequest(f"Slot id {number} is out of range; slots are numbered from 1.")
     return number

@@ -41,3 +41,29 @@ def test_json_nested_too_deeply_is_a_400_not_a_crash(online_device, staff, clien
 
     assert response.status_code == 400
     assert "nested too deeply" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("slot_id", [" 3", "+3", "1_0", "\u0663", "3.0", "0x3"])
+def test_slot_ids_are_plain_ascii_digits(online_device, staff, client_for, slot_id):
+    response = client_for(staff).post(f"/api/v1/vend/{slot_id}", {}, format="json")
+
+    assert response.status_code in (400, 404)
+    assert not Transaction.objects.exists()
+
+
+def test_wait_must_be_a_number_not_a_boolean(online_device, staff, client_for):
+    response = client_for(staff).post("/api/v1/vend/1", {"wait": True}, format="json")
+
+    assert response.status_code == 400
+    assert "wait" in response.json()["errors"]
+
+
+def test_a_replayed_vend_points_to_its_transaction_like_the_first_answer(
+    online_device, staff, client_for
+):
+    client = client_for(staff)
+    first = client.post("/api/v1/vend/1", {}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = client.post("/api/v1/vend/1", {}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert again["Idempotent-Replayed"] == "true"
+    assert again["Location"] == first["Location"]
