@@ -1,11 +1,12 @@
-# make run   - install (first time), migrate, load demo data, serve on 0.0.0.0:5000
+# make run   - install (first time), migrate, load demo data, then run the web server
+#              (0.0.0.0:5000), the UDP discovery listener and the serial bridge together
 # make test  - install (first time) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format migrate clean
+.PHONY: run serve test lint format migrate clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,11 @@ migrate: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 
 run: migrate
+	$(BIN)/python manage.py bootstrap
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+# Only the web server, e.g. when discovery and the bridge run as services of their own.
+serve: migrate
 	$(BIN)/python manage.py bootstrap
 	$(BIN)/python manage.py serve
 
