@@ -14,11 +14,11 @@ from inventory.models import Slot
 from inventory.services import ensure_slots
 from vending_site.errors import DomainError
 
-from .choices import CommandKind
-from .models import Command, CommunicationLog, Device
+from .choices import CommandKind, PortRequest
+from .models import Command, CommunicationLog, Device, SerialPort
 from .protocol import mac_from_device_id
 from .selectors import canonical_id, online_devices
-from .services import queue_command, select_active_device
+from .services import queue_command, request_port, select_active_device
 
 
 class DeviceForm(forms.ModelForm):
@@ -235,3 +235,53 @@ class CommunicationLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Message")
     def short_message(self, obj: CommunicationLog) -> str:
         return Truncator(obj.message).chars(120)
+
+
+@admin.register(SerialPort)
+class SerialPortAdmin(admin.ModelAdmin):
+    """The serial ports the bridge reports; staff connect or disconnect them from here."""
+
+    list_display = [
+        "path",
+        "usb_id",
+        "description",
+        "likely_esp32",
+        "present",
+        "is_open",
+        "device",
+        "requested",
+        "last_error",
+        "reported_at",
+    ]
+    list_filter = ["is_open", "present", "likely_esp32", "requested"]
+    actions = ["connect", "disconnect", "automatic"]
+    readonly_fields = [f.name for f in SerialPort._meta.fields if f.name != "requested"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # ports are reported by the bridge, not typed in
+
+    @admin.display(description="USB VID:PID")
+    def usb_id(self, port: SerialPort) -> str:
+        return port.usb_id or "-"
+
+    def _request(self, request: HttpRequest, queryset, wish: PortRequest) -> None:
+        for port in queryset:
+            request_port(path=port.path, request=wish)
+        self.message_user(
+            request,
+            f"Asked the serial bridge to {wish.label.lower()} {queryset.count()} port(s); "
+            "it acts within a second when it is running.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Connect selected ports")
+    def connect(self, request: HttpRequest, queryset) -> None:
+        self._request(request, queryset, PortRequest.CONNECT)
+
+    @admin.action(description="Disconnect selected ports")
+    def disconnect(self, request: HttpRequest, queryset) -> None:
+        self._request(request, queryset, PortRequest.DISCONNECT)
+
+    @admin.action(description="Let the bridge decide (connect ESP32 boards)")
+    def automatic(self, request: HttpRequest, queryset) -> None:
+        self._request(request, queryset, PortRequest.AUTO)

@@ -32,6 +32,14 @@ class CommandState(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class PortRequest(models.TextChoices):
+    """What staff asked the serial bridge to do with a port."""
+
+    AUTO = "auto", "Automatic (connect ESP32 boards)"
+    CONNECT = "connect", "Connect"
+    DISCONNECT = "disconnect", "Disconnect"
+
+
 class Direction(models.TextChoices):
     IN = "in", "Device → server"
     OUT = "out", "Server → device"

@@ -12,6 +12,7 @@ from .choices import (
     CommandState,
     Direction,
     LogLevel,
+    PortRequest,
     Protocol,
     Transport,
 )
@@ -151,3 +152,43 @@ class CommunicationLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_direction_display()} {self.device_key}: {self.message[:60]}"
+
+
+class SerialPort(models.Model):
+    """A serial port as the bridge last saw it, and what staff want done with it."""
+
+    path = models.CharField(max_length=255, unique=True)
+    vid = models.PositiveIntegerField("USB vendor id", null=True, blank=True)
+    pid = models.PositiveIntegerField("USB product id", null=True, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    likely_esp32 = models.BooleanField(default=False)
+    present = models.BooleanField(default=True, help_text="Seen at the bridge's last scan.")
+    is_open = models.BooleanField(default=False)
+    device = models.ForeignKey(
+        Device, on_delete=models.SET_NULL, null=True, blank=True, related_name="serial_ports"
+    )
+    requested = models.CharField(
+        max_length=10, choices=PortRequest.choices, default=PortRequest.AUTO
+    )
+    last_error = models.CharField(max_length=255, blank=True)
+    reported_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["path"]
+
+    def __str__(self) -> str:
+        return self.path
+
+    @property
+    def usb_id(self) -> str:
+        if self.vid is None or self.pid is None:
+            return ""
+        return f"{self.vid:04X}:{self.pid:04X}"
+
+    def wanted_open(self, explicit: bool) -> bool:
+        """Whether the bridge should hold this port open."""
+        if self.requested == PortRequest.CONNECT:
+            return True
+        if self.requested == PortRequest.DISCONNECT:
+            return False
+        return explicit or self.likely_esp32

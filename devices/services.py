@@ -5,6 +5,7 @@ back to bytes; the rules live here.
 """
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -20,11 +21,19 @@ from transactions.lifecycle import transition
 from transactions.models import Transaction
 from vending_site.events import publish
 
-from .choices import CommandKind, CommandState, Direction, LogLevel, Protocol, Transport
+from .choices import (
+    CommandKind,
+    CommandState,
+    Direction,
+    LogLevel,
+    PortRequest,
+    Protocol,
+    Transport,
+)
 from .exceptions import CommandNotSupported, DeviceOffline
-from .models import MAX_SLOTS, Command, CommunicationLog, Device
-from .protocol import mac_from_device_id
-from .selectors import canonical_id, device_for_poll, online_cutoff
+from .models import MAX_SLOTS, Command, CommunicationLog, Device, SerialPort
+from .protocol import likely_esp32, mac_from_device_id
+from .selectors import canonical_id, device_for_poll, online_devices
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +166,7 @@ def select_active_device(*, device: Device) -> Device:
 
 def auto_select_active_device() -> Device | None:
     """Prefer a connected serial device, else the most recently seen WiFi device."""
-    online = Device.objects.filter(last_seen__gte=online_cutoff())
+    online = online_devices()
     device = (
         online.filter(transport=Transport.SERIAL).order_by("-last_seen").first()
         or online.filter(transport=Transport.WIFI).order_by("-last_seen").first()
@@ -511,3 +520,57 @@ def mark_disconnected(device: Device) -> None:
     Device.objects.filter(pk=device.pk).update(disconnected_at=now)
     device.disconnected_at = now
     publish("device", device_payload(device))
+
+
+# --- Serial ports (reported by the bridge, steered by staff) ------------------------------
+
+
+@dataclass(frozen=True)
+class PortReport:
+    path: str
+    vid: int | None = None
+    pid: int | None = None
+    description: str = ""
+
+
+def report_serial_ports(reports: list[PortReport]) -> list[SerialPort]:
+    """Record the ports the bridge sees now; ports no longer seen are marked absent."""
+    now = timezone.now()
+    seen = []
+    for report in reports:
+        port, _ = SerialPort.objects.update_or_create(
+            path=report.path,
+            defaults={
+                "vid": report.vid,
+                "pid": report.pid,
+                "description": report.description[:255],
+                "likely_esp32": likely_esp32(report.vid, report.pid),
+                "present": True,
+                "reported_at": now,
+            },
+        )
+        seen.append(port)
+    SerialPort.objects.exclude(path__in=[r.path for r in reports]).filter(present=True).update(
+        present=False, is_open=False, reported_at=now
+    )
+    if reports:
+        publish("ports", {"paths": [r.path for r in reports]})
+    return seen
+
+
+def set_port_state(
+    *, path: str, is_open: bool, device: Device | None = None, error: str = ""
+) -> None:
+    """The bridge opened or closed a port (or failed to)."""
+    changes = {"is_open": is_open, "last_error": error[:255], "reported_at": timezone.now()}
+    if device is not None:
+        changes["device"] = device
+    SerialPort.objects.update_or_create(path=path, defaults=changes)
+    publish("ports", {"path": path, "is_open": is_open, "error": error[:255]})
+
+
+def request_port(*, path: str, request: PortRequest) -> SerialPort:
+    """Staff ask the bridge to connect, disconnect or decide by itself (it obeys within 1 s)."""
+    port, _ = SerialPort.objects.update_or_create(path=path, defaults={"requested": request})
+    publish("ports", {"path": path, "requested": request})
+    return port

@@ -383,3 +383,25 @@ def test_commands_are_read_only_in_the_admin(staff_client, online_device):
     delete = reverse("admin:devices_command_delete", args=[command.pk])
     assert staff_client.post(delete, {"post": "yes"}).status_code == 403
     assert Command.objects.filter(pk=command.pk).exists()
+
+
+def test_serial_ports_list_and_the_disconnect_action_records_the_request(staff_client):
+    from devices.choices import PortRequest
+    from devices.models import SerialPort
+    from devices.services import PortReport, report_serial_ports
+
+    report_serial_ports([PortReport(path="/dev/ttyUSB0", vid=0x10C4, pid=0xEA60)])
+    url = reverse("admin:devices_serialport_changelist")
+
+    listing = staff_client.get(url)
+    response = staff_client.post(
+        url,
+        {"action": "disconnect", "_selected_action": [SerialPort.objects.get().pk]},
+        follow=True,
+    )
+
+    assert listing.status_code == 200
+    assert b"10C4:EA60" in listing.content
+    assert SerialPort.objects.get().requested == PortRequest.DISCONNECT
+    assert any("disconnect" in message for message in messages_of(response))
+    assert staff_client.get(reverse("admin:devices_serialport_add")).status_code == 403

@@ -8,9 +8,10 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from devices.choices import CommandState, Direction, Protocol, Transport
-from devices.models import Command, CommunicationLog, Device
-from devices.serial_bridge import LinkConfig, SerialLink, port_device_id
+from devices.choices import CommandState, Direction, PortRequest, Protocol, Transport
+from devices.models import Command, CommunicationLog, Device, SerialPort
+from devices.serial_bridge import Bridge, LinkConfig, SerialLink, port_device_id
+from devices.services import PortReport, request_port
 from devices.simulators.serial_firmware import SerialFirmware
 from inventory.choices import MovementReason
 from inventory.models import Slot
@@ -231,3 +232,85 @@ def test_a_quiet_device_is_pinged_and_stays_online():
         Device.objects.filter(pk=device.pk).update(last_seen=timezone.now())
         time.sleep(1.5)
         assert "PING" in rig.firmware.received
+
+
+class BridgeRig:
+    """The whole bridge (supervisor + links) in a thread, with a simulator on a pty."""
+
+    def __init__(self, explicit=True, usb_id=None, **firmware):
+        self.firmware = SerialFirmware(device_id=DEVICE_ID, **firmware)
+        self.sim_stop = self.firmware.start()
+        self.stop = threading.Event()
+        self.said: list[str] = []
+        path = self.firmware.path
+        vid, pid = usb_id or (None, None)
+        self.bridge = Bridge(
+            explicit=[path] if explicit else [],
+            config=FAST,
+            stop=self.stop,
+            say=self.said.append,
+            # The USB bus cannot exist here: the scan reports the pty as the board would be.
+            scan=lambda: [] if explicit else [PortReport(path=path, vid=vid, pid=pid)],
+            rescan_seconds=0.5,
+            control_interval=0.2,
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.bridge.run()
+        finally:
+            connection.close()
+
+    def port(self) -> SerialPort | None:
+        return SerialPort.objects.filter(path=self.firmware.path).first()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
+        self.sim_stop.set()
+        self.firmware.close()
+        assert not self.thread.is_alive(), "the bridge did not stop"
+
+
+def test_the_bridge_reports_an_explicit_port_as_open_with_its_device():
+    with BridgeRig() as rig:
+        wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
+        port = rig.port()
+        assert port.device.device_id == DEVICE_ID
+        assert port.present
+    assert not rig.port().is_open  # closed on shutdown
+
+
+def test_staff_can_disconnect_and_reconnect_a_port_within_a_second():
+    with BridgeRig() as rig:
+        wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
+
+        request_port(path=rig.firmware.path, request=PortRequest.DISCONNECT)
+        started = time.monotonic()
+        wait_for(lambda: not rig.port().is_open, what="port closed")
+        assert time.monotonic() - started < 2.0
+        wait_for(lambda: not Device.objects.get(device_id=DEVICE_ID).is_online, what="offline")
+
+        request_port(path=rig.firmware.path, request=PortRequest.CONNECT)
+        wait_for(lambda: rig.port().is_open, what="port reopened")
+
+
+def test_auto_detect_links_a_port_with_an_esp32_usb_id_only():
+    with BridgeRig(explicit=False, usb_id=(0x10C4, 0xEA60)) as rig:
+        wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
+        assert rig.port().likely_esp32
+
+
+def test_auto_detect_leaves_other_serial_devices_alone_until_staff_connect_them():
+    with BridgeRig(explicit=False, usb_id=(0x067B, 0x2303)) as rig:
+        wait_for(lambda: rig.port() is not None, what="port reported")
+        time.sleep(1.0)
+        assert not rig.port().is_open
+        assert not rig.port().likely_esp32
+        request_port(path=rig.firmware.path, request=PortRequest.CONNECT)
+        wait_for(lambda: rig.port().is_open, what="port open on request")

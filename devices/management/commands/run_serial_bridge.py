@@ -3,21 +3,20 @@
 import signal
 import threading
 
-import serial.tools.list_ports
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from devices.protocol import likely_esp32
-from devices.serial_bridge import LinkConfig, SerialLink
-
-RESCAN_SECONDS = 5.0
+from devices.serial_bridge import Bridge, LinkConfig, scan_ports
 
 
 class Command(BaseCommand):
     help = (
         "Open the given serial ports (or, with none given, every port whose USB VID:PID is an "
         "ESP32 board's), register each device, deliver its queued commands and record the "
-        "results. Waits quietly while no port is present; stops cleanly on SIGINT/SIGTERM."
+        "results. Reports the ports it sees and obeys connect/disconnect requests made in the "
+        "admin or the dashboard. Waits quietly while no port is present; stops cleanly on "
+        "SIGINT/SIGTERM."
     )
 
     def add_arguments(self, parser):
@@ -31,39 +30,23 @@ class Command(BaseCommand):
         parser.add_argument("--baud", type=int, default=settings.SERIAL_BAUD)
         parser.add_argument("--reply-timeout", type=float, default=settings.SERIAL_REPLY_TIMEOUT)
 
-    def handle(
-        self, *args, port: list[str], list: bool, baud: int, reply_timeout: float, **options
-    ):
+    def handle(self, *args, port, list, baud, reply_timeout, **options):
         if list:
             self.list_ports()
             return
-        config = LinkConfig(baud=baud, reply_timeout=reply_timeout)
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        links: dict[str, threading.Thread] = {}
-
-        def start(path: str) -> None:
-            link = SerialLink(path, config, stop, say=self.say)
-            thread = threading.Thread(target=link.run, name=f"serial {path}", daemon=True)
-            links[path] = thread
-            thread.start()
-
-        for path in port:
-            start(path)
         if port:
-            self.say(f"serial bridge: linking {', '.join(port)}")
+            self.say(f"serial bridge: ports {', '.join(port)}")
         else:
-            self.say("serial bridge: waiting for ESP32 serial ports (none given, auto-detect)")
-        while not stop.is_set():
-            if not port:
-                for info in serial.tools.list_ports.comports():
-                    if likely_esp32(info.vid, info.pid) and info.device not in links:
-                        self.say(f"serial bridge: found {info.device} ({info.description})")
-                        start(info.device)
-            stop.wait(RESCAN_SECONDS)
-        for thread in links.values():
-            thread.join(timeout=reply_timeout + 5)
+            self.say("serial bridge: waiting for ESP32 serial ports (auto-detect by USB id)")
+        Bridge(
+            explicit=port,
+            config=LinkConfig(baud=baud, reply_timeout=reply_timeout),
+            stop=stop,
+            say=self.say,
+        ).run()
         self.say("serial bridge stopped")
 
     def say(self, text: str) -> None:
@@ -71,12 +54,12 @@ class Command(BaseCommand):
         self.stdout.flush()
 
     def list_ports(self) -> None:
-        ports = sorted(serial.tools.list_ports.comports(), key=lambda info: info.device)
+        ports = sorted(scan_ports(), key=lambda report: report.path)
         if not ports:
             self.stdout.write("No serial ports found.")
             return
         self.stdout.write(f"{'PORT':<24} {'VID:PID':<10} {'ESP32?':<7} DESCRIPTION")
-        for info in ports:
-            ids = f"{info.vid:04X}:{info.pid:04X}" if info.vid is not None else "-"
-            esp = "yes" if likely_esp32(info.vid, info.pid) else "no"
-            self.stdout.write(f"{info.device:<24} {ids:<10} {esp:<7} {info.description}")
+        for report in ports:
+            ids = f"{report.vid:04X}:{report.pid:04X}" if report.vid is not None else "-"
+            esp = "yes" if likely_esp32(report.vid, report.pid) else "no"
+            self.stdout.write(f"{report.path:<24} {ids:<10} {esp:<7} {report.description}")
