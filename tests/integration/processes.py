@@ -67,3 +67,29 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str]:
         process.kill()
         output, _ = process.communicate()
     return process.returncode, output
+
+
+def free_port(kind: int = 1) -> int:
+    """A port nothing listens on right now (kind 1 = TCP, 2 = UDP)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == 1 else socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 20.0) -> None:
+    """Until ``url`` answers 200 (bounded)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
