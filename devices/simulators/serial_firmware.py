@@ -36,6 +36,7 @@ class SerialFirmware:
     reboot_on_vend: bool = False
     garbage_before_result: bool = False
     received: list[str] = field(default_factory=list)
+    received_at: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, line)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -95,6 +96,7 @@ class SerialFirmware:
         if not command:
             return
         self.received.append(command)
+        self.received_at.append((time.monotonic(), command))
         if len(command) > MAX_SERIAL_COMMAND:
             self._error("Command too long", "COMMAND_TOO_LONG")
             return

@@ -1,0 +1,68 @@
+"""``manage.py prune_logs``: delete old communication log entries and expired idempotency keys."""
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from devices.maintenance import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    expired_idempotency_keys,
+    old_communication_log,
+    parse_age,
+    prune_communication_log,
+)
+from transactions.services import prune_idempotency_keys
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete communication log entries older than --older-than (30d, 12h, 90m, 3600s), in "
+        "batches, and idempotency keys older than IDEMPOTENCY_KEY_TTL. Safe to run from cron "
+        "while the server runs, and to overlap with itself."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--older-than",
+            required=True,
+            metavar="AGE",
+            help="Delete log entries older than this: 30d, 12h, 90m or 3600s.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=DEFAULT_BATCH_SIZE,
+            help=f"Rows per delete statement (default {DEFAULT_BATCH_SIZE}).",
+        )
+        parser.add_argument(
+            "--max-seconds",
+            type=float,
+            default=None,
+            help="Start no new batch after this many seconds; the rest waits for the next run.",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Count only; delete nothing.")
+
+    def handle(self, *args, older_than, batch_size, max_seconds, dry_run, **options):
+        try:
+            age = parse_age(older_than)
+        except ValueError:
+            raise CommandError("--older-than must look like 30d, 12h, 90m or 3600s") from None
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise CommandError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise CommandError("--max-seconds must be positive")
+        before = timezone.now() - age
+        if dry_run:
+            logs = old_communication_log(before=before).count()
+            keys = expired_idempotency_keys().count()
+            self.stdout.write(
+                f"dry run: would delete {logs} communication log entries older than "
+                f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys"
+            )
+            return
+        logs = prune_communication_log(before=before, batch_size=batch_size, time_limit=max_seconds)
+        keys = prune_idempotency_keys()
+        self.stdout.write(
+            f"deleted {logs} communication log entries older than "
+            f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys"
+        )

@@ -1,0 +1,150 @@
+"""``prune_logs``: old log entries and expired idempotency keys go, in batches; recent ones stay."""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from devices.choices import Direction, Transport
+from devices.maintenance import parse_age, prune_communication_log
+from devices.models import CommunicationLog
+from tests.factories import UserFactory
+from transactions.models import IdempotencyKey
+
+pytestmark = pytest.mark.django_db
+
+
+def make_log(count: int, *, age: timedelta) -> None:
+    created = timezone.now() - age
+    CommunicationLog.objects.bulk_create(
+        CommunicationLog(
+            direction=Direction.IN,
+            transport=Transport.WIFI,
+            message=f"entry {n}",
+            created_at=created,
+        )
+        for n in range(count)
+    )
+
+
+def make_key(key: str, *, age: timedelta) -> IdempotencyKey:
+    created = timezone.now() - age
+    return IdempotencyKey.objects.create(
+        user=UserFactory(), key=key, fingerprint="f" * 64, created_at=created, locked_at=created
+    )
+
+
+def prune(*args: str) -> str:
+    out = StringIO()
+    call_command("prune_logs", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        ("3600s", timedelta(seconds=3600)),
+        (" 7D ", timedelta(days=7)),
+    ],
+)
+def test_ages_are_a_number_and_a_unit(text, expected):
+    assert parse_age(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "30 days", "1w", "-5d", "0d", "1.5h", "9" * 12])
+def test_anything_else_is_not_an_age(text):
+    with pytest.raises(ValueError):
+        parse_age(text)
+
+
+def test_old_entries_are_deleted_in_batches_and_recent_ones_stay(django_assert_num_queries):
+    make_log(12, age=timedelta(days=31))
+    make_log(3, age=timedelta(days=29))
+    before = timezone.now() - timedelta(days=30)
+
+    # One count, then per batch one select of ids and one delete: 5 + 5 + 2.
+    with django_assert_num_queries(1 + 3 * 2):
+        deleted = prune_communication_log(before=before, batch_size=5)
+
+    assert deleted == 12
+    assert CommunicationLog.objects.count() == 3
+    assert not CommunicationLog.objects.filter(created_at__lt=before).exists()
+
+
+def test_pruning_again_deletes_nothing_more():
+    make_log(4, age=timedelta(days=31))
+    before = timezone.now() - timedelta(days=30)
+
+    assert prune_communication_log(before=before, batch_size=3) == 4
+    assert prune_communication_log(before=before, batch_size=3) == 0
+
+
+def test_a_spent_time_limit_starts_no_batch():
+    make_log(4, age=timedelta(days=31))
+
+    deleted = prune_communication_log(before=timezone.now(), batch_size=2, time_limit=0)
+
+    assert deleted == 0
+    assert CommunicationLog.objects.count() == 4
+
+
+def test_the_command_prunes_old_log_entries_and_expired_idempotency_keys():
+    make_log(12, age=timedelta(days=31))
+    make_log(3, age=timedelta(days=29))
+    make_key("old", age=timedelta(days=3))
+    make_key("fresh", age=timedelta(hours=1))
+
+    output = prune("--older-than", "30d", "--batch-size", "5")
+
+    assert "deleted 12 communication log entries" in output
+    assert "and 1 expired idempotency keys" in output
+    assert CommunicationLog.objects.count() == 3
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["fresh"]
+
+
+def test_older_than_accepts_hours_minutes_and_seconds():
+    make_log(2, age=timedelta(hours=13))
+    make_log(1, age=timedelta(hours=11))
+
+    assert "deleted 2 " in prune("--older-than", "12h")
+    assert "deleted 0 " in prune("--older-than", "720m")
+    assert "deleted 1 " in prune("--older-than", "3600s")
+
+
+def test_a_dry_run_counts_and_deletes_nothing():
+    make_log(12, age=timedelta(days=31))
+    make_log(3, age=timedelta(days=29))
+    make_key("old", age=timedelta(days=3))
+
+    output = prune("--older-than", "30d", "--dry-run")
+
+    assert "would delete 12 communication log entries" in output
+    assert "and 1 expired idempotency keys" in output
+    assert CommunicationLog.objects.count() == 15
+    assert IdempotencyKey.objects.count() == 1
+
+
+@pytest.mark.parametrize("age", ["30", "thirty days", "1w", "0d", "-1d"])
+def test_a_bad_older_than_is_a_command_error_saying_what_is_expected(age):
+    make_log(1, age=timedelta(days=400))
+
+    with pytest.raises(CommandError, match="--older-than must look like 30d, 12h, 90m or 3600s"):
+        prune(f"--older-than={age}")  # "=": argparse would take -1d for an option
+
+    assert CommunicationLog.objects.count() == 1
+
+
+def test_older_than_is_required():
+    with pytest.raises(CommandError, match="--older-than"):
+        prune()
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "10001"])
+def test_a_batch_size_out_of_range_is_a_command_error(size):
+    with pytest.raises(CommandError, match="--batch-size must be between 1 and 10000"):
+        prune("--older-than", "30d", "--batch-size", size)

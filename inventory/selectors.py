@@ -1,0 +1,21 @@
+"""Reads of stock."""
+
+from django.db.models import F, QuerySet
+
+from devices.models import Device
+
+from .models import Slot
+
+
+def low_stock_slots(*, device: Device | None = None) -> QuerySet[Slot]:
+    """Slots with a product whose quantity is at or below their low-stock threshold.
+
+    The same rule as ``Slot.is_low``. Ordered by device id, then slot number; device and
+    product come in the same query, so reading them costs nothing more.
+    """
+    slots = Slot.objects.filter(
+        product__isnull=False, quantity__lte=F("low_stock_threshold")
+    ).select_related("device", "product")
+    if device is not None:
+        slots = slots.filter(device=device)
+    return slots.order_by("device__device_id", "number")
