@@ -17,7 +17,7 @@ from inventory.choices import MovementReason
 from inventory.models import Slot
 from inventory.services import ensure_slots, set_stock
 from transactions.choices import TransactionState
-from transactions.lifecycle import transition
+from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish
 
@@ -30,9 +30,9 @@ from .choices import (
     Protocol,
     Transport,
 )
-from .exceptions import CommandNotSupported, DeviceOffline
+from .exceptions import CommandNotSupported, DeviceOffline, UnknownDevice
 from .models import MAX_SLOTS, Command, CommunicationLog, Device, SerialPort
-from .protocol import likely_esp32, mac_from_device_id
+from .protocol import DEVICE_ID_PREFIX, likely_esp32, mac_from_device_id
 from .selectors import canonical_id, device_for_poll, online_devices
 
 logger = logging.getLogger(__name__)
@@ -247,6 +247,12 @@ def poll(
     device_id = canonical_id(raw_id)
     device = device_for_poll(device_id)
     if device is None:
+        if not device_id.startswith(DEVICE_ID_PREFIX):
+            # The firmware's ids all start ESP32_; anything else (a browser asking for
+            # favicon.ico) must not become a machine.
+            raise UnknownDevice(
+                f"No device {device_id} is registered; register it first.", device_id=device_id
+            )
         device, _created = register_device(
             raw_id=device_id,
             protocol=protocol,
@@ -424,9 +430,9 @@ def confirm_vend(
             Command.objects.filter(pk=command.pk).update(
                 state=CommandState.COMPLETED, completed_at=timezone.now()
             )
-            settled = Transaction.objects.select_related("device", "slot").get(
-                pk=command.transaction_id
-            )
+            # Locked, so a sweep flagging it meanwhile waits; if the sweep got there first,
+            # the vend is `unconfirmed` now and the confirmation still settles it.
+            settled = lock_transaction(command.transaction_id)
             stamp = f" (device clock {device_timestamp} ms)" if device_timestamp is not None else ""
             if success:
                 transition(settled, TransactionState.SUCCEEDED, note=f"{message}{stamp}".strip())
@@ -473,10 +479,11 @@ def settle_vend(*, command_id: int, success: bool, message: str = "") -> Transac
     )
     if not completed:
         return None
-    txn = (
-        Transaction.objects.select_related("device", "slot").filter(command__pk=command_id).first()
-    )
-    if txn is None:
+    txn_id = Command.objects.values_list("transaction_id", flat=True).get(pk=command_id)
+    if txn_id is None:
+        return None
+    txn = lock_transaction(txn_id)
+    if txn.state not in (TransactionState.SENT, TransactionState.UNCONFIRMED):
         return None
     if success:
         return transition(txn, TransactionState.SUCCEEDED, note=message)
@@ -489,12 +496,11 @@ def settle_vend(*, command_id: int, success: bool, message: str = "") -> Transac
 def flag_unconfirmed(*, command_id: int, reason: str) -> Transaction | None:
     """The outcome of a delivered vend is unknown (no answer, link lost, device rebooted):
     keep the unit reserved and flag the vend for staff. It is never sent again."""
-    txn = (
-        Transaction.objects.select_related("device", "slot")
-        .filter(command__pk=command_id, state=TransactionState.SENT)
-        .first()
-    )
-    if txn is None:
+    txn_id = Command.objects.values_list("transaction_id", flat=True).get(pk=command_id)
+    if txn_id is None:
+        return None
+    txn = lock_transaction(txn_id)
+    if txn.state != TransactionState.SENT:
         return None
     return transition(txn, TransactionState.UNCONFIRMED, note=reason)
 

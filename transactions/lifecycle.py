@@ -40,6 +40,20 @@ STAMPS = {
 }
 
 
+def lock_transaction(txn_id) -> Transaction:
+    """The transaction row, locked until the surrounding database transaction ends.
+
+    Whoever decides a vend's next state from its current one (a confirmation, the sweep,
+    staff) reads it through this, so two deciders queue instead of one failing on a state
+    the other changed meanwhile.
+    """
+    return (
+        Transaction.objects.select_for_update(of=("self",))
+        .select_related("device", "slot")
+        .get(pk=txn_id)
+    )
+
+
 def can_transition(from_state: str, to_state: str) -> bool:
     return to_state in ALLOWED_TRANSITIONS.get(from_state, frozenset())
 

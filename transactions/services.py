@@ -21,7 +21,7 @@ from inventory.services import lock_slot, move_stock
 
 from .choices import TransactionState
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
-from .lifecycle import record_creation, transition
+from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
 
 
@@ -155,6 +155,7 @@ def resolve_unconfirmed(
 ) -> Transaction:
     """Staff settle an ``unconfirmed`` vend: it dispensed (keep the sale) or it did not
     (refund: the unit goes back into stock)."""
+    txn = lock_transaction(txn.pk)
     if txn.state != TransactionState.UNCONFIRMED:
         raise InvalidTransition(
             f"Transaction {txn.pk} is {txn.state}; only unconfirmed vends are resolved by staff.",
@@ -195,7 +196,9 @@ def sweep(*, now: datetime | None = None) -> SweepResult:
     stale = Transaction.objects.filter(state=TransactionState.SENT, sent_at__lte=cutoff)
     for txn_id in list(stale.values_list("pk", flat=True)[:500]):
         with transaction.atomic():
-            txn = Transaction.objects.select_related("device", "slot").get(pk=txn_id)
+            txn = lock_transaction(txn_id)
+            if txn.state != TransactionState.SENT:
+                continue  # confirmed (or otherwise settled) meanwhile
             try:
                 transition(
                     txn,
@@ -270,14 +273,26 @@ def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str)
 
 
 def complete_idempotency_key(*, key: IdempotencyKey, txn: Transaction, status: int) -> None:
-    """Bind the key to its vend; call inside the vend's transaction so both commit together."""
-    IdempotencyKey.objects.filter(pk=key.pk).update(transaction=txn, response_status=status)
+    """Bind the key to its vend; call inside the vend's transaction so both commit together.
+
+    Fenced by ``locked_at``: if a retry took the key over meanwhile (this request was slow,
+    not dead), this request's vend is refused and rolled back, so one key never vends twice.
+    """
+    bound = IdempotencyKey.objects.filter(
+        pk=key.pk, transaction__isnull=True, locked_at=key.locked_at
+    ).update(transaction=txn, response_status=status)
+    if bound != 1:
+        raise IdempotencyKeyInUse(
+            "Another request with this Idempotency-Key took over; this one vended nothing."
+        )
     key.transaction, key.response_status = txn, status
 
 
 def release_idempotency_key(*, key: IdempotencyKey) -> None:
     """Forget a key whose request was refused, so the client may retry with it."""
-    IdempotencyKey.objects.filter(pk=key.pk, transaction__isnull=True).delete()
+    IdempotencyKey.objects.filter(
+        pk=key.pk, transaction__isnull=True, locked_at=key.locked_at
+    ).delete()
 
 
 def prune_idempotency_keys(*, now: datetime | None = None) -> int:

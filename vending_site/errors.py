@@ -53,7 +53,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.APIException):
-        response.data = {"detail": str(exc.detail), "code": _code_of(exc)}
+        detail = exc.detail
+        if isinstance(detail, dict):  # e.g. simplejwt's {"detail": ..., "messages": [...]}
+            detail = detail.get("detail", _summarise(detail))
+        response.data = {"detail": str(detail), "code": _code_of(exc)}
     elif response is not None and isinstance(exc, (Http404, PermissionDenied)):
         response.data = {
             "detail": str(response.data.get("detail", "")),

@@ -116,7 +116,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # same locking as production; one per test process, so two runs never share one.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    # Django's advice for ASGI servers: no persistent connections (each request's thread
+    # would keep one open). Set CONN_MAX_AGE for WSGI workers or a pooler in front.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
@@ -166,7 +168,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["vending_site.parsers.SafeJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "vending_site.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "vending_site.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -186,7 +188,9 @@ SIMPLE_JWT = {
 DEVICE_OFFLINE_AFTER = env.int("DEVICE_OFFLINE_AFTER", default=10)
 # The device poll writes `last_seen` only when the stored value is older than this, so an
 # idle fleet costs reads, not writes. Must stay well below DEVICE_OFFLINE_AFTER.
-DEVICE_SEEN_WRITE_INTERVAL = env.int("DEVICE_SEEN_WRITE_INTERVAL", default=5)
+DEVICE_SEEN_WRITE_INTERVAL = min(
+    env.int("DEVICE_SEEN_WRITE_INTERVAL", default=5), max(DEVICE_OFFLINE_AFTER // 2, 1)
+)
 # Slots created for a device that polls without having registered.
 DEVICE_DEFAULT_SLOTS = env.int("DEVICE_DEFAULT_SLOTS", default=5)
 # Write idle polls (no command delivered) to the communication log. Off by default: a

@@ -133,6 +133,8 @@ class PollView(DeviceEndpoint):
     """
 
     kinds = frozenset({CommandKind.VEND})
+    # DRF answers HEAD with get(): that would claim a command and drop it with the body.
+    http_method_names = ["get", "options"]
 
     def get(self, request: Request, device_id: str) -> HttpResponse:
         _device, command = poll(
@@ -148,6 +150,8 @@ class PollView(DeviceEndpoint):
 
 class DocumentedPollView(DeviceEndpoint):
     """``GET /esp32/wifi/command`` with a ``Device-ID`` header: ``NO_COMMAND`` when idle."""
+
+    http_method_names = ["get", "options"]
 
     def get(self, request: Request) -> HttpResponse:
         raw_id = request.headers.get("Device-ID", "")

@@ -1,6 +1,7 @@
 """Start the project's own management commands as real processes against the test database."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -42,11 +43,18 @@ def start_command(*args: str, **env: str) -> subprocess.Popen:
 
 
 def read_until(process: subprocess.Popen, needle: str, timeout: float = 15.0) -> str:
-    """Lines of the child's output up to the first one containing ``needle``."""
+    """Lines of the child's output up to the first one containing ``needle``.
+
+    Waits with ``select`` so a child that is alive but silent cannot block past ``timeout``.
+    """
     deadline = time.monotonic() + timeout
     seen = []
+    stream = process.stdout
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
+        ready, _, _ = select.select([stream], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            break
+        line = stream.readline()
         if not line:
             if process.poll() is not None:
                 break
@@ -84,12 +92,20 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
+    opener = loopback_opener()
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with opener.open(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def loopback_opener():
+    """A urllib opener that ignores proxy variables: test traffic stays on loopback."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))

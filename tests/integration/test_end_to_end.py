@@ -17,6 +17,7 @@ from inventory.services import ensure_slots, set_stock
 from tests.factories import DeviceFactory, ProductFactory
 from tests.integration.processes import (
     free_port,
+    loopback_opener,
     read_until,
     start_command,
     stop,
@@ -37,7 +38,7 @@ def http(method: str, url: str, body=None, headers=None):
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
+        with loopback_opener().open(request, timeout=15) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -61,7 +62,9 @@ def stack():
     firmware = SerialFirmware(device_id=SERIAL_ID)
     firmware_stop = firmware.start()
     web_port, udp_port = free_port(), free_port(2)
-    web = start_command("serve", "--host", "127.0.0.1", "--port", str(web_port))
+    web = start_command(
+        "serve", "--host", "127.0.0.1", "--port", str(web_port), "--access-log", "/dev/null"
+    )
     discovery = start_command("run_discovery", "--host", "127.0.0.1", "--port", str(udp_port))
     bridge = start_command("run_serial_bridge", "--port", firmware.path, "--reply-timeout", "3")
     processes = {"web": web, "discovery": discovery, "bridge": bridge}

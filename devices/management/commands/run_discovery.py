@@ -2,6 +2,7 @@
 
 import asyncio
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -27,8 +28,15 @@ class Command(BaseCommand):
             default=settings.DISCOVERY_ADVERTISE_IP,
             help="Answer with this address instead of the interface's (NAT, containers).",
         )
+        parser.add_argument(
+            "--retry",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="If the port is taken, try again this often instead of exiting.",
+        )
 
-    def handle(self, *args, host: str, port: int, advertise_ip: str, **options):
+    def handle(self, *args, host: str, port: int, advertise_ip: str, retry: float, **options):
         # One thread writes the log, so the event loop only ever answers datagrams.
         recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery-log")
 
@@ -36,20 +44,42 @@ class Command(BaseCommand):
             recorder.submit(self._log, peer_ip, request, reply)
 
         try:
-            protocol = asyncio.run(self._serve(host, port, advertise_ip, record))
+            protocol = asyncio.run(self._serve(host, port, advertise_ip, record, retry))
         except OSError as exc:
             raise CommandError(f"cannot listen on UDP {host}:{port}: {exc}") from exc
         finally:
             recorder.shutdown(wait=True)
+        if protocol is None:
+            self.stdout.write("discovery stopped before it could listen")
+            return
         self.stdout.write(
             f"discovery stopped: answered {protocol.answered}, rate-limited {protocol.dropped}"
         )
 
-    async def _serve(self, host, port, advertise_ip, record):
+    async def _serve(self, host, port, advertise_ip, record, retry):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        while retry:
+            # Another program may hold the port (the old server on a Pi): wait for it rather
+            # than exit, which under `make run` would stop the web server too.
+            try:
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probe.bind((host, port))
+                probe.close()
+                break
+            except OSError as exc:
+                probe.close()
+                self.stderr.write(
+                    f"cannot listen on UDP {host}:{port} ({exc}); retrying in {retry:g} s"
+                )
+                self.stderr.flush()
+                try:
+                    await asyncio.wait_for(stop.wait(), retry)
+                    return None
+                except TimeoutError:
+                    continue
 
         def ready(sockname) -> None:
             where = advertise_ip or "the address facing each sender"

@@ -1,23 +1,63 @@
-"""``manage.py sweep_commands``: expire undelivered vends and flag unconfirmed ones (cron)."""
+"""``manage.py sweep_commands``: expire undelivered vends and flag unconfirmed ones."""
 
-from django.core.management.base import BaseCommand
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
 
 from transactions.services import sweep
+
+BATCH = 500  # sweep() handles up to this many of each kind per call
 
 
 class Command(BaseCommand):
     help = (
         "Expire commands not delivered within VEND_QUEUE_TTL (returning their units) and mark "
-        "vends with no confirmation within VEND_CONFIRM_TIMEOUT as unconfirmed. Safe to run "
-        "from cron while the server runs, and to overlap with itself."
+        "vends with no confirmation within VEND_CONFIRM_TIMEOUT as unconfirmed. Runs once (for "
+        "cron), or with --every N as a process of its own (make run starts one). Safe beside "
+        "every other process and beside itself."
     )
 
-    def handle(self, *args, **options):
-        total = {"expired": 0, "unconfirmed": 0}
-        while True:  # sweep() handles up to 500 of each per call
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--every",
+            type=float,
+            default=0,
+            help="Keep running, sweeping every this many seconds, until SIGINT/SIGTERM.",
+        )
+
+    def handle(self, *args, every: float, **options):
+        if every < 0:
+            raise CommandError("--every must be a positive number of seconds")
+        if not every:
+            expired, unconfirmed = self.sweep_all()
+            self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(f"sweeping every {every:g} s")
+        self.stdout.flush()
+        while not stop.is_set():
+            try:
+                expired, unconfirmed = self.sweep_all()
+            except DatabaseError as exc:  # the database restarts: try again next round
+                self.stderr.write(f"sweep failed: {exc}")
+                connection.close()
+            else:
+                if expired or unconfirmed:
+                    self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
+                    self.stdout.flush()
+            stop.wait(every)
+        self.stdout.write("sweeper stopped")
+
+    @staticmethod
+    def sweep_all() -> tuple[int, int]:
+        expired = unconfirmed = 0
+        while True:
             result = sweep()
-            total["expired"] += result.expired
-            total["unconfirmed"] += result.unconfirmed
-            if result.expired < 500 and result.unconfirmed < 500:
-                break
-        self.stdout.write(f"expired {total['expired']}, unconfirmed {total['unconfirmed']}")
+            expired += result.expired
+            unconfirmed += result.unconfirmed
+            if result.expired < BATCH and result.unconfirmed < BATCH:
+                return expired, unconfirmed
