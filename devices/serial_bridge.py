@@ -99,12 +99,12 @@ class SerialLink:
                 backoff = 0.5
             except (serial.SerialException, OSError) as exc:
                 if self.connected.is_set():
-                    self.say(f"{self.path}: link lost ({exc})")
+                    self._say(f"{self.path}: link lost ({exc})")
                 else:
                     logger.debug("%s: cannot open (%s)", self.path, exc)
             except Exception:  # a bug must not silently end the link for good
                 logger.exception("%s: unexpected error; reconnecting", self.path)
-                self.say(f"{self.path}: unexpected error; reconnecting")
+                self._say(f"{self.path}: unexpected error; reconnecting")
             finally:
                 self._link_down()
             if not self.stop.is_set():
@@ -119,7 +119,7 @@ class SerialLink:
             self.connected.set()
             self._buffer = b""
             self.device = self._handshake(port)
-            self.say(f"{self.path}: connected to {self.device.device_id}")
+            self._say(f"{self.path}: connected to {self.device.device_id}")
             while not self.stop.is_set():
                 self._serve_once(port)
             self._finish_in_flight(port)
@@ -239,24 +239,32 @@ class SerialLink:
             self._abandon(f"the machine answered with an error: {parsed.value}")
 
     def _settle(self, flight: InFlight, *, success: bool, message: str) -> None:
-        self.in_flight = None
-        elapsed = time.monotonic() - flight.written_at
-        self.say(
-            f"{self.device.device_id}: vend slot {flight.slot} "
-            f"{'succeeded' if success else 'failed'} in {elapsed * 1000:.0f} ms"
-        )
+        # Record first: nothing after this line may lose the result.
         self._write(
             lambda: services.settle_vend(
                 command_id=flight.command_id, success=success, message=message
             )
+        )
+        self.in_flight = None
+        elapsed = time.monotonic() - flight.written_at
+        self._say(
+            f"{self.device.device_id}: vend slot {flight.slot} "
+            f"{'succeeded' if success else 'failed'} in {elapsed * 1000:.0f} ms"
         )
 
     def _abandon(self, reason: str) -> None:
         flight, self.in_flight = self.in_flight, None
         if flight is None:
             return
-        self.say(f"{self.path}: vend slot {flight.slot} unconfirmed: {reason}")
         self._write(lambda: services.flag_unconfirmed(command_id=flight.command_id, reason=reason))
+        self._say(f"{self.path}: vend slot {flight.slot} unconfirmed: {reason}")
+
+    def _say(self, text: str) -> None:
+        """Tell the operator; a closed or full stdout must never cost a vend."""
+        try:
+            self.say(text)
+        except (OSError, ValueError):  # a closed pipe or file
+            logger.info("%s", text)
 
     def _finish_in_flight(self, port: serial.SerialBase) -> None:
         """On shutdown, wait (bounded) for the result of the vend in flight."""

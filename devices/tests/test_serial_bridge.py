@@ -314,3 +314,16 @@ def test_auto_detect_leaves_other_serial_devices_alone_until_staff_connect_them(
         assert not rig.port().likely_esp32
         request_port(path=rig.firmware.path, request=PortRequest.CONNECT)
         wait_for(lambda: rig.port().is_open, what="port open on request")
+
+
+def test_a_broken_operator_output_never_costs_a_vend_result():
+    device = stocked_device()
+
+    def broken_say(text):
+        if "vend slot" in text:
+            raise BrokenPipeError("stdout is closed")
+
+    with Rig() as rig:
+        rig.link.say = broken_say
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=2)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")

@@ -50,8 +50,11 @@ class Command(BaseCommand):
         self.say("serial bridge stopped")
 
     def say(self, text: str) -> None:
-        self.stdout.write(text)
-        self.stdout.flush()
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass  # nobody reads our output any more; the work goes on
 
     def list_ports(self) -> None:
         ports = sorted(scan_ports(), key=lambda report: report.path)
