@@ -1,12 +1,13 @@
 # make run   - install (first time), migrate, load demo data, then run the web server
 #              (0.0.0.0:5000), the UDP discovery listener and the serial bridge together
+# make demo  - the same plus simulated machines and customers (no hardware needed)
 # make test  - install (first time) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run serve test lint format migrate clean
+.PHONY: run demo serve test lint format migrate clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ migrate: $(STAMP)
 run: migrate
 	$(BIN)/python manage.py bootstrap
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+# Everything `make run` starts, plus two simulated WiFi machines, one simulated USB machine
+# and simulated customers: watch them at /admin/ (or on the dashboard).
+demo: migrate
+	$(BIN)/python manage.py bootstrap --demo-fleet
+	PATH="$(CURDIR)/$(BIN):$$PATH" PORT_WEB=$${PORT:-5000} $(BIN)/honcho start -f Procfile.demo
 
 # Only the web server, e.g. when discovery and the bridge run as services of their own.
 serve: migrate

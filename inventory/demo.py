@@ -46,3 +46,34 @@ def load_demo_data() -> Device:
         Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10)
         set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK, note="demo data")
     return device
+
+
+# `make demo`: the machines the simulators play (see Procfile.demo).
+DEMO_FLEET = [
+    ("ESP32_020000000001", "Demo WiFi machine 1", Transport.WIFI, Protocol.WIFI_V2),
+    ("ESP32_020000000002", "Demo WiFi machine 2", Transport.WIFI, Protocol.WIFI_V2),
+    ("ESP32_USB_DEMO01", "Demo USB machine", Transport.SERIAL, Protocol.SERIAL),
+]
+
+
+@transaction.atomic
+def load_demo_fleet() -> list[Device]:
+    """The simulated machines of ``make demo``, each with five stocked slots (idempotent)."""
+    devices = []
+    for device_id, name, transport, protocol in DEMO_FLEET:
+        device, created = Device.objects.get_or_create(
+            device_id=device_id,
+            defaults={"name": name, "transport": transport, "protocol": protocol},
+        )
+        ensure_slots(device=device, count=device.slot_count)
+        for number, (product_name, sku, price, _quantity) in enumerate(DEMO_PRODUCTS, start=1):
+            product, _ = Product.objects.get_or_create(
+                sku=sku, defaults={"name": product_name, "price": Decimal(price)}
+            )
+            slot = Slot.objects.get(device=device, number=number)
+            if slot.product_id is None:
+                Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10)
+            if created:
+                set_stock(slot=slot, quantity=8, reason=MovementReason.RESTOCK, note="demo data")
+        devices.append(device)
+    return devices

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from inventory.demo import demo_data_needed, load_demo_data
+from inventory.demo import demo_data_needed, load_demo_data, load_demo_fleet
 
 
 class Command(BaseCommand):
@@ -18,12 +18,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--no-demo", action="store_true", help="Do not load demo data.")
+        parser.add_argument(
+            "--demo-fleet",
+            action="store_true",
+            help="Also ensure the simulated machines of `make demo`, with stock.",
+        )
 
-    def handle(self, *args, no_demo: bool, **options):
+    def handle(self, *args, no_demo: bool, demo_fleet: bool, **options):
         self.ensure_staff_user()
         if not no_demo and demo_data_needed():
             device = load_demo_data()
             self.stdout.write(f"Loaded demo data: machine {device.device_id} with 5 slots.")
+        if demo_fleet:
+            fleet = load_demo_fleet()
+            self.stdout.write(f"Demo fleet: {', '.join(d.device_id for d in fleet)}.")
 
     def ensure_staff_user(self) -> None:
         User = get_user_model()

@@ -11,6 +11,7 @@ import signal
 import termios
 import threading
 import time
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -77,6 +78,11 @@ class Command(BaseCommand):
         serial.add_argument("--plain", action="store_true", help="Undecorated answers.")
         serial.add_argument("--stock", type=int, default=None, help="Units per slot.")
         serial.add_argument("--latency", type=float, default=0.0, help="Seconds per vend.")
+        serial.add_argument(
+            "--link",
+            metavar="PATH",
+            help="Also make PATH a symlink to the pty (a stable name for the bridge's --port).",
+        )
         both = parser.add_argument_group("--serial, and --wifi with --documented")
         both.add_argument("--failure-rate", type=float, default=0.0)
 
@@ -113,10 +119,17 @@ class Command(BaseCommand):
                     f"{firmware.device_id} slot {slot}: {SERIAL_OUTCOMES.get(outcome, outcome)}"
                 ),
             )
+            link = Path(options["link"]) if options["link"] else None
             try:
+                if link is not None:
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(firmware.path)
                 self._run(duration, lambda stop: self._start_serial(firmware, stop))
             finally:
                 firmware.close()
+                if link is not None and link.is_symlink():
+                    link.unlink()
             self.say("simulator stopped")
 
     # --- running until told to stop ------------------------------------------------------------

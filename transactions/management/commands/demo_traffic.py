@@ -1,0 +1,78 @@
+"""``manage.py demo_traffic``: customers for `make demo`, buying from the online machines."""
+
+import random
+import signal
+import threading
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
+
+from devices.selectors import online_devices
+from inventory.models import Slot
+from inventory.services import restock_to_capacity
+from transactions.services import request_vend
+from vending_site.errors import DomainError
+
+CUSTOMER = "demo-customer"
+
+
+class Command(BaseCommand):
+    help = (
+        "Every few seconds, vend a random stocked slot of a random online machine through the "
+        "same service the REST API uses, and restock a machine whose slots ran empty. For demos: "
+        "do not run it against a real fleet."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--every", type=float, default=4.0, help="Seconds between vends.")
+        parser.add_argument("--duration", type=float, default=0, help="Stop after S seconds.")
+        parser.add_argument("--seed", type=int, default=None)
+
+    def handle(self, *args, every: float, duration: float, seed: int | None, **options):
+        if every <= 0 or duration < 0:
+            raise CommandError("--every must be positive and --duration not negative")
+        chooser = random.Random(seed)
+        customer, _ = get_user_model().objects.get_or_create(username=CUSTOMER)
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        if duration:
+            threading.Timer(duration, stop.set).start()
+        self.say(f"demo customers: a vend every {every:g} s")
+        while not stop.wait(every):
+            try:
+                self.one_customer(chooser, customer)
+            except DatabaseError as exc:
+                self.say(f"database unavailable ({exc}); trying again")
+                connection.close()
+        self.say("demo customers gone")
+
+    def one_customer(self, chooser: random.Random, customer) -> None:
+        devices = list(online_devices())
+        if not devices:
+            self.say("no machine is online yet")
+            return
+        device = chooser.choice(devices)
+        slots = list(
+            Slot.objects.filter(device=device, enabled=True, product__isnull=False, quantity__gt=0)
+        )
+        if not slots:
+            for slot in Slot.objects.filter(device=device, product__isnull=False):
+                restock_to_capacity(slot=slot)
+            self.say(f"{device.device_id}: sold out, restocked")
+            return
+        slot = chooser.choice(slots)
+        try:
+            txn = request_vend(device=device, slot_number=slot.number, user=customer)
+        except DomainError as exc:
+            self.say(f"{device.device_id} slot {slot.number}: refused ({exc.message})")
+            return
+        self.say(f"{device.device_id} slot {slot.number}: {txn.product_name} ordered")
+
+    def say(self, text: str) -> None:
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass

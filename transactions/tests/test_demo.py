@@ -1,0 +1,58 @@
+"""The pieces of `make demo`: its fleet, its customers and its serial machine's stable name."""
+
+import os
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db.models import Sum
+from django.utils import timezone
+
+from devices.models import Device
+from inventory.demo import DEMO_FLEET, load_demo_fleet
+from inventory.models import Slot
+from tests.integration.processes import read_until, start_command, stop
+from transactions.models import Transaction
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_demo_fleet_is_stocked_through_the_ledger_and_loads_once():
+    load_demo_fleet()
+    load_demo_fleet()
+
+    assert Device.objects.count() == len(DEMO_FLEET)
+    for slot in Slot.objects.all():
+        assert slot.product_id is not None
+        assert slot.quantity == 8 == slot.movements.aggregate(total=Sum("delta"))["total"]
+
+
+def test_demo_customers_buy_from_online_machines_and_restock_sold_out_ones():
+    fleet = load_demo_fleet()
+    online, sold_out = fleet[0], fleet[1]
+    Device.objects.filter(pk__in=[online.pk, sold_out.pk]).update(last_seen=timezone.now())
+    Slot.objects.filter(device=sold_out).update(quantity=0)
+    out = StringIO()
+
+    call_command("demo_traffic", "--every", "0.05", "--duration", "1", "--seed", "1", stdout=out)
+
+    assert Transaction.objects.filter(device=online).exists()
+    assert "ordered" in out.getvalue()
+    assert f"{sold_out.device_id}: sold out, restocked" in out.getvalue()
+    assert Slot.objects.filter(device=sold_out, quantity=10).exists()
+    assert not Transaction.objects.exclude(device__in=[online, sold_out]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_serial_simulator_keeps_a_stable_link_to_its_pty_while_it_runs(tmp_path):
+    link = tmp_path / "ttyDEMO"
+    process = start_command("simulate_esp32", "--serial", "--duration", "3", "--link", str(link))
+    try:
+        line = read_until(process, "serial device ready at")
+        pty = re.search(r"(/dev/\S+)", line).group(1)
+        assert os.path.realpath(link) == os.path.realpath(pty)
+    finally:
+        code, output = stop(process)
+    assert code == 0, output
+    assert not link.exists() and not link.is_symlink()
