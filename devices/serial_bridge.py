@@ -75,8 +75,11 @@ class SerialLink:
         stop: threading.Event,
         say: Callable[[str], None] = print,
         opener: Callable[..., serial.SerialBase] = serial.serial_for_url,
+        waker: "CommandWaker | None" = None,
     ) -> None:
         self.path = path
+        self.waker = waker
+        self.wake = threading.Event()
         self.config = config
         self.stop = stop
         self.say = say
@@ -119,6 +122,8 @@ class SerialLink:
             self.connected.set()
             self._buffer = b""
             self.device = self._handshake(port)
+            if self.waker is not None:
+                self.waker.register(self.device.pk, self.wake)
             self._say(f"{self.path}: connected to {self.device.device_id}")
             while not self.stop.is_set():
                 self._serve_once(port)
@@ -190,6 +195,7 @@ class SerialLink:
     def _deliver_next(self, port: serial.SerialBase) -> None:
         if self._writes:
             return  # the database is behind; do not start new work until it has caught up
+        self.wake.clear()
         device = self.device
         try:
             if not pending_commands(device).exists():
@@ -283,7 +289,7 @@ class SerialLink:
             if chunk:
                 self._buffer += chunk
                 self._last_traffic = time.monotonic()
-            if b"\n" in self._buffer or time.monotonic() >= deadline:
+            if b"\n" in self._buffer or time.monotonic() >= deadline or self.wake.is_set():
                 break
             time.sleep(0.002)
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -372,6 +378,62 @@ class SerialLink:
         close_old_connections()
 
 
+class CommandWaker:
+    """Listens for ``NOTIFY vending_commands`` on PostgreSQL and wakes the link of the device
+    named in each notification. On other databases it does nothing and links fall back to
+    looking every ``poll_interval``."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._events: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.listening = threading.Event()
+        self.enabled = connection.vendor == "postgresql"
+
+    def register(self, device_pk: int, event: threading.Event) -> None:
+        with self._lock:
+            self._events[device_pk] = event
+
+    def start(self) -> None:
+        if self.enabled:
+            threading.Thread(target=self._run, name="command-waker", daemon=True).start()
+
+    def _run(self) -> None:
+        import select
+
+        import psycopg2
+
+        backoff = 0.5
+        while not self.stop.is_set():
+            listener = None
+            try:
+                listener = psycopg2.connect(**connection.get_connection_params())
+                listener.set_session(autocommit=True)
+                with listener.cursor() as cursor:
+                    cursor.execute(f"LISTEN {services.COMMANDS_CHANNEL}")
+                self.listening.set()
+                backoff = 0.5
+                while not self.stop.is_set():
+                    if select.select([listener], [], [], 0.5)[0]:
+                        listener.poll()
+                        while listener.notifies:
+                            self._wake(listener.notifies.pop(0).payload)
+            except (psycopg2.Error, OSError) as exc:
+                logger.warning("command waker: %s; the 50 ms look goes on meanwhile", exc)
+            finally:
+                self.listening.clear()
+                if listener is not None:
+                    listener.close()
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _wake(self, payload: str) -> None:
+        with self._lock:
+            event = self._events.get(int(payload)) if payload.isdigit() else None
+        if event is not None:
+            event.set()
+
+
 def scan_ports() -> list[services.PortReport]:
     return [
         services.PortReport(
@@ -418,8 +480,10 @@ class Bridge:
         self.control_interval = control_interval
         self.running: dict[str, _Running] = {}
         self.present: set[str] = set()
+        self.waker = CommandWaker(stop)
 
     def run(self) -> None:
+        self.waker.start()
         next_scan = 0.0
         while not self.stop.is_set():
             try:
@@ -467,7 +531,7 @@ class Bridge:
 
     def _start(self, path: str) -> None:
         stop = threading.Event()
-        link = SerialLink(path, self.config, stop, say=self.say)
+        link = SerialLink(path, self.config, stop, say=self.say, waker=self.waker)
         thread = threading.Thread(target=link.run, name=f"serial {path}", daemon=True)
         self.running[path] = _Running(link=link, thread=thread, stop=stop)
         self.say(f"serial bridge: linking {path}")

@@ -220,7 +220,24 @@ def queue_command(
         expires_at=now + timedelta(seconds=settings.VEND_QUEUE_TTL),
     )
     publish("command", {"device_id": device.device_id, "id": command.pk, "kind": kind})
+    wake_links(device)
     return command
+
+
+COMMANDS_CHANNEL = "vending_commands"
+
+
+def wake_links(device: Device) -> None:
+    """Wake whatever delivers this device's commands (the serial bridge), on PostgreSQL.
+
+    NOTIFY is delivered when the surrounding transaction commits, and not at all if it rolls
+    back, so a listener never hears of a command that does not exist. Elsewhere the bridge
+    finds new commands by looking every 50 ms.
+    """
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [COMMANDS_CHANNEL, str(device.pk)])
 
 
 def _ago(moment: datetime | None) -> str:

@@ -237,7 +237,7 @@ def test_a_quiet_device_is_pinged_and_stays_online():
 class BridgeRig:
     """The whole bridge (supervisor + links) in a thread, with a simulator on a pty."""
 
-    def __init__(self, explicit=True, usb_id=None, **firmware):
+    def __init__(self, explicit=True, usb_id=None, config=FAST, **firmware):
         self.firmware = SerialFirmware(device_id=DEVICE_ID, **firmware)
         self.sim_stop = self.firmware.start()
         self.stop = threading.Event()
@@ -246,7 +246,7 @@ class BridgeRig:
         vid, pid = usb_id or (None, None)
         self.bridge = Bridge(
             explicit=[path] if explicit else [],
-            config=FAST,
+            config=config,
             stop=self.stop,
             say=self.said.append,
             # The USB bus cannot exist here: the scan reports the pty as the board would be.
@@ -327,3 +327,20 @@ def test_a_broken_operator_output_never_costs_a_vend_result():
         rig.link.say = broken_say
         txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=2)
         wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")
+
+
+def test_on_postgresql_a_new_command_wakes_the_bridge_instead_of_waiting_for_its_look():
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite relies on the 50 ms look")
+    device = stocked_device()
+    slow_look = LinkConfig(
+        reply_timeout=3.0, banner_wait=0.3, identify_timeout=1.0, poll_interval=5.0
+    )
+    with BridgeRig(config=slow_look) as rig:
+        wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
+        wait_for(rig.bridge.waker.listening.is_set, what="listening")
+        time.sleep(0.2)  # let the link settle into its (slow) wait
+        started = time.monotonic()
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), timeout=4.5, what="success")
+        assert time.monotonic() - started < 4.5  # well before the 5 s look came round
