@@ -302,38 +302,29 @@ class SerialLink:
         port.write(data)
         port.flush()
         self._last_traffic = time.monotonic()
-        text = data.decode().strip()
-        self._write(
-            lambda: services.log_exchange(
-                direction=Direction.OUT,
-                transport=Transport.SERIAL,
-                device=device,
-                device_key=device.device_id if device else "",
-                endpoint=self.path,
-                message=text,
-            )
-        )
+        self._log(data.decode().strip(), Direction.OUT, device=device)
 
     def _log_in(self, text: str) -> None:
-        device = self.device
+        self._log(text, Direction.IN)
+
+    def _log_note(self, text: str, level: LogLevel) -> None:
+        self._log(text, Direction.IN, level=level)
+
+    def _log(
+        self,
+        text: str,
+        direction: Direction,
+        level: LogLevel = LogLevel.INFO,
+        device: Device | None = None,
+    ) -> None:
+        """Queue one communication-log row (written in order with the link's other writes)."""
+        device = device or self.device
         self._write(
             lambda: services.log_exchange(
-                direction=Direction.IN,
+                direction=direction,
                 transport=Transport.SERIAL,
                 device=device,
                 device_key=device.device_id if device else "",
-                endpoint=self.path,
-                message=text,
-            )
-        )
-
-    def _log_note(self, text: str, level: LogLevel) -> None:
-        device = self.device
-        self._write(
-            lambda: services.log_exchange(
-                direction=Direction.IN,
-                transport=Transport.SERIAL,
-                device=device,
                 endpoint=self.path,
                 message=text,
                 level=level,

@@ -275,39 +275,29 @@ def poll(
             protocol=protocol,
             ip_address=remote_addr or None,
         )
+        has_pending, registered_now = False, True
+    else:
+        has_pending, registered_now = device.has_pending, False
+        mark_seen(device)
+
+    def log(message: str, direction: Direction = Direction.IN, level=LogLevel.INFO) -> None:
         log_exchange(
-            direction=Direction.IN,
+            direction=direction,
             transport=Transport.WIFI,
             device=device,
             endpoint=endpoint,
             remote_addr=remote_addr,
-            message="poll from an unregistered device: registered it",
-            level=LogLevel.WARNING,
+            message=message,
+            level=level,
         )
-        has_pending = False
-    else:
-        has_pending = device.has_pending
-        mark_seen(device)
+
+    if registered_now:
+        log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
     command = claim_next_command(device=device, kinds=kinds) if has_pending else None
     if command is not None:
-        log_exchange(
-            direction=Direction.OUT,
-            transport=Transport.WIFI,
-            device=device,
-            endpoint=endpoint,
-            remote_addr=remote_addr,
-            message=str(command.as_wire()),
-        )
+        log(str(command.as_wire()), Direction.OUT)
     elif settings.LOG_IDLE_POLLS:
-        log_exchange(
-            direction=Direction.IN,
-            transport=Transport.WIFI,
-            device=device,
-            endpoint=endpoint,
-            remote_addr=remote_addr,
-            message="poll: no command",
-            level=LogLevel.DEBUG,
-        )
+        log("poll: no command", level=LogLevel.DEBUG)
     return device, command
 
 
