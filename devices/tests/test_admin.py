@@ -405,3 +405,11 @@ def test_serial_ports_list_and_the_disconnect_action_records_the_request(staff_c
     assert SerialPort.objects.get().requested == PortRequest.DISCONNECT
     assert any("disconnect" in message for message in messages_of(response))
     assert staff_client.get(reverse("admin:devices_serialport_add")).status_code == 403
+
+
+def test_the_admin_is_branded_and_links_to_the_fleet_status(staff_client):
+    response = staff_client.get(reverse("admin:index"))
+
+    assert response.status_code == 200
+    assert b"Vending administration" in response.content
+    assert b'href="/status"' in response.content

@@ -344,3 +344,26 @@ def test_on_postgresql_a_new_command_wakes_the_bridge_instead_of_waiting_for_its
         txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
         wait_for(settled(txn, TransactionState.SUCCEEDED), timeout=4.5, what="success")
         assert time.monotonic() - started < 4.5  # well before the 5 s look came round
+
+
+def test_on_postgresql_the_bridge_survives_its_database_connections_being_cut(caplog):
+    if connection.vendor != "postgresql":
+        pytest.skip("cuts PostgreSQL backends; SQLite has no server to restart")
+    device = stocked_device()
+    with BridgeRig() as rig:
+        wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
+        first = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(first, TransactionState.SUCCEEDED), what="first vend")
+
+        # What a database restart does to every client: its server-side sessions end.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] >= 1
+
+        second = request_vend(device=Device.objects.get(pk=device.pk), slot_number=2)
+        wait_for(settled(second, TransactionState.SUCCEEDED), timeout=15, what="vend after")
+        assert rig.firmware.received.count("VEND:2") == 1
+    assert "database unavailable" in caplog.text  # the cut really reached the bridge
