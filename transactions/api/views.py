@@ -84,9 +84,9 @@ class VendView(APIView):
             raise InvalidRequest(
                 f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
             )
-        fingerprint = request_fingerprint(
-            method="POST", path=f"vend/{slot_number}", body=request.data
-        )
+        # `wait` only says how long to hold the answer, not what to vend: a retry may change it.
+        what = {name: value for name, value in request.data.items() if name != "wait"}
+        fingerprint = request_fingerprint(method="POST", path=f"vend/{slot_number}", body=what)
         return claim_idempotency_key(user=request.user, key=key, fingerprint=fingerprint)
 
 

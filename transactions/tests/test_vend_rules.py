@@ -67,3 +67,17 @@ def test_a_replayed_vend_points_to_its_transaction_like_the_first_answer(
 
     assert again["Idempotent-Replayed"] == "true"
     assert again["Location"] == first["Location"]
+
+
+def test_a_retry_may_change_how_long_it_waits_without_vending_again(
+    online_device, staff, client_for
+):
+    client = client_for(staff)
+    first = client.post("/api/v1/vend/1", {"wait": 0}, format="json", HTTP_IDEMPOTENCY_KEY="k-wait")
+    again = client.post(
+        "/api/v1/vend/1", {"wait": 0.1}, format="json", HTTP_IDEMPOTENCY_KEY="k-wait"
+    )
+
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert Transaction.objects.count() == 1
