@@ -547,26 +547,36 @@ class PortReport:
 
 
 def report_serial_ports(reports: list[PortReport]) -> list[SerialPort]:
-    """Record the ports the bridge sees now; ports no longer seen are marked absent."""
+    """Record the ports the bridge sees now; ports no longer seen are marked absent.
+
+    Live pages hear of it only when something changed (the bridge rescans every few seconds).
+    """
     now = timezone.now()
-    seen = []
+    known = {
+        port.path: port for port in SerialPort.objects.filter(path__in=[r.path for r in reports])
+    }
+    seen, changed = [], False
     for report in reports:
-        port, _ = SerialPort.objects.update_or_create(
-            path=report.path,
-            defaults={
-                "vid": report.vid,
-                "pid": report.pid,
-                "description": report.description[:255],
-                "likely_esp32": likely_esp32(report.vid, report.pid),
-                "present": True,
-                "reported_at": now,
-            },
-        )
+        fields = {
+            "vid": report.vid,
+            "pid": report.pid,
+            "description": report.description[:255],
+            "likely_esp32": likely_esp32(report.vid, report.pid),
+            "present": True,
+        }
+        port = known.get(report.path)
+        if port is None or any(getattr(port, name) != value for name, value in fields.items()):
+            port, _ = SerialPort.objects.update_or_create(
+                path=report.path, defaults={**fields, "reported_at": now}
+            )
+            changed = True
         seen.append(port)
-    SerialPort.objects.exclude(path__in=[r.path for r in reports]).filter(present=True).update(
-        present=False, is_open=False, reported_at=now
+    gone = (
+        SerialPort.objects.exclude(path__in=[r.path for r in reports])
+        .filter(present=True)
+        .update(present=False, is_open=False, reported_at=now)
     )
-    if reports:
+    if changed or gone:
         publish("ports", {"paths": [r.path for r in reports]})
     return seen
 

@@ -1,17 +1,24 @@
-"""Events for live pages: published to the channel layer after the database commits.
+"""Events for live pages: one outbox row per change, pushed after the database commits.
 
 Every process (web worker, serial bridge, discovery listener, cron command) calls
-:func:`publish` inside its own transaction; the message leaves only once that transaction
-has committed, so a page never shows a vend that was rolled back. A channel layer that is
-down must not break a vend, so delivery failures are logged and swallowed.
+:func:`publish` inside its own transaction. The outbox row (:class:`LiveEvent`) commits or
+rolls back with the change, so a page never shows a vend that was rolled back, and nothing
+is lost when no page is watching. After commit the event is also pushed to the channel
+layer's group: with Redis that reaches every process at once; with the in-memory layer it
+reaches pages served by this process, and the others find it by tailing the outbox.
+A channel layer that is down must not break a vend, so push failures are logged and
+swallowed.
 """
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -19,17 +26,31 @@ EVENTS_GROUP = "vending.events"
 
 
 def publish(kind: str, payload: dict[str, Any]) -> None:
-    """Send ``{"kind": kind, "payload": payload}`` to the events group after commit."""
-    transaction.on_commit(lambda: _send(kind, payload))
+    """Record ``payload`` as a ``kind`` event; push it to live pages after commit."""
+    from .models import LiveEvent
+
+    event = LiveEvent.objects.create(kind=kind, payload=payload)
+    transaction.on_commit(lambda: _push(event.as_message()))
 
 
-def _send(kind: str, payload: dict[str, Any]) -> None:
+def layer_crosses_processes() -> bool:
+    """Whether the channel layer reaches other processes (Redis), or only this one."""
+    return not isinstance(get_channel_layer(), InMemoryChannelLayer)
+
+
+def prune_live_events(*, now=None) -> int:
+    from .models import LiveEvent
+
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.LIVE_EVENT_RETENTION)
+    deleted, _ = LiveEvent.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def _push(message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(
-            EVENTS_GROUP, {"type": "vending.event", "kind": kind, "payload": payload}
-        )
+        async_to_sync(layer.group_send)(EVENTS_GROUP, {"type": "vending.event", "event": message})
     except Exception:  # a live page is never worth a failed vend
-        logger.warning("could not publish %s event", kind, exc_info=True)
+        logger.warning("could not push %s event", message["kind"], exc_info=True)

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "devices",
     "inventory",
     "transactions",
+    "vending_site",
 ]
 
 MIDDLEWARE = [
@@ -218,6 +219,12 @@ DISCOVERY_ADVERTISE_IP = env.str("DISCOVERY_ADVERTISE_IP", default="")
 SERIAL_BAUD = env.int("SERIAL_BAUD", default=115200)
 # A vend with no result line within this many seconds is `unconfirmed`, never a success.
 SERIAL_REPLY_TIMEOUT = env.float("SERIAL_REPLY_TIMEOUT", default=3.0)
+
+# The live dashboard. When true, anyone who can reach the server may watch it (read-only);
+# acting (vend, select, connect) always needs a staff login.
+DASHBOARD_PUBLIC = env.bool("DASHBOARD_PUBLIC", default=False)
+# How long live events are kept for pages that reconnect to catch up (seconds).
+LIVE_EVENT_RETENTION = env.int("LIVE_EVENT_RETENTION", default=3600)
 
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")

@@ -198,6 +198,7 @@ def test_a_queued_vend_is_received_once_dispensed_and_confirmed_with_the_mac(ser
     command = Command.objects.get(transaction=txn)
     vends = [entry for entry in sim.commands() if entry["command"] == "VEND"]
     assert [(v["slot"], v["command_id"], v["acted"]) for v in vends] == [(3, command.pk, True)]
+    wait_for(sim.confirmations, what="the witness log")  # it writes after the answer
     [confirmation] = sim.confirmations()
     assert confirmation["status"] == 200
     assert confirmation["command_id"] == command.pk
@@ -272,6 +273,7 @@ def test_the_documented_variant_polls_with_the_header_and_can_report_a_failure(s
     wait_for(lambda: state_of(txn) == TransactionState.FAILED, what="failure")
 
     assert [(c["command"], c["slot"]) for c in sim.commands()] == [("VEND", 1)]
+    wait_for(sim.confirmations, what="the witness log")  # it writes after the answer
     [confirmation] = sim.confirmations()
     assert confirmation["status"] == 200
     assert confirmation["body"]["device_id"] == "02:00:00:00:00:02"
@@ -371,6 +373,7 @@ def test_only_vend_with_slot_1_to_5_is_acted_on_and_redirects_are_not_followed(s
         (None, None, False),  # a JSON answer that is not an object
         ("VEND", 2, True),
     ]
+    wait_for(sim.confirmations, what="the witness log")  # it writes after the answer
     [confirmation] = sim.confirmations()
     assert confirmation["command_id"] == 7
     paths = [(method, path) for method, path, _headers, _body in peer.requests]

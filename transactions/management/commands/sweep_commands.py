@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
 from transactions.services import sweep
+from vending_site.events import prune_live_events
 
 BATCH = 500  # sweep() handles up to this many of each kind per call
 
@@ -46,6 +47,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"sweep failed: {exc}")
                 connection.close()
             else:
+                prune_live_events()
                 if expired or unconfirmed:
                     self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
                     self.stdout.flush()

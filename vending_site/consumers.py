@@ -1,0 +1,83 @@
+"""``/ws/events/``: the dashboard's live feed of device, transaction, stock and log events.
+
+Messages to the page are ``{"id", "kind", "payload", "at"}``, in increasing ``id``. The page
+may send ``{"type": "catch_up", "since": <id>}`` after a reconnect to be sent every event it
+missed (at most ``CATCH_UP_LIMIT``; it reloads its state from the API when told
+``{"type": "reset"}``). Events arrive pushed through the channel layer; when that layer does
+not cross processes (no Redis), the consumer also tails the outbox every ``TAIL_SECONDS``, so
+an event from the serial bridge or a cron job still arrives within a second.
+"""
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from .events import EVENTS_GROUP, layer_crosses_processes
+from .models import LiveEvent
+
+TAIL_SECONDS = 0.25
+CATCH_UP_LIMIT = 500
+CLOSE_FORBIDDEN = 4403
+
+
+@database_sync_to_async
+def events_after(last_id: int, limit: int) -> list[dict]:
+    return [e.as_message() for e in LiveEvent.objects.filter(id__gt=last_id)[:limit]]
+
+
+@database_sync_to_async
+def latest_event_id() -> int:
+    return LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+class EventsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        staff = bool(user and user.is_authenticated and user.is_staff)
+        if not staff and not settings.DASHBOARD_PUBLIC:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.last_id = await latest_event_id()
+        self.tail = None
+        await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
+        await self.accept()
+        if not layer_crosses_processes():
+            self.tail = asyncio.create_task(self._tail())
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "tail", None) is not None:
+            self.tail.cancel()
+        await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if not isinstance(content, dict) or content.get("type") != "catch_up":
+            await self.send_json({"type": "error", "detail": "send {type: catch_up, since: id}"})
+            return
+        since = content.get("since")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            await self.send_json({"type": "error", "detail": "since must be an event id"})
+            return
+        missed = await events_after(since, CATCH_UP_LIMIT + 1)
+        if len(missed) > CATCH_UP_LIMIT:
+            # Too much happened: the page reloads its state instead of replaying it all.
+            self.last_id = await latest_event_id()
+            await self.send_json({"type": "reset", "last_id": self.last_id})
+            return
+        self.last_id = since
+        await self._send_new(missed)
+
+    async def vending_event(self, message: dict) -> None:
+        await self._send_new([message["event"]])
+
+    async def _send_new(self, events: list[dict]) -> None:
+        for event in events:
+            if event["id"] > self.last_id:
+                self.last_id = event["id"]
+                await self.send_json(event)
+
+    async def _tail(self) -> None:
+        while True:
+            await asyncio.sleep(TAIL_SECONDS)
+            await self._send_new(await events_after(self.last_id, CATCH_UP_LIMIT))

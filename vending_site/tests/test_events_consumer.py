@@ -1,0 +1,238 @@
+"""``/ws/events/``: who may listen, and that every event reaches the page, from any process."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+from django.db import transaction
+
+from tests.factories import UserFactory
+from tests.integration.processes import start_command, stop
+from vending_site.consumers import CATCH_UP_LIMIT, CLOSE_FORBIDDEN, EventsConsumer
+from vending_site.events import layer_crosses_processes, publish
+from vending_site.models import LiveEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def listen(user):
+    communicator = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/events/")
+    communicator.scope["user"] = user
+    return communicator
+
+
+async def _await(coroutine):
+    return await coroutine
+
+
+def run(coroutine):
+    return async_to_sync(_await)(coroutine)
+
+
+def test_anonymous_visitors_are_refused_unless_the_dashboard_is_public(settings):
+    async def attempt():
+        communicator = listen(AnonymousUser())
+        connected, code = await communicator.connect()
+        await communicator.disconnect()
+        return connected, code
+
+    settings.DASHBOARD_PUBLIC = False
+    assert run(attempt()) == (False, CLOSE_FORBIDDEN)
+    settings.DASHBOARD_PUBLIC = True
+    assert run(attempt())[0] is True
+
+
+def test_a_non_staff_user_is_refused(settings):
+    settings.DASHBOARD_PUBLIC = False
+    user = UserFactory()
+
+    async def attempt():
+        communicator = listen(user)
+        connected, code = await communicator.connect()
+        await communicator.disconnect()
+        return connected, code
+
+    assert run(attempt()) == (False, CLOSE_FORBIDDEN)
+
+
+def test_an_event_committed_in_this_process_is_pushed_to_staff():
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        assert (await communicator.connect())[0]
+        await asyncio.to_thread(publish_committed, "transaction", {"id": "t-1", "state": "sent"})
+        message = await communicator.receive_json_from(timeout=2)
+        await communicator.disconnect()
+        return message
+
+    message = run(scenario())
+    assert message["kind"] == "transaction"
+    assert message["payload"] == {"id": "t-1", "state": "sent"}
+    assert message["id"] == LiveEvent.objects.get().pk
+
+
+def test_a_rolled_back_change_never_reaches_the_page():
+    staff = UserFactory(is_staff=True)
+
+    def publish_then_roll_back():
+        try:
+            with transaction.atomic():
+                publish("transaction", {"id": "ghost"})
+                raise RuntimeError("rolled back")
+        except RuntimeError:
+            pass
+        publish_committed("transaction", {"id": "real"})
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        await asyncio.to_thread(publish_then_roll_back)
+        message = await communicator.receive_json_from(timeout=2)
+        nothing_else = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return message, nothing_else
+
+    message, nothing_else = run(scenario())
+    assert message["payload"] == {"id": "real"}
+    assert nothing_else
+
+
+def test_an_event_from_another_process_arrives_within_a_second():
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        process = start_command(
+            "shell",
+            "-c",
+            "from vending_site.events import publish; publish('log', {'message': 'from cron'})",
+        )
+        await asyncio.to_thread(process.wait, 30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        message = await communicator.receive_json_from(timeout=3)
+        waited = loop.time() - started
+        await communicator.disconnect()
+        return process, message, waited
+
+    process, message, waited = run(scenario())
+    assert stop(process)[0] == 0
+    assert message["kind"] == "log"
+    assert message["payload"] == {"message": "from cron"}
+    assert waited < 1.0
+
+
+def test_a_page_that_reconnects_catches_up_on_what_it_missed():
+    staff = UserFactory(is_staff=True)
+    publish_committed("stock", {"n": 0})
+    seen = LiveEvent.objects.get().pk
+    for n in range(1, 4):
+        publish_committed("stock", {"n": n})
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        await communicator.send_json_to({"type": "catch_up", "since": seen})
+        messages = [await communicator.receive_json_from(timeout=2) for _ in range(3)]
+        nothing_else = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return messages, nothing_else
+
+    messages, nothing_else = run(scenario())
+    assert [m["payload"]["n"] for m in messages] == [1, 2, 3]
+    assert nothing_else
+
+
+def test_a_page_that_missed_too_much_is_told_to_reload():
+    staff = UserFactory(is_staff=True)
+    LiveEvent.objects.bulk_create(
+        LiveEvent(kind="log", payload={"n": n}) for n in range(CATCH_UP_LIMIT + 5)
+    )
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        await communicator.send_json_to({"type": "catch_up", "since": 0})
+        message = await communicator.receive_json_from(timeout=2)
+        await communicator.disconnect()
+        return message
+
+    message = run(scenario())
+    assert message["type"] == "reset"
+    assert message["last_id"] == LiveEvent.objects.order_by("-id").first().pk
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"type": "nonsense"},
+        {"type": "catch_up", "since": "x"},
+        {"type": "catch_up", "since": -1},
+        [1, 2],
+    ],
+)
+def test_a_malformed_message_gets_an_error_not_a_dropped_socket(sent):
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        await communicator.send_json_to(sent)
+        message = await communicator.receive_json_from(timeout=2)
+        await communicator.disconnect()
+        return message
+
+    assert run(scenario())["type"] == "error"
+
+
+def publish_committed(kind: str, payload: dict) -> None:
+    with transaction.atomic():
+        publish(kind, payload)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/3"
+
+
+def redis_available() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings):
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        process = start_command(
+            "shell",
+            "-c",
+            "from vending_site.events import publish; publish('device', {'device_id': 'X'})",
+            REDIS_URL=REDIS_URL,
+        )
+        await asyncio.to_thread(process.wait, 30)
+        message = await communicator.receive_json_from(timeout=3)
+        await communicator.disconnect()
+        return process, message
+
+    assert layer_crosses_processes()  # so the consumer does not tail: Redis carried it
+    process, message = run(scenario())
+    assert stop(process)[0] == 0
+    assert message["payload"] == {"device_id": "X"}
