@@ -148,3 +148,22 @@ def test_older_than_is_required():
 def test_a_batch_size_out_of_range_is_a_command_error(size):
     with pytest.raises(CommandError, match="--batch-size must be between 1 and 10000"):
         prune("--older-than", "30d", "--batch-size", size)
+
+
+def test_prune_logs_also_drops_live_events_past_their_retention(settings):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from vending_site.models import LiveEvent
+
+    settings.LIVE_EVENT_RETENTION = 60
+    old = LiveEvent.objects.create(kind="log", payload={})
+    LiveEvent.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    fresh = LiveEvent.objects.create(kind="log", payload={})
+
+    call_command("prune_logs", "--older-than", "30d", stdout=StringIO())
+
+    assert list(LiveEvent.objects.values_list("pk", flat=True)) == [fresh.pk]

@@ -12,6 +12,7 @@ from devices.maintenance import (
     prune_communication_log,
 )
 from transactions.services import prune_idempotency_keys
+from vending_site.events import prune_live_events
 
 
 class Command(BaseCommand):
@@ -62,7 +63,9 @@ class Command(BaseCommand):
             return
         logs = prune_communication_log(before=before, batch_size=batch_size, time_limit=max_seconds)
         keys = prune_idempotency_keys()
+        events = prune_live_events()
         self.stdout.write(
             f"deleted {logs} communication log entries older than "
-            f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys"
+            f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys "
+            f"({events} live events past LIVE_EVENT_RETENTION)"
         )
