@@ -4,6 +4,7 @@ Transports (the HTTP device views, the serial bridge) call these and translate t
 back to bytes; the rules live here.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -295,7 +296,7 @@ def poll(
         log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
     command = claim_next_command(device=device, kinds=kinds) if has_pending else None
     if command is not None:
-        log(str(command.as_wire()), Direction.OUT)
+        log(json.dumps(command.as_wire()), Direction.OUT)
     elif settings.LOG_IDLE_POLLS:
         log("poll: no command", level=LogLevel.DEBUG)
     return device, command

@@ -3,9 +3,10 @@
 Messages to the page are ``{"id", "kind", "payload", "at"}``, in increasing ``id``. The page
 may send ``{"type": "catch_up", "since": <id>}`` after a reconnect to be sent every event it
 missed (at most ``CATCH_UP_LIMIT``; it reloads its state from the API when told
-``{"type": "reset"}``). Events arrive pushed through the channel layer; when that layer does
-not cross processes (no Redis), the consumer also tails the outbox every ``TAIL_SECONDS``, so
-an event from the serial bridge or a cron job still arrives within a second.
+``{"type": "reset"}``). With Redis, events arrive pushed through the channel layer. Without
+it (the in-memory layer reaches no other process), the consumer tails the outbox every
+``TAIL_SECONDS`` instead, so an event from the serial bridge or a cron job still arrives
+within a second.
 """
 
 import asyncio
@@ -32,7 +33,17 @@ def latest_event_id() -> int:
     return LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
+NO_LAYER = "vending.no-layer"  # an alias that is never configured: no channel layer
+
+
 class EventsConsumer(AsyncJsonWebsocketConsumer):
+    async def __call__(self, scope, receive, send):
+        # The in-memory layer reaches only this process, where the outbox tail already brings
+        # every event: skip it, and the idle receive loop it would run for every socket.
+        if not layer_crosses_processes():
+            self.channel_layer_alias = NO_LAYER
+        return await super().__call__(scope, receive, send)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         staff = bool(user and user.is_authenticated and user.is_staff)
@@ -41,15 +52,17 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.last_id = await latest_event_id()
         self.tail = None
-        await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
         await self.accept()
-        if not layer_crosses_processes():
+        if self.channel_layer is None:
             self.tail = asyncio.create_task(self._tail())
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "tail", None) is not None:
             self.tail.cancel()
-        await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
+        if self.channel_layer is not None:
+            await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "catch_up":

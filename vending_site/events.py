@@ -4,8 +4,8 @@ Every process (web worker, serial bridge, discovery listener, cron command) call
 :func:`publish` inside its own transaction. The outbox row (:class:`LiveEvent`) commits or
 rolls back with the change, so a page never shows a vend that was rolled back, and nothing
 is lost when no page is watching. After commit the event is also pushed to the channel
-layer's group: with Redis that reaches every process at once; with the in-memory layer it
-reaches pages served by this process, and the others find it by tailing the outbox.
+layer's group when that layer is Redis, which reaches every process at once; without Redis,
+open sockets find it by tailing the outbox.
 A channel layer that is down must not break a vend, so push failures are logged and
 swallowed.
 """
@@ -47,6 +47,8 @@ def prune_live_events(*, now=None) -> int:
 
 
 def _push(message: dict[str, Any]) -> None:
+    if not layer_crosses_processes():
+        return  # sockets tail the outbox instead (see vending_site.consumers)
     layer = get_channel_layer()
     if layer is None:
         return

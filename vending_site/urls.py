@@ -2,7 +2,9 @@
 paths accept an optional trailing slash so no client is ever redirected."""
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from devices.api import device_views
@@ -15,6 +17,7 @@ from devices.api.views import (
 )
 from transactions.api import views as txn_views
 
+from . import dashboard
 from .health import HealthView
 
 UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
@@ -55,7 +58,19 @@ device_protocol = [
     path("esp32/wifi/confirm", device_views.ConfirmView.as_view(), name="esp32-wifi-confirm"),
 ]
 
+dashboard_api = [
+    path("state", dashboard.state, name="state"),
+    path("machines", dashboard.machines, name="machines"),
+    path("machines/select", dashboard.select_device, name="select"),
+    path("vend", dashboard.vend, name="vend"),
+    path("ports/request", dashboard.port_request, name="port-request"),
+]
+
 urlpatterns = [
+    path("", dashboard.index, name="dashboard"),
+    path("dashboard/api/", include((dashboard_api, "dashboard-api"))),
+    # Browsers ask for it on every page (the admin's too); a 404 there is console noise.
+    path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api-v1"))),
     *device_protocol,

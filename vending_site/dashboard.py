@@ -1,0 +1,333 @@
+"""The operator dashboard at ``/``: one page, its state as JSON, and the actions it offers.
+
+The page renders from one state document (:func:`dashboard_state`), embedded in the HTML on
+first load and fetched again from ``GET /dashboard/api/state`` after a reconnect; live events
+from ``/ws/events/`` keep it current in between. Actions are thin: they validate the input and
+call the same services the REST API and the admin use, so every rule keeps one owner and every
+refusal reaches the page as the service's own message (``{"detail", "code"}``).
+
+Staff may look and act. With ``DASHBOARD_PUBLIC`` anyone may look; acting still needs staff.
+"""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.db.models.functions import TruncHour
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import ensure_csrf_cookie
+from rest_framework import serializers
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import BasePermission, IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from devices.choices import PortRequest
+from devices.models import CommunicationLog, Device, SerialPort
+from devices.selectors import get_device
+from devices.services import device_payload, request_port, select_active_device
+from inventory.models import Slot
+from transactions.api.serializers import TransactionSerializer
+from transactions.choices import TransactionState
+from transactions.models import Transaction
+from transactions.services import request_vend, sweep_if_due
+
+from .errors import DomainError, InvalidRequest, NotFound
+from .models import LiveEvent
+
+FEED_LIMIT = 50
+LOG_MESSAGE_LIMIT = 500
+CHART_HOURS = 24
+DISCOVERY_ENDPOINT = "udp discovery"
+CHARTED_STATES = (TransactionState.SUCCEEDED, TransactionState.FAILED)
+
+
+def may_view(user) -> bool:
+    return settings.DASHBOARD_PUBLIC or bool(user and user.is_authenticated and user.is_staff)
+
+
+def may_act(user) -> bool:
+    return bool(user and user.is_authenticated and user.is_staff)
+
+
+class CanViewDashboard(BasePermission):
+    message = "Only staff may view the dashboard."
+
+    def has_permission(self, request, view) -> bool:
+        return may_view(request.user)
+
+
+# --- The state document ---------------------------------------------------------------------
+
+
+def machine_payload(device: Device) -> dict[str, Any]:
+    return {
+        **device_payload(device),
+        "transport_label": device.get_transport_display(),
+        "firmware": device.firmware_version,
+        "protocol": device.get_protocol_display(),
+        "slot_count": device.slot_count,
+    }
+
+
+def slot_payload(slot: Slot) -> dict[str, Any]:
+    product = slot.product
+    return {
+        "number": slot.number,
+        "product": product.name if product else "",
+        "sku": product.sku if product else "",
+        "price": str(product.price) if product else None,
+        "quantity": slot.quantity,
+        "capacity": slot.capacity,
+        "low_stock_threshold": slot.low_stock_threshold,
+        "enabled": slot.enabled,
+        "needs_attention": slot.needs_attention,
+    }
+
+
+def port_payload(port: SerialPort) -> dict[str, Any]:
+    return {
+        "path": port.path,
+        "usb_id": port.usb_id,
+        "description": port.description,
+        "likely_esp32": port.likely_esp32,
+        "present": port.present,
+        "is_open": port.is_open,
+        "device_id": port.device.device_id if port.device else None,
+        "requested": port.requested,
+        "last_error": port.last_error,
+        "reported_at": port.reported_at.isoformat(),
+    }
+
+
+def transaction_payload(txn: Transaction) -> dict[str, Any]:
+    """The shape of a ``transaction`` live event, plus when it was created."""
+    return {
+        "id": str(txn.pk),
+        "state": txn.state,
+        "device_id": txn.device.device_id,
+        "slot": txn.slot_number,
+        "product": txn.product_name,
+        "failure_reason": txn.failure_reason,
+        "created_at": txn.created_at.isoformat(),
+        "updated_at": txn.updated_at.isoformat(),
+    }
+
+
+def log_payload(entry: CommunicationLog) -> dict[str, Any]:
+    """The shape of a ``log`` live event."""
+    return {
+        "id": entry.pk,
+        "device_id": entry.device_key,
+        "direction": entry.direction,
+        "transport": entry.transport,
+        "endpoint": entry.endpoint,
+        "message": entry.message[:LOG_MESSAGE_LIMIT],
+        "level": entry.level,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+def discovery_payload() -> dict[str, Any]:
+    """The discovery listener as the log shows it: it records every request it answers."""
+    latest = (
+        CommunicationLog.objects.filter(endpoint=DISCOVERY_ENDPOINT)
+        .order_by("-created_at", "-id")
+        .only("created_at", "remote_addr", "message")
+        .first()
+    )
+    if latest is None:
+        return {"last_request_at": None, "last_request_from": "", "message": ""}
+    return {
+        "last_request_at": latest.created_at.isoformat(),
+        "last_request_from": latest.remote_addr,
+        "message": latest.message[:LOG_MESSAGE_LIMIT],
+    }
+
+
+def vends_per_hour(*, now: datetime | None = None, hours: int = CHART_HOURS) -> list[dict]:
+    """Succeeded and failed vends per hour (by request time) for the last ``hours`` hours,
+    oldest first, every hour present even when nothing happened. The last bucket is the
+    current, unfinished hour. One aggregate query."""
+    now = timezone.localtime(now or timezone.now())
+    current = now.replace(minute=0, second=0, microsecond=0)
+    starts = [current - timedelta(hours=back) for back in range(hours - 1, -1, -1)]
+    buckets = {start: {"succeeded": 0, "failed": 0} for start in starts}
+    rows = (
+        Transaction.objects.filter(created_at__gte=starts[0], state__in=CHARTED_STATES)
+        .annotate(hour=TruncHour("created_at"))
+        .values("hour", "state")
+        .annotate(count=Count("pk"))
+        .order_by()
+    )
+    for row in rows:
+        bucket = buckets.get(row["hour"])
+        if bucket is not None:  # a row from the future (clock skew) has no bar
+            bucket[row["state"]] += row["count"]
+    return [{"hour": start.isoformat(), **buckets[start]} for start in starts]
+
+
+def machines_state() -> dict[str, Any]:
+    """What changes without events of its own (presence, ports, discovery): polled."""
+    ports = SerialPort.objects.select_related("device").order_by("path")
+    return {
+        "server_time": timezone.now().isoformat(),
+        "machines": [machine_payload(d) for d in Device.objects.order_by("device_id")],
+        "ports": [port_payload(p) for p in ports],
+        "discovery": discovery_payload(),
+    }
+
+
+def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
+    """Everything the page shows, in a bounded number of queries whatever the fleet's size.
+
+    ``device`` picks the machine whose slots are shown; by default the active one, else the
+    first. The ``last_event_id`` is read first, so an event racing this read is replayed by
+    the page's catch-up rather than lost.
+    """
+    sweep_if_due()  # overdue vends show as expired or unconfirmed, sweeper or not
+    last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    state = machines_state()
+    if device is None:
+        device_id = next(
+            (m["device_id"] for m in state["machines"] if m["is_active"]),
+            state["machines"][0]["device_id"] if state["machines"] else None,
+        )
+    else:
+        device_id = device.device_id
+    slots = (
+        Slot.objects.filter(device__device_id=device_id)
+        .select_related("product")
+        .order_by("number")
+        if device_id
+        else Slot.objects.none()
+    )
+    transactions = Transaction.objects.select_related("device").order_by("-created_at")
+    logs = CommunicationLog.objects.order_by("-created_at", "-id")
+    return {
+        **state,
+        "last_event_id": last_event_id,
+        "can_act": may_act(user),
+        "selected": device_id,
+        "slots": [slot_payload(s) for s in slots],
+        "transactions": [transaction_payload(t) for t in transactions[:FEED_LIMIT]],
+        "logs": [log_payload(e) for e in logs[:FEED_LIMIT]],
+        "vends_per_hour": vends_per_hour(),
+        "feed_limit": FEED_LIMIT,
+        "offline_after": settings.DEVICE_OFFLINE_AFTER,
+    }
+
+
+# --- The page ------------------------------------------------------------------------------
+
+
+@never_cache
+@ensure_csrf_cookie
+def index(request: HttpRequest) -> HttpResponse:
+    """``/``: the dashboard. Anonymous visitors are sent to log in unless it is public."""
+    if not may_view(request.user):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+        raise PermissionDenied("Only staff may view the dashboard.")
+    device = None
+    raw = request.GET.get("device", "").strip()
+    if raw:
+        try:
+            device = get_device(raw)
+        except DomainError:
+            device = None  # a stale bookmark: show the default machine instead
+    return render(
+        request,
+        "dashboard/index.html",
+        {
+            "state": dashboard_state(user=request.user, device=device),
+            "can_act": may_act(request.user),
+            "ws_path": "/ws/events/",
+        },
+    )
+
+
+# --- JSON endpoints ------------------------------------------------------------------------
+
+
+@api_view(["GET"])
+@permission_classes([CanViewDashboard])
+def state(request: Request) -> Response:
+    """``GET /dashboard/api/state?device=<id>``: the page's state; ``device`` picks the slots."""
+    raw = request.query_params.get("device", "").strip()
+    device = get_device(raw) if raw else None
+    response = Response(dashboard_state(user=request.user, device=device))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@api_view(["GET"])
+@permission_classes([CanViewDashboard])
+def machines(request: Request) -> Response:
+    """``GET /dashboard/api/machines``: presence, ports and discovery, polled by the page
+    (a machine going quiet raises no event; it only stops being seen)."""
+    response = Response(machines_state())
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class VendSerializer(serializers.Serializer):
+    device_id = serializers.CharField(max_length=64)
+    slot = serializers.IntegerField(min_value=1, max_value=10_000)
+
+
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def vend(request: Request) -> Response:
+    """``POST /dashboard/api/vend`` with ``{"device_id", "slot"}``: the REST vend's service."""
+    data = _valid(VendSerializer, request)
+    txn = request_vend(
+        device=get_device(data["device_id"]), slot_number=data["slot"], user=request.user
+    )
+    return Response(TransactionSerializer(txn).data, status=202)
+
+
+class SelectSerializer(serializers.Serializer):
+    device_id = serializers.CharField(max_length=64)
+
+
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def select_device(request: Request) -> Response:
+    """``POST /dashboard/api/machines/select`` with ``{"device_id"}``: make it the active one."""
+    data = _valid(SelectSerializer, request)
+    device = select_active_device(device=get_device(data["device_id"]))
+    return Response(machine_payload(device))
+
+
+class PortRequestSerializer(serializers.Serializer):
+    path = serializers.CharField(max_length=255)
+    request = serializers.ChoiceField(choices=PortRequest.choices)
+
+
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def port_request(request: Request) -> Response:
+    """``POST /dashboard/api/ports/request`` with ``{"path", "request"}``: ask the serial
+    bridge to connect, disconnect or decide by itself. Only ports the bridge reported."""
+    data = _valid(PortRequestSerializer, request)
+    if not SerialPort.objects.filter(path=data["path"]).exists():
+        raise NotFound(f"No serial port {data['path']} has been reported by the bridge.")
+    port = request_port(path=data["path"], request=PortRequest(data["request"]))
+    port = SerialPort.objects.select_related("device").get(pk=port.pk)
+    return Response(port_payload(port))
+
+
+def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict:
+    if not isinstance(request.data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
