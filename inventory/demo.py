@@ -58,10 +58,11 @@ DEMO_FLEET = [
 
 @transaction.atomic
 def load_demo_fleet() -> list[Device]:
-    """The simulated machines of ``make demo``, each with five stocked slots (idempotent)."""
+    """The simulated machines of ``make demo``, each slot stocked once (idempotent)."""
     devices = []
     for device_id, name, transport, protocol in DEMO_FLEET:
-        device, created = Device.objects.get_or_create(
+        # The simulator may have registered the machine already: fill it all the same.
+        device, _ = Device.objects.get_or_create(
             device_id=device_id,
             defaults={"name": name, "transport": transport, "protocol": protocol},
         )
@@ -73,7 +74,7 @@ def load_demo_fleet() -> list[Device]:
             slot = Slot.objects.get(device=device, number=number)
             if slot.product_id is None:
                 Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10)
-            if created:
+            if not slot.movements.exists():  # stocked once, never refilled behind staff's back
                 set_stock(slot=slot, quantity=8, reason=MovementReason.RESTOCK, note="demo data")
         devices.append(device)
     return devices

@@ -56,3 +56,19 @@ def test_the_serial_simulator_keeps_a_stable_link_to_its_pty_while_it_runs(tmp_p
         code, output = stop(process)
     assert code == 0, output
     assert not link.exists() and not link.is_symlink()
+
+
+def test_the_demo_fleet_stocks_a_machine_that_registered_itself_first(client):
+    from inventory.demo import DEMO_FLEET
+
+    device_id = DEMO_FLEET[0][0]
+    client.post(
+        "/esp32/register",
+        {"device_id": device_id, "slots_available": 5},
+        content_type="application/json",
+    )
+
+    load_demo_fleet()
+
+    slots = Slot.objects.filter(device__device_id=device_id)
+    assert [slot.quantity for slot in slots] == [8] * 5
