@@ -113,15 +113,7 @@ class DeviceAdmin(admin.ModelAdmin):
     search_fields = ("device_id", "name", "mac_address")
     actions = ("make_active", "queue_status", "queue_reset")
     fields = (
-        "device_id",
-        "name",
-        "mac_address",
-        "transport",
-        "protocol",
-        "ip_address",
-        "serial_port",
-        "firmware_version",
-        "slot_count",
+        *DeviceForm.Meta.fields,
         "reported_status",
         "is_active",
         "online",

@@ -173,16 +173,7 @@ class SlotAdmin(admin.ModelAdmin):
     search_fields = ("device__device_id", "device__name", "product__name", "product__sku")
     autocomplete_fields = ("product",)
     actions = ("restock_selected",)
-    fields = (
-        "device",
-        "number",
-        "product",
-        "quantity",
-        "capacity",
-        "low_stock_threshold",
-        "enabled",
-        "needs_attention",
-    )
+    fields = SlotForm.Meta.fields
 
     def get_readonly_fields(self, request, obj=None):
         # A slot's history belongs to its place in its machine: that place never moves.
