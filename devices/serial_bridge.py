@@ -24,7 +24,13 @@ from pathlib import Path
 
 import serial
 import serial.tools.list_ports
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 
 from . import services
 from .choices import CommandKind, Direction, LogLevel, Protocol, Transport
@@ -86,6 +92,10 @@ class SerialLink:
         self.opener = opener
         self.device: Device | None = None
         self.in_flight: InFlight | None = None
+        # After a vend timed out: that vend (its result may still come) and when the PING that
+        # brings the link back in step was sent (None: in step).
+        self.late: InFlight | None = None
+        self.resync_sent: float | None = None
         self.connected = threading.Event()
         self._buffer = b""
         self._writes: deque[Callable[[], None]] = deque()
@@ -117,10 +127,12 @@ class SerialLink:
         connection.close()
 
     def _session(self) -> None:
-        port = self.opener(self.path, baudrate=self.config.baud, timeout=0)
+        # Exclusive: a second bridge on the same port would read some of the results.
+        port = self.opener(self.path, baudrate=self.config.baud, timeout=0, exclusive=True)
         try:
             self.connected.set()
             self._buffer = b""
+            self.late, self.resync_sent = None, None
             self.device = self._handshake(port)
             if self.waker is not None:
                 self.waker.register(self.device.pk, self.wake)
@@ -185,7 +197,13 @@ class SerialLink:
         now = time.monotonic()
         if self.in_flight is not None:
             if now >= self.in_flight.deadline:
-                self._abandon(f"no result within {self.config.reply_timeout:g} s")
+                self._abandon(f"no result within {self.config.reply_timeout:g} s", late=True)
+        elif self.resync_sent is not None:
+            # Out of step after an abandoned vend: the firmware answers one command after
+            # another, so once it answers this PING, no late result can follow.
+            if now - self.resync_sent >= self.config.reply_timeout:
+                self._send_line(port, serial_command("PING"), device=self.device)
+                self.resync_sent = now
         else:
             self._deliver_next(port)
             if self.in_flight is None and now - self._last_traffic >= self.config.ping_interval:
@@ -224,46 +242,83 @@ class SerialLink:
         self._write(lambda: services.mark_seen(device))
         parsed = parse_serial_line(text)
         flight = self.in_flight
-        if parsed.kind is SerialLine.DEVICE_ID and flight is not None:
-            self._abandon("the device rebooted mid-vend")
+        if parsed.kind is SerialLine.DEVICE_ID:
+            self.resync_sent, self.late = None, None  # rebooted: nothing late will come
+            if flight is not None:
+                self._abandon("the device rebooted mid-vend")
             return
-        if flight is None or flight.kind != CommandKind.VEND:
-            if parsed.kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
+        if flight is None:
+            if parsed.kind is SerialLine.STATUS:
+                self.resync_sent, self.late = None, None  # back in step
+            elif self.late is not None and self._result_for(parsed, self.late):
+                self._settle_by(parsed, self.late, late=True)
+                self.late = None
+            elif parsed.kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
                 self._log_note(f"result for no vend in flight: {text}", LogLevel.WARNING)
             return
-        if parsed.kind is SerialLine.VEND_SUCCESS and parsed.slot == flight.slot:
-            self._settle(flight, success=True, message="VEND_SUCCESS")
-        elif parsed.kind is SerialLine.VEND_FAILED and parsed.slot == flight.slot:
-            self._settle(flight, success=False, message="the machine reported VEND_FAILED")
+        if self._result_for(parsed, flight):
+            self._settle_by(parsed, flight)
+        elif parsed.kind is SerialLine.ERROR:
+            # Not a vend result (e.g. an unknown command); the vend's own answer may follow.
+            self._log_note(f"error line while a vend is in flight: {text}", LogLevel.WARNING)
+
+    @staticmethod
+    def _result_for(parsed, flight: InFlight) -> bool:
+        """Whether the line is the result of ``flight`` (same slot, where the line says one)."""
+        if parsed.kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
+            return parsed.slot == flight.slot
+        if parsed.kind is SerialLine.SLOT_EMPTY:
+            return parsed.slot is None or parsed.slot == flight.slot
+        return parsed.kind is SerialLine.INVALID_SLOT
+
+    def _settle_by(self, parsed, flight: InFlight, late: bool = False) -> None:
+        device = self.device
+        if parsed.kind is SerialLine.VEND_SUCCESS:
+            self._settle(flight, success=True, message="VEND_SUCCESS", late=late)
+        elif parsed.kind is SerialLine.VEND_FAILED:
+            self._settle(
+                flight, success=False, message="the machine reported VEND_FAILED", late=late
+            )
         elif parsed.kind is SerialLine.SLOT_EMPTY:
-            self._settle(flight, success=False, message="the machine reported the slot empty")
+            self._settle(
+                flight, success=False, message="the machine reported the slot empty", late=late
+            )
             slot = flight.slot
             self._write(lambda: services.report_slot_empty(device=device, slot_number=slot))
-        elif parsed.kind is SerialLine.INVALID_SLOT:
-            self._settle(flight, success=False, message="the machine refused the slot number")
-        elif parsed.kind is SerialLine.ERROR:
-            self._abandon(f"the machine answered with an error: {parsed.value}")
+        else:
+            self._settle(
+                flight, success=False, message="the machine refused the slot number", late=late
+            )
 
-    def _settle(self, flight: InFlight, *, success: bool, message: str) -> None:
+    def _settle(self, flight: InFlight, *, success: bool, message: str, late: bool = False) -> None:
         # Record first: nothing after this line may lose the result.
+        note = f"{message} (after the vend was flagged unconfirmed)" if late else message
         self._write(
             lambda: services.settle_vend(
-                command_id=flight.command_id, success=success, message=message
+                command_id=flight.command_id, success=success, message=note
             )
         )
-        self.in_flight = None
+        if not late:
+            self.in_flight = None
         elapsed = time.monotonic() - flight.written_at
         self._say(
             f"{self.device.device_id}: vend slot {flight.slot} "
             f"{'succeeded' if success else 'failed'} in {elapsed * 1000:.0f} ms"
+            + (" (late)" if late else "")
         )
 
-    def _abandon(self, reason: str) -> None:
+    def _abandon(self, reason: str, late: bool = False) -> None:
+        """Flag the vend in flight ``unconfirmed``. With ``late``, the link is still up and the
+        machine may yet answer: stop delivering until a PING answer shows it is back in step,
+        and settle the vend by a result that arrives meanwhile."""
         flight, self.in_flight = self.in_flight, None
         if flight is None:
             return
         self._write(lambda: services.flag_unconfirmed(command_id=flight.command_id, reason=reason))
         self._say(f"{self.path}: vend slot {flight.slot} unconfirmed: {reason}")
+        if late:
+            self.late = flight
+            self.resync_sent = 0.0  # send a PING at the next turn
 
     def _say(self, text: str) -> None:
         """Tell the operator; a closed or full stdout must never cost a vend."""
@@ -289,7 +344,8 @@ class SerialLink:
             if chunk:
                 self._buffer += chunk
                 self._last_traffic = time.monotonic()
-            if b"\n" in self._buffer or time.monotonic() >= deadline or self.wake.is_set():
+            woken = self.wake.is_set() and self.in_flight is None and self.resync_sent is None
+            if b"\n" in self._buffer or time.monotonic() >= deadline or woken:
                 break
             time.sleep(0.002)
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -337,12 +393,19 @@ class SerialLink:
         self._writes.append(action)
 
     def _flush_writes(self, final: bool = False) -> None:
-        """Run queued writes in order; on a database error keep them for the next try."""
+        """Run queued writes in order. When the database cannot be reached, keep them for the
+        next try; a write the database refuses for good (its row is gone) is logged and
+        dropped, so it cannot block the ones behind it."""
         attempts = 20 if final else 1
         for _ in range(attempts):
             try:
                 while self._writes:
-                    self._writes[0]()
+                    try:
+                        self._writes[0]()
+                    except (OperationalError, InterfaceError):
+                        raise
+                    except DatabaseError:
+                        logger.exception("%s: a write the database refuses was dropped", self.path)
                     self._writes.popleft()
                 return
             except DatabaseError as exc:

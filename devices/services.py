@@ -292,6 +292,13 @@ def poll(
             level=level,
         )
 
+    if device.transport == Transport.SERIAL and not registered_now:
+        # Its commands go over its USB link; one handed to an HTTP client would be lost.
+        log(
+            "poll over HTTP for a device linked by USB serial: nothing delivered",
+            level=LogLevel.WARNING,
+        )
+        return device, None
     if registered_now:
         log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
     command = claim_next_command(device=device, kinds=kinds) if has_pending else None

@@ -27,6 +27,7 @@ class SerialFirmware:
     stock: dict[int, int] | None = None  # None: never runs out
     failure_rate: float = 0.0
     latency: float = 0.0  # seconds between the command and its result line
+    slot_latency: dict[int, float] = field(default_factory=dict)  # per slot, overrides latency
     idle_interval: float = 10.0
     boot_delay: float = 0.0
     seed: int | None = None
@@ -164,8 +165,9 @@ class SerialFirmware:
             self._report(slot, "rebooted")
             self.banner()
             return
-        if self.latency:
-            time.sleep(self.latency)
+        delay = self.slot_latency.get(slot, self.latency)
+        if delay:
+            time.sleep(delay)
         if self.garbage_before_result:
             self.write_raw(b"\xff\xfe\x80 noise \xc3\x28\r\n")
         if self.stock is not None and self.stock.get(slot, 0) <= 0:

@@ -367,3 +367,47 @@ def test_on_postgresql_the_bridge_survives_its_database_connections_being_cut(ca
         wait_for(settled(second, TransactionState.SUCCEEDED), timeout=15, what="vend after")
         assert rig.firmware.received.count("VEND:2") == 1
     assert "database unavailable" in caplog.text  # the cut really reached the bridge
+
+
+def test_a_late_result_settles_its_own_vend_never_the_next_one():
+    device = stocked_device()
+    with Rig(slot_latency={1: 1.6}) as rig:  # slot 1 answers after the 1 s reply timeout
+        slow = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(slow, TransactionState.UNCONFIRMED), what="unconfirmed")
+        quick = request_vend(device=Device.objects.get(pk=device.pk), slot_number=4)
+
+        wait_for(settled(slow, TransactionState.SUCCEEDED), what="late success")
+        wait_for(settled(quick, TransactionState.SUCCEEDED), what="the next vend")
+        # Nothing new went out before the machine had answered a PING after the late result.
+        sent = rig.firmware.received
+        assert sent.index("VEND:4") > sent.index("PING", sent.index("VEND:1"))
+    assert "after the vend was flagged unconfirmed" in slow.events.last().note
+    assert Slot.objects.get(device=device, number=1).quantity == 4
+    assert Slot.objects.get(device=device, number=4).quantity == 4
+
+
+def test_a_late_slot_empty_empties_the_right_slot():
+    device = stocked_device()
+    stock = {1: 0, 2: 5, 3: 5, 4: 5, 5: 5}
+    with Rig(slot_latency={1: 1.6}, stock=stock):
+        slow = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(slow, TransactionState.UNCONFIRMED), what="unconfirmed")
+        quick = request_vend(device=Device.objects.get(pk=device.pk), slot_number=4)
+
+        wait_for(settled(slow, TransactionState.FAILED), what="late slot empty")
+        wait_for(settled(quick, TransactionState.SUCCEEDED), what="the next vend")
+        wait_for(lambda: Slot.objects.get(device=device, number=1).quantity == 0, what="zeroed")
+    assert Slot.objects.get(device=device, number=4).quantity == 4
+    assert Slot.objects.get(device=device, number=1).needs_attention
+    assert not Slot.objects.get(device=device, number=4).needs_attention
+
+
+def test_an_http_poll_never_takes_a_command_meant_for_the_usb_link(client):
+    device = stocked_device()
+    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now())
+    request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+
+    response = client.get(f"/esp32/commands/{DEVICE_ID}")
+
+    assert response.content == b"null"
+    assert Command.objects.get().state == CommandState.QUEUED

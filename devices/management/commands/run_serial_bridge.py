@@ -1,6 +1,5 @@
 """``manage.py run_serial_bridge``: link USB-serial ESP32s to the server."""
 
-import signal
 import threading
 
 from django.conf import settings
@@ -8,6 +7,7 @@ from django.core.management.base import BaseCommand
 
 from devices.protocol import likely_esp32
 from devices.serial_bridge import Bridge, LinkConfig, scan_ports
+from vending_site.shutdown import stop_on_signals
 
 
 class Command(BaseCommand):
@@ -35,8 +35,7 @@ class Command(BaseCommand):
             self.list_ports()
             return
         stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        stop_on_signals(stop)
         if port:
             self.say(f"serial bridge: ports {', '.join(port)}")
         else:

@@ -22,6 +22,7 @@ from devices.simulators.wifi_firmware import (
     ServerNotAllowed,
     WifiFirmware,
 )
+from vending_site.shutdown import stop_on_signals
 
 # Opening the port resets a real ESP32 (DTR/RTS); its banner follows about this much later.
 AUTO_RESET_BOOT_SECONDS = 0.5
@@ -137,10 +138,7 @@ class Command(BaseCommand):
     def _run(self, duration: float | None, start) -> None:
         """Install the signal handlers, start, and wait for a signal or the duration."""
         stop = threading.Event()
-        previous = {
-            signum: signal.signal(signum, lambda *_: stop.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = stop_on_signals(stop)
         try:
             threads = start(stop)
             deadline = time.monotonic() + duration if duration is not None else None

@@ -1,7 +1,6 @@
 """``manage.py demo_traffic``: customers for `make demo`, buying from the online machines."""
 
 import random
-import signal
 import threading
 
 from django.contrib.auth import get_user_model
@@ -13,6 +12,7 @@ from inventory.models import Slot
 from inventory.services import restock_to_capacity
 from transactions.services import request_vend
 from vending_site.errors import DomainError
+from vending_site.shutdown import stop_on_signals
 
 CUSTOMER = "demo-customer"
 
@@ -35,8 +35,7 @@ class Command(BaseCommand):
         chooser = random.Random(seed)
         customer, _ = get_user_model().objects.get_or_create(username=CUSTOMER)
         stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        stop_on_signals(stop)
         if duration:
             threading.Timer(duration, stop.set).start()
         self.say(f"demo customers: a vend every {every:g} s")

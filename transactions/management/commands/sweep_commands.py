@@ -1,6 +1,5 @@
 """``manage.py sweep_commands``: expire undelivered vends and flag unconfirmed ones."""
 
-import signal
 import threading
 
 from django.core.management.base import BaseCommand, CommandError
@@ -8,6 +7,7 @@ from django.db import DatabaseError, connection
 
 from transactions.services import sweep
 from vending_site.events import prune_live_events
+from vending_site.shutdown import stop_on_signals
 
 BATCH = 500  # sweep() handles up to this many of each kind per call
 
@@ -36,8 +36,7 @@ class Command(BaseCommand):
             self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
             return
         stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        stop_on_signals(stop)
         self.stdout.write(f"sweeping every {every:g} s")
         self.stdout.flush()
         while not stop.is_set():
