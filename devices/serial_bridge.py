@@ -47,6 +47,9 @@ from .selectors import pending_commands
 logger = logging.getLogger(__name__)
 
 
+IDENTIFY_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     baud: int = SERIAL_BAUD
@@ -82,8 +85,10 @@ class SerialLink:
         say: Callable[[str], None] = print,
         opener: Callable[..., serial.SerialBase] = serial.serial_for_url,
         waker: "CommandWaker | None" = None,
+        explicit: bool = True,
     ) -> None:
         self.path = path
+        self.explicit = explicit
         self.waker = waker
         self.wake = threading.Event()
         self.config = config
@@ -156,12 +161,23 @@ class SerialLink:
     # --- the conversation -----------------------------------------------------------------
 
     def _handshake(self, port: serial.SerialBase) -> Device:
+        """Learn who is on the port: the id comes only from an answer to ``IDENTIFY``
+        (``DEVICE_RESPONSE:`` then ``DEVICE_ID:``), never from the boot banner, whose id may
+        be the same on every board. A board still booting misses the first IDENTIFY, so it is
+        asked up to three times. A port given explicitly whose device never answers gets an
+        id from its path; a port found by its USB id is not linked at all (it is some other
+        USB-serial gadget)."""
         facts: dict[str, str] = {}
-        self._collect(port, self.config.banner_wait, facts, until_id=True)
-        facts.pop("device_id", None)  # the banner's id may be generic; IDENTIFY says who it is
-        self._send_line(port, serial_command("IDENTIFY"), device=None)
-        self._collect(port, self.config.identify_timeout, facts, until_id=True)
-        raw_id = facts.get("device_id") or port_device_id(self.path)
+        self._collect(port, self.config.banner_wait, facts, identify=False)
+        for _attempt in range(IDENTIFY_ATTEMPTS):
+            self._send_line(port, serial_command("IDENTIFY"), device=None)
+            if self._collect(port, self.config.identify_timeout, facts, identify=True):
+                break
+        raw_id = facts.get("identified")
+        if raw_id is None:
+            if not self.explicit:
+                raise serial.SerialException("no ESP32 vending firmware answered IDENTIFY")
+            raw_id = port_device_id(self.path)
         slots = facts.get("SLOTS_AVAILABLE", "")
         device, _created = self._db(
             lambda: services.register_device(
@@ -176,20 +192,25 @@ class SerialLink:
         )
         return device
 
-    def _collect(self, port, seconds: float, facts: dict, until_id: bool) -> None:
+    def _collect(self, port, seconds: float, facts: dict, identify: bool) -> bool:
+        """Read banner or IDENTIFY lines for up to ``seconds``; True once identified."""
+        answering = False
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self.stop.is_set():
             for text in self._read_lines(port, 0.05):
                 self._log_in(text)
                 parsed = parse_serial_line(text)
-                if parsed.kind is SerialLine.DEVICE_ID:
-                    facts["device_id"] = parsed.value
+                if parsed.kind is SerialLine.DEVICE_RESPONSE:
+                    answering = identify
+                elif parsed.kind is SerialLine.DEVICE_ID and answering:
+                    facts["identified"] = parsed.value
                 elif parsed.kind is SerialLine.BANNER_FIELD:
                     facts[parsed.field] = parsed.value
-                elif parsed.kind is SerialLine.STATUS and until_id and "device_id" in facts:
-                    return  # STATUS:READY closes the IDENTIFY answer
-            if until_id and "device_id" in facts and "SLOTS_AVAILABLE" in facts:
-                return
+                elif parsed.kind is SerialLine.STATUS and "identified" in facts:
+                    return True  # STATUS:READY closes the IDENTIFY answer
+            if "identified" in facts and "SLOTS_AVAILABLE" in facts:
+                return True
+        return "identified" in facts
 
     def _serve_once(self, port: serial.SerialBase) -> None:
         for text in self._read_lines(port, self.config.poll_interval):
@@ -585,7 +606,14 @@ class Bridge:
 
     def _start(self, path: str) -> None:
         stop = threading.Event()
-        link = SerialLink(path, self.config, stop, say=self.say, waker=self.waker)
+        link = SerialLink(
+            path,
+            self.config,
+            stop,
+            say=self.say,
+            waker=self.waker,
+            explicit=path in self.explicit,
+        )
         thread = threading.Thread(target=link.run, name=f"serial {path}", daemon=True)
         self.running[path] = _Running(link=link, thread=thread, stop=stop)
         self.say(f"serial bridge: linking {path}")

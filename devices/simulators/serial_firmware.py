@@ -73,7 +73,7 @@ class SerialFirmware:
         self._started = time.monotonic()
         if self.plain:
             lines = [
-                f"DEVICE_ID:{self.device_id}",
+                f"DEVICE_ID:{DEFAULT_ID}",  # the firmware's banner is generic
                 "DEVICE_TYPE:USB",
                 "FIRMWARE_VERSION:1.1",
                 f"SLOTS_AVAILABLE:{self.slots}",
@@ -82,7 +82,7 @@ class SerialFirmware:
         else:
             lines = [
                 "🚀 ESP32 USB Vending Machine starting...",
-                f"DEVICE_ID:{self.device_id}",
+                f"DEVICE_ID:{DEFAULT_ID}",  # the firmware's banner is generic
                 "DEVICE_TYPE:USB",
                 "COMM_METHOD:SERIAL",
                 "FIRMWARE_VERSION:1.1",
@@ -198,6 +198,7 @@ class SerialFirmware:
         """Boot, then answer commands until ``stop`` is set or the cable is pulled."""
         if self.boot_delay:
             time.sleep(self.boot_delay)
+            self._discard_input()  # a board in reset hears nothing sent meanwhile
         self.banner()
         last_activity = time.monotonic()
         while not stop.is_set() and not self._closed:
@@ -220,6 +221,13 @@ class SerialFirmware:
                     "IDLE" if self.plain else "💤 System idle - waiting for commands..."
                 )
                 last_activity = time.monotonic()
+
+    def _discard_input(self) -> None:
+        while select.select([self._master], [], [], 0)[0]:
+            try:
+                os.read(self._master, 4096)
+            except OSError:
+                return
 
     def start(self) -> threading.Event:
         """Run in a daemon thread; returns the event that stops it."""

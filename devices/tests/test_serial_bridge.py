@@ -411,3 +411,39 @@ def test_an_http_poll_never_takes_a_command_meant_for_the_usb_link(client):
 
     assert response.content == b"null"
     assert Command.objects.get().state == CommandState.QUEUED
+
+
+def test_a_board_that_boots_late_is_asked_again_and_named_by_its_answer():
+    with Rig(boot_delay=1.3) as rig:  # misses the first IDENTIFY, as a board in reset does
+        assert Device.objects.filter(device_id=DEVICE_ID).exists()
+        assert rig.firmware.received.count("IDENTIFY") >= 1
+    assert not Device.objects.filter(device_id="ESP32_USB_VENDING").exists()  # the banner's id
+
+
+def test_an_auto_detected_port_whose_device_never_answers_is_not_linked():
+    import os as _os
+
+    master, slave = _os.openpty()  # a USB-serial gadget with an ESP32's USB id, but mute
+    path = _os.ttyname(slave)
+    stop = threading.Event()
+    bridge = Bridge(
+        explicit=[],
+        config=FAST,
+        stop=stop,
+        say=lambda text: None,
+        scan=lambda: [PortReport(path=path, vid=0x1A86, pid=0x7523)],
+        rescan_seconds=0.5,
+        control_interval=0.2,
+    )
+    thread = threading.Thread(target=lambda: (bridge.run(), connection.close()), daemon=True)
+    thread.start()
+    try:
+        time.sleep(4.5)  # three unanswered IDENTIFYs
+        assert not Device.objects.exists()
+        assert not SerialPort.objects.get(path=path).is_open
+    finally:
+        stop.set()
+        thread.join(15)
+        _os.close(master)
+        _os.close(slave)
+    assert not thread.is_alive()
