@@ -148,3 +148,11 @@ def test_run_discovery_answers_logs_and_stops_cleanly_on_sigterm():
     entry = CommunicationLog.objects.get(endpoint="udp discovery")
     assert entry.remote_addr == "127.0.0.1"
     assert "FLASK_SERVER:127.0.0.1" in entry.message
+
+
+@pytest.mark.parametrize("bad", ["example.com", "fe80::1", "1.2.3.4.5", "1.2.3.4 "])
+def test_an_advertised_address_must_be_ipv4(bad):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="must be an IPv4 address"):
+        call_command("run_discovery", "--advertise-ip", bad, "--port", "0")

@@ -1,6 +1,7 @@
 """``manage.py run_discovery``: answer ESP32 UDP discovery on DISCOVERY_HOST:DISCOVERY_PORT."""
 
 import asyncio
+import ipaddress
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, advertise_ip: str, retry: float, **options):
+        if advertise_ip:
+            try:
+                ipaddress.IPv4Address(advertise_ip)
+            except ValueError:
+                raise CommandError(
+                    f"DISCOVERY_ADVERTISE_IP / --advertise-ip must be an IPv4 address "
+                    f"(the firmware reads one), not {advertise_ip!r}"
+                ) from None
         # One thread writes the log, so the event loop only ever answers datagrams.
         recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery-log")
 
