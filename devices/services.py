@@ -63,20 +63,25 @@ def log_exchange(
         level=level,
         remote_addr=remote_addr[:255],
     )
-    publish(
-        "log",
-        {
-            "id": entry.pk,
-            "device_id": entry.device_key,
-            "direction": entry.direction,
-            "transport": entry.transport,
-            "endpoint": entry.endpoint,
-            "message": entry.message[:500],
-            "level": entry.level,
-            "created_at": entry.created_at.isoformat(),
-        },
-    )
+    publish("log", log_entry_payload(entry))
     return entry
+
+
+LOG_EVENT_MESSAGE_LIMIT = 500  # characters of a log line a live page is sent
+
+
+def log_entry_payload(entry: CommunicationLog) -> dict:
+    """The shape of a ``log`` live event (also what the dashboard's feed starts from)."""
+    return {
+        "id": entry.pk,
+        "device_id": entry.device_key,
+        "direction": entry.direction,
+        "transport": entry.transport,
+        "endpoint": entry.endpoint,
+        "message": entry.message[:LOG_EVENT_MESSAGE_LIMIT],
+        "level": entry.level,
+        "created_at": entry.created_at.isoformat(),
+    }
 
 
 def device_payload(device: Device) -> dict:

@@ -32,10 +32,17 @@ from rest_framework.response import Response
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
 from devices.selectors import get_device
-from devices.services import device_payload, request_port, select_active_device
+from devices.services import (
+    LOG_EVENT_MESSAGE_LIMIT,
+    device_payload,
+    log_entry_payload,
+    request_port,
+    select_active_device,
+)
 from inventory.models import Slot
 from transactions.api.serializers import TransactionSerializer
 from transactions.choices import TransactionState
+from transactions.lifecycle import transaction_event_payload
 from transactions.models import Transaction
 from transactions.services import request_vend, sweep_if_due
 
@@ -43,7 +50,6 @@ from .errors import DomainError, InvalidRequest, NotFound
 from .models import LiveEvent
 
 FEED_LIMIT = 50
-LOG_MESSAGE_LIMIT = 500
 CHART_HOURS = 24
 DISCOVERY_ENDPOINT = "udp discovery"
 CHARTED_STATES = (TransactionState.SUCCEEDED, TransactionState.FAILED)
@@ -109,30 +115,7 @@ def port_payload(port: SerialPort) -> dict[str, Any]:
 
 def transaction_payload(txn: Transaction) -> dict[str, Any]:
     """The shape of a ``transaction`` live event, plus when it was created."""
-    return {
-        "id": str(txn.pk),
-        "state": txn.state,
-        "device_id": txn.device.device_id,
-        "slot": txn.slot_number,
-        "product": txn.product_name,
-        "failure_reason": txn.failure_reason,
-        "created_at": txn.created_at.isoformat(),
-        "updated_at": txn.updated_at.isoformat(),
-    }
-
-
-def log_payload(entry: CommunicationLog) -> dict[str, Any]:
-    """The shape of a ``log`` live event."""
-    return {
-        "id": entry.pk,
-        "device_id": entry.device_key,
-        "direction": entry.direction,
-        "transport": entry.transport,
-        "endpoint": entry.endpoint,
-        "message": entry.message[:LOG_MESSAGE_LIMIT],
-        "level": entry.level,
-        "created_at": entry.created_at.isoformat(),
-    }
+    return {**transaction_event_payload(txn), "created_at": txn.created_at.isoformat()}
 
 
 def discovery_payload() -> dict[str, Any]:
@@ -148,7 +131,7 @@ def discovery_payload() -> dict[str, Any]:
     return {
         "last_request_at": latest.created_at.isoformat(),
         "last_request_from": latest.remote_addr,
-        "message": latest.message[:LOG_MESSAGE_LIMIT],
+        "message": latest.message[:LOG_EVENT_MESSAGE_LIMIT],
     }
 
 
@@ -218,7 +201,7 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
         "selected": device_id,
         "slots": [slot_payload(s) for s in slots],
         "transactions": [transaction_payload(t) for t in transactions[:FEED_LIMIT]],
-        "logs": [log_payload(e) for e in logs[:FEED_LIMIT]],
+        "logs": [log_entry_payload(e) for e in logs[:FEED_LIMIT]],
         "vends_per_hour": vends_per_hour(),
         "feed_limit": FEED_LIMIT,
         "offline_after": settings.DEVICE_OFFLINE_AFTER,
