@@ -6,7 +6,9 @@ import factory
 from django.contrib.auth import get_user_model
 
 from devices.models import Device
+from inventory.choices import MovementReason
 from inventory.models import Product, Slot
+from inventory.services import ensure_slots, set_stock
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -47,3 +49,16 @@ class SlotFactory(factory.django.DjangoModelFactory):
     product = factory.SubFactory(ProductFactory)
     quantity = 5
     capacity = 10
+
+
+def stocked_device(device_id: str, *, quantity: int = 5, capacity: int = 10, **fields) -> Device:
+    """The device (created now, or as its link already registered it) with a product in every
+    slot and ``quantity`` units each, stocked through the ledger like real stock."""
+    device = DeviceFactory(device_id=device_id, **fields)
+    ensure_slots(device=device, count=device.slot_count)
+    for slot in Slot.objects.filter(device=device).order_by("number"):
+        if slot.product_id is None:
+            product = ProductFactory(sku=f"{device_id}-{slot.number}")
+            Slot.objects.filter(pk=slot.pk).update(product=product, capacity=capacity)
+        set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK)
+    return device

@@ -9,8 +9,6 @@ import os
 import re
 import socket
 import threading
-import time
-import urllib.request
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
@@ -27,17 +25,10 @@ from devices.system_checks import (
     check_web,
 )
 from tests.factories import DeviceFactory
-from tests.integration.processes import read_until, start_command, stop
+from tests.integration.processes import free_port, read_until, start_command, stop, wait_for_http
 
 LOOPBACK = "127.0.0.1"
 NETWORK_CHECKS = ("--skip", "serial", "--skip", "discovery", "--skip", "web")
-
-
-def free_port(kind: int) -> int:
-    """A loopback port nothing listens on (the kernel's choice, released at once)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def check_system(*args: str) -> tuple[str, CommandError | None]:
@@ -48,25 +39,6 @@ def check_system(*args: str) -> tuple[str, CommandError | None]:
     except CommandError as exc:
         return out.getvalue(), exc
     return out.getvalue(), None
-
-
-def wait_until_healthy(url: str, process, timeout: float = 30.0) -> None:
-    """Poll ``url`` until it answers 200, at most ``timeout`` seconds (bounded attempts)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout
-    for _attempt in range(int(timeout / 0.2) + 1):
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}")
-        try:
-            with opener.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer 200 within {timeout} s")
 
 
 @pytest.fixture
@@ -88,7 +60,7 @@ def web_url():
     process = start_command("serve", "--host", LOOPBACK, "--port", str(port))
     url = f"http://{LOOPBACK}:{port}/health"
     try:
-        wait_until_healthy(url, process)
+        wait_for_http(url, timeout=30, process=process)
         yield url
     finally:
         stop(process)

@@ -13,10 +13,9 @@ from devices.models import Command, CommunicationLog, Device, SerialPort
 from devices.serial_bridge import Bridge, LinkConfig, SerialLink, port_device_id
 from devices.services import PortReport, request_port
 from devices.simulators.serial_firmware import SerialFirmware
-from inventory.choices import MovementReason
 from inventory.models import Slot
-from inventory.services import set_stock
-from tests.factories import DeviceFactory, ProductFactory, SlotFactory
+from tests.factories import stocked_device as shared_stocked_device
+from tests.integration.processes import wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
@@ -25,22 +24,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 DEVICE_ID = "ESP32_USB_A1B2C3"
 FAST = LinkConfig(reply_timeout=1.0, banner_wait=0.3, identify_timeout=1.0, ping_interval=0.5)
-
-
-def stocked_device(quantity: int = 5) -> Device:
-    device = DeviceFactory(
-        device_id=DEVICE_ID, transport=Transport.SERIAL, protocol=Protocol.SERIAL
-    )
-    for number in range(1, 6):
-        slot = SlotFactory(
-            device=device,
-            number=number,
-            product=ProductFactory(sku=f"SER-{number}"),
-            quantity=0,
-            capacity=10,
-        )
-        set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK)
-    return device
 
 
 class Rig:
@@ -73,14 +56,10 @@ class Rig:
         assert not self.thread.is_alive(), "the bridge did not stop"
 
 
-def wait_for(condition, timeout: float = 8.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def stocked_device(quantity: int = 5) -> Device:
+    return shared_stocked_device(
+        DEVICE_ID, quantity=quantity, transport=Transport.SERIAL, protocol=Protocol.SERIAL
+    )
 
 
 def state_of(txn: Transaction) -> str:

@@ -8,12 +8,13 @@ import serial
 from django.core.management import CommandError, call_command
 
 from devices.models import Device
-from tests.integration.processes import read_until, start_command, stop
+from tests.factories import stocked_device
+from tests.integration.processes import free_port, read_until, start_command, stop, wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
 
-from .test_wifi_simulator import free_port, server, stocked_device, wait_for  # noqa: F401
+from .test_wifi_simulator import server  # noqa: F401 - the fixture
 
 
 def read_serial_until(port: serial.Serial, needle: bytes, timeout: float = 5.0) -> bytes:

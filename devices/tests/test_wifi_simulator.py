@@ -21,32 +21,14 @@ from devices.simulators.wifi_firmware import (
     device_id_for,
     mac_for,
 )
-from inventory.choices import MovementReason
 from inventory.models import Slot
-from inventory.services import set_stock
-from tests.factories import DeviceFactory, ProductFactory, SlotFactory
-from tests.integration.processes import read_until, start_command, stop
+from tests.factories import stocked_device
+from tests.integration.processes import free_port, read_until, start_command, stop, wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
 
 FAST = {"poll_interval": 0.2, "vend_seconds": 0.2, "after_confirm": 0.2}
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def http_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
@@ -128,20 +110,6 @@ def simulators():
     for device, _stop_event in started:
         device.thread.join(timeout=10)
         assert not device.thread.is_alive(), f"{device.device_id} did not stop"
-
-
-def stocked_device(device_id: str, quantity: int = 5) -> Device:
-    device = DeviceFactory(device_id=device_id)
-    for number in range(1, 6):
-        slot = SlotFactory(
-            device=device,
-            number=number,
-            product=ProductFactory(sku=f"WIFI-{number}"),
-            quantity=0,
-            capacity=10,
-        )
-        set_stock(slot=slot, quantity=quantity, reason=MovementReason.RESTOCK)
-    return device
 
 
 def state_of(txn: Transaction) -> str:

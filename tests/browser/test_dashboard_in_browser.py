@@ -1,7 +1,6 @@
 """The operator dashboard in real headless Chromium, against the real server and machines."""
 
 import re
-import threading
 
 import pytest
 from django.utils import timezone
@@ -11,7 +10,7 @@ from devices.models import Device
 from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.demo import load_demo_data, load_demo_fleet
 from tests.browser.conftest import STAFF_PASSWORD, log_in
-from tests.integration.processes import start_command, stop
+from tests.integration.processes import start_command, stop, wait_for
 
 WIFI_MACHINE = "ESP32_020000000001"
 
@@ -32,22 +31,14 @@ def simulated_wifi_machine(live_server_url):
     machine.thread.join(10)
 
 
-def wait_until_online(device_id: str, timeout: float = 10.0) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.1)):
-        device = Device.objects.get(device_id=device_id)
-        if device.is_online:
-            return
-        done.wait(0.1)
-    raise AssertionError(f"{device_id} never came online")
-
-
 def test_staff_press_vend_and_watch_it_succeed_without_a_reload(
     live_server_url, staff_user, page, screenshot, simulated_wifi_machine
 ):
     load_demo_data()
     load_demo_fleet()
-    wait_until_online(WIFI_MACHINE)
+    wait_for(
+        lambda: Device.objects.get(device_id=WIFI_MACHINE).is_online, what="the machine online"
+    )
 
     log_in(page, live_server_url, staff_user.username, STAFF_PASSWORD, next_path="/")
     expect(page.get_by_text("ESP32_DEMO").first).to_be_visible()

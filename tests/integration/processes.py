@@ -3,6 +3,7 @@
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,28 +78,36 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> tuple[int, str]:
     return process.returncode, output
 
 
-def free_port(kind: int = 1) -> int:
-    """A port nothing listens on right now (kind 1 = TCP, 2 = UDP)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == 1 else socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port nothing listens on right now (``socket.SOCK_DGRAM`` for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 20.0) -> None:
-    """Until ``url`` answers 200 (bounded)."""
-    import urllib.error
-    import urllib.request
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    """``condition()``'s first truthy result, polled for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
+
+def wait_for_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    """Until ``url`` answers 200 (bounded); fails at once if ``process`` exits meanwhile."""
     deadline = time.monotonic() + timeout
     opener = loopback_opener()
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}")
         try:
             with opener.open(url, timeout=1) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
+        except OSError:  # URLError is an OSError
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout} s")

@@ -11,10 +11,7 @@ from django.contrib.auth import get_user_model
 
 from devices.choices import Protocol, Transport
 from devices.simulators.serial_firmware import SerialFirmware
-from inventory.choices import MovementReason
-from inventory.models import Slot
-from inventory.services import ensure_slots, set_stock
-from tests.factories import DeviceFactory, ProductFactory
+from tests.factories import stocked_device
 from tests.integration.processes import (
     free_port,
     loopback_opener,
@@ -42,18 +39,6 @@ def http(method: str, url: str, body=None, headers=None):
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def stocked(device_id: str, **fields):
-    """The device (created now, or already registered by its link) with 3 units per slot."""
-    device = DeviceFactory(device_id=device_id, **fields)
-    ensure_slots(device=device, count=5)
-    for slot in Slot.objects.filter(device=device):
-        Slot.objects.filter(pk=slot.pk).update(
-            product=ProductFactory(sku=f"{device_id}-{slot.number}")
-        )
-        set_stock(slot=slot, quantity=3, reason=MovementReason.RESTOCK)
-    return device
 
 
 @pytest.fixture
@@ -94,8 +79,8 @@ def token(url: str, settings) -> str:
 
 def test_a_machine_finds_the_server_and_vends_over_wifi_and_serial(stack, settings):
     url = stack["url"]
-    stocked(SERIAL_ID, transport=Transport.SERIAL, protocol=Protocol.SERIAL)
-    stocked(WIFI_ID)
+    stocked_device(SERIAL_ID, quantity=3, transport=Transport.SERIAL, protocol=Protocol.SERIAL)
+    stocked_device(WIFI_ID, quantity=3)
     auth = {"Authorization": f"Bearer {token(url, settings)}"}
 
     # Discovery: the WiFi firmware's UDP request, then its /status probe.
