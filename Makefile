@@ -32,6 +32,13 @@ serve: migrate
 	$(BIN)/python manage.py bootstrap
 	$(BIN)/python manage.py serve
 
+# The production topology natively on loopback (see README "Production"): nginx with TLS on
+# 8443 (self-signed), 8080 -> HTTPS, device port 5000, two Daphne workers, discovery, bridge
+# and sweeper, on PostgreSQL (DATABASE_URL, default .../vending_prod) and Redis (REDIS_URL).
+.PHONY: prod-local
+prod-local: $(STAMP)
+	$(BIN)/python deploy/prod_local.py run
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -63,12 +63,14 @@ def main() -> None:
 
     django.setup()
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
 
     from devices.simulators.serial_firmware import SerialFirmware
     from inventory.choices import MovementReason
     from inventory.models import Product, Slot
     from inventory.services import set_stock
     from transactions.models import Transaction
+    from vending_site.permissions import VEND_CLIENT_GROUP
 
     firmware = SerialFirmware(device_id=DEVICE_ID)
     firmware_stop = firmware.start()
@@ -112,7 +114,8 @@ def main() -> None:
         for slot in Slot.objects.filter(device__device_id=DEVICE_ID):
             Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10_000)
             set_stock(slot=slot, quantity=10_000, reason=MovementReason.RESTOCK)
-        get_user_model().objects.create_user("bench", password="bench-password-1")
+        bench = get_user_model().objects.create_user("bench", password="bench-password-1")
+        bench.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])  # may vend
         url = f"http://127.0.0.1:{args.port}"
         for _ in range(100):
             try:

@@ -5,6 +5,7 @@ Actions call the same services as the REST API (``select_active_device``,
 """
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.text import Truncator
@@ -14,6 +15,7 @@ from inventory.models import Slot
 from inventory.services import ensure_slots
 from vending_site.errors import DomainError
 
+from .access import issue_device_token, set_approved
 from .choices import CommandKind, PortRequest
 from .models import Command, CommunicationLog, Device, SerialPort
 from .protocol import mac_from_device_id
@@ -108,10 +110,18 @@ class DeviceAdmin(admin.ModelAdmin):
         "firmware_version",
         "address",
         "last_seen",
+        "approved",
     )
-    list_filter = (OnlineFilter, "transport", "protocol", "is_active")
+    list_filter = (OnlineFilter, "transport", "protocol", "is_active", "approved")
     search_fields = ("device_id", "name", "mac_address")
-    actions = ("make_active", "queue_status", "queue_reset")
+    actions = (
+        "make_active",
+        "queue_status",
+        "queue_reset",
+        "approve",
+        "revoke_approval",
+        "issue_token",
+    )
     fields = (
         *DeviceForm.Meta.fields,
         "reported_status",
@@ -119,12 +129,16 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "last_seen",
         "registered_at",
+        "approved",
+        "has_token",
     )
 
     def get_readonly_fields(self, request, obj=None):
         # The active flag has its own action (the database allows one active device);
         # presence is what the device reports, not what staff type.
         readonly = ["reported_status", "is_active", "online", "last_seen", "registered_at"]
+        # Approval has its actions (revoking also expires queued commands).
+        readonly += ["approved", "has_token"]
         if obj is not None:
             readonly.insert(0, "device_id")  # the firmware knows the device by it
         return readonly
@@ -132,6 +146,37 @@ class DeviceAdmin(admin.ModelAdmin):
     @admin.display(description="Online", boolean=True, ordering="last_seen")
     def online(self, obj: Device) -> bool:
         return obj.is_online
+
+    @admin.display(description="Token issued", boolean=True)
+    def has_token(self, obj: Device) -> bool:
+        return bool(obj.token_hash)
+
+    @admin.action(description="Approve (may receive commands)", permissions=["change"])
+    def approve(self, request: HttpRequest, queryset) -> None:
+        count = set_approved(devices=queryset, approved=True)
+        self.message_user(request, f"{count} device(s) approved.")
+
+    @admin.action(description="Revoke approval (no more commands)", permissions=["change"])
+    def revoke_approval(self, request: HttpRequest, queryset) -> None:
+        count = set_approved(devices=queryset, approved=False)
+        note = "" if settings.DEVICE_APPROVAL_REQUIRED else " (DEVICE_APPROVAL_REQUIRED is off)"
+        self.message_user(request, f"Approval revoked for {count} device(s){note}.")
+
+    @admin.action(description="Issue a new device token", permissions=["change"])
+    def issue_token(self, request: HttpRequest, queryset) -> None:
+        devices = list(queryset[:2])
+        if len(devices) != 1:
+            self.message_user(
+                request, "Select exactly one device to issue it a token.", messages.WARNING
+            )
+            return
+        token = issue_device_token(device=devices[0])
+        self.message_user(
+            request,
+            f"Token for {devices[0].device_id} (shown once, only its hash is kept; any earlier "
+            f"token no longer works): {token}",
+            messages.WARNING,
+        )
 
     @admin.display(description="Address", ordering="ip_address")
     def address(self, obj: Device) -> str:

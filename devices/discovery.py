@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vending_site import logging as vlog
+
+from .access import device_network_allowed
 from .protocol import discovery_reply
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,13 @@ class DiscoveryProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         peer_ip = addr[0]
+        # A discovery datagram names no device; its address is what identifies the sender.
+        # Rebound first thing for every datagram, so each line below names its own sender.
+        vlog.bind(peer_ip=peer_ip)
+        if not device_network_allowed(peer_ip):  # DEVICE_ALLOWED_NETWORKS: strangers get silence
+            self.dropped += 1
+            logger.debug("not an allowed network: dropped discovery from %s", peer_ip)
+            return
         server_ip = self.advertise_ip or local_address_towards(peer_ip)
         reply = discovery_reply(data, server_ip)
         if reply is None:

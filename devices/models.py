@@ -20,6 +20,11 @@ from .choices import (
 MAX_SLOTS = 64
 
 
+def approved_by_default() -> bool:
+    """New devices start approved unless the operator requires approval."""
+    return not settings.DEVICE_APPROVAL_REQUIRED
+
+
 class Device(models.Model):
     """One vending machine's controller, known by the id its firmware sends.
 
@@ -50,6 +55,16 @@ class Device(models.Model):
         help_text="When its serial link was lost (offline until heard again).",
     )
     registered_at = models.DateTimeField(default=timezone.now)
+    approved = models.BooleanField(
+        default=approved_by_default,
+        help_text="With DEVICE_APPROVAL_REQUIRED, only approved WiFi devices receive commands.",
+    )
+    token_hash = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="SHA-256 of the device's X-Device-Token (the token itself is never stored).",
+    )
 
     class Meta:
         ordering = ["device_id"]
@@ -77,6 +92,16 @@ class Device(models.Model):
 
     def supports(self, kind: str) -> bool:
         return kind in SUPPORTED_COMMANDS[self.protocol]
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """Whether commands are withheld from it: approval is required and it has none. A
+        device on a USB serial link needs none (its cable is in this server)."""
+        return (
+            settings.DEVICE_APPROVAL_REQUIRED
+            and not self.approved
+            and self.transport != Transport.SERIAL
+        )
 
 
 class Command(models.Model):
@@ -116,6 +141,16 @@ class Command(models.Model):
     def __str__(self) -> str:
         target = f":{self.slot}" if self.slot else ""
         return f"{self.kind}{target} → {self.device.device_id} ({self.state})"
+
+    def save(self, *args, **kwargs) -> None:
+        # Every path that queues a command (REST, dashboard, admin, demo) creates it here, so
+        # this is the one place an unapproved device is refused; the vend it belongs to
+        # rolls back with it.
+        if self._state.adding and self.device.awaiting_approval:
+            from .access import DeviceNotApproved, approval_message
+
+            raise DeviceNotApproved(approval_message(self.device), device_id=self.device.device_id)
+        super().save(*args, **kwargs)
 
     def as_wire(self) -> dict:
         """The JSON object the WiFi firmware receives (extra keys are ignored by it)."""

@@ -32,6 +32,8 @@ from django.db import (
     connection,
 )
 
+from vending_site import logging as vlog
+
 from . import services
 from .choices import CommandKind, Direction, LogLevel, Protocol, Transport
 from .models import Device, SerialPort
@@ -139,6 +141,8 @@ class SerialLink:
             self._buffer = b""
             self.late, self.resync_sent = None, None
             self.device = self._handshake(port)
+            # This link's own thread (its own contextvars): every line it logs names the device.
+            vlog.bind(device_id=self.device.device_id, serial_port=self.path)
             if self.waker is not None:
                 self.waker.register(self.device.pk, self.wake)
             self._say(f"{self.path}: connected to {self.device.device_id}")
@@ -149,6 +153,7 @@ class SerialLink:
             port.close()
 
     def _link_down(self) -> None:
+        vlog.unbind("device_id")
         was_connected = self.connected.is_set()
         self.connected.clear()
         if self.in_flight is not None:

@@ -323,6 +323,9 @@ def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -
     Expired commands are never delivered; they are expired here on the way.
     """
     now = timezone.now()
+    if device.awaiting_approval:
+        # A vend queued in the instant a revoke committed is not handed over; it expires.
+        return None
     with transaction.atomic():
         candidates = Command.objects.filter(
             device=device, state=CommandState.QUEUED, expires_at__gt=now

@@ -20,6 +20,15 @@ class UserFactory(factory.django.DjangoModelFactory):
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.django.Password("pw-for-tests-1")
 
+    @factory.post_generation
+    def vend_client(obj, create, extracted, **kwargs):
+        """A REST client by default (in the vend-client group); ``vend_client=False`` for a
+        user with no role."""
+        if create and extracted is not False:
+            from django.contrib.auth.models import Group
+
+            obj.groups.add(Group.objects.get_or_create(name="vend-client")[0])
+
 
 class DeviceFactory(factory.django.DjangoModelFactory):
     class Meta:

@@ -17,8 +17,11 @@ from django.utils import timezone
 
 from inventory.choices import MovementReason
 from inventory.services import move_stock
+from vending_site import logging as vlog
+from vending_site import metrics
 from vending_site.events import publish
 
+from .choices import FINAL_STATES
 from .choices import TransactionState as S
 from .exceptions import InvalidTransition
 from .models import Transaction, TransactionEvent
@@ -38,6 +41,7 @@ STAMPS = {
     S.EXPIRED: "completed_at",
     S.CANCELLED: "completed_at",
 }
+log = vlog.get_logger(__name__)
 
 
 def lock_transaction(txn_id) -> Transaction:
@@ -74,6 +78,19 @@ def transition(
     the state's time, writes a :class:`TransactionEvent`, returns the unit for states that
     give it back, and publishes the change after commit. ``txn`` is updated in place.
     """
+    # Every line logged while the vend changes state (ours, the ledger's) names it.
+    with vlog.bound(transaction_id=str(txn.pk)):
+        return _transition(txn, to_state, note=note, actor=actor, failure_reason=failure_reason)
+
+
+def _transition(
+    txn: Transaction,
+    to_state: S,
+    *,
+    note: str,
+    actor: AbstractBaseUser | None,
+    failure_reason: str,
+) -> Transaction:
     from_state = txn.state
     if not can_transition(from_state, to_state):
         raise InvalidTransition(
@@ -112,11 +129,27 @@ def transition(
             clamp=True,
         )
     publish("transaction", transaction_event_payload(txn))
+    log.info("vend_transition", from_state=from_state, to_state=to_state, note=note)
+    count = _metrics_callback(to_state, txn.created_at, now)
+    if count is not None:
+        db_transaction.on_commit(count, robust=True)  # a metrics failure never fails a vend
     return txn
+
+
+def _metrics_callback(to_state: str, requested_at, settled_at):
+    """Counted after commit only, so a rolled-back transition is never counted."""
+    if to_state in FINAL_STATES:
+        return lambda: metrics.record_vend_outcome(
+            outcome=to_state, requested_at=requested_at, settled_at=settled_at
+        )
+    if to_state == S.UNCONFIRMED:
+        return metrics.record_unconfirmed
+    return None
 
 
 def record_creation(txn: Transaction, *, actor: AbstractBaseUser | None = None) -> None:
     """The first event of a new transaction (∅ → queued)."""
+    log.info("vend_requested", transaction_id=str(txn.pk), slot=txn.slot_number)
     TransactionEvent.objects.create(
         transaction=txn, from_state="", to_state=txn.state, actor=actor, created_at=txn.created_at
     )

@@ -7,6 +7,12 @@ call the same services the REST API and the admin use, so every rule keeps one o
 refusal reaches the page as the service's own message (``{"detail", "code"}``).
 
 Staff may look and act. With ``DASHBOARD_PUBLIC`` anyone may look; acting still needs staff.
+
+The feeds filter by machine on the server (``?device=<id>&limit=<n>`` on
+``/dashboard/api/transactions`` and ``/dashboard/api/logs``), so choosing a machine shows its
+own newest rows rather than the few the browser happened to hold; live events after that are
+filtered in the page. The long-running processes report heartbeats
+(:mod:`vending_site.heartbeat`), shown under Connections as running, stopped or never started.
 """
 
 from datetime import datetime, timedelta
@@ -24,7 +30,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
-from rest_framework.decorators import api_view, permission_classes
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -42,17 +49,25 @@ from devices.services import (
 from inventory.models import Slot
 from transactions.api.serializers import TransactionSerializer
 from transactions.choices import TransactionState
+from transactions.exceptions import TransactionNotFound
 from transactions.lifecycle import transaction_event_payload
 from transactions.models import Transaction
-from transactions.services import request_vend, sweep_if_due
+from transactions.services import request_vend, resolve_unconfirmed, sweep_if_due
 
 from .errors import DomainError, InvalidRequest, NotFound
+from .heartbeat import services_state, stale_after
 from .models import LiveEvent
 
 FEED_LIMIT = 50
+FEED_MAX_LIMIT = 200  # the most rows one feed request returns (the page keeps as many)
 CHART_HOURS = 24
 DISCOVERY_ENDPOINT = "udp discovery"
 CHARTED_STATES = (TransactionState.SUCCEEDED, TransactionState.FAILED)
+
+
+# The page's own API: the browser's session only. Tokens and API keys belong to /api/v1/;
+# and with the session as the only scheme an anonymous POST is a 403 with a message.
+PAGE_AUTHENTICATION = [SessionAuthentication]
 
 
 def may_view(user) -> bool:
@@ -165,6 +180,8 @@ def machines_state() -> dict[str, Any]:
         "machines": [machine_payload(d) for d in Device.objects.order_by("device_id")],
         "ports": [port_payload(p) for p in ports],
         "discovery": discovery_payload(),
+        "services": services_state(),
+        "service_stale_after": stale_after(),
     }
 
 
@@ -192,20 +209,35 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
         if device_id
         else Slot.objects.none()
     )
-    transactions = Transaction.objects.select_related("device").order_by("-created_at")
-    logs = CommunicationLog.objects.order_by("-created_at", "-id")
     return {
         **state,
         "last_event_id": last_event_id,
         "can_act": may_act(user),
         "selected": device_id,
         "slots": [slot_payload(s) for s in slots],
-        "transactions": [transaction_payload(t) for t in transactions[:FEED_LIMIT]],
-        "logs": [log_entry_payload(e) for e in logs[:FEED_LIMIT]],
+        "transactions": transactions_feed(limit=FEED_LIMIT),
+        "logs": logs_feed(limit=FEED_LIMIT),
         "vends_per_hour": vends_per_hour(),
         "feed_limit": FEED_LIMIT,
         "offline_after": settings.DEVICE_OFFLINE_AFTER,
     }
+
+
+def transactions_feed(*, device_id: str | None = None, limit: int = FEED_LIMIT) -> list[dict]:
+    """The newest ``limit`` transactions, of one machine when ``device_id`` is given."""
+    rows = Transaction.objects.select_related("device").order_by("-created_at", "-pk")
+    if device_id:
+        rows = rows.filter(device__device_id=device_id)
+    return [transaction_payload(t) for t in rows[:limit]]
+
+
+def logs_feed(*, device_id: str | None = None, limit: int = FEED_LIMIT) -> list[dict]:
+    """The newest ``limit`` log lines, of one machine when ``device_id`` is given (by the id
+    the line names, so lines of a device never registered are found too)."""
+    rows = CommunicationLog.objects.order_by("-created_at", "-id")
+    if device_id:
+        rows = rows.filter(device_key=device_id)
+    return [log_entry_payload(e) for e in rows[:limit]]
 
 
 # --- The page ------------------------------------------------------------------------------
@@ -241,6 +273,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 @api_view(["GET"])
+@authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([CanViewDashboard])
 def state(request: Request) -> Response:
     """``GET /dashboard/api/state?device=<id>``: the page's state; ``device`` picks the slots."""
@@ -252,6 +285,7 @@ def state(request: Request) -> Response:
 
 
 @api_view(["GET"])
+@authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([CanViewDashboard])
 def machines(request: Request) -> Response:
     """``GET /dashboard/api/machines``: presence, ports and discovery, polled by the page
@@ -261,12 +295,79 @@ def machines(request: Request) -> Response:
     return response
 
 
+class FeedQuerySerializer(serializers.Serializer):
+    device = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=FEED_MAX_LIMIT, required=False, default=FEED_LIMIT
+    )
+
+
+def _feed(request: Request, key: str, reader) -> Response:
+    query = FeedQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    raw = query.validated_data.get("device", "").strip()
+    device_id = get_device(raw).device_id if raw else None
+    # Read first: an event racing the feed's read is delivered again rather than lost
+    # (the page drops rows it already holds by id).
+    last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    response = Response(
+        {
+            "device": device_id,
+            "limit": query.validated_data["limit"],
+            "last_event_id": last_event_id,
+            key: reader(device_id=device_id, limit=query.validated_data["limit"]),
+        }
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@api_view(["GET"])
+@authentication_classes(PAGE_AUTHENTICATION)
+@permission_classes([CanViewDashboard])
+def transactions(request: Request) -> Response:
+    """``GET /dashboard/api/transactions?device=<id>&limit=<1..200>``: newest first."""
+    return _feed(request, "transactions", transactions_feed)
+
+
+@api_view(["GET"])
+@authentication_classes(PAGE_AUTHENTICATION)
+@permission_classes([CanViewDashboard])
+def logs(request: Request) -> Response:
+    """``GET /dashboard/api/logs?device=<id>&limit=<1..200>``: the communication log, newest
+    first."""
+    return _feed(request, "logs", logs_feed)
+
+
+class ResolveSerializer(serializers.Serializer):
+    transaction_id = serializers.UUIDField()
+    dispensed = serializers.BooleanField()
+
+
+@api_view(["POST"])
+@authentication_classes(PAGE_AUTHENTICATION)
+@permission_classes([IsAdminUser])
+def resolve(request: Request) -> Response:
+    """``POST /dashboard/api/transactions/resolve`` with ``{"transaction_id", "dispensed"}``:
+    settle an ``unconfirmed`` vend through the admin's service (409 if it is not one). The
+    service publishes the change, so every open page updates."""
+    data = _valid(ResolveSerializer, request)
+    try:
+        txn = Transaction.objects.get(pk=data["transaction_id"])
+    except Transaction.DoesNotExist:
+        raise TransactionNotFound(f"No transaction {data['transaction_id']}.") from None
+    txn = resolve_unconfirmed(txn=txn, dispensed=data["dispensed"], user=request.user)
+    txn = Transaction.objects.select_related("device").get(pk=txn.pk)
+    return Response(transaction_payload(txn))
+
+
 class VendSerializer(serializers.Serializer):
     device_id = serializers.CharField(max_length=64)
     slot = serializers.IntegerField(min_value=1, max_value=10_000)
 
 
 @api_view(["POST"])
+@authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([IsAdminUser])
 def vend(request: Request) -> Response:
     """``POST /dashboard/api/vend`` with ``{"device_id", "slot"}``: the REST vend's service."""
@@ -282,6 +383,7 @@ class SelectSerializer(serializers.Serializer):
 
 
 @api_view(["POST"])
+@authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([IsAdminUser])
 def select_device(request: Request) -> Response:
     """``POST /dashboard/api/machines/select`` with ``{"device_id"}``: make it the active one."""
@@ -296,6 +398,7 @@ class PortRequestSerializer(serializers.Serializer):
 
 
 @api_view(["POST"])
+@authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([IsAdminUser])
 def port_request(request: Request) -> Response:
     """``POST /dashboard/api/ports/request`` with ``{"path", "request"}``: ask the serial

@@ -27,3 +27,27 @@ class LiveEvent(models.Model):
             "payload": self.payload,
             "at": self.created_at.isoformat(),
         }
+
+
+class ServiceHeartbeat(models.Model):
+    """The last sign of life of one long-running process (discovery, serial bridge, sweeper).
+
+    One row per service name, written by :mod:`vending_site.heartbeat`: the process records
+    its start, touches ``beat_at`` every ``SERVICE_HEARTBEAT_SECONDS`` and stamps
+    ``stopped_at`` when it shuts down cleanly. A process that dies without a word is seen as
+    stopped once its heartbeat is stale.
+    """
+
+    name = models.CharField(max_length=40, unique=True)
+    pid = models.PositiveIntegerField()
+    host = models.CharField(max_length=255)
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid} on {self.host})"

@@ -1,9 +1,12 @@
 """The JSON parser every endpoint uses."""
 
+import io
 import json
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
+
+from .limits import RequestTooLarge, max_body, too_large_message
 
 
 class SafeJSONParser(JSONParser):
@@ -12,6 +15,14 @@ class SafeJSONParser(JSONParser):
     which no database column or UTF-8 response can hold."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        # Django checks DATA_UPLOAD_MAX_MEMORY_SIZE only for `request.body`, not for the stream
+        # DRF reads; so stop at the limit here (413), whatever Content-Length claimed.
+        limit = max_body()
+        if limit:
+            raw = stream.read(limit + 1)
+            if len(raw) > limit:
+                raise RequestTooLarge(too_large_message(limit))
+            stream = io.BytesIO(raw)
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:

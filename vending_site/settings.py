@@ -6,12 +6,15 @@ fleet install switches to PostgreSQL and Redis by setting ``DATABASE_URL`` and
 ``REDIS_URL``. Each variable is listed in the README's configuration table.
 """
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+
+from vending_site import logging as _vlog
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -60,7 +63,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework_api_key",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_prometheus",
     "channels",
     "devices",
     "inventory",
@@ -69,7 +76,15 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First and last, so the request metrics time the whole stack (django-prometheus).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Early, so every log line of the request (other middleware's too) has its request_id.
+    "vending_site.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads a body (CSRF reads forms): 413 for an oversized one.
+    "vending_site.limits.RequestSizeLimitMiddleware",
+    # Device endpoints refused outside DEVICE_ALLOWED_NETWORKS, before the view runs.
+    "devices.access.DeviceNetworkMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +92,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "vending_site.urls"
@@ -161,11 +177,18 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "vending_site.permissions.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Roles: see vending_site/permissions.py and the README's "Security" section.
+    "DEFAULT_PERMISSION_CLASSES": ["vending_site.permissions.IsVendClient"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "vending_site.throttling.AnonThrottle",
+        "vending_site.throttling.UserThrottle",
+    ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["vending_site.parsers.SafeJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -183,6 +206,40 @@ SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=1)),
 }
+
+# --- Access control ------------------------------------------------------------------------
+# Rates ("<n>/<second|minute|hour|day>") of the DRF throttles (vending_site/throttling.py).
+# They spare the server a runaway client; stock and money are guarded by the database.
+API_THROTTLE_ANON = env.str("API_THROTTLE_ANON", default="300/min")
+API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
+API_THROTTLE_VEND = env.str("API_THROTTLE_VEND", default="120/min")
+# Per device: the firmware polls every 2 s (30/min); a device must never meet this.
+DEVICE_THROTTLE = env.str("DEVICE_THROTTLE", default="600/min")
+# Per client address on the device endpoints, whatever device id the requests claim.
+DEVICE_ADDRESS_THROTTLE = env.str("DEVICE_ADDRESS_THROTTLE", default="6000/min")
+# Throttle counts: shared by every worker through Redis when it is configured.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "vending",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Proxies whose X-Forwarded-For is believed (CIDRs); default: loopback, where nginx runs.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
+# Device endpoints (HTTP and UDP discovery) answer only these networks (CIDRs); empty: all.
+DEVICE_ALLOWED_NETWORKS = env.list("DEVICE_ALLOWED_NETWORKS", default=[])
+for _cidr in [*TRUSTED_PROXIES, *DEVICE_ALLOWED_NETWORKS]:
+    ipaddress.ip_network(_cidr.strip(), strict=False)  # a typo fails at start, not silently
+# New WiFi devices receive no commands until staff approve them (serial devices need not).
+DEVICE_APPROVAL_REQUIRED = env.bool("DEVICE_APPROVAL_REQUIRED", default=False)
+# Device requests must carry the device's X-Device-Token (future firmware; off by default).
+DEVICE_TOKEN_REQUIRED = env.bool("DEVICE_TOKEN_REQUIRED", default=False)
+# The largest request body accepted (bytes); larger is 413. Our JSON bodies are < 1 KiB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY", default=64 * 1024)
 
 # --- The vending domain ------------------------------------------------------------------
 # A device is online when it was seen within this many seconds.
@@ -225,20 +282,103 @@ SERIAL_REPLY_TIMEOUT = env.float("SERIAL_REPLY_TIMEOUT", default=3.0)
 DASHBOARD_PUBLIC = env.bool("DASHBOARD_PUBLIC", default=False)
 # How long live events are kept for pages that reconnect to catch up (seconds).
 LIVE_EVENT_RETENTION = env.int("LIVE_EVENT_RETENTION", default=3600)
+# Long-running commands touch their heartbeat row this often (seconds); the dashboard calls a
+# service stopped when its heartbeat is three intervals old.
+SERVICE_HEARTBEAT_SECONDS = env.float("SERVICE_HEARTBEAT_SECONDS", default=5.0)
 
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env.str("ADMIN_PASSWORD", default="")
 ADMIN_EMAIL = env.str("ADMIN_EMAIL", default="admin@localhost")
 
+# --- Production / HTTPS ------------------------------------------------------------------
+# The defaults keep `make run` working: plain HTTP on a Pi's LAN, no proxy, cookies over
+# HTTP. Behind nginx (docker-compose.yml, `make prod-local`, deploy/production.env.example)
+# TLS ends at nginx, which sets X-Forwarded-Proto; these switch Django to HTTPS-only there.
+# Trust X-Forwarded-Proto only when a proxy that overwrites it is the sole way in: otherwise
+# any client could claim "https".
+if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Never redirected to HTTPS: the firmware speaks plain HTTP on port 5000 and follows no
+# redirects (it probes /status there too), and /health is probed over plain HTTP by
+# orchestrators. Regexes on the path
+# without its leading slash.
+SECURE_REDIRECT_EXEMPT = env.list(
+    "SECURE_REDIRECT_EXEMPT",
+    default=[
+        r"^esp32/(register|confirm|commands/[^/]+|wifi/(register|command|confirm))$",
+        r"^status$",
+        r"^health$",
+    ],
+)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+# One JSON object per line from every logger (structlog through stdlib logging); `console`
+# for people reading a terminal. Why JSON is the default: see vending_site/logging.py.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+LOGGING = _vlog.logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
+_vlog.configure_structlog()
+
+# --- Observability and API docs ------------------------------------------------------------
+# Counters/histograms of every process of the stack (web, bridge, discovery, sweeper) are
+# written here and summed by /metrics (prometheus_client multiprocess mode, see
+# vending_site/metrics.py). Exported before anything imports prometheus_client, which reads
+# the variable once, at import.
+PROMETHEUS_MULTIPROC_DIR = Path(
+    env.str("PROMETHEUS_MULTIPROC_DIR", default=str(DATA_DIR / "metrics"))
+)
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+# Where /metrics reads every process' files, subdirectories included. Default: the directory
+# above. Processes in separate PID namespaces (containers) each write to a subdirectory of
+# their own and share this root (see docker-compose.yml).
+METRICS_COLLECT_DIR = env.str("METRICS_COLLECT_DIR", default="") or str(PROMETHEUS_MULTIPROC_DIR)
+# Who may read /metrics (REMOTE_ADDR and every X-Forwarded-For hop must match); 403 otherwise.
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS",
+    default=[
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    ],
+)
+# The schema and Swagger UI are public: the schema describes paths the firmware and clients
+# already use, holds no secrets, and every endpoint still enforces its own permissions.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Vending server API",
+    "DESCRIPTION": (
+        "REST API for vends and transactions, device management, and the wire protocol the "
+        "ESP32 firmware speaks (`/esp32/...`, both WiFi dialects). Errors are "
+        '`{"detail": "...", "code": "..."}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    # Swagger UI from drf-spectacular-sidecar's bundled files: works offline, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Transaction.state and TransactionEvent.from_state/to_state are one choice set.
+    "ENUM_NAME_OVERRIDES": {"TransactionStateEnum": "transactions.choices.TransactionState"},
+    # The dashboard page's private JSON is not part of the API (see vending_site/openapi.py).
+    "PREPROCESSING_HOOKS": ["vending_site.openapi.exclude_undocumented"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "vending_site.openapi.mark_legacy",
+    ],
 }

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from devices.api import device_views
@@ -17,7 +18,7 @@ from devices.api.views import (
 )
 from transactions.api import views as txn_views
 
-from . import dashboard
+from . import dashboard, metrics
 from .health import HealthView
 
 UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
@@ -64,6 +65,9 @@ dashboard_api = [
     path("machines/select", dashboard.select_device, name="select"),
     path("vend", dashboard.vend, name="vend"),
     path("ports/request", dashboard.port_request, name="port-request"),
+    path("transactions", dashboard.transactions, name="transactions"),
+    path("transactions/resolve", dashboard.resolve, name="resolve"),
+    path("logs", dashboard.logs, name="logs"),
 ]
 
 urlpatterns = [
@@ -85,4 +89,8 @@ urlpatterns = [
     re_path(r"^vend/(?P<slot_id>[^/]+)/?$", txn_views.vend, name="vend-legacy"),
     path("status", StatusView.as_view(), name="status"),
     path("health", HealthView.as_view(), name="health"),
+    # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/metrics.py).
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

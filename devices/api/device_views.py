@@ -9,18 +9,26 @@ slash. They translate bytes to service calls and back; the rules live in ``devic
 import json
 
 from django.http import HttpResponse
+from rest_framework.exceptions import Throttled
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from devices.access import DeviceTokenValid
 from devices.choices import CommandKind, Direction, LogLevel, Protocol, Transport
 from devices.selectors import canonical_id
 from devices.services import confirm_vend, log_exchange, poll, register_device
+from vending_site import logging as vlog
+from vending_site import metrics
+from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
+from vending_site.network import client_ip
+from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
 
 from .serializers import DeviceRegistrationSerializer, VendConfirmationSerializer
+
+log = vlog.get_logger(__name__)
 
 
 class FirstRenderer(BaseContentNegotiation):
@@ -36,17 +44,33 @@ class FirstRenderer(BaseContentNegotiation):
 class DeviceEndpoint(APIView):
     content_negotiation_class = FirstRenderer
     authentication_classes = ()
-    permission_classes = (AllowAny,)
-    throttle_classes = ()
+    # Open by default (the firmware sends no credentials); see devices/access.py.
+    permission_classes = (DeviceTokenValid,)
+    # Per address before the token check (a flood of wrong tokens is limited too); per
+    # device after it, so a sender without the token cannot use up a machine's allowance.
+    early_throttle_classes = (DeviceAddressThrottle,)
+    throttle_classes = (DeviceThrottle,)
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         # Read the raw body before DRF parses it, so a rejected payload can be logged as sent.
         self.raw_body = request._request.body.decode("utf-8", errors="replace")
+        vlog.bind(device_id=self._claimed_id()[:64])  # cleared when the request finishes
         super().initial(request, *args, **kwargs)
+
+    def check_permissions(self, request: Request) -> None:
+        # DRF checks permissions first and throttles after; the early ones go before.
+        waits = []
+        for throttle in (cls() for cls in self.early_throttle_classes):
+            if not throttle.allow_request(request, self):
+                waits.append(throttle.wait())
+        if waits:
+            self.throttled(request, max((wait or 0 for wait in waits), default=None))
+        super().check_permissions(request)
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
-        if response.status_code >= 400:
+        # A throttled request is not logged: a flood must not become a flood of writes.
+        if response.status_code >= 400 and not isinstance(exc, Throttled):
             log_exchange(
                 direction=Direction.IN,
                 transport=Transport.WIFI,
@@ -61,7 +85,8 @@ class DeviceEndpoint(APIView):
 
     @property
     def remote_addr(self) -> str:
-        return self.request.META.get("REMOTE_ADDR", "")
+        # Behind nginx the peer is the proxy; the device is the hop it forwarded for.
+        return client_ip(self.request)
 
     def _claimed_id(self) -> str:
         return str(self.kwargs.get("device_id") or self.request.headers.get("Device-ID") or "")
@@ -73,6 +98,7 @@ class DeviceEndpoint(APIView):
         serializer = serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        vlog.bind(device_id=str(data.get("device_id", ""))[:64])
         unknown = sorted(set(request.data) - set(serializer.fields))
         if unknown:
             log_exchange(
@@ -92,6 +118,7 @@ class RegisterView(DeviceEndpoint):
 
     protocol = Protocol.WIFI_V2
 
+    @docs.DEVICE_REGISTER
     def post(self, request: Request) -> Response:
         data = self.validated(DeviceRegistrationSerializer, request)
         device, created = register_device(
@@ -136,7 +163,9 @@ class PollView(DeviceEndpoint):
     # DRF answers HEAD with get(): that would claim a command and drop it with the body.
     http_method_names = ["get", "options"]
 
+    @docs.DEVICE_POLL
     def get(self, request: Request, device_id: str) -> HttpResponse:
+        metrics.record_poll(dialect=Protocol.WIFI_V2)
         _device, command = poll(
             raw_id=device_id,
             protocol=Protocol.WIFI_V2,
@@ -145,6 +174,7 @@ class PollView(DeviceEndpoint):
             endpoint=request.path,
         )
         body = json.dumps(command.as_wire()) if command else "null"
+        log.debug("device_poll", delivered=command.pk if command else None)
         return HttpResponse(body, content_type="application/json")
 
 
@@ -153,7 +183,9 @@ class DocumentedPollView(DeviceEndpoint):
 
     http_method_names = ["get", "options"]
 
+    @docs.DEVICE_POLL_DOCUMENTED
     def get(self, request: Request) -> HttpResponse:
+        metrics.record_poll(dialect=Protocol.WIFI_DOCUMENTED)
         raw_id = request.headers.get("Device-ID", "")
         if not raw_id.strip():
             raise InvalidRequest("The Device-ID header is missing.")
@@ -163,6 +195,7 @@ class DocumentedPollView(DeviceEndpoint):
             remote_addr=self.remote_addr,
             endpoint=request.path,
         )
+        log.debug("device_poll", delivered=command.pk if command else None)
         if command is None:
             return HttpResponse("NO_COMMAND", content_type="text/plain")
         return HttpResponse(json.dumps(command.as_wire()), content_type="application/json")
@@ -170,8 +203,15 @@ class DocumentedPollView(DeviceEndpoint):
 
 class ConfirmView(DeviceEndpoint):
     """``POST /esp32/confirm`` and ``/esp32/wifi/confirm``: always 200 once the body is valid,
-    because the firmware cannot act on an error; what matched (or not) is in the body."""
+    because the firmware cannot act on an error; what matched (or not) is in the body.
 
+    Not limited per device: a confirmation is the machine's only report of a dispense, one
+    per vend, and refusing it would leave the vend ``unconfirmed``. The per-address limit
+    still applies."""
+
+    throttle_classes = ()
+
+    @docs.DEVICE_CONFIRM
     def post(self, request: Request) -> Response:
         data = self.validated(VendConfirmationSerializer, request)
         txn = confirm_vend(

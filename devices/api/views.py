@@ -1,7 +1,7 @@
 """Device management for REST clients and the dashboard, plus ``/status``."""
 
 from django.db.models import Prefetch
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,9 @@ from devices.services import auto_select_active_device, queue_command, select_ac
 from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.services import sweep_if_due
+from vending_site import openapi as docs
+from vending_site.permissions import IsStaff, IsVendClient
+from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
 
 from .device_views import FirstRenderer
 from .serializers import CommandRequestSerializer, DeviceSelectionSerializer, DeviceSerializer
@@ -26,8 +29,9 @@ def _devices_with_slots():
 class DeviceListView(APIView):
     """``GET /esp32/devices/list``: every device with its online state, and the active one."""
 
-    permission_classes = (AllowAny,)
+    permission_classes = (IsVendClient,)
 
+    @docs.DEVICE_LIST
     def get(self, request: Request) -> Response:
         devices = list(Device.objects.order_by("device_id"))
         active = next((d.device_id for d in devices if d.is_active), None)
@@ -39,8 +43,9 @@ class DeviceListView(APIView):
 class DeviceSelectView(APIView):
     """``POST /esp32/devices/select`` with ``{"device_id": ...}``: staff pick the active device."""
 
-    permission_classes = (IsAdminUser,)
+    permission_classes = (IsStaff,)
 
+    @docs.DEVICE_SELECT
     def post(self, request: Request) -> Response:
         serializer = DeviceSelectionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -52,8 +57,9 @@ class DeviceAutoSelectView(APIView):
     """``POST /esp32/devices/auto-select``: a connected serial device first, then the most
     recently seen WiFi device."""
 
-    permission_classes = (IsAdminUser,)
+    permission_classes = (IsStaff,)
 
+    @docs.DEVICE_AUTO_SELECT
     def post(self, request: Request) -> Response:
         device = auto_select_active_device()
         if device is None:
@@ -67,8 +73,9 @@ class DeviceAutoSelectView(APIView):
 class DeviceCommandView(APIView):
     """``POST /api/v1/devices/<id>/commands`` with ``{"command": "STATUS"|"RESET"}`` (staff)."""
 
-    permission_classes = (IsAdminUser,)
+    permission_classes = (IsStaff,)
 
+    @docs.DEVICE_COMMAND
     def post(self, request: Request, device_id: str) -> Response:
         serializer = CommandRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -95,8 +102,12 @@ class StatusView(APIView):
 
     permission_classes = (AllowAny,)
     authentication_classes = ()
+    # The firmware's probe: limited like a device (generous), never like an anonymous client.
+    # /status is the costly read (every device with its slots): per claimed id and per address.
+    throttle_classes = (DeviceThrottle, DeviceAddressThrottle)
     content_negotiation_class = FirstRenderer  # a 406 would fail the probe
 
+    @docs.STATUS
     def get(self, request: Request) -> Response:
         sweep_if_due()
         devices = list(_devices_with_slots())

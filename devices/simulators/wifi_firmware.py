@@ -97,6 +97,9 @@ class WifiFirmware:
     firmware_version: str = "1.0.0"  # sent by the documented variant
     ip_address: str = "127.0.0.1"  # what it reports as its own address
     max_polls: int | None = None  # stop after this many polls (None: until stopped)
+    # Other servers to try when the one in use refuses the connection (nothing was sent, so
+    # trying elsewhere is safe, as a load balancer does); the working one is kept.
+    failover_urls: tuple[str, ...] = ()
     loopback_only: bool = True
     on_record: Callable[[dict], None] | None = field(default=None, repr=False)
     say: Callable[[str], None] | None = field(default=None, repr=False)  # progress, for humans
@@ -108,6 +111,8 @@ class WifiFirmware:
         self._random = random.Random(f"{self.seed}:{self.index}")
         if self.server_url is not None:
             self._check_url(self.server_url)
+        for url in self.failover_urls:
+            self._check_url(url)
         self._check_host(self.discovery[0])
         self.base_url: str | None = None  # the server in use, once found
         self.registered = False
@@ -362,8 +367,32 @@ class WifiFirmware:
         timeout: float | None = None,
     ) -> tuple[int, str] | None:
         """``(status, body)`` of one request on a fresh connection, or ``None`` when the
-        server could not be reached. Redirects are not followed (the firmware does not)."""
+        server could not be reached. Redirects are not followed (the firmware does not).
+
+        A request to the server in use that is refused goes to the next ``failover_urls``
+        server instead (each tried at most once), which then stays in use."""
         assert base_url is not None
+        if base_url == self.base_url and self.failover_urls:
+            servers = [base_url, *(u for u in self.failover_urls if u != base_url)]
+            for server in servers:
+                try:
+                    answer = self._send(method, server, path, body, headers, timeout)
+                except ConnectionRefusedError as exc:
+                    self._error(f"{method} {path} at {server}: {exc}")
+                    continue
+                except (OSError, http.client.HTTPException) as exc:
+                    self._error(f"{method} {path}: {exc or type(exc).__name__}")
+                    return None
+                self.base_url = server
+                return answer
+            return None
+        try:
+            return self._send(method, base_url, path, body, headers, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            self._error(f"{method} {path}: {exc or type(exc).__name__}")
+            return None
+
+    def _send(self, method, base_url, path, body, headers, timeout) -> tuple[int, str]:
         url = urlsplit(base_url)
         connection = http.client.HTTPConnection(
             url.hostname, url.port or 80, timeout=timeout or self.http_timeout
@@ -378,9 +407,6 @@ class WifiFirmware:
             response = connection.getresponse()
             text = response.read(MAX_BODY).decode("utf-8", errors="replace")
             return response.status, text
-        except (OSError, http.client.HTTPException) as exc:
-            self._error(f"{method} {path}: {exc or type(exc).__name__}")
-            return None
         finally:
             connection.close()
 

@@ -152,12 +152,22 @@ def live_server_url(transactional_db) -> Iterator[str]:
 
     Rows the test creates are committed (transactional_db), so the server sees them.
     """
+    yield from serve(DASHBOARD_PUBLIC="false")
+
+
+@pytest.fixture
+def public_live_server_url(transactional_db) -> Iterator[str]:
+    """As ``live_server_url``, with ``DASHBOARD_PUBLIC=true`` (anyone may watch, read-only)."""
+    yield from serve(DASHBOARD_PUBLIC="true")
+
+
+def serve(**env: str) -> Iterator[str]:
     port = free_port()
     with pytest.MonkeyPatch.context() as patch:
         # The server must keep Django's async-safety guard: it is what the tests exercise.
         patch.delenv(ASYNC_UNSAFE, raising=False)
         server = start_command(
-            "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null"
+            "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null", **env
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 from django.conf import global_settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 
 from devices.choices import Protocol, Transport
 from devices.simulators.serial_firmware import SerialFirmware
@@ -20,6 +21,7 @@ from tests.integration.processes import (
     stop,
     wait_for_http,
 )
+from vending_site.permissions import VEND_CLIENT_GROUP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,7 +71,8 @@ def stack():
 def token(url: str, settings) -> str:
     # The server process hashes as production does; so must the user it checks.
     settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
-    get_user_model().objects.create_user("kiosk", password="kiosk-password-1")
+    kiosk = get_user_model().objects.create_user("kiosk", password="kiosk-password-1")
+    kiosk.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])  # may vend
     status, body = http(
         "POST", f"{url}/api/v1/auth/token/", {"username": "kiosk", "password": "kiosk-password-1"}
     )

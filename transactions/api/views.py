@@ -24,7 +24,10 @@ from transactions.services import (
     request_vend_once,
     sweep_if_due,
 )
+from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
+from vending_site.permissions import IsVendClient, is_staff
+from vending_site.throttling import VendThrottle
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
 
@@ -35,7 +38,7 @@ MAX_KEY_LENGTH = 255
 
 def _visible_transactions(request: Request):
     queryset = Transaction.objects.select_related("device")
-    if not request.user.is_staff:
+    if not is_staff(request):  # an API key is never staff, whatever its account says
         queryset = queryset.filter(requested_by=request.user)
     return queryset
 
@@ -46,6 +49,10 @@ class VendView(APIView):
     The body may name ``device_id`` (default: the active device) and ``wait`` seconds.
     """
 
+    permission_classes = (IsVendClient,)
+    throttle_classes = (VendThrottle,)  # stricter than reads
+
+    @docs.VEND
     def post(self, request: Request, slot_id: str) -> Response:
         slot_number = _parse_slot(slot_id)
         if request.data is None or not isinstance(request.data, dict):
@@ -129,13 +136,23 @@ async def vend(request: HttpRequest, slot_id: str):
     return response
 
 
+# The URL points at the async wrapper; these let DRF/drf-spectacular find the view it runs.
+vend.cls, vend.initkwargs = _sync_vend.cls, _sync_vend.initkwargs
+
+
 class TransactionListView(generics.ListAPIView):
     """``GET /api/v1/transactions/``: newest first; staff see all, clients their own."""
 
     serializer_class = TransactionSerializer
     filterset_class = TransactionFilterSet
 
+    @docs.TRANSACTION_LIST
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no database
+            return Transaction.objects.none()
         sweep_if_due()
         return _visible_transactions(self.request).order_by("-created_at")
 
@@ -143,7 +160,13 @@ class TransactionListView(generics.ListAPIView):
 class TransactionDetailView(generics.RetrieveAPIView):
     serializer_class = TransactionDetailSerializer
 
+    @docs.TRANSACTION_DETAIL
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no database
+            return Transaction.objects.none()
         sweep_if_due()
         return _visible_transactions(self.request).prefetch_related("events")
 
@@ -151,6 +174,7 @@ class TransactionDetailView(generics.RetrieveAPIView):
 class TransactionCancelView(APIView):
     """``POST /api/v1/transactions/<id>/cancel``: cancel a vend not yet delivered (409 after)."""
 
+    @docs.TRANSACTION_CANCEL
     def post(self, request: Request, pk: str) -> Response:
         txn = generics.get_object_or_404(
             _visible_transactions(request).select_related("slot"), pk=pk

@@ -88,10 +88,10 @@ def test_health_answers_503_naming_the_failing_check(db, api_client, monkeypatch
     }
 
 
-def test_device_list_names_every_device_and_the_active_one(online_device, api_client):
+def test_device_list_names_every_device_and_the_active_one(online_device, user, client_for):
     DeviceFactory(device_id="ESP32_AAAAAAAAAAAA")
 
-    response = api_client.get("/esp32/devices/list")
+    response = client_for(user).get("/esp32/devices/list")  # a vend-client (see permissions)
 
     assert response.status_code == 200
     body = response.json()
@@ -103,10 +103,10 @@ def test_device_list_names_every_device_and_the_active_one(online_device, api_cl
     assert body["devices"][0]["slots"] == 5
 
 
-def test_device_list_has_no_active_device_when_none_is_selected(db, api_client):
+def test_device_list_has_no_active_device_when_none_is_selected(db, user, client_for):
     DeviceFactory(device_id="ESP32_AAAAAAAAAAAA")
 
-    body = api_client.get("/esp32/devices/list").json()
+    body = client_for(user).get("/esp32/devices/list").json()
 
     assert body["active_device"] is None
     assert len(body["devices"]) == 1

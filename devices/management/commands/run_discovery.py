@@ -13,6 +13,7 @@ from django.db import close_old_connections
 from devices import discovery
 from devices.choices import Direction, Transport
 from devices.services import log_exchange
+from vending_site.heartbeat import DISCOVERY, Heartbeat
 
 
 class Command(BaseCommand):
@@ -52,12 +53,15 @@ class Command(BaseCommand):
         def record(peer_ip: str, request: bytes, reply: bytes) -> None:
             recorder.submit(self._log, peer_ip, request, reply)
 
+        self.heartbeat = None  # started once listening, so "running" means answering
         try:
             protocol = asyncio.run(self._serve(host, port, advertise_ip, record, retry))
         except OSError as exc:
             raise CommandError(f"cannot listen on UDP {host}:{port}: {exc}") from exc
         finally:
             recorder.shutdown(wait=True)
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
         if protocol is None:
             self.stdout.write("discovery stopped before it could listen")
             return
@@ -94,6 +98,8 @@ class Command(BaseCommand):
             where = advertise_ip or "the address facing each sender"
             self.stdout.write(f"discovery listening on udp {sockname[0]}:{sockname[1]} ({where})")
             self.stdout.flush()
+            listening = {"listening": f"{sockname[0]}:{sockname[1]}", "advertise": where}
+            self.heartbeat = Heartbeat(DISCOVERY, detail=listening).start()
 
         return await discovery.serve(
             host=host,

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 
 from devices.protocol import likely_esp32
 from devices.serial_bridge import Bridge, LinkConfig, scan_ports
+from vending_site.heartbeat import SERIAL_BRIDGE, Heartbeat
 from vending_site.shutdown import stop_on_signals
 
 
@@ -40,12 +41,16 @@ class Command(BaseCommand):
             self.say(f"serial bridge: ports {', '.join(port)}")
         else:
             self.say("serial bridge: waiting for ESP32 serial ports (auto-detect by USB id)")
-        Bridge(
-            explicit=port,
-            config=LinkConfig(baud=baud, reply_timeout=reply_timeout),
-            stop=stop,
-            say=self.say,
-        ).run()
+        heartbeat = Heartbeat(SERIAL_BRIDGE, detail={"ports": port or "auto"}).start()
+        try:
+            Bridge(
+                explicit=port,
+                config=LinkConfig(baud=baud, reply_timeout=reply_timeout),
+                stop=stop,
+                say=self.say,
+            ).run()
+        finally:
+            heartbeat.stop()
         self.say("serial bridge stopped")
 
     def say(self, text: str) -> None:

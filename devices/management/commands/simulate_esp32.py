@@ -68,6 +68,14 @@ class Command(BaseCommand):
             default=FIRMWARE_HTTP_PORT,
             help="The HTTP port of a server found by discovery (the firmware's is 5000).",
         )
+        wifi.add_argument(
+            "--failover",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="Another server to use when the current one refuses connections (repeatable);"
+            " stands in for a load balancer in front of several workers.",
+        )
         wifi.add_argument("--poll-interval", type=float, default=2.0)
         wifi.add_argument("--vend-seconds", type=float, default=1.3)
         wifi.add_argument("--after-confirm", type=float, default=2.0)
@@ -180,6 +188,7 @@ class Command(BaseCommand):
                     poll_interval=options["poll_interval"],
                     vend_seconds=options["vend_seconds"],
                     after_confirm=options["after_confirm"],
+                    failover_urls=tuple(options["failover"]),
                     documented=options["documented"],
                     failure_rate=options["failure_rate"],
                     on_record=self._report,

@@ -7,6 +7,7 @@ from django.db import DatabaseError, connection
 
 from transactions.services import sweep
 from vending_site.events import prune_live_events
+from vending_site.heartbeat import SWEEPER, Heartbeat
 from vending_site.shutdown import stop_on_signals
 
 BATCH = 500  # sweep() handles up to this many of each kind per call
@@ -39,6 +40,14 @@ class Command(BaseCommand):
         stop_on_signals(stop)
         self.stdout.write(f"sweeping every {every:g} s")
         self.stdout.flush()
+        heartbeat = Heartbeat(SWEEPER, detail={"every": every}).start()
+        try:
+            self.sweep_until(stop, every)
+        finally:
+            heartbeat.stop()
+        self.stdout.write("sweeper stopped")
+
+    def sweep_until(self, stop: threading.Event, every: float) -> None:
         while not stop.is_set():
             try:
                 expired, unconfirmed = self.sweep_all()
@@ -51,7 +60,6 @@ class Command(BaseCommand):
                     self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
                     self.stdout.flush()
             stop.wait(every)
-        self.stdout.write("sweeper stopped")
 
     @staticmethod
     def sweep_all() -> tuple[int, int]:

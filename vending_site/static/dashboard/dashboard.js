@@ -15,8 +15,11 @@
     vendUrl: body.dataset.vendUrl,
     selectUrl: body.dataset.selectUrl,
     portUrl: body.dataset.portUrl,
+    transactionsUrl: body.dataset.transactionsUrl,
+    logsUrl: body.dataset.logsUrl,
+    resolveUrl: body.dataset.resolveUrl,
   };
-  const FEED_BUFFER = 200; // kept in memory, so filtering by machine still finds rows
+  const FEED_BUFFER = 200; // rows kept in memory; a machine's own rows come from the server
   const POLL_MS = 5000; // presence, ports and discovery raise no event when they go quiet
   const HOUR_MS = 3600 * 1000;
   const MAX_BACKOFF_MS = 30000;
@@ -31,6 +34,12 @@
     expired: "Expired",
     cancelled: "Cancelled",
   };
+  const SERVICE_LABEL = {
+    discovery: "Discovery listener (UDP)",
+    serial_bridge: "Serial bridge",
+    sweeper: "Sweeper",
+  };
+  const SERVICE_STATE_LABEL = { running: "Running", stopped: "Stopped", never_started: "Never started" };
   const PORT_REQUESTS = [
     ["connect", "Connect"],
     ["disconnect", "Disconnect"],
@@ -44,9 +53,12 @@
     slots: [],
     ports: [],
     discovery: {},
+    services: [],
+    serviceStaleAfter: 15, // seconds without a heartbeat before a process counts as stopped
     transactions: [],
     txnIndex: new Map(),
     logs: [],
+    logIds: new Set(),
     hours: [],
     charted: new Set(), // transactions already counted in the vends chart
     feedLimit: 50,
@@ -164,8 +176,22 @@
 
   // --- Loading state -------------------------------------------------------------------
 
-  let loading = false;
+  /* While a document is being fetched, live events are held and applied after it, so
+   * nothing newer than the document is lost; rows it already holds are dropped by id. */
+  let loads = 0;
   let heldEvents = [];
+
+  function beginLoad() {
+    loads += 1;
+  }
+
+  function endLoad() {
+    loads -= 1;
+    if (loads > 0) return;
+    const held = heldEvents;
+    heldEvents = [];
+    held.forEach(applyEvent);
+  }
 
   function applyMachinesDoc(doc) {
     const serverTime = parseTime(doc.server_time);
@@ -173,6 +199,23 @@
     model.machines = doc.machines || [];
     model.ports = doc.ports || [];
     model.discovery = doc.discovery || {};
+    model.services = doc.services || [];
+    if (typeof doc.service_stale_after === "number") model.serviceStaleAfter = doc.service_stale_after;
+  }
+
+  function setTransactions(rows) {
+    model.transactions = [];
+    model.txnIndex = new Map();
+    for (const txn of rows) {
+      const entry = { ...txn, path: [txn.state] };
+      model.transactions.push(entry);
+      model.txnIndex.set(entry.id, entry);
+    }
+  }
+
+  function setLogs(rows) {
+    model.logs = rows.slice(0, FEED_BUFFER);
+    model.logIds = new Set(model.logs.map((entry) => entry.id));
   }
 
   function applyState(doc) {
@@ -181,16 +224,12 @@
     model.selected = doc.selected || null;
     model.slots = doc.slots || [];
     model.feedLimit = doc.feed_limit || 50;
-    model.transactions = [];
-    model.txnIndex = new Map();
+    setTransactions(doc.transactions || []);
     model.charted = new Set();
-    for (const txn of doc.transactions || []) {
-      const entry = { ...txn, path: [txn.state] };
-      model.transactions.push(entry);
-      model.txnIndex.set(entry.id, entry);
+    for (const txn of model.transactions) {
       if (txn.state === "succeeded" || txn.state === "failed") model.charted.add(txn.id);
     }
-    model.logs = (doc.logs || []).slice();
+    setLogs(doc.logs || []);
     model.hours = (doc.vends_per_hour || []).map((h) => ({
       start: parseTime(h.hour),
       succeeded: h.succeeded,
@@ -204,10 +243,9 @@
   /* Fetch the whole state; events arriving meanwhile are held and applied after it, so
    * nothing newer than the document is lost and nothing older is applied twice. */
   async function reloadState(deviceId) {
-    loading = true;
+    beginLoad();
     const query = deviceId ? `?device=${encodeURIComponent(deviceId)}` : "";
     const result = await request(config.stateUrl + query);
-    loading = false;
     if (result.ok) {
       applyState(result.body);
     } else if (result.status === 401 || result.status === 403) {
@@ -215,15 +253,42 @@
     } else {
       showNotice("slots-notice", result.body.detail);
     }
-    const held = heldEvents;
-    heldEvents = [];
-    held.forEach(applyEvent);
+    endLoad();
+    // The state's feeds are everyone's: a chosen machine's rows come from the server.
+    if (result.ok && ui.feedDevice) loadFeeds();
     return result;
+  }
+
+  /* Both feeds from the server, of the machine chosen in the filter (or of all), so the
+   * filter finds that machine's rows even when other machines filled the browser's buffer. */
+  let feedRequest = 0;
+  async function loadFeeds() {
+    const device = ui.feedDevice;
+    const ticket = (feedRequest += 1);
+    renderFeeds(); // at once, from what we hold, until the server answers
+    const query = new URLSearchParams({ limit: String(model.feedLimit) });
+    if (device) query.set("device", device);
+    beginLoad();
+    const [txns, logs] = await Promise.all([
+      request(`${config.transactionsUrl}?${query}`),
+      request(`${config.logsUrl}?${query}`),
+    ]);
+    if (ticket === feedRequest) {
+      if (txns.ok && logs.ok) {
+        showNotice("feeds-notice", "");
+        setTransactions(txns.body.transactions || []);
+        setLogs(logs.body.logs || []);
+      } else {
+        showNotice("feeds-notice", (txns.ok ? logs : txns).body.detail);
+      }
+    }
+    endLoad();
+    if (ticket === feedRequest) renderFeeds();
   }
 
   let polling = false;
   async function pollMachines() {
-    if (polling || loading || document.hidden) return;
+    if (polling || loads > 0 || document.hidden) return;
     polling = true;
     const result = await request(config.machinesUrl);
     polling = false;
@@ -231,6 +296,7 @@
     applyMachinesDoc(result.body);
     renderMachines();
     renderPorts();
+    renderServices();
     renderDiscovery();
     renderFeedFilter();
   }
@@ -250,7 +316,7 @@
       return;
     }
     if (typeof message.id !== "number" || !message.kind) return;
-    if (loading) heldEvents.push(message);
+    if (loads > 0) heldEvents.push(message);
     else applyEvent(message);
   }
 
@@ -273,6 +339,9 @@
         break;
       case "ports":
         pollSoon();
+        break;
+      case "service":
+        onService(payload);
         break;
       default:
         break; // "command" and kinds added later: nothing on this page shows them
@@ -328,10 +397,19 @@
   }
 
   function onLog(payload) {
+    if (model.logIds.has(payload.id)) return; // already fetched with a feed
     model.logs.unshift(payload);
-    if (model.logs.length > FEED_BUFFER) model.logs.length = FEED_BUFFER;
+    model.logIds.add(payload.id);
+    while (model.logs.length > FEED_BUFFER) model.logIds.delete(model.logs.pop().id);
     if (payload.endpoint === DISCOVERY_ENDPOINT) pollSoon();
     feedChanged();
+  }
+
+  function onService(payload) {
+    const index = model.services.findIndex((s) => s.name === payload.name);
+    if (index >= 0) model.services[index] = payload;
+    else model.services.push(payload);
+    renderServices();
   }
 
   // --- Rendering: machines -------------------------------------------------------------
@@ -340,6 +418,7 @@
     renderMachines();
     renderSlots();
     renderPorts();
+    renderServices();
     renderDiscovery();
     renderFeedFilter();
     renderFeeds();
@@ -520,6 +599,49 @@
 
   // --- Rendering: connections ----------------------------------------------------------
 
+  /* A heartbeat older than the stale limit means the process died without a word. */
+  function serviceState(service) {
+    if (service.state === "never_started" || !service.beat_at) return "never_started";
+    if (service.stopped_at) return "stopped";
+    const beat = parseTime(service.beat_at);
+    if (beat === null || serverNow() - beat > model.serviceStaleAfter * 1000) return "stopped";
+    return "running";
+  }
+
+  function renderServices() {
+    const items = model.services.map((service) => {
+      const state = serviceState(service);
+      const item = el("li", "service");
+      item.dataset.service = service.name;
+      item.dataset.state = state;
+      const head = el("div", "service__head");
+      head.append(
+        el("span", "service__name", SERVICE_LABEL[service.name] || service.name),
+        badge(SERVICE_STATE_LABEL[state], { running: "ok", stopped: "bad", never_started: "idle" }[state]),
+      );
+      item.append(head);
+      const facts = el("p", "service__facts");
+      if (state === "never_started") {
+        facts.append(el("span", "", "Not started yet: run "), el("code", "", `manage.py ${service.command}`), el("span", "", "."));
+      } else {
+        const when = el("time");
+        if (state === "running") {
+          setTime(when, service.started_at, true);
+          facts.append(el("span", "", `pid ${service.pid} on ${service.host}, started `), when);
+        } else {
+          setTime(when, service.stopped_at || service.beat_at, true);
+          const how = service.stopped_at ? "stopped " : "no heartbeat since ";
+          facts.append(el("span", "", `pid ${service.pid} on ${service.host}, ${how}`), when);
+        }
+        const listening = service.detail && service.detail.listening;
+        if (listening) facts.append(el("small", "feed__detail", ` listening on ${listening}`));
+      }
+      item.append(facts);
+      return item;
+    });
+    $("services").replaceChildren(...items);
+  }
+
   function renderDiscovery() {
     const node = $("discovery");
     const discovery = model.discovery || {};
@@ -635,8 +757,14 @@
   }
 
   function renderFeeds() {
+    // Rows are rebuilt; keep the keyboard on the button it was on.
+    const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : "";
     const txns = visible(model.transactions).map(transactionItem);
     $("transactions").replaceChildren(...txns);
+    if (focused) {
+      const again = Array.from($("transactions").querySelectorAll("button")).find((b) => b.dataset.focusKey === focused);
+      if (again) again.focus();
+    }
     $("transactions").hidden = txns.length === 0;
     $("transactions-empty").hidden = txns.length > 0;
     const logs = visible(model.logs).map(logItem);
@@ -651,9 +779,38 @@
     setTime(time, txn.created_at || txn.updated_at, false);
     const main = el("span", "feed__main");
     main.append(el("span", "", `Slot ${txn.slot} · ${txn.product || "?"} `), el("span", "feed__device", txn.device_id));
+    item.dataset.transaction = txn.id;
     item.append(time, main, el("span", `state state--${txn.state}`, STATE_LABEL[txn.state] || txn.state));
     if (txn.failure_reason) item.append(el("span", "feed__detail", txn.failure_reason));
+    if (config.canAct && txn.state === "unconfirmed") {
+      const group = el("div", "txn__resolve");
+      group.setAttribute("role", "group");
+      group.setAttribute("aria-label", `Settle the unconfirmed vend of slot ${txn.slot} on ${txn.device_id}`);
+      for (const [dispensed, text] of [[true, "Dispensed"], [false, "Not dispensed"]]) {
+        const button = el("button", "button button--quiet", text);
+        button.type = "button";
+        button.dataset.focusKey = `resolve:${txn.id}:${dispensed}`;
+        button.addEventListener("click", () => resolveVend(txn.id, dispensed, button));
+        group.append(button);
+      }
+      item.append(group);
+    }
     return item;
+  }
+
+  async function resolveVend(transactionId, dispensed, button) {
+    showNotice("feeds-notice", "");
+    button.disabled = true;
+    const result = await request(config.resolveUrl, {
+      method: "POST",
+      data: { transaction_id: transactionId, dispensed },
+    });
+    button.disabled = false;
+    if (!result.ok) {
+      showNotice("feeds-notice", result.body.detail);
+      return;
+    }
+    onTransaction(result.body);
   }
 
   function logItem(entry) {
@@ -672,7 +829,7 @@
 
   $("feed-device").addEventListener("change", (event) => {
     ui.feedDevice = event.target.value;
-    renderFeeds();
+    loadFeeds();
   });
 
   $("feed-pause").addEventListener("click", (event) => {
@@ -866,6 +1023,7 @@
   // --- Start ---------------------------------------------------------------------------
 
   function refreshRelativeTimes() {
+    renderServices(); // a heartbeat going stale raises no event
     for (const node of document.querySelectorAll("time[data-relative]")) {
       node.textContent = formatAgo(parseTime(node.getAttribute("datetime")));
     }

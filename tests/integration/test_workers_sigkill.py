@@ -1,0 +1,454 @@
+"""Four Daphne workers, one SIGKILLed mid-burst: every vend is delivered once and only once.
+
+The production shape without the load balancer: 4 ``manage.py serve`` workers, the sweeper,
+the discovery listener and the serial bridge (no ports), on a throwaway PostgreSQL database
+and a private Redis database (whatever database the rest of the suite uses, so this runs in
+both CI passes). 20 simulated WiFi machines poll through the workers (5 per worker, each
+failing over to the next worker when its own refuses the connection, as nginx would; four
+of them have a twin board polling another worker at the same time, see ``fleet()``);
+50 client threads fire 500 vends round-robin over the workers, each with its own
+Idempotency-Key, retrying with the SAME key on the next worker after a connection error.
+After about half the vends were accepted one worker is SIGKILLed.
+
+Then, once nothing is queued or sent, the machines' own records (the witness) and the
+database are compared: nothing dispensed twice or without a request, every accepted vend
+settled, no vend lost, the stock of every slot explained by its vends and its ledger.
+
+Some slots hold fewer units than the vends aimed at them, so out-of-stock 409s happen too.
+Decisions: short timeouts via the environment (``IDEMPOTENCY_LOCK_TIMEOUT=3``,
+``VEND_CONFIRM_TIMEOUT=3``) and a fast simulated motor (50 ms) keep the whole run near a
+minute on two cores (migrating the scratch database is a third of it); rate limits are lifted
+for the one kiosk user that fires every vend;
+nginx is not used (``deploy/`` belongs to another change) - the clients and machines fail
+over themselves.
+"""
+
+import http.client
+import itertools
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from devices.simulators.wifi_firmware import WifiFirmware, device_id_for, mac_for
+from tests.integration import scratch_stack
+from tests.integration.processes import free_port, wait_for, wait_for_http
+
+WORKERS = 4
+DEVICES = 20
+VENDS = 500
+CLIENTS = 50
+KILL_AFTER_ACCEPTED = 250
+KILLED = 1  # index of the worker that dies
+TWINS = 4  # machines polled by two boards at once (see fleet())
+# Units per slot 1..5; each (device, slot) gets VENDS / (DEVICES * 5) = 5 vends, so slot 4
+# runs out exactly and slot 5 refuses three of its five.
+STOCK = [6, 6, 6, 5, 2]
+KEPT = {"succeeded", "unconfirmed"}
+REFUNDED = {"failed", "expired", "cancelled"}
+SETTLED = KEPT | REFUNDED
+PASSWORD = "sigkill-password-1"
+VEND_DEADLINE = 25.0  # seconds one client spends on one vend, retries included
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """The throwaway database and the private Redis database, removed afterwards."""
+    if not scratch_stack.reachable(5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    if not scratch_stack.reachable(6379) or not scratch_stack.redis_usable():
+        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+    url = scratch_stack.create_database()
+    scratch_stack.flush_redis()
+    try:
+        yield url
+    finally:
+        scratch_stack.drop_database(url)
+        scratch_stack.flush_redis()
+
+
+@pytest.fixture
+def stack(scratch, tmp_path):
+    """Migrated database, seeded machines and stock, and every process running."""
+    stack = scratch_stack.Stack(
+        {
+            "DATABASE_URL": scratch,
+            "REDIS_URL": scratch_stack.REDIS_URL,
+            "DATA_DIR": str(tmp_path),
+            # Not the suite's metrics files (settings exported the shared directory).
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "IDEMPOTENCY_LOCK_TIMEOUT": "3",
+            "VEND_CONFIRM_TIMEOUT": "3",
+            "VEND_QUEUE_TTL": "30",
+            "DEVICE_OFFLINE_AFTER": "10",
+            "LOG_LEVEL": "WARNING",
+            # One kiosk user fires all 500 vends; rate limits are not what is tested here.
+            "API_THROTTLE_VEND": "100000/min",
+            "API_THROTTLE_USER": "100000/min",
+            "DEVICE_THROTTLE": "100000/min",
+        },
+        tmp_path,
+    )
+    seed = secrets.randbelow(0xFFFF)
+    device_ids = [device_id_for(mac_for(index, seed)) for index in range(1, DEVICES + 1)]
+    try:
+        stack.run("manage.py", "migrate", "--noinput", "-v", "0", timeout=90)
+        setup = json.loads(
+            stack.run(
+                "-m",
+                "tests.integration.scratch_stack",
+                "setup",
+                json.dumps(
+                    {
+                        "devices": device_ids,
+                        "stock": STOCK,
+                        "username": "kiosk",
+                        "password": PASSWORD,
+                    }
+                ),
+            )
+        )
+        urls = []
+        for n in range(WORKERS):
+            port = free_port()
+            stack.start(
+                f"worker{n}",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--access-log",
+                "/dev/null",
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        stack.start("sweeper", "sweep_commands", "--every", "0.5")
+        stack.start(
+            "discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(free_port(2))
+        )
+        stack.start("bridge", "run_serial_bridge")
+        for n, url in enumerate(urls):
+            try:
+                wait_for_http(f"{url}/health", timeout=60, process=stack.children[f"worker{n}"])
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}:\n{stack.output(f'worker{n}')[-3000:]}") from None
+        yield {
+            "stack": stack,
+            "database": scratch,
+            "urls": urls,
+            "seed": seed,
+            "devices": device_ids,
+            **setup,
+        }
+    finally:
+        codes = stack.close()
+        survivors = {name: code for name, code in codes.items() if name != f"worker{KILLED}"}
+        print(f"exit codes: {codes}")
+    bad = {name: code for name, code in survivors.items() if code != 0}
+    assert not bad, "\n".join(
+        f"{name} exited {code}:\n{stack.output(name)[-3000:]}" for name, code in bad.items()
+    )
+
+
+def request(url: str, method: str, path: str, body=None, headers=None, timeout=10.0):
+    """``(status, headers, parsed body)``; connection errors propagate."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request(
+            method,
+            path,
+            body=json.dumps(body) if body is not None else None,
+            headers={"Content-Type": "application/json", "Connection": "close", **(headers or {})},
+        )
+        response = connection.getresponse()
+        text = response.read().decode()
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = {"raw": text[:300]}
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        connection.close()
+
+
+class Clients:
+    """The kiosk side: vends with Idempotency-Keys, round-robin over live-or-dead workers."""
+
+    def __init__(self, urls: list[str], token: str, accepted_enough: threading.Event) -> None:
+        self.urls = urls
+        self.token = token
+        self.accepted_enough = accepted_enough
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.retries = 0
+        self.in_use = 0
+
+    def vend(self, n: int, device_id: str, slot: int) -> dict:
+        key = f"sigkill-{n}-{secrets.token_hex(4)}"
+        worker = n % len(self.urls)
+        record = {"n": n, "key": key, "device": device_id, "slot": slot, "attempts": 0}
+        deadline = time.monotonic() + VEND_DEADLINE
+        while time.monotonic() < deadline and record["attempts"] < 60:
+            record["attempts"] += 1
+            try:
+                status, headers, body = request(
+                    self.urls[worker],
+                    "POST",
+                    f"/api/v1/vend/{slot}",
+                    {"device_id": device_id},
+                    {"Authorization": f"Bearer {self.token}", "Idempotency-Key": key},
+                )
+            except (OSError, http.client.HTTPException):
+                # The worker is gone (or went mid-request): the next one, SAME key.
+                with self.lock:
+                    self.retries += 1
+                worker = (worker + 1) % len(self.urls)
+                continue
+            code = (body or {}).get("code") if isinstance(body, dict) else None
+            if status == 409 and code == "idempotency_key_in_use":
+                # The first holder may have died mid-request; its lock times out (3 s).
+                with self.lock:
+                    self.in_use += 1
+                time.sleep(0.3)
+                continue
+            record.update(status=status, code=code, body=body)
+            record["replayed"] = headers.get("Idempotent-Replayed") == "true"
+            if status in (200, 202):
+                record["txn"] = body["id"]
+                with self.lock:
+                    self.accepted += 1
+                    if self.accepted >= KILL_AFTER_ACCEPTED:
+                        self.accepted_enough.set()
+            return record
+        record.update(status=None, code="gave up")
+        return record
+
+
+def fleet(urls: list[str], seed: int) -> list[WifiFirmware]:
+    """Machine d polls worker d % 4 first and fails over to the others in turn.
+
+    The first ``TWINS`` machines have a twin: a second board with the same id polling
+    another worker (a swapped board still powered, a cloned flash). The firmware never
+    overlaps its own polls, so only twins make two workers claim commands of one machine
+    at the same moment - the race the conditional claim exists for.
+    """
+    devices = []
+    for index in [*range(1, DEVICES + 1), *range(1, TWINS + 1)]:
+        twin = len(devices) >= DEVICES
+        order = [urls[(index - 1 + k + 2 * twin) % len(urls)] for k in range(len(urls))]
+        devices.append(
+            WifiFirmware(
+                index=index,
+                seed=seed,
+                server_url=order[0],
+                failover_urls=tuple(order[1:]),
+                poll_interval=0.3,
+                vend_seconds=0.05,
+                after_confirm=0.05,
+                http_timeout=5.0,
+            )
+        )
+    return devices
+
+
+class _IdleServer(BaseHTTPRequestHandler):
+    """Answers every poll with "no command", counting them."""
+
+    polls = 0
+
+    def do_GET(self):
+        type(self).polls += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        self.do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_machine_whose_server_refuses_connections_fails_over_and_stays_there():
+    """What the fleet below relies on: the simulator moves to the next server (only) when
+    the connection is refused, and keeps using the one that answered."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _IdleServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    live = f"http://127.0.0.1:{server.server_address[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    device = WifiFirmware(server_url=dead, failover_urls=(live,), poll_interval=0.01, max_polls=3)
+    try:
+        device.run(threading.Event(), duration=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert device.base_url == live
+    assert device.registered
+    assert _IdleServer.polls == 1 + 3  # the registration, then every poll at the live server
+    assert "refused" in device.last_error or device.errors == 1
+
+
+def test_a_worker_killed_mid_burst_loses_and_duplicates_no_vend(stack):
+    urls, started = stack["urls"], time.monotonic()
+    status, _, body = request(
+        urls[0], "POST", "/api/v1/auth/token/", {"username": "kiosk", "password": PASSWORD}
+    )
+    assert status == 200, body
+    devices = fleet(urls, stack["seed"])
+    assert [d.device_id for d in devices[:DEVICES]] == stack["devices"]
+    stop_devices = threading.Event()
+    try:
+        for device in devices:
+            device.start(stop_devices)
+        wait_for(lambda: all(d.polls >= 1 and d.registered for d in devices), 20, "first polls")
+
+        accepted_enough = threading.Event()
+        clients = Clients(urls, body["access"], accepted_enough)
+        plan = [
+            (n, devices[n % DEVICES].device_id, (n // DEVICES) % len(STOCK) + 1)
+            for n in range(VENDS)
+        ]
+        with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+            futures = [pool.submit(clients.vend, *job) for job in plan]
+            if not accepted_enough.wait(60):
+                pool.shutdown(cancel_futures=True)
+                done = [f.result() for f in futures if f.done() and not f.cancelled()]
+                outcomes = Counter((r["status"], r["code"]) for r in done)
+                raise AssertionError(f"only {clients.accepted} vends accepted: {outcomes}")
+            victim = stack["stack"].children[f"worker{KILLED}"]
+            os.kill(victim.pid, signal.SIGKILL)
+            accepted_at_kill = clients.accepted
+            records = [future.result(timeout=VEND_DEADLINE + 15) for future in futures]
+        victim.wait(timeout=5)
+
+        fired = time.monotonic()
+        for _ in range(180):  # 45 s at most
+            if scratch_stack.count_open_vends(stack["database"]) == 0:
+                break
+            time.sleep(0.25)
+        else:
+            raise AssertionError("vends still queued or sent 45 s after the burst")
+        settled = time.monotonic()
+    finally:
+        stop_devices.set()
+        for device in devices:
+            if device.thread is not None:
+                device.thread.join(timeout=5)
+    stack["stack"].run("manage.py", "sweep_commands")
+    report = snapshot(stack)
+    print(
+        f"\nfiring took {fired - started:.1f} s, settling {settled - fired:.1f} s, "
+        f"the final sweep and report {time.monotonic() - settled:.1f} s"
+    )
+    check(records, devices, report, clients, accepted_at_kill, fired - started, urls)
+
+
+def snapshot(stack) -> dict:
+    arguments = json.dumps({"ledger_after_setup": stack["ledger_after_setup"]})
+    return json.loads(
+        stack["stack"].run("-m", "tests.integration.scratch_stack", "report", arguments)
+    )
+
+
+def check(records, devices, report, clients, accepted_at_kill, duration, urls) -> None:
+    txns, commands = report["transactions"], report["commands"]
+    accepted = [r for r in records if r["status"] in (200, 202)]
+    states = Counter(t["state"] for t in txns.values())
+    outcomes = Counter((r["status"], r["code"]) for r in records)
+    witnessed = [
+        entry
+        for device in devices
+        for entry in device.commands()
+        if entry["command"] == "VEND" and entry["acted"]
+    ]
+    failed_over = [d.device_id for d in devices if d.base_url != d.server_url]
+    print(
+        f"\n{VENDS} vends in {duration:.1f} s: {len(accepted)} accepted "
+        f"({accepted_at_kill} before the SIGKILL), outcomes {dict(outcomes)}, "
+        f"{clients.retries} connection-error retries, {clients.in_use} in-use 409s, "
+        f"{sum(r['replayed'] for r in accepted)} replays; states {dict(states)}; "
+        f"{len(witnessed)} dispensed; {len(failed_over)} machines failed over"
+    )
+
+    # Every request got an answer that means something: no 5xx, no client gave up.
+    unexpected = [
+        r for r in records if not (r["status"] in (200, 202) or (r["status"] == 409 and r["code"]))
+    ]
+    assert not unexpected, unexpected[:5]
+    assert outcomes.get((409, "out_of_stock"), 0) > 0, "the short slots never ran out"
+    assert accepted_at_kill >= KILL_AFTER_ACCEPTED and accepted_at_kill < len(accepted), (
+        "the worker was not killed in the middle of the burst"
+    )
+    assert failed_over, "no machine lost its worker"
+
+    # One vend per key; the database holds exactly the accepted vends.
+    by_key = {r["key"]: r["txn"] for r in accepted}
+    assert len(set(by_key.values())) == len(accepted), "two keys answered with one vend"
+    assert set(txns) == set(by_key.values()), (
+        f"vends nobody was told about: {sorted(set(txns) - set(by_key.values()))[:5]}; "
+        f"accepted but missing: {sorted(set(by_key.values()) - set(txns))[:5]}"
+    )
+    for key, txn_id in by_key.items():
+        assert txns[txn_id]["idempotency_key"] == key
+
+    # The witness: nothing dispensed twice, nothing dispensed that was not requested.
+    command_ids = [entry["command_id"] for entry in witnessed]
+    twice = [c for c, count in Counter(command_ids).items() if count > 1]
+    assert not twice, f"commands dispensed twice: {twice}"
+    txn_ids = [entry["transaction_id"] for entry in witnessed]
+    assert len(set(txn_ids)) == len(txn_ids), "a vend was dispensed twice"
+    for entry in witnessed:
+        command = commands.get(str(entry["command_id"]))
+        assert command is not None, f"dispensed an unknown command: {entry}"
+        assert command["transaction_id"] == entry["transaction_id"] in txns, entry
+        txn = txns[entry["transaction_id"]]
+        assert (txn["device"], txn["slot_number"]) == (entry["device_id"], entry["slot"])
+        assert txn["state"] in KEPT, f"dispensed but refunded: {txn}"
+
+    # Every accepted vend is settled: final or unconfirmed; none lost in queued/sent.
+    lost = [t for t in txns.values() if t["state"] not in SETTLED]
+    assert not lost, f"vends neither delivered nor expired: {lost[:5]}"
+    # Per machine and slot, sales match what the machine did: each dispense is a kept vend,
+    # and nothing succeeded that the machine did not dispense.
+    dispensed = Counter((e["device_id"], e["slot"]) for e in witnessed)
+    kept, succeeded = Counter(), Counter()
+    for txn in txns.values():
+        where = (txn["device"], txn["slot_number"])
+        kept[where] += txn["state"] in KEPT
+        succeeded[where] += txn["state"] == "succeeded"
+    for where in set(dispensed) | set(kept):
+        assert succeeded[where] <= dispensed[where] <= kept[where], (
+            f"{where}: {dispensed[where]} dispensed, {succeeded[where]} succeeded, "
+            f"{kept[where]} kept"
+        )
+
+    # Every state change has its event, in order, ending at the current state.
+    for txn_id, txn in txns.items():
+        chain = report["events"].get(txn_id, [])
+        assert chain and chain[0] == ["", "queued"], (txn_id, chain)
+        for (_, reached), (left, _) in itertools.pairwise(chain):
+            assert reached == left, (txn_id, chain)
+        assert chain[-1][1] == txn["state"], (txn_id, chain)
+        ledger = sorted(report["txn_ledger"].get(txn_id, []))
+        assert ledger == ([-1, 1] if txn["state"] in REFUNDED else [-1]), (txn, ledger)
+
+    # Stock: explained by the vends, and by the ledger.
+    start = dict(enumerate(STOCK, start=1))
+    held = defaultdict(int)
+    for txn in txns.values():
+        held[(txn["device"], txn["slot_number"])] += txn["state"] in KEPT | {"queued", "sent"}
+    slots = [s for s in report["slots"] if s["device"] in {d.device_id for d in devices}]
+    assert len(slots) == DEVICES * len(STOCK)
+    for slot in slots:
+        where = (slot["device"], slot["number"])
+        assert start[slot["number"]] - held[where] == slot["quantity"], (slot, held[where])
+        assert start[slot["number"]] + slot["ledger"] == slot["quantity"], slot

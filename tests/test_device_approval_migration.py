@@ -1,0 +1,30 @@
+"""Devices that existed before approval did were trusted: they migrate as approved, even
+when the operator already switched DEVICE_APPROVAL_REQUIRED on."""
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+BEFORE = [("devices", "0004_serial_port")]
+AFTER = [("devices", "0005_device_approval_and_token")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_existing_devices_migrate_as_approved_and_the_group_exists(settings):
+    settings.DEVICE_APPROVAL_REQUIRED = True
+    executor = MigrationExecutor(connection)
+    executor.migrate(BEFORE)
+    old_apps = executor.loader.project_state(BEFORE).apps
+    old_apps.get_model("devices", "Device").objects.create(device_id="ESP32_0000000000AA")
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(AFTER)
+    new_apps = executor.loader.project_state(AFTER).apps
+
+    device = new_apps.get_model("devices", "Device").objects.get(device_id="ESP32_0000000000AA")
+    assert device.approved is True
+    assert new_apps.get_model("auth", "Group").objects.filter(name="vend-client").exists()
+    # A device created after the migration follows the setting.
+    from devices.models import Device
+
+    assert Device.objects.create(device_id="ESP32_0000000000BB").approved is False

@@ -1,0 +1,214 @@
+"""DRF throttles: per user or key on the REST API (vend stricter), per device on device
+endpoints; 429 in our error shape with Retry-After. Each test gets a fresh cache."""
+
+import uuid
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_api_key.models import APIKey
+
+from devices.models import CommunicationLog
+from devices.tests.helpers import DEVICE_ID, confirm, poll
+from tests.factories import UserFactory
+from vending_site.network import client_ip
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(settings):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"throttle-{uuid.uuid4()}",
+        }
+    }
+
+
+def key_client() -> APIClient:
+    _key, secret = APIKey.objects.create_key(name="t")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
+    return client
+
+
+def assert_throttled(response):
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    body = response.json()
+    assert body["code"] == "throttled"
+    assert "throttled" in body["detail"]
+
+
+def test_vends_beyond_the_rate_are_429_while_reads_go_on(online_device, settings, client_for):
+    settings.API_THROTTLE_VEND = "2/min"
+    client = client_for(UserFactory())
+
+    statuses = [client.post(f"/api/v1/vend/{n}", {}, format="json").status_code for n in (1, 2)]
+    refused = client.post("/api/v1/vend/3", {}, format="json")
+
+    assert statuses == [202, 202]
+    assert_throttled(refused)
+    assert client.get("/api/v1/transactions/").status_code == 200
+
+
+def test_each_api_key_has_its_own_bucket(online_device, settings):
+    settings.API_THROTTLE_VEND = "1/min"
+    first, second = key_client(), key_client()
+
+    assert first.post("/api/v1/vend/1", {}, format="json").status_code == 202
+    assert_throttled(first.post("/api/v1/vend/2", {}, format="json"))
+    assert second.post("/api/v1/vend/2", {}, format="json").status_code == 202
+
+
+def test_reads_have_their_own_rate(online_device, settings, client_for):
+    settings.API_THROTTLE_USER = "2/min"
+    client = client_for(UserFactory())
+
+    assert [client.get("/api/v1/devices/").status_code for _ in range(2)] == [200, 200]
+    assert_throttled(client.get("/api/v1/transactions/"))
+
+
+def test_anonymous_token_requests_are_limited_per_address(db, settings):
+    settings.API_THROTTLE_ANON = "2/min"
+    client = APIClient()
+    wrong = {"username": "nobody", "password": "wrong"}
+
+    first = [client.post("/api/v1/auth/token/", wrong, format="json").status_code for _ in "ab"]
+    third = client.post("/api/v1/auth/token/", wrong, format="json")
+    elsewhere = client.post("/api/v1/auth/token/", wrong, format="json", REMOTE_ADDR="10.0.0.9")
+
+    assert first == [401, 401]
+    assert_throttled(third)
+    assert elsewhere.status_code == 401
+
+
+def test_a_device_beyond_its_rate_gets_429_and_other_devices_do_not(online_device, settings):
+    settings.DEVICE_THROTTLE = "2/min"
+    client = APIClient()
+
+    assert [poll(client).status_code for _ in range(2)] == [200, 200]
+    assert_throttled(poll(client))
+    assert poll(client, "ESP32_AAAAAAAAAAAA").status_code == 200
+
+
+def test_a_device_polling_every_two_seconds_for_minutes_is_never_throttled(online_device):
+    client = APIClient()
+
+    statuses = {poll(client).status_code for _ in range(90)}  # 3 minutes of polling, at once
+
+    assert statuses == {200}
+
+
+def test_the_status_probe_is_limited_like_a_device_not_like_an_anonymous_client(db, settings):
+    settings.API_THROTTLE_ANON = "1/min"
+
+    assert [APIClient().get("/status").status_code for _ in range(3)] == [200, 200, 200]
+
+
+class FakeRequest:
+    def __init__(self, **meta):
+        self.META = meta
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"REMOTE_ADDR": "10.0.0.5"}, "10.0.0.5"),
+        # Only a trusted proxy (loopback by default) is believed about X-Forwarded-For ...
+        ({"REMOTE_ADDR": "10.0.0.5", "HTTP_X_FORWARDED_FOR": "192.168.1.7"}, "10.0.0.5"),
+        ({"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "192.168.1.7"}, "192.168.1.7"),
+        # ... and a client cannot put a forged address in front of the one nginx appended.
+        (
+            {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "1.2.3.4, 192.168.1.7"},
+            "192.168.1.7",
+        ),
+        ({"REMOTE_ADDR": "::1", "HTTP_X_FORWARDED_FOR": "127.0.0.1, 192.168.1.8"}, "192.168.1.8"),
+    ],
+)
+def test_client_ip_trusts_forwarded_for_only_from_trusted_proxies(meta, expected):
+    assert client_ip(FakeRequest(**meta)) == expected
+
+
+def test_device_throttle_keys_on_the_claimed_device(online_device, settings):
+    settings.DEVICE_THROTTLE = "1/min"
+    client = APIClient()
+
+    assert poll(client, DEVICE_ID).status_code == 200
+    # Another machine behind the same address (NAT) is not held back by the first one.
+    assert poll(client, "ESP32_BBBBBBBBBBBB").status_code == 200
+    assert_throttled(poll(client, DEVICE_ID))
+
+
+def test_a_throttled_device_request_writes_no_log_row(online_device, settings):
+    settings.DEVICE_THROTTLE = "1/min"
+    client = APIClient()
+    assert poll(client).status_code == 200
+    before = CommunicationLog.objects.count()
+
+    for _ in range(5):
+        assert_throttled(poll(client))
+
+    assert CommunicationLog.objects.count() == before
+
+
+def test_a_flood_of_wrong_tokens_is_throttled_before_the_token_check(online_device, settings):
+    settings.DEVICE_TOKEN_REQUIRED = True
+    settings.DEVICE_ADDRESS_THROTTLE = "2/min"
+    client = APIClient()
+    before = CommunicationLog.objects.count()
+
+    codes = [
+        client.get(f"/esp32/commands/{DEVICE_ID}", HTTP_X_DEVICE_TOKEN="wrong").status_code
+        for _ in range(6)
+    ]
+
+    assert codes == [403, 403, 429, 429, 429, 429]
+    assert CommunicationLog.objects.count() == before + 2  # only the two refusals answered
+
+
+def test_inventing_a_new_device_id_per_request_meets_the_address_limit(db, settings):
+    settings.DEVICE_ADDRESS_THROTTLE = "3/min"
+    client = APIClient()
+
+    codes = [poll(client, f"ESP32_0000000000{n:02d}").status_code for n in range(5)]
+
+    assert codes == [200, 200, 200, 429, 429]
+
+
+def test_a_confirmation_is_not_refused_by_the_per_device_limit(online_device, settings):
+    settings.DEVICE_THROTTLE = "1/min"
+    client = APIClient()
+    assert poll(client).status_code == 200
+    assert_throttled(poll(client))
+
+    response = confirm(client)
+
+    assert response.status_code == 200, response.content
+
+
+def test_wrong_tokens_do_not_use_up_the_real_machines_allowance(online_device, settings):
+    from devices.access import issue_device_token
+
+    settings.DEVICE_TOKEN_REQUIRED = True
+    settings.DEVICE_THROTTLE = "2/min"
+    token = issue_device_token(device=online_device)
+    attacker = APIClient()
+    for _ in range(5):
+        assert (
+            attacker.get(f"/esp32/commands/{DEVICE_ID}", HTTP_X_DEVICE_TOKEN="x").status_code == 403
+        )
+
+    response = APIClient().get(f"/esp32/commands/{DEVICE_ID}", HTTP_X_DEVICE_TOKEN=token)
+
+    assert response.status_code == 200
+
+
+def test_status_with_a_new_device_id_each_time_meets_the_address_limit(db, settings):
+    settings.DEVICE_ADDRESS_THROTTLE = "2/min"
+    client = APIClient()
+
+    codes = [
+        client.get("/status", HTTP_DEVICE_ID=f"ESP32_0000000000{n:02d}").status_code
+        for n in range(4)
+    ]
+
+    assert codes == [200, 200, 429, 429]

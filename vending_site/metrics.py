@@ -1,0 +1,307 @@
+"""Prometheus metrics at ``GET /metrics``, correct across the server's several processes.
+
+The stack is several processes (the Daphne web server, ``run_serial_bridge``,
+``run_discovery``, ``sweep_commands``, possibly one-shot commands from cron), and a vend can
+reach its final state in any of them. Two kinds of numbers, two designs:
+
+**Facts of the database** — devices online, queue depth (queued + sent commands), vends
+awaiting staff (``unconfirmed``) — are computed when Prometheus scrapes, by
+:class:`DatabaseCollector`: three cheap indexed queries, always true whichever process
+changed the rows, and nothing to keep in sync.
+
+**Events** — vends by outcome, vend latency, device polls — are counters and histograms in
+prometheus_client's *multiprocess mode*: every process writes its own memory-mapped file
+under ``PROMETHEUS_MULTIPROC_DIR`` (default ``DATA_DIR/metrics``; settings export it before
+prometheus_client is imported) and ``/metrics`` sums all files. Files of dead processes are
+kept, because their counts are history (dropping them would make a counter go backwards);
+so they do not pile up (cron runs a one-shot sweep every minute), the first process to
+import this module after a restart folds the counter/histogram files of processes that
+are gone into one ``*_archive.db`` file per kind, under a file lock, and removes their
+gauge files. Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a
+directory must share a PID namespace (one host or one container; not a volume shared by
+containers): in docker-compose.yml each service writes to its own subdirectory of the
+shared volume, and ``METRICS_COLLECT_DIR`` (the volume's root) is where ``/metrics`` reads
+them all. Wipe the directory only when the whole stack is stopped.
+
+``/metrics`` is not for the internet: it answers only clients whose address, and every
+address in ``X-Forwarded-For`` (a proxy appends the real client, so a forged header can only
+narrow access), lie in ``METRICS_ALLOWED_NETWORKS`` (default loopback and the private
+ranges); everyone else gets 403 with ``{"detail", "code"}``. Behind a reverse proxy on the
+same host, keep the proxy's ``X-Forwarded-For`` on (our nginx sets it) or block the path there.
+
+Metrics (besides django-prometheus' ``django_http_*`` request metrics):
+
+- ``vending_vends_total{outcome}``: vends that reached a final state (succeeded, failed,
+  expired, cancelled); each vend counts once.
+- ``vending_vends_unconfirmed_total``: vends that became ``unconfirmed`` (no confirmation in
+  time); they count again under their final outcome if staff or a late confirmation settle them.
+- ``vending_vend_duration_seconds{outcome}``: time from the request (``created_at``) to the
+  final state.
+- ``vending_device_polls_total{dialect}``: device polls; ``rate()`` of it is polls per second.
+- ``vending_devices_online``, ``vending_command_queue_depth{state}``,
+  ``vending_unconfirmed_vends``: computed at scrape time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import ipaddress
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .logging import get_logger
+
+VENDS = Counter("vending_vends_total", "Vends that reached a final state, by outcome.", ["outcome"])
+VENDS_UNCONFIRMED = Counter(
+    "vending_vends_unconfirmed_total",
+    "Vends that got no confirmation in time and were marked unconfirmed.",
+)
+VEND_DURATION = Histogram(
+    "vending_vend_duration_seconds",
+    "Seconds from the vend request to its final state, by outcome.",
+    ["outcome"],
+    buckets=(0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300, 900, 3600),
+)
+DEVICE_POLLS = Counter(
+    "vending_device_polls_total", "Polls by WiFi devices, by firmware dialect.", ["dialect"]
+)
+
+logger = get_logger(__name__)
+
+# Kinds whose values add up across processes, so a dead process' file can be folded in.
+_ADDITIVE_KINDS = ("counter", "histogram", "summary")
+
+
+# --- Recording (called by the lifecycle and the poll views) -------------------------------
+
+
+def record_vend_outcome(*, outcome: str, requested_at: datetime, settled_at: datetime) -> None:
+    VENDS.labels(outcome=outcome).inc()
+    VEND_DURATION.labels(outcome=outcome).observe(
+        max((settled_at - requested_at).total_seconds(), 0.0)
+    )
+
+
+def record_unconfirmed() -> None:
+    VENDS_UNCONFIRMED.inc()
+
+
+def record_poll(*, dialect: str) -> None:
+    """Count a poll. The poll answers within the firmware's 2 s whatever happens here: a
+    metrics file that cannot be written (disk full, permissions) costs the count only."""
+    try:
+        DEVICE_POLLS.labels(dialect=dialect).inc()
+    except OSError:
+        logger.warning("metrics_write_failed", metric="vending_device_polls_total", exc_info=True)
+
+
+# --- Scrape-time facts --------------------------------------------------------------------
+
+
+class DatabaseCollector:
+    """Gauges read from the database at scrape time (three indexed queries)."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        from django.db.models import Count
+
+        from devices.choices import CommandState
+        from devices.models import Command
+        from devices.selectors import online_devices
+        from transactions.choices import TransactionState
+        from transactions.models import Transaction
+
+        online = GaugeMetricFamily(
+            "vending_devices_online", "Devices seen within DEVICE_OFFLINE_AFTER seconds."
+        )
+        online.add_metric([], online_devices().count())
+        yield online
+
+        depth = GaugeMetricFamily(
+            "vending_command_queue_depth",
+            "Commands waiting for delivery (queued) or for their result (sent).",
+            labels=["state"],
+        )
+        counts = dict.fromkeys((CommandState.QUEUED, CommandState.SENT), 0)
+        rows = (
+            Command.objects.filter(state__in=list(counts))
+            .order_by()
+            .values_list("state")
+            .annotate(n=Count("id"))
+        )
+        counts.update(dict(rows))
+        for state, count in counts.items():
+            depth.add_metric([str(state)], count)
+        yield depth
+
+        awaiting = GaugeMetricFamily(
+            "vending_unconfirmed_vends",
+            "Vends in state unconfirmed: the machine never said whether it dispensed.",
+        )
+        awaiting.add_metric(
+            [], Transaction.objects.filter(state=TransactionState.UNCONFIRMED).count()
+        )
+        yield awaiting
+
+
+# --- The multiprocess directory -----------------------------------------------------------
+
+
+def multiproc_dir() -> Path:
+    return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.PROMETHEUS_MULTIPROC_DIR)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _pid_of(path: str) -> int | None:
+    stem = os.path.basename(path)[: -len(".db")]
+    tail = stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def compact_dead_processes(directory: Path | None = None) -> int:
+    """Fold the counter/histogram files of dead processes into ``<kind>_archive.db`` and
+    delete their gauge files. Returns how many files were removed. Safe to run from several
+    processes at once (an exclusive file lock serialises them)."""
+    directory = directory or multiproc_dir()
+    removed = 0
+    with open(directory / ".compact.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for path in sorted(glob.glob(str(directory / "*.db"))):
+            pid = _pid_of(path)
+            if pid is None or _pid_alive(pid):
+                continue
+            kind = os.path.basename(path).split("_", 1)[0]
+            if kind in _ADDITIVE_KINDS:
+                archive = MmapedDict(str(directory / f"{kind}_archive.db"))
+                try:
+                    for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(path):
+                        current, _ts = archive.read_value(key)
+                        archive.write_value(key, current + value, timestamp)
+                finally:
+                    archive.close()
+            os.remove(path)
+            removed += 1
+    return removed
+
+
+def prepare() -> None:
+    """Create the directory and compact it; run once per process, when this module loads."""
+    try:
+        _networks()
+    except ValueError as exc:  # fail at start, not with a 500 on the first scrape
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from exc
+    directory = multiproc_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    compact_dead_processes(directory)
+    if values.ValueClass is values.MutexValue:
+        # prometheus_client was imported before settings exported the directory: this
+        # process' counts would stay in its memory, invisible to /metrics elsewhere.
+        logger.warning(
+            "metrics_not_shared",
+            reason="prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set",
+        )
+
+
+# --- The endpoint -------------------------------------------------------------------------
+
+
+def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_NETWORKS]
+
+
+def client_allowed(request: HttpRequest) -> bool:
+    addresses = [request.META.get("REMOTE_ADDR", "")]
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    addresses += [part.strip() for part in forwarded.split(",") if part.strip()]
+    networks = _networks()
+    for raw in addresses:
+        try:
+            address = ipaddress.ip_address(raw.split("%", 1)[0])
+        except ValueError:
+            return False
+        if getattr(address, "ipv4_mapped", None):
+            address = address.ipv4_mapped
+        if not any(address in net for net in networks):
+            return False
+    return True
+
+
+class SharedFilesCollector:
+    """Sums the counter/histogram files of every process under ``METRICS_COLLECT_DIR``,
+    its subdirectories included.
+
+    On one host every process writes to the one ``PROMETHEUS_MULTIPROC_DIR`` and this reads
+    just that. Containers do not share a PID namespace, so each compose service writes to a
+    directory of its own on the shared volume (its compaction then only ever judges its own
+    processes) and ``/metrics`` sums them all from the volume's root.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def collect(self):
+        files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def build_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    root = Path(settings.METRICS_COLLECT_DIR or multiproc_dir())
+    registry.register(SharedFilesCollector(root))
+    registry.register(DatabaseCollector())
+    return registry
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: the Prometheus text format, for allowed networks only."""
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse(
+            {"detail": "Use GET.", "code": "method_not_allowed"},
+            status=405,
+            headers={"Allow": "GET"},
+        )
+    if not client_allowed(request):
+        return JsonResponse(
+            {
+                "detail": "Metrics are served only to METRICS_ALLOWED_NETWORKS.",
+                "code": "permission_denied",
+            },
+            status=403,
+        )
+    try:
+        body = generate_latest(build_registry())
+    except FileNotFoundError:
+        # Another process compacted a dead process' file between the listing and the read.
+        body = generate_latest(build_registry())
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+prepare()

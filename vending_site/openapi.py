@@ -1,0 +1,500 @@
+"""The OpenAPI 3 description of the server (drf-spectacular): schema class, hooks, and the
+documentation-only serializers and examples the views' ``@extend_schema`` decorators use.
+
+Served at ``/api/schema/`` (YAML, or JSON with ``?format=json``) and as Swagger UI at
+``/api/docs/`` from drf-spectacular-sidecar's bundled files, so it works on an offline LAN.
+Both are public: the schema lists paths the firmware and clients already use and holds no
+secrets; every endpoint still enforces its own permissions.
+
+What is documented: the REST API (``/api/v1/...``, the legacy ``/vend/<slot>``), device
+management (``/esp32/devices/...``), ``/status``, ``/health`` and the firmware's wire protocol
+(``/esp32/...``, both WiFi dialects) with the bodies of ``PROTOCOL.md`` as examples. What
+is not: the dashboard's own JSON (``/dashboard/api/...``: session + CSRF, for the page that
+ships with the server, not a contract), the admin and ``/metrics`` (Prometheus text).
+
+Authentication schemes: JWT bearer and the session cookie (drf-spectacular knows those),
+and an API key in ``Authorization: Api-Key <key>`` (:class:`APIKeyScheme`, for the
+project's djangorestframework-api-key authentication class).
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+
+from devices.api.serializers import (
+    CommandRequestSerializer,
+    DeviceRegistrationSerializer,
+    DeviceSelectionSerializer,
+    DeviceSerializer,
+    VendConfirmationSerializer,
+)
+from inventory.api.serializers import SlotSerializer
+from transactions.api.serializers import (
+    TransactionDetailSerializer,
+    TransactionSerializer,
+    VendRequestSerializer,
+)
+
+API_KEY_SCHEME = "ApiKeyAuth"
+API_KEY_SECURITY_SCHEME = {
+    "type": "apiKey",
+    "in": "header",
+    "name": "Authorization",
+    "description": 'An API key, sent as "Authorization: Api-Key <key>".',
+}
+UNDOCUMENTED_PREFIXES = ("/dashboard/",)
+
+
+class APIKeyScheme(OpenApiAuthenticationExtension):
+    """``Authorization: Api-Key <key>`` (djangorestframework-api-key keys)."""
+
+    target_class = "vending_site.permissions.APIKeyAuthentication"
+    name = API_KEY_SCHEME
+
+    def get_security_definition(self, auto_schema):
+        return API_KEY_SECURITY_SCHEME
+
+
+def exclude_undocumented(endpoints, **kwargs):
+    """Preprocessing hook: leave out the dashboard page's private endpoints."""
+    return [e for e in endpoints if not e[0].startswith(UNDOCUMENTED_PREFIXES)]
+
+
+def mark_legacy(result, generator, request, public):
+    """Postprocessing hook: the unversioned vend path is kept for old clients only."""
+    for path, operations in result.get("paths", {}).items():
+        if path.startswith("/vend/"):
+            for operation in operations.values():
+                operation["deprecated"] = True
+    return result
+
+
+# --- Shared bodies ------------------------------------------------------------------------
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error body: a sentence for people and a stable code for programs."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+class ValidationErrorSerializer(ErrorSerializer):
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="The messages for each field that was refused.",
+    )
+
+
+_ERROR_TEXT = {
+    400: "The request is malformed or a field was refused.",
+    401: "No valid credentials were sent.",
+    403: "The credentials do not allow this.",
+    404: "No such object.",
+    409: "The request conflicts with the current state (out of stock, device offline, ...).",
+    422: "The request is well-formed but cannot be carried out.",
+    429: "Too many requests; retry after the time in Retry-After.",
+}
+_ERROR_EXAMPLES = {
+    400: {
+        "detail": "slot: A valid integer is required.",
+        "code": "invalid",
+        "errors": {"slot": ["A valid integer is required."]},
+    },
+    401: {"detail": "Authentication credentials were not provided.", "code": "not_authenticated"},
+    403: {
+        "detail": "You do not have permission to perform this action.",
+        "code": "permission_denied",
+    },
+    404: {"detail": "No device ESP32_000000000000 is registered.", "code": "not_found"},
+    409: {"detail": "Slot 3 is empty.", "code": "out_of_stock"},
+    422: {"detail": "The request cannot be carried out.", "code": "unprocessable"},
+    429: {"detail": "Request was throttled.", "code": "throttled"},
+}
+
+
+def errors(*statuses: int) -> dict:
+    """``responses`` entries for the given error statuses, all ``{"detail", "code"}``."""
+    return {
+        status: OpenApiResponse(
+            ValidationErrorSerializer if status == 400 else ErrorSerializer,
+            description=_ERROR_TEXT[status],
+            examples=[
+                OpenApiExample(
+                    f"error {status}", value=_ERROR_EXAMPLES[status], status_codes=[status]
+                )
+            ],
+        )
+        for status in statuses
+    }
+
+
+AUTHENTICATED = (401, 403)
+
+
+# --- The device protocol (PROTOCOL.md) ----------------------------------------------------
+
+_WIRE_COMMAND = {
+    "type": "object",
+    "description": "One command. The firmware reads `command` and `slot` and ignores the "
+    "other keys.",
+    "properties": {
+        "command": {"type": "string", "enum": ["VEND", "STATUS", "RESET"]},
+        "slot": {"type": "integer", "minimum": 1, "description": "For VEND only."},
+        "command_id": {"type": "integer"},
+        "transaction_id": {"type": "string", "format": "uuid", "description": "For VEND."},
+    },
+    "required": ["command", "command_id"],
+}
+_VEND_COMMAND_EXAMPLE = OpenApiExample(
+    "a vend",
+    value={
+        "command": "VEND",
+        "slot": 3,
+        "command_id": 41,
+        "transaction_id": "6d1f7a9e-0c5b-4a53-9a43-2b8f1e0c7d11",
+    },
+    response_only=True,
+)
+
+DEVICE_REGISTER = extend_schema(
+    tags=["device protocol"],
+    summary="Register a machine (sent once after boot)",
+    description="Always 200 once the body is valid: the firmware treats any answer as success. "
+    "Unknown fields are ignored (and logged).",
+    request=DeviceRegistrationSerializer,
+    responses={
+        200: inline_serializer(
+            "DeviceRegistered",
+            {
+                "status": serializers.CharField(),
+                "device_id": serializers.CharField(),
+                "created": serializers.BooleanField(),
+                "slots": serializers.IntegerField(),
+                "message": serializers.CharField(),
+            },
+        ),
+        **errors(400),
+    },
+    examples=[
+        OpenApiExample(
+            "firmware v2.1 (/esp32/register)",
+            value={
+                "device_id": "ESP32_6CC8404FE03C",
+                "ip_address": "192.168.1.105",
+                "status": "online",
+                "slots_available": 5,
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "documented variant (/esp32/wifi/register)",
+            value={
+                "device_id": "ESP32_6CC8404FE03C",
+                "device_type": "wifi",
+                "ip_address": "192.168.1.105",
+                "firmware_version": "2.0",
+                "slots_available": 5,
+                "status": "online",
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "registered",
+            value={
+                "status": "registered",
+                "device_id": "ESP32_6CC8404FE03C",
+                "created": True,
+                "slots": 5,
+                "message": "ESP32_6CC8404FE03C registered with 5 slots",
+            },
+            response_only=True,
+        ),
+    ],
+)
+
+DEVICE_POLL = extend_schema(
+    tags=["device protocol"],
+    summary="Poll for the next command (firmware v2.1, every ~2 s)",
+    description="200 with the JSON `null` when there is nothing to do, else one command. Only "
+    "VEND is delivered on this path (this firmware ignores everything else). A device that "
+    "polls without having registered is registered on its first poll.",
+    parameters=[
+        OpenApiParameter(
+            "device_id",
+            OpenApiTypes.STR,
+            OpenApiParameter.PATH,
+            description="`ESP32_` + the MAC without colons, e.g. `ESP32_6CC8404FE03C`.",
+        )
+    ],
+    responses={
+        (200, "application/json"): OpenApiResponse(
+            {**_WIRE_COMMAND, "nullable": True},
+            description="`null`, or one command.",
+            examples=[
+                OpenApiExample("idle", value=None, response_only=True),
+                _VEND_COMMAND_EXAMPLE,
+            ],
+        ),
+        **errors(400),
+    },
+)
+
+DEVICE_POLL_DOCUMENTED = extend_schema(
+    tags=["device protocol"],
+    summary="Poll for the next command (documented WiFi variant)",
+    description="The plain-text body `NO_COMMAND` when idle, else one JSON command "
+    "(VEND, STATUS or RESET).",
+    parameters=[
+        OpenApiParameter(
+            "Device-ID",
+            OpenApiTypes.STR,
+            OpenApiParameter.HEADER,
+            required=True,
+            description="The MAC with colons (`6C:C8:40:4F:E0:3C`) or the `ESP32_...` id.",
+        )
+    ],
+    responses={
+        (200, "application/json"): OpenApiResponse(
+            _WIRE_COMMAND, description="One command.", examples=[_VEND_COMMAND_EXAMPLE]
+        ),
+        (200, "text/plain"): OpenApiResponse(
+            OpenApiTypes.STR,
+            description="Nothing to do.",
+            examples=[OpenApiExample("idle", value="NO_COMMAND", response_only=True)],
+        ),
+        **errors(400),
+    },
+)
+
+DEVICE_CONFIRM = extend_schema(
+    tags=["device protocol"],
+    summary="Confirm a vend (after the motor ran)",
+    description="Always 200 once the body is valid: the firmware cannot act on an error. The "
+    "confirmation belongs to the oldest delivered, unconfirmed vend for that device and slot; "
+    "`status` says whether one matched.",
+    request=VendConfirmationSerializer,
+    responses={
+        200: inline_serializer(
+            "VendConfirmed",
+            {
+                "status": serializers.ChoiceField(choices=["ok", "ignored"]),
+                "transaction_id": serializers.UUIDField(required=False),
+                "state": serializers.CharField(required=False),
+                "device_id": serializers.CharField(required=False),
+                "message": serializers.CharField(required=False),
+            },
+        ),
+        **errors(400),
+    },
+    examples=[
+        OpenApiExample(
+            "firmware v2.1 (MAC with colons, ms since boot)",
+            value={
+                "device_id": "6C:C8:40:4F:E0:3C",
+                "slot": 3,
+                "success": True,
+                "message": "Item dispensed successfully",
+                "timestamp": 81234,
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "documented variant, failed",
+            value={
+                "device_id": "ESP32_6CC8404FE03C",
+                "slot": 3,
+                "success": False,
+                "message": "Motor jammed",
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "matched",
+            value={
+                "status": "ok",
+                "transaction_id": "6d1f7a9e-0c5b-4a53-9a43-2b8f1e0c7d11",
+                "state": "succeeded",
+            },
+            response_only=True,
+        ),
+        OpenApiExample(
+            "nothing awaited it",
+            value={
+                "status": "ignored",
+                "device_id": "ESP32_6CC8404FE03C",
+                "message": "no delivered vend awaits confirmation for slot 3",
+            },
+            response_only=True,
+        ),
+    ],
+)
+
+
+# --- Device management and status ---------------------------------------------------------
+
+
+class DeviceListSerializer(serializers.Serializer):
+    devices = DeviceSerializer(many=True)
+    active_device = serializers.CharField(allow_null=True)
+
+
+class ActiveDeviceSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    active_device = serializers.CharField()
+
+
+class StatusDeviceSerializer(DeviceSerializer):
+    inventory = SlotSerializer(many=True, read_only=True)
+
+    class Meta(DeviceSerializer.Meta):
+        fields = [*DeviceSerializer.Meta.fields, "inventory"]
+        read_only_fields = fields
+
+
+class StatusSerializer(serializers.Serializer):
+    service = serializers.CharField()
+    status = serializers.CharField()
+    active_device = serializers.CharField(allow_null=True)
+    devices_online = serializers.IntegerField()
+    devices = StatusDeviceSerializer(many=True)
+
+
+class QueuedCommandSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    command = serializers.CharField()
+    state = serializers.CharField()
+    device_id = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    checks = serializers.DictField(child=serializers.CharField())
+
+
+DEVICE_LIST = extend_schema(
+    tags=["devices"],
+    summary="Every device with its online state, and the active one",
+    responses={200: DeviceListSerializer},
+)
+DEVICE_SELECT = extend_schema(
+    tags=["devices"],
+    summary="Choose the active device (staff)",
+    request=DeviceSelectionSerializer,
+    responses={200: ActiveDeviceSerializer, **errors(400, *AUTHENTICATED, 404)},
+    examples=[
+        OpenApiExample("select", value={"device_id": "ESP32_6CC8404FE03C"}, request_only=True)
+    ],
+)
+DEVICE_AUTO_SELECT = extend_schema(
+    tags=["devices"],
+    summary="Choose the active device automatically (staff)",
+    description="A connected serial device first, then the most recently seen WiFi device. "
+    "409 `no_device_online` when none is online.",
+    request=None,
+    responses={200: ActiveDeviceSerializer, **errors(*AUTHENTICATED, 409)},
+)
+DEVICE_COMMAND = extend_schema(
+    tags=["devices"],
+    summary="Queue a STATUS or RESET command for a device (staff)",
+    parameters=[OpenApiParameter("device_id", OpenApiTypes.STR, OpenApiParameter.PATH)],
+    request=CommandRequestSerializer,
+    responses={202: QueuedCommandSerializer, **errors(400, *AUTHENTICATED, 404, 409)},
+    examples=[OpenApiExample("reset", value={"command": "RESET"}, request_only=True)],
+)
+STATUS = extend_schema(
+    tags=["status"],
+    summary="The firmware's server probe, and a summary of the fleet",
+    description="The firmware accepts a server only if this answers 200 with a body "
+    "containing `vending` or `status`.",
+    responses={200: StatusSerializer},
+)
+HEALTH = extend_schema(
+    tags=["status"],
+    summary="Can this server do its job? (database, migrations, channel layer)",
+    responses={
+        200: HealthSerializer,
+        503: OpenApiResponse(HealthSerializer, description="At least one check failed."),
+    },
+)
+
+
+class HealthViewDocs(OpenApiViewExtension):
+    """``/health`` lives in a module of its own; documented here rather than edited there."""
+
+    target_class = "vending_site.health.HealthView"
+
+    def view_replacement(self):
+        @HEALTH
+        class Documented(self.target_class):
+            pass
+
+        return Documented
+
+
+# --- Vends and transactions ---------------------------------------------------------------
+
+VEND = extend_schema(
+    tags=["vends"],
+    summary="Vend one item from a slot",
+    description="Reserves a unit and queues the vend; answers 202 with the transaction. With "
+    "`wait` (seconds, up to VEND_MAX_WAIT) the answer is held until the vend settles: 200 "
+    "with the settled transaction, or 202 when the wait ran out. Send an `Idempotency-Key` "
+    "to make retries safe: a repeat gets the first answer again (`Idempotent-Replayed: "
+    "true`).",
+    parameters=[
+        OpenApiParameter(
+            "slot_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="1..10000"
+        ),
+        OpenApiParameter(
+            "Idempotency-Key",
+            OpenApiTypes.STR,
+            OpenApiParameter.HEADER,
+            description="1 to 255 printable characters, unique per intended vend.",
+        ),
+    ],
+    request=VendRequestSerializer,
+    responses={
+        200: OpenApiResponse(TransactionSerializer, description="Settled within `wait`."),
+        202: OpenApiResponse(
+            TransactionSerializer, description="Queued (or still in flight when `wait` ran out)."
+        ),
+        **errors(400, *AUTHENTICATED, 404, 409, 422),
+    },
+    examples=[
+        OpenApiExample("the active device", value={}, request_only=True),
+        OpenApiExample(
+            "a named device, wait up to 5 s",
+            value={"device_id": "ESP32_6CC8404FE03C", "wait": 5},
+            request_only=True,
+        ),
+    ],
+)
+TRANSACTION_CANCEL = extend_schema(
+    tags=["vends"],
+    summary="Cancel a vend not yet delivered",
+    description="409 once the machine has it.",
+    parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+    request=None,
+    responses={200: TransactionSerializer, **errors(*AUTHENTICATED, 404, 409)},
+)
+TRANSACTION_LIST = extend_schema(
+    tags=["vends"], summary="Transactions, newest first (staff: all; others: their own)"
+)
+TOKEN = extend_schema(tags=["auth"])
+TRANSACTION_DETAIL = extend_schema(
+    tags=["vends"],
+    summary="One transaction with its state history",
+    parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+    responses={200: TransactionDetailSerializer, **errors(*AUTHENTICATED, 404)},
+)

@@ -1,0 +1,189 @@
+"""The OpenAPI schema: generated without warnings, complete, and its docs page served offline."""
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from django.core.management import call_command
+
+DEVICE_PATHS = [
+    "/esp32/register",
+    "/esp32/commands/{device_id}",
+    "/esp32/confirm",
+    "/esp32/wifi/register",
+    "/esp32/wifi/command",
+    "/esp32/wifi/confirm",
+]
+
+
+@pytest.fixture(scope="module")
+def schema(django_db_blocker, tmp_path_factory) -> dict:
+    """Generated once by `manage.py spectacular --validate --fail-on-warn`: a warning or an
+    invalid schema makes the command fail, and so every test here."""
+    target = tmp_path_factory.mktemp("schema") / "schema.yaml"
+    with django_db_blocker.unblock():
+        call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    return yaml.safe_load(target.read_text())
+
+
+def op(schema, path: str, method: str) -> dict:
+    """An operation by path, whatever trailing slash the URL pattern gave it."""
+    for candidate, operations in schema["paths"].items():
+        if candidate.rstrip("/") == path.rstrip("/"):
+            return operations[method]
+    raise AssertionError(f"{path} is not in the schema")
+
+
+def test_schema_generates_without_warnings_and_validates(schema):
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"] == "Vending server API"
+
+
+def test_every_device_endpoint_of_both_dialects_is_documented(schema):
+    for path in DEVICE_PATHS:
+        assert path in schema["paths"], path
+
+
+def test_rest_endpoints_are_documented_and_the_dashboard_is_not(schema):
+    paths = schema["paths"]
+    for path, method in (
+        ("/api/v1/vend/{slot_id}", "post"),
+        ("/api/v1/transactions", "get"),
+        ("/api/v1/transactions/{id}", "get"),
+        ("/api/v1/transactions/{id}/cancel", "post"),
+        ("/api/v1/devices", "get"),
+        ("/api/v1/devices/{device_id}/commands", "post"),
+        ("/api/v1/auth/token", "post"),
+        ("/api/v1/auth/token/refresh", "post"),
+        ("/esp32/devices/list", "get"),
+        ("/esp32/devices/select", "post"),
+        ("/esp32/devices/auto-select", "post"),
+        ("/status", "get"),
+        ("/health", "get"),
+    ):
+        assert (
+            "200" in op(schema, path, method)["responses"]
+            or "202" in op(schema, path, method)["responses"]
+        ), path
+    assert not [p for p in paths if p.startswith("/dashboard/")]
+    assert op(schema, "/vend/{slot_id}", "post")["deprecated"] is True
+    assert "deprecated" not in op(schema, "/api/v1/vend/{slot_id}", "post")
+    detail = op(schema, "/api/v1/transactions/{id}", "get")
+    assert [(p["name"], p["schema"].get("format")) for p in detail["parameters"]] == [
+        ("id", "uuid")
+    ]
+
+
+def test_the_documented_poll_shows_the_plain_text_idle_answer(schema):
+    content = schema["paths"]["/esp32/wifi/command"]["get"]["responses"]["200"]["content"]
+    examples = content["text/plain"]["examples"]
+    assert [e["value"] for e in examples.values()] == ["NO_COMMAND"]
+    assert "application/json" in content
+    header = schema["paths"]["/esp32/wifi/command"]["get"]["parameters"][0]
+    assert (header["in"], header["name"], header["required"]) == ("header", "Device-ID", True)
+
+
+def test_device_bodies_carry_the_protocol_examples(schema):
+    confirm = schema["paths"]["/esp32/confirm"]["post"]
+    body_examples = confirm["requestBody"]["content"]["application/json"]["examples"]
+    values = [e["value"] for e in body_examples.values()]
+    assert {"device_id": "6C:C8:40:4F:E0:3C", "slot": 3, "success": True}.items() <= values[
+        0
+    ].items()
+    poll = schema["paths"]["/esp32/commands/{device_id}"]["get"]["responses"]["200"]
+    poll_values = [e["value"] for e in poll["content"]["application/json"]["examples"].values()]
+    assert None in poll_values
+    assert any(v and v["command"] == "VEND" for v in poll_values)
+    assert confirm.get("security", [{}]) == [{}]  # the firmware sends no credentials
+
+
+def test_errors_are_documented_as_detail_and_code(schema):
+    vend = op(schema, "/api/v1/vend/{slot_id}", "post")["responses"]
+    ref = vend["409"]["content"]["application/json"]["schema"]["$ref"]
+    error = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert set(error["required"]) == {"detail", "code"}
+
+
+def test_the_auth_schemes_are_declared(schema):
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["jwtAuth"]["scheme"] == "bearer"
+    assert schemes["cookieAuth"]["in"] == "cookie"
+    assert schemes["ApiKeyAuth"] == {
+        **schemes["ApiKeyAuth"],
+        "in": "header",
+        "name": "Authorization",
+    }
+    vend_security = op(schema, "/api/v1/vend/{slot_id}", "post")["security"]
+    assert {"jwtAuth": []} in vend_security
+    assert {"ApiKeyAuth": []} in vend_security
+
+
+def test_the_schema_endpoint_is_public(client, db):
+    response = client.get("/api/schema/")
+    assert response.status_code == 200
+    assert b"openapi:" in response.content
+
+
+def test_swagger_ui_uses_only_local_assets_and_they_are_served(client, db):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assets += re.findall(r"(?:src|href)=\'([^\']+)\'", html)
+    assert assets, html[:500]
+    remote = [a for a in assets if re.match(r"^(https?:)?//", a)]
+    assert remote == []
+    assert re.search(r"https?://(?!testserver)", html) is None, "no CDN URL anywhere in the page"
+    static = [a for a in assets if a.startswith("/static/")]
+    assert any("swagger-ui" in a for a in static)
+    for asset in static:
+        assert client.get(asset).status_code == 200, asset
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not installed at {CHROMIUM}")
+@pytest.mark.django_db(transaction=True)
+def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypatch):
+    """The real server, headless Chromium, and every non-loopback request refused: the page
+    must still render the device operations (nothing comes from a CDN)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.processes import free_port, start_command, stop, wait_for_http
+
+    port = free_port()
+    server = start_command("serve", "--host", "127.0.0.1", "--port", str(port))
+    outside: list[str] = []
+
+    def only_loopback(route):
+        host = urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
+        # Playwright's sync API leaves an event loop marked running in this thread.
+        monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(10_000)
+                page.route("**/*", only_loopback)
+                page.goto(f"http://127.0.0.1:{port}/api/docs/")
+                page.get_by_text("/esp32/wifi/command", exact=True).first.wait_for()
+                assert page.get_by_text("/esp32/commands/{device_id}", exact=True).count() >= 1
+            finally:
+                browser.close()
+    finally:
+        stop(server)
+    assert outside == []
