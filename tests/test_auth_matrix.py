@@ -99,13 +99,18 @@ def test_the_jwt_flow_still_works_for_a_vend_client(online_device):
 
 @pytest.mark.parametrize(
     "header",
-    ["Api-Key nonsense", "Api-Key abcdefgh.notthesecret", "Api-Key \u00e9t\u00e9.x"],
-    ids=["malformed", "wrong-secret", "non-ascii"],
+    [
+        "Api-Key nonsense",
+        "Api-Key abcdefgh.notthesecret",
+        "Api-Key {prefix}.notthesecret",
+        "Api-Key \u00e9t\u00e9.x",
+    ],
+    ids=["malformed", "unknown-prefix", "wrong-secret", "non-ascii"],
 )
 def test_a_bad_api_key_is_401_with_a_message(online_device, header):
-    APIKey.objects.create_key(name="real")
+    real, _secret = APIKey.objects.create_key(name="real")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=header)
+    client.credentials(HTTP_AUTHORIZATION=header.format(prefix=real.prefix))
 
     response = client.get("/api/v1/transactions/")
 
@@ -121,6 +126,50 @@ def test_a_revoked_api_key_is_refused(online_device):
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
 
     assert client.post("/api/v1/vend/1", V, format="json").status_code == 401
+
+
+def test_an_expired_api_key_is_refused(online_device):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    _key, secret = APIKey.objects.create_key(
+        name="last-year", expiry_date=timezone.now() - timedelta(days=1)
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
+
+    response = client.post("/api/v1/vend/1", V, format="json")
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "The API key has expired.", "code": "expired_api_key"}
+    assert not Transaction.objects.exists()
+
+
+@pytest.mark.parametrize("role", ["vend_client", "api_key", "staff"])
+def test_each_vending_role_reads_and_cancels_its_own_vend(online_device, role):
+    """The matrix above probes detail and cancel with an id that exists nowhere; this is the
+    same pair of endpoints on a vend that exists and belongs to the caller."""
+    client = client_as(role)
+    vend = client.post("/api/v1/vend/1", V, format="json").json()["id"]
+
+    assert client.get(f"/api/v1/transactions/{vend}").status_code == 200
+    cancelled = client.post(f"/api/v1/transactions/{vend}/cancel", {}, format="json")
+    assert cancelled.status_code == 200, cancelled.content
+    assert Transaction.objects.get(pk=vend).state == "cancelled"
+
+
+@pytest.mark.parametrize("role", ["anonymous", "plain"])
+def test_a_caller_without_a_vending_role_cannot_read_or_cancel_an_existing_vend(
+    online_device, role
+):
+    vend = client_as("staff").post("/api/v1/vend/1", V, format="json").json()["id"]
+    client = client_as(role)
+    expected = 401 if role == "anonymous" else 403
+
+    assert client.get(f"/api/v1/transactions/{vend}").status_code == expected
+    assert client.post(f"/api/v1/transactions/{vend}/cancel", {}).status_code == expected
+    assert Transaction.objects.get(pk=vend).state == "queued"
 
 
 def test_an_api_key_stays_a_vend_client_even_if_its_account_is_made_staff(online_device):

@@ -13,15 +13,18 @@ changed the rows, and nothing to keep in sync.
 prometheus_client's *multiprocess mode*: every process writes its own memory-mapped file
 under ``PROMETHEUS_MULTIPROC_DIR`` (default ``DATA_DIR/metrics``; settings export it before
 prometheus_client is imported) and ``/metrics`` sums all files. Files of dead processes are
-kept, because their counts are history (dropping them would make a counter go backwards);
-so they do not pile up (cron runs a one-shot sweep every minute), the first process to
-import this module after a restart folds the counter/histogram files of processes that
-are gone into one ``*_archive.db`` file per kind, under a file lock, and removes their
-gauge files. Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a
-directory must share a PID namespace (one host or one container; not a volume shared by
-containers): in docker-compose.yml each service writes to its own subdirectory of the
-shared volume, and ``METRICS_COLLECT_DIR`` (the volume's root) is where ``/metrics`` reads
-them all. Wipe the directory only when the whole stack is stopped.
+kept, because their counts are history (dropping them would make a counter go backwards); so
+they do not pile up (cron runs a one-shot sweep every minute), the first process to import
+this module after a restart folds the counter/histogram files of processes that are gone
+into one ``*_archive.db`` file per kind, under a file lock, and removes their gauge files. A
+scrape holds the same lock shared while it lists and reads the files, so it never sees a
+count both in the archive and in the file it came from; the archive is rewritten in a
+temporary file and swapped in with one rename, so no reader ever sees half an archive.
+Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a directory
+must share a PID namespace (one host or one container; not a volume shared by containers):
+in docker-compose.yml each service writes to its own subdirectory of the shared volume, and
+``METRICS_COLLECT_DIR`` (the volume's root) is where ``/metrics`` reads them all. Wipe the
+directory only when the whole stack is stopped.
 
 ``/metrics`` is not for the internet: it answers only clients whose address, and every
 address in ``X-Forwarded-For`` (a proxy appends the real client, so a forged header can only
@@ -48,7 +51,9 @@ import fcntl
 import glob
 import ipaddress
 import os
+import shutil
 from collections.abc import Iterable
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -85,6 +90,8 @@ DEVICE_POLLS = Counter(
 )
 
 logger = get_logger(__name__)
+
+LOCK_NAME = ".compact.lock"
 
 # Kinds whose values add up across processes, so a dead process' file can be folded in.
 _ADDITIVE_KINDS = ("counter", "histogram", "summary")
@@ -191,25 +198,55 @@ def compact_dead_processes(directory: Path | None = None) -> int:
     delete their gauge files. Returns how many files were removed. Safe to run from several
     processes at once (an exclusive file lock serialises them)."""
     directory = directory or multiproc_dir()
-    removed = 0
-    with open(directory / ".compact.lock", "w") as lock:
+    with open(directory / LOCK_NAME, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        dead: dict[str, list[str]] = {}
         for path in sorted(glob.glob(str(directory / "*.db"))):
             pid = _pid_of(path)
-            if pid is None or _pid_alive(pid):
-                continue
-            kind = os.path.basename(path).split("_", 1)[0]
+            if pid is not None and not _pid_alive(pid):
+                dead.setdefault(os.path.basename(path).split("_", 1)[0], []).append(path)
+        for kind, paths in dead.items():
             if kind in _ADDITIVE_KINDS:
-                archive = MmapedDict(str(directory / f"{kind}_archive.db"))
-                try:
-                    for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(path):
-                        current, _ts = archive.read_value(key)
-                        archive.write_value(key, current + value, timestamp)
-                finally:
-                    archive.close()
-            os.remove(path)
-            removed += 1
-    return removed
+                _fold_into_archive(directory, kind, paths)
+            for path in paths:
+                os.remove(path)
+    return sum(len(paths) for paths in dead.values())
+
+
+def _fold_into_archive(directory: Path, kind: str, paths: list[str]) -> None:
+    """Add ``paths``' values to ``<kind>_archive.db`` by writing a new archive beside it and
+    renaming it over the old one (the temporary name does not end in ``.db``, so no scrape
+    reads it)."""
+    archive_path = directory / f"{kind}_archive.db"
+    draft_path = directory / f".{kind}_archive.draft"
+    if archive_path.exists():
+        shutil.copyfile(archive_path, draft_path)
+    else:
+        draft_path.unlink(missing_ok=True)
+    draft = MmapedDict(str(draft_path))
+    try:
+        for path in paths:
+            for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(path):
+                current, _ts = draft.read_value(key)
+                draft.write_value(key, current + value, timestamp)
+    finally:
+        draft.close()
+    os.replace(draft_path, archive_path)
+
+
+@contextmanager
+def _compaction_paused(directories: Iterable[Path]):
+    """Hold every directory's compaction lock shared: no compaction can move counts between
+    files while a scrape reads them. Directories are locked in sorted order; compaction takes
+    only one lock, so this cannot deadlock with it."""
+    with ExitStack() as stack:
+        for directory in sorted(set(directories)):
+            try:
+                lock = stack.enter_context(open(directory / LOCK_NAME, "a"))
+            except OSError:  # a read-only directory: nobody compacts it from here either
+                continue
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
 
 
 def prepare() -> None:
@@ -269,7 +306,10 @@ class SharedFilesCollector:
 
     def collect(self):
         files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
-        return MultiProcessCollector.merge(files, accumulate=True)
+        with _compaction_paused(Path(path).parent for path in files):
+            # Listed again under the locks: a compaction that ran meanwhile removed files.
+            files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
+            return MultiProcessCollector.merge(files, accumulate=True)
 
 
 def build_registry() -> CollectorRegistry:
@@ -299,7 +339,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     try:
         body = generate_latest(build_registry())
     except FileNotFoundError:
-        # Another process compacted a dead process' file between the listing and the read.
+        # A directory that appeared between the two listings (a new service's first file).
         body = generate_latest(build_registry())
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 

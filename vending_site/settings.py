@@ -47,6 +47,12 @@ DEBUG = env.bool("DEBUG", default=False)
 # The firmware reaches the server by whatever LAN address it found, so the default accepts
 # any Host header; a fleet install behind a proxy should list its names.
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+if "*" not in ALLOWED_HOSTS:
+    # Health checks (compose, systemd, a proxy on the same host) call the workers by their
+    # loopback address; a list of public names must not turn those into 400s.
+    ALLOWED_HOSTS += [
+        host for host in ("127.0.0.1", "localhost", "[::1]") if host not in ALLOWED_HOSTS
+    ]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # Where `manage.py serve` (and so `make run`) listens. Port 5000 is fixed in the firmware.

@@ -46,3 +46,22 @@ def test_check_deploy_fails_when_https_settings_are_left_out(tmp_path):
     assert result.returncode != 0
     assert "security.W008" in result.stderr + result.stdout
     assert "security.W004" in result.stderr + result.stdout
+
+
+def test_listed_host_names_still_let_health_checks_call_the_loopback_address(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    env.update(example_environment(), DATA_DIR=str(tmp_path), ALLOWED_HOSTS="vending.example.com")
+    probe = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(' '.join(settings.ALLOWED_HOSTS))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "vending_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["vending.example.com", "127.0.0.1", "localhost", "[::1]"]

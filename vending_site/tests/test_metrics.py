@@ -205,6 +205,41 @@ def test_compaction_folds_dead_processes_into_the_archive(tmp_path):
     assert archived[key] == 5.0
 
 
+def test_compaction_without_an_archive_creates_one_and_leaves_no_draft(tmp_path):
+    key = '["demo_total", "demo_total", {}, "help"]'
+    dead = MmapedDict(str(tmp_path / f"counter_{_exited_pid()}.db"))
+    dead.write_value(key, 4.0, 0.0)
+    dead.close()
+
+    assert metrics.compact_dead_processes(tmp_path) == 1
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".compact.lock", "counter_archive.db"]
+    archive_file = str(tmp_path / "counter_archive.db")
+    assert [v for _k, v, _t, _p in MmapedDict.read_all_values_from_file(archive_file)] == [4.0]
+
+
+def test_a_scrape_waits_for_a_compaction_in_progress(tmp_path):
+    """Mid-compaction a count can sit in the archive and in the dead process' file at once;
+    a scrape that read then would count it twice, so it takes the lock shared and waits."""
+    import fcntl
+    import threading
+
+    key = '["demo_total", "demo_total", {}, "help"]'
+    counts = MmapedDict(str(tmp_path / "counter_1.db"))
+    counts.write_value(key, 2.0, 0.0)
+    counts.close()
+    collected = threading.Event()
+    collector = metrics.SharedFilesCollector(tmp_path)
+
+    with open(tmp_path / ".compact.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: (list(collector.collect()), collected.set()))
+        reader.start()
+        assert not collected.wait(0.5), "the scrape read files while a compaction held the lock"
+    assert collected.wait(10)
+    reader.join(10)
+
+
 def _exited_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait(timeout=10)
