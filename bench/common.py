@@ -129,6 +129,7 @@ def open_loop(
     count: int,
     concurrency: int = 50,
     max_seconds: float = 120.0,
+    offsets: list[float] | None = None,
 ) -> LoadResult:
     """Fire ``count`` calls at ``rate`` per second on a fixed schedule, at most
     ``concurrency`` in flight (one thread each).
@@ -138,7 +139,11 @@ def open_loop(
     queueing shows in the figures instead of being hidden (no coordinated omission).
     ``call(i)`` returns ``(ok, detail)`` and may raise (counted as an error). Nothing is
     started after ``max_seconds``; what was still due then counts in ``not_sent``.
+    ``offsets`` (sorted, seconds from the start, one per call) replaces the even spacing,
+    for schedules with jitter; ``rate`` is then ignored.
     """
+    if offsets is not None:
+        count = len(offsets)
     result = LoadResult()
     lock = threading.Lock()
     next_index = [0]
@@ -152,7 +157,7 @@ def open_loop(
                 if index >= count:
                     return
                 next_index[0] += 1
-            due = t0 + index / rate
+            due = t0 + (offsets[index] if offsets is not None else index / rate)
             if due >= stop_at:
                 with lock:
                     result.not_sent += 1
