@@ -324,10 +324,21 @@ def pg_admin_url() -> str:
 
 
 def redis_url() -> str:
-    return os.environ.get("BENCH_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_REDIS
+    """BENCH_REDIS_URL as given; else REDIS_URL's server (or 127.0.0.1:6379), database 14.
+
+    The benchmark flushes this database, so it never takes a database number from
+    REDIS_URL, which names the developer's own data.
+    """
+    if os.environ.get("BENCH_REDIS_URL"):
+        return os.environ["BENCH_REDIS_URL"]
+    configured = os.environ.get("REDIS_URL", "")
+    if not configured.startswith(("redis://", "rediss://")):
+        return DEFAULT_REDIS
+    parts = urlsplit(configured)
+    return urlunsplit((parts.scheme, parts.netloc, "/14", "", ""))
 
 
-def _database_url(name: str) -> str:
+def database_url(name: str) -> str:
     parts = urlsplit(pg_admin_url())
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
 
@@ -401,7 +412,7 @@ def _migrated_template() -> str:
             name = f"{DB_PREFIX}tpl_{os.getpid()}_{secrets.token_hex(3)}"
             _admin_sql(f'CREATE DATABASE "{name}"')
             atexit.register(drop_database, name)
-            env = dict(os.environ, **BASE_ENV, DATABASE_URL=_database_url(name))
+            env = dict(os.environ, **BASE_ENV, DATABASE_URL=database_url(name))
             env["DATA_DIR"] = tempfile.mkdtemp(prefix="vending-bench-tpl-")
             try:
                 subprocess.run(
@@ -473,7 +484,7 @@ class ScratchStack:
         try:
             if self.postgres:
                 self.database = create_database()
-                self.env["DATABASE_URL"] = _database_url(self.database)
+                self.env["DATABASE_URL"] = database_url(self.database)
                 self.env["REDIS_URL"] = redis_url()
                 flush_redis()
             else:
