@@ -406,6 +406,9 @@ def _migrated_template() -> str:
     """A migrated ``bench_tpl_<pid>`` database, made once per benchmark process (dropped at
     exit); scenarios clone it instead of migrating each time."""
     with _template_lock:
+        inherited = os.environ.get("BENCH_TEMPLATE_DB", "")
+        if "name" not in _template and inherited.startswith(DB_PREFIX):
+            _template["name"] = inherited  # made (and dropped at exit) by the parent process
         if "name" not in _template:
             import atexit
 
@@ -427,6 +430,12 @@ def _migrated_template() -> str:
                 shutil.rmtree(env["DATA_DIR"], ignore_errors=True)
             _template["name"] = name
         return _template["name"]
+
+
+def template_database() -> str:
+    """The migrated template's name (made now if need be), for a child process's
+    ``BENCH_TEMPLATE_DB`` so it clones it too instead of migrating again."""
+    return _migrated_template()
 
 
 def create_database() -> str:

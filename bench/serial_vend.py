@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     make_row,
     redis_url,
     services_available,
+    template_database,
     wait_http,
 )
 
@@ -224,10 +225,12 @@ def run(quick: bool) -> dict:
     """The scenario: this file in a child process (its own Django), PostgreSQL when there."""
     vends = 20 if quick else 100
     command = [sys.executable, __file__, "--vends", str(vends), "--json"]
+    env = dict(os.environ)
     if not services_available():
         command.append("--postgres")
+        env["BENCH_TEMPLATE_DB"] = template_database()  # the harness's: no second migration
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=120 + vends * 2
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120 + vends * 2
     )
     if done.returncode != 0:
         raise RuntimeError(f"serial_vend exited {done.returncode}:\n{done.stderr[-3000:]}")

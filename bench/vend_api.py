@@ -58,7 +58,7 @@ def run(quick: bool) -> dict:
             rate=rate,
             count=count,
             concurrency=CLIENTS,
-            max_seconds=seconds + 30,
+            max_seconds=seconds + 15,  # a server that falls far behind: the rest is not sent
         )
         queued = stack.sql("SELECT count(*) FROM transactions_transaction WHERE state = 'queued'")
     out_of_stock = sum(1 for o in load.outcomes if o.detail == "out_of_stock")

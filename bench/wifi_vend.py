@@ -58,7 +58,8 @@ class Witness:
 
 
 def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
-    devices, per_device = (4, 1) if quick else (6, 4)
+    # Quick: one vend per machine, spread over 4 s instead of a whole period.
+    devices, per_device, spread = (4, 1, 4.0) if quick else (6, 4, PERIOD)
     witness = Witness()
     seed = secrets.randbelow(0xFFFF)
     with ScratchStack({"DEVICE_LONG_POLL_SECONDS": long_poll}) as stack:
@@ -88,7 +89,7 @@ def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
                 time.sleep(0.05)
             jitter = random.Random(seed)
             plan = sorted(
-                (n * PERIOD / devices + k * PERIOD + jitter.uniform(0, JITTER), n)
+                (n * spread / devices + k * PERIOD + jitter.uniform(0, JITTER), n)
                 for n in range(devices)
                 for k in range(per_device)
             )
@@ -134,14 +135,14 @@ def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
             f"request -> command delivered (long-poll {label})",
             delivered,
             errors=errors,
-            target="informational",
+            target="",  # no target: the figures compare the two settings
             **extra,
         ),
         make_row(
             f"request -> succeeded (long-poll {label})",
             succeeded,
             errors=errors,
-            target="informational",
+            target="",  # no target: the figures compare the two settings
             **extra,
         ),
     ]
