@@ -43,6 +43,16 @@ BASE_ENV = {
 }
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks and context managers stop the
+    children and drop the scratch database when the benchmark itself is terminated."""
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 # --- figures --------------------------------------------------------------------------------
 
 

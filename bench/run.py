@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, services_available  # noqa: E402
+from bench.common import exit_on_sigterm, machine_info, services_available  # noqa: E402
 
 # In this order; a module that does not exist (yet) is skipped.
 MODULES = ["vend_api", "serial_vend", "wifi_vend", "discovery", "fleet_polling"]
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="scenarios to run, by NAME")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     scenarios = load_scenarios()
     if args.only:

@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
     create_database,
     database_url,
     drop_database,
+    exit_on_sigterm,
     flush_redis,
     get_token,
     make_row,
@@ -229,12 +230,23 @@ def run(quick: bool) -> dict:
     if not services_available():
         command.append("--postgres")
         env["BENCH_TEMPLATE_DB"] = template_database()  # the harness's: no second migration
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120 + vends * 2
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"serial_vend exited {done.returncode}:\n{done.stderr[-3000:]}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = child.communicate(timeout=120 + vends * 2)
+    except BaseException:
+        # SIGTERM first: the child's own cleanup stops its web server and bridge.
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    if child.returncode != 0:
+        raise RuntimeError(f"serial_vend exited {child.returncode}:\n{stderr[-3000:]}")
+    figures = json.loads(stdout.strip().splitlines()[-1])
     return {
         "scenario": NAME,
         "rows": rows_for(figures),
@@ -259,6 +271,7 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    exit_on_sigterm()
     if not args.port:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
