@@ -1,17 +1,21 @@
 """Vend API under load: ``POST /api/v1/vend/{slot}`` from 50 concurrent kiosk clients.
 
-Several Daphne workers on PostgreSQL + Redis; the requests arrive open-loop at a fixed
-rate (at most 50 in flight, one keep-alive connection per client, spread over the
-workers), each with its own Idempotency-Key, over 10 machines x 5 slots stocked so none
-runs out (an out-of-stock 409 would be counted apart). The machines do not poll: the
-commands stay queued (the queue TTL is an hour), so only the request path is measured.
+Several Daphne workers on PostgreSQL + Redis, with the sweeper, the discovery listener (on
+a free loopback port) and the serial bridge (no ports) running beside them; the requests
+arrive open-loop at a fixed rate (at most 50 in flight, one keep-alive connection per
+client, spread over the workers), each with its own Idempotency-Key, over 10 machines x 5
+slots stocked so none runs out (an out-of-stock 409 would be counted apart). The machines
+do not poll: the commands stay queued (the queue TTL is an hour), so only the request path
+is measured. BENCH_VEND_RATE changes the rate (default 50 a second).
 """
 
 import os
 import secrets
+import socket
 
 from bench.common import (
     ScratchStack,
+    free_port,
     get_token,
     make_row,
     open_loop,
@@ -29,8 +33,13 @@ def run(quick: bool) -> dict:
     rate = int(os.environ.get("BENCH_VEND_RATE", "50"))  # 50 clients, one vend a second each
     count = rate * seconds
     stock = count // (len(DEVICES) * SLOTS) + 20  # every slot keeps units to the end
+    udp = free_port(socket.SOCK_DGRAM)
     with ScratchStack() as stack:
         urls = stack.start_workers(workers)
+        # The rest of the production topology, idling beside the workers as it would.
+        stack.start("sweeper", "sweep_commands", "--every", "5")
+        stack.start("discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(udp))
+        stack.start("bridge", "run_serial_bridge")
         stack.seed(devices=DEVICES, stock=[stock] * SLOTS)
         token = get_token(urls[0], stack.username)
         client = thread_client(urls, {"Authorization": f"Bearer {token}"})
