@@ -2,6 +2,8 @@
 #              (0.0.0.0:5000), the UDP discovery listener and the serial bridge together
 # make demo  - the same plus simulated machines and customers (no hardware needed)
 # make test  - install (first time) and run the whole test suite
+# make bench - the benchmark suite (bench/run.py; PostgreSQL and Redis on loopback, < 10 min
+#              on 2 cores): a table, bench/results/latest.json and bench/results/latency.png
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -49,6 +51,17 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Scratch databases bench_* on DATABASE_URL's PostgreSQL server (default
+# postgres://postgres@127.0.0.1:5432) and Redis database 14 on REDIS_URL's server (default
+# 127.0.0.1:6379). BENCH_ARGS passes options, e.g. BENCH_ARGS="--only vend_api".
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The same scenarios, smaller (under 2 minutes): a smoke run, not figures to publish.
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

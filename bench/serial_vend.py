@@ -1,170 +1,303 @@
 """Serial vend latency: REST request -> `VEND:` line at the device -> `succeeded`.
 
 Starts the real web server (Daphne) and serial bridge as processes on a throwaway database
-(SQLite in a temporary DATA_DIR, or DATABASE_URL if set), with a virtual ESP32 on a
-pseudo-terminal that answers at once, then times sequential vends. Loopback only; bounded.
+(SQLite in a temporary DATA_DIR; with --postgres a scratch PostgreSQL database ``bench_*``
+and Redis database 14), with a virtual ESP32 on a pseudo-terminal that answers at once,
+then sends vends on a fixed schedule (one every --interval seconds; the firmware handles
+one vend at a time). Latencies run from each vend's scheduled time, so a slow vend that
+delays the next one shows in the next one's figures too. Loopback only; bounded.
 
     .venv/bin/python bench/serial_vend.py --vends 50
+    .venv/bin/python bench/serial_vend.py --vends 50 --postgres --json
+
+As a scenario of bench/run.py (``NAME``, ``run(quick)``) it runs this file as a child
+process, so Django is set up there and not in the harness.
 """
 
 import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    BASE_ENV,
+    PASSWORD,
+    KeepAliveClient,
+    create_database,
+    database_url,
+    drop_database,
+    exit_on_sigterm,
+    flush_redis,
+    get_token,
+    make_row,
+    redis_url,
+    services_available,
+    template_database,
+    wait_http,
+)
+
+NAME = "serial_vend"
 DEVICE_ID = "ESP32_USB_BENCH1"
+SETTLE_TIMEOUT = 5.0
+QUIET = ("--access-log", "/dev/null")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def post(url: str, body: dict, token: str) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise SystemExit(f"{url}: {error.code} {error.read().decode()}") from None
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vends", type=int, default=50)
-    parser.add_argument("--port", type=int, default=0, help="web port (default: a free one)")
-    args = parser.parse_args()
-    if not args.port:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            args.port = probe.getsockname()[1]
-
+def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
+    """Run the vends; latencies in seconds from each vend's scheduled time."""
     data_dir = tempfile.mkdtemp(prefix="vending-bench-")
-    os.environ.setdefault("DATA_DIR", data_dir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
+    database = create_database() if postgres else ""
+    # A scratch database always: never the developer's DATA_DIR or DATABASE_URL.
+    os.environ.update(
+        BASE_ENV,
+        DATA_DIR=data_dir,
+        PROMETHEUS_MULTIPROC_DIR=str(Path(data_dir) / "metrics"),
+        DJANGO_SETTINGS_MODULE="vending_site.settings",
+        DATABASE_URL=database_url(database) if postgres else f"sqlite:///{data_dir}/db.sqlite3",
+    )
+    if postgres:
+        os.environ["REDIS_URL"] = redis_url()
+        flush_redis()
+    else:
+        os.environ.pop("REDIS_URL", None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], check=True, env=env, cwd=ROOT)
-
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-
-    from devices.simulators.serial_firmware import SerialFirmware
-    from inventory.choices import MovementReason
-    from inventory.models import Product, Slot
-    from inventory.services import set_stock
-    from transactions.models import Transaction
-    from vending_site.permissions import VEND_CLIENT_GROUP
-
-    firmware = SerialFirmware(device_id=DEVICE_ID)
-    firmware_stop = firmware.start()
-    web = subprocess.Popen(
-        [
-            *manage,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.port),
-            "--access-log",
-            "/dev/null",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    bridge = subprocess.Popen(
-        [*manage, "run_serial_bridge", "--port", firmware.path],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    web = bridge = firmware = firmware_stop = None
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = bridge.stdout.readline()
-            if "connected to" in line:
-                break
-        else:
+        if not postgres:
+            subprocess.run(
+                [*manage, "migrate", "--noinput", "-v", "0"],
+                check=True,
+                env=env,
+                cwd=ROOT,
+                timeout=180,
+            )
+
+        import django
+
+        django.setup()
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
+
+        from devices.simulators.serial_firmware import SerialFirmware
+        from inventory.choices import MovementReason
+        from inventory.models import Product, Slot
+        from inventory.services import set_stock
+        from transactions.models import Transaction
+        from vending_site.permissions import VEND_CLIENT_GROUP
+
+        firmware = SerialFirmware(device_id=DEVICE_ID)
+        firmware_stop = firmware.start()
+        web = subprocess.Popen(
+            [*manage, "serve", "--host", "127.0.0.1", "--port", str(port), *QUIET],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        bridge = subprocess.Popen(
+            [*manage, "run_serial_bridge", "--port", firmware.path],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        connected = threading.Event()
+
+        def drain() -> None:  # one line per vend: keep the pipe from filling
+            for line in bridge.stdout:
+                if "connected to" in line:
+                    connected.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not connected.wait(60):
             raise SystemExit("the bridge did not connect")
-        # Keep draining the bridge's output (one line per vend) so its pipe never fills.
-        threading.Thread(target=bridge.stdout.read, daemon=True).start()
         product, _ = Product.objects.get_or_create(
             sku="BENCH", defaults={"name": "Bench", "price": 1}
         )
         for slot in Slot.objects.filter(device__device_id=DEVICE_ID):
             Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10_000)
             set_stock(slot=slot, quantity=10_000, reason=MovementReason.RESTOCK)
-        bench = get_user_model().objects.create_user("bench", password="bench-password-1")
+        bench = get_user_model().objects.create_user("bench", password=PASSWORD)
         bench.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])  # may vend
-        url = f"http://127.0.0.1:{args.port}"
-        for _ in range(100):
-            try:
-                request = urllib.request.Request(
-                    f"{url}/api/v1/auth/token/",
-                    json.dumps({"username": "bench", "password": "bench-password-1"}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                token = json.loads(urllib.request.urlopen(request, timeout=5).read())["access"]
-                break
-            except OSError:
-                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", timeout=60, process=web)
+        token = get_token(url, "bench")
+        client = KeepAliveClient(url, headers={"Authorization": f"Bearer {token}"})
 
-        to_line, accepted, ids = [], [], []
-        for n in range(args.vends):
+        accepted, to_line, settled, errors = [], [], [], []
+        not_sent = 0
+        t0 = time.monotonic() + 0.2
+        stop_at = t0 + vends * interval + 20  # a server far behind: the rest is not sent
+        for n in range(vends):
+            due = t0 + n * interval
+            if time.monotonic() > stop_at:
+                not_sent = vends - n
+                errors.append(f"{not_sent} vends not sent: the run fell more than 20 s behind")
+                break
+            time.sleep(max(0.0, due - time.monotonic()))
             seen = len(firmware.received_at)
-            started = time.monotonic()
-            body = post(f"{url}/api/v1/vend/{n % 5 + 1}", {"device_id": DEVICE_ID}, token)
-            accepted.append(time.monotonic() - started)
-            ids.append(body["id"])
-            while len(firmware.received_at) == seen and time.monotonic() - started < 5:
+            try:
+                status, body = client.json(
+                    "POST", f"/api/v1/vend/{n % 5 + 1}", {"device_id": DEVICE_ID}
+                )
+            except OSError as exc:
+                errors.append(f"vend {n}: {exc!r}")
+                continue
+            if status not in (201, 202):
+                errors.append(f"vend {n}: HTTP {status} {body}")
+                continue
+            accepted.append(time.monotonic() - due)
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while len(firmware.received_at) == seen and time.monotonic() < deadline:
                 time.sleep(0.0005)
-            to_line.append(firmware.received_at[seen][0] - started)
-            while Transaction.objects.filter(pk=body["id"], state="sent").exists():
-                time.sleep(0.005)  # one vend at a time, as the serial firmware handles them
-        settled = [
-            (txn.completed_at - txn.created_at).total_seconds()
-            for txn in Transaction.objects.filter(pk__in=ids, state="succeeded")
-        ]
+            if len(firmware.received_at) == seen:
+                errors.append(f"vend {n}: no VEND: line within {SETTLE_TIMEOUT:g} s")
+                continue
+            to_line.append(firmware.received_at[seen][0] - due)
+            state = "sent"
+            while time.monotonic() < deadline:
+                state = Transaction.objects.filter(pk=body["id"]).values_list("state", flat=True)[0]
+                if state not in ("queued", "sent"):
+                    break
+                time.sleep(0.002)
+            if state == "succeeded":
+                settled.append(time.monotonic() - due)
+            else:
+                errors.append(f"vend {n}: {state} after {SETTLE_TIMEOUT:g} s")
+        client.close()
     finally:
         for process in (web, bridge):
-            process.terminate()
-            process.wait(timeout=15)
-        firmware_stop.set()
-        firmware.close()
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+        if firmware_stop is not None:
+            firmware_stop.set()
+            firmware.close()
+        if database:
+            from django.db import connections
 
-    database = "PostgreSQL" if "postgres" in os.environ.get("DATABASE_URL", "") else "SQLite"
-    print(f"serial vend latency, {args.vends} sequential vends, {database}, loopback")
-    print(f"{'measure':<36} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
-    for name, values in [
-        ("REST request -> 202 answered", accepted),
-        ("REST request -> VEND: line at device", to_line),
-        ("request -> succeeded (server clock)", settled),
-    ]:
-        print(
-            f"{name:<36} {statistics.median(values) * 1000:8.1f} "
-            f"{percentile(values, 0.95) * 1000:8.1f} {max(values) * 1000:8.1f}"
-        )
-    print(f"succeeded: {len(settled)}/{args.vends}")
+            connections.close_all()
+            drop_database(database)
+            flush_redis()
+    return {
+        "vends": vends,
+        "interval": interval,
+        "database": "PostgreSQL + Redis" if postgres else "SQLite",
+        "accepted": accepted,
+        "to_line": to_line,
+        "settled": settled,
+        "errors": errors,
+        "not_sent": not_sent,
+    }
+
+
+def rows_for(figures: dict) -> list[dict]:
+    # One message stands for all the vends not sent.
+    errors = len(figures["errors"]) + max(figures.get("not_sent", 0) - 1, 0)
+    return [
+        make_row("REST request -> 202 accepted", figures["accepted"], errors=errors),
+        make_row(
+            "REST request -> VEND: line at the device",
+            figures["to_line"],
+            errors=errors,
+            target="p50 < 100 ms",
+            limit_ms=100.0,
+            stat="p50",
+        ),
+        make_row(
+            "REST request -> succeeded",
+            figures["settled"],
+            errors=errors,
+            target="p50 < 250 ms",
+            limit_ms=250.0,
+            stat="p50",
+        ),
+    ]
+
+
+def run(quick: bool) -> dict:
+    """The scenario: this file in a child process (its own Django), PostgreSQL when there."""
+    vends = 20 if quick else 100
+    command = [sys.executable, __file__, "--vends", str(vends), "--json"]
+    env = dict(os.environ)
+    if not services_available():
+        command.append("--postgres")
+        env["BENCH_TEMPLATE_DB"] = template_database()  # the harness's: no second migration
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=120 + vends * 2)
+    except BaseException:
+        # SIGTERM first: the child's own cleanup stops its web server and bridge.
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    if child.returncode != 0:
+        raise RuntimeError(f"serial_vend exited {child.returncode}:\n{stderr[-3000:]}")
+    figures = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "scenario": NAME,
+        "rows": rows_for(figures),
+        "notes": [
+            f"{figures['vends']} vends, one every {figures['interval'] * 1000:.0f} ms, one "
+            f"Daphne worker + serial bridge (polls the queue every 50 ms), {figures['database']}, "
+            "pty device answering at once",
+            *figures["errors"][:3],
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vends", type=int, default=50)
+    parser.add_argument("--port", type=int, default=0, help="web port (default: a free one)")
+    parser.add_argument(
+        "--interval", type=float, default=0.3, help="seconds between scheduled vends"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="a scratch PostgreSQL database and Redis"
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    exit_on_sigterm()
+    if not args.port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            args.port = probe.getsockname()[1]
+    figures = measure(args.vends, args.port, args.interval, args.postgres)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(
+        f"serial vend latency, {args.vends} vends every {args.interval * 1000:.0f} ms, "
+        f"{figures['database']}, loopback"
+    )
+    print(f"{'measure':<42} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for row in rows_for(figures):
+        print(f"{row['metric']:<42} {row['p50']:8.1f} {row['p95']:8.1f} {row['max']:8.1f}")
+    print(f"succeeded: {len(figures['settled'])}/{args.vends}")
+    for error in figures["errors"][:5]:
+        print(f"  {error}")
 
 
 if __name__ == "__main__":
