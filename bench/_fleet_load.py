@@ -337,9 +337,10 @@ class FleetStack:
         *,
         gunicorn_worker: str = "gthread",
         conn_max_age: int = 0,
-        timeout: float = 60,
+        timeout: float = 120,
     ) -> None:
-        """Start the server under test and wait until every port answers ``/status``."""
+        """Start the server under test and wait until every port answers ``/health``
+        (``/status`` lists every machine: slow with thousands of them)."""
         env = dict(self.env, CONN_MAX_AGE=str(conn_max_age))
         count = 2 if server in ("daphne", "uvicorn") else 1
         self.ports = [free_port() for _ in range(count)]
@@ -361,7 +362,7 @@ class FleetStack:
                 if any(child.poll() is not None for child in self.children):
                     raise RuntimeError(f"{server} exited early:\n{self.logs()[-3000:]}")
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
                         if r.status == 200:
                             break
                 except OSError:
@@ -370,8 +371,9 @@ class FleetStack:
                     raise RuntimeError(f"{server} did not answer on {port}:\n{self.logs()[-3000:]}")
                 time.sleep(0.3)
 
-    def logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
+    def logs(self, server: str = "") -> str:
+        paths = sorted(self.workdir.glob(f"{server}-[0-9]*.log" if server else "*.log"))
+        return "".join(path.read_text(errors="replace") for path in paths)
 
     def processes(self):
         """psutil handles of every server process (masters and workers)."""

@@ -110,7 +110,11 @@ async def _load(
                 error("poll_errors", "answered after the firmware's 3 s timeout", sched)
             elif sched >= measure_from:
                 stats["poll"].append(latency)
-            command = json.loads(body) if status == 200 and body.strip() else None
+            try:
+                command = json.loads(body) if status == 200 and body.strip() else None
+            except ValueError:
+                error("poll_errors", "answer is not JSON", sched)
+                command = None
             if isinstance(command, dict) and command.get("command") == "VEND":
                 stats["commands"] += 1
                 await asyncio.sleep(MOTOR_SECONDS)
@@ -147,7 +151,7 @@ async def _load(
             error("confirm_errors", f"HTTP {status}", started)
             return
         stats["confirm"].append((loop.time() - started) * 1000)
-        if json.loads(answer).get("status") == "ok":
+        if b'"status":"ok"' in answer.replace(b" ", b""):
             stats["confirmed"] += 1
 
     async def vend(number: int, sched: float) -> None:
@@ -307,8 +311,10 @@ def measure(
                 stack.stop_server()
             label = server + (f" ({gunicorn_worker})" if server == "gunicorn" else "")
             notes.append(f"{label}: CONN_MAX_AGE={age}; {describe(server, gunicorn_worker)}")
+            notes += _server_trouble(label, stack.logs(server))
     finally:
         stack.close()
+    notes.append(f"server logs kept in {stack.workdir}")
     notes += _knees(rows)
     notes.append(
         "Open-loop: latency from each request's scheduled time; devices share at most "
@@ -321,6 +327,18 @@ def measure(
         "included."
     )
     return {"scenario": NAME, "rows": rows, "notes": notes}
+
+
+def _server_trouble(label: str, logs: str) -> list[str]:
+    """What the server's own log says went wrong (counted, not parsed in detail)."""
+    signs = {
+        "too many clients already": "PostgreSQL refused connections (max_connections)",
+        "Internal Server Error": "answers 500",
+        "took too long to shut down and was killed": "requests killed by the server's timeout",
+        "WORKER TIMEOUT": "gunicorn killed a stuck worker",
+    }
+    found = [f"{what}: {logs.count(sign)}x" for sign, what in signs.items() if sign in logs]
+    return [f"{label} log: " + "; ".join(found)] if found else []
 
 
 def describe(server: str, gunicorn_worker: str) -> str:
@@ -360,14 +378,27 @@ def _knees(rows: list[dict]) -> list[str]:
 def run(quick: bool) -> dict:
     """The scenario as the harness calls it: quick is Daphne at 100 and 500 for 10 s."""
     if quick:
-        return measure(servers=["daphne"], device_counts=[100, 500], seconds=10)
+        return measure(servers=["daphne"], device_counts=[100, 500], seconds=5)
     result = measure(servers=["daphne"], device_counts=[100, 500, 1000, 2000], seconds=30)
     comparison = measure(
         servers=["uvicorn", "gunicorn"], device_counts=[TARGET_DEVICES], seconds=30
     )
     result["rows"] += comparison["rows"]
-    result["notes"] += comparison["notes"]
+    result["notes"] += comparison["notes"] + _comparison(result["rows"], TARGET_DEVICES)
     return result
+
+
+def _comparison(rows: list[dict], devices: int) -> list[str]:
+    """One line ranking the servers at ``devices``: errors first, then poll p99."""
+    polls = [r for r in rows if r["metric"].startswith("poll ") and r["devices"] == devices]
+    if len(polls) < 2:
+        return []
+    polls.sort(key=lambda r: (r["errors"], r["p99"]))
+    ranking = ", ".join(
+        f"{r['server']} (p99 {r['p99']} ms, {r['errors']} errors, CPU {r['server_cpu_pct']} %)"
+        for r in polls
+    )
+    return [f"servers at N={devices}, best first: {ranking}"]
 
 
 def format_row(row: dict) -> str:
@@ -420,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         gunicorn_worker=args.gunicorn_worker,
         conn_max_age=args.conn_max_age,
     )
+    result["notes"] += _comparison(result["rows"], max(counts)) if len(servers) > 1 else []
     for note in result["notes"]:
         print(f"note: {note}")
     if args.json:
