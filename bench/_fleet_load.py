@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/15"
-SERVERS = ("daphne", "uvicorn", "gunicorn", "gunicorn-asgi")
+SERVERS = ("daphne", "uvicorn", "gunicorn", "gunicorn-asgi", "stub")
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -279,6 +279,9 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
                 "warning",
             ]
         ]
+    if server == "stub":
+        # No Django: measures the generator alone (its ceiling and its own latency floor).
+        return [[python, str(Path(__file__)), "stub", str(port)] for port in ports]
     raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
 
 
@@ -342,7 +345,7 @@ class FleetStack:
         """Start the server under test and wait until every port answers ``/health``
         (``/status`` lists every machine: slow with thousands of them)."""
         env = dict(self.env, CONN_MAX_AGE=str(conn_max_age))
-        count = 2 if server in ("daphne", "uvicorn") else 1
+        count = 2 if server in ("daphne", "uvicorn", "stub") else 1
         self.ports = [free_port() for _ in range(count)]
         for index, argv in enumerate(server_commands(server, self.ports, gunicorn_worker)):
             log = open(self.workdir / f"{server}-{index}.log", "w")
@@ -555,7 +558,45 @@ def _seed(devices: int, keys: int, stock: int) -> dict:
     return {"keys": api_keys, "devices": devices}
 
 
+async def _stub(port: int) -> None:
+    """A keep-alive HTTP/1.1 server that answers every request at once, without Django:
+    ``null`` to a poll, ``{"status": "ignored"}`` to a confirm, 202 to a vend."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                path = head.split(b" ", 2)[1]
+                if path.startswith(b"/api/v1/vend/"):
+                    status, body = b"202 Accepted", b'{"state": "queued"}'
+                elif path == b"/esp32/confirm":
+                    status, body = b"200 OK", b'{"status": "ignored"}'
+                else:
+                    status, body = b"200 OK", b"null"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "stub":
+        asyncio.run(_stub(int(argv[1])))
+        return
     sys.path.insert(0, str(ROOT))
     import django
 
