@@ -136,9 +136,11 @@ class Pool:
     """At most ``size`` connections, spread round-robin over ``ports``; LIFO reuse."""
 
     def __init__(self, ports: list[int], size: int, host: str = "127.0.0.1") -> None:
-        self.free: list[Connection] = [Connection(host, ports[i % len(ports)]) for i in range(size)]
+        self.connections: list[Connection] = [
+            Connection(host, ports[i % len(ports)]) for i in range(size)
+        ]
         self.waiters: asyncio.Queue[Connection] = asyncio.LifoQueue()
-        for connection in self.free:
+        for connection in self.connections:
             self.waiters.put_nowait(connection)
 
     async def request(
@@ -164,7 +166,7 @@ class Pool:
             self.waiters.put_nowait(connection)
 
     def close(self) -> None:
-        for connection in self.free:
+        for connection in self.connections:
             connection.close()
 
 

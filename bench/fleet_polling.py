@@ -15,6 +15,12 @@ are polling. Every machine sends ``X-Forwarded-For`` with an address of its own,
 would add it, so the per-address device throttle sees one address per machine (loopback is
 a trusted proxy by default).
 
+``--server`` picks what serves the app: ``daphne`` (2 processes, as Procfile.prod-local),
+``uvicorn`` (2 processes, lifespan off), ``gunicorn`` (WSGI, 2 gthread or sync workers),
+``gunicorn-asgi`` (gunicorn 27's own ASGI worker) or ``stub`` (no Django: the generator's
+own floor and ceiling). The generator spreads its connections over the ports itself (no
+nginx). ``--conn-max-age`` overrides CONN_MAX_AGE (default 0 for ASGI, 60 for WSGI).
+
 The server runs against a scratch PostgreSQL database (``fleet_*``) and Redis db 15; its
 processes' CPU (psutil) and the generator's own CPU are measured over the measured window.
 Every load loop is bounded in count and in time; every child is ended in ``finally``.
