@@ -393,9 +393,9 @@ def run(quick: bool) -> dict:
     """The scenario as the harness calls it: quick is Daphne at 100 and 500 for 10 s."""
     if quick:
         return measure(servers=["daphne"], device_counts=[100, 500], seconds=5)
-    result = measure(servers=["daphne"], device_counts=[100, 500, 1000, 2000], seconds=30)
+    result = measure(servers=["daphne"], device_counts=[100, 500, 1000, 2000], seconds=20)
     comparison = measure(
-        servers=["uvicorn", "gunicorn"], device_counts=[TARGET_DEVICES], seconds=30
+        servers=["uvicorn", "gunicorn"], device_counts=[TARGET_DEVICES], seconds=20
     )
     result["rows"] += comparison["rows"]
     result["notes"] += comparison["notes"] + _comparison(result["rows"], TARGET_DEVICES)
