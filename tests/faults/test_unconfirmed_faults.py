@@ -54,8 +54,8 @@ def test_a_vend_never_confirmed_is_flagged_once_keeps_its_unit_and_is_never_rede
     stocked_device(machine.device_id, quantity=3)
     machine_stop = None
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=30, process=web)
-        read_until(sweeper, "sweeping every", timeout=20)
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=40, process=web)
+        read_until(sweeper, "sweeping every", timeout=40)
         machine_stop = machine.start()
         wait_for(lambda: machine.registered and machine.polls >= 1, 10, "the first poll")
         start = accounting.take_start()
