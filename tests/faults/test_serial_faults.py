@@ -30,11 +30,9 @@ REPLY_TIMEOUT = "2.5"
 CONFIRM_TIMEOUT = "3"  # the sweeper's VEND_CONFIRM_TIMEOUT, above the bridge's reply timeout
 
 
-def start_bridge(path: str, wait: bool = True) -> subprocess.Popen:
-    bridge = start_command("run_serial_bridge", "--port", path, "--reply-timeout", REPLY_TIMEOUT)
-    if wait:
-        connected(bridge)
-    return bridge
+def start_bridge(path: str) -> subprocess.Popen:
+    """The bridge on ``path``; the caller keeps it (to stop it) before waiting for it."""
+    return start_command("run_serial_bridge", "--port", path, "--reply-timeout", REPLY_TIMEOUT)
 
 
 def connected(bridge: subprocess.Popen) -> None:
@@ -90,7 +88,7 @@ def test_a_bridge_killed_mid_vend_leaves_it_unconfirmed_and_never_sends_it_again
         processes["sweeper"] = start_command(
             "sweep_commands", "--every", "0.2", VEND_CONFIRM_TIMEOUT=CONFIRM_TIMEOUT
         )
-        bridge = start_bridge(firmware.path, wait=False)
+        bridge = processes["bridge"] = start_bridge(firmware.path)
         read_until(processes["sweeper"], "sweeping every", timeout=40)
         connected(bridge)
         start = accounting.take_start()
@@ -100,8 +98,10 @@ def test_a_bridge_killed_mid_vend_leaves_it_unconfirmed_and_never_sends_it_again
         os.kill(bridge.pid, signal.SIGKILL)  # while the motor runs
         bridge.wait(timeout=5)
         bridge.stdout.close()
+        del processes["bridge"]
 
         processes["bridge"] = start_bridge(firmware.path)
+        connected(processes["bridge"])
         wait_for(reached(first, TransactionState.UNCONFIRMED), 15, "the sweep to flag the vend")
         second = vend(2)  # the restarted bridge works, and sends only the new vend
         wait_for(reached(second, TransactionState.SUCCEEDED), 10, "the next vend")
@@ -132,13 +132,14 @@ def test_a_port_closed_mid_vend_makes_it_unconfirmed_and_the_bridge_reconnects(t
     bridge = None
     try:
         bridge = start_bridge(str(port))
+        connected(bridge)
         start = accounting.take_start()
 
         first = vend(3)
         wait_for(lambda: "VEND:3" in firmware.received, what="the VEND line at the machine")
         firmware.unplug()
         port.unlink()
-        read_until(bridge, "link lost", timeout=5)
+        read_until(bridge, "link lost", timeout=10)
         wait_for(reached(first, TransactionState.UNCONFIRMED), 5, "the bridge to flag the vend")
         wait_for(lambda: not Device.objects.get(device_id=DEVICE_ID).is_online, 5, "offline")
         assert bridge.poll() is None, "the bridge exited when the device went away"
@@ -146,7 +147,7 @@ def test_a_port_closed_mid_vend_makes_it_unconfirmed_and_the_bridge_reconnects(t
         returned = SerialFirmware(device_id=DEVICE_ID)
         returned_stop = returned.start()
         port.symlink_to(returned.path)
-        read_until(bridge, f"connected to {DEVICE_ID}", timeout=15)
+        read_until(bridge, f"connected to {DEVICE_ID}", timeout=30)
         second = vend(3)
         wait_for(reached(second, TransactionState.SUCCEEDED), 10, "a vend after the reconnect")
         time.sleep(0.3)
