@@ -15,6 +15,7 @@ command and write it. It owns no rules: delivery, settlement and stock are
 
 import logging
 import re
+import termios
 import threading
 import time
 from collections import deque
@@ -117,7 +118,9 @@ class SerialLink:
             try:
                 self._session()
                 backoff = 0.5
-            except (serial.SerialException, OSError) as exc:
+            # pyserial's flush() is tcdrain(), whose error is termios.error, not an OSError:
+            # a cable pulled while a line drains is a lost link too, not a bug.
+            except (serial.SerialException, OSError, termios.error) as exc:
                 if self.connected.is_set():
                     self._say(f"{self.path}: link lost ({exc})")
                 else:

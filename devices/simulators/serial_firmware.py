@@ -3,6 +3,10 @@
 The server side opens ``path`` exactly as it would open ``/dev/ttyUSB0``. The simulator
 keeps per-slot stock so it can answer ``ERROR:SLOT_EMPTY``, and can be told to fail, be
 slow, stay mute, reboot mid-vend or emit bytes that are not UTF-8, for tests.
+
+It keeps its own record of every vend it handled (``vends``: slot and outcome), the
+machine's side of the story that fault tests compare with the server's; ``dispensed()``
+are the units that came out.
 """
 
 import os
@@ -38,6 +42,7 @@ class SerialFirmware:
     garbage_before_result: bool = False
     received: list[str] = field(default_factory=list)
     received_at: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, line)
+    vends: list[dict] = field(default_factory=list)  # every VEND handled, with its outcome
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -189,8 +194,13 @@ class SerialFirmware:
         self._report(slot, "success")
 
     def _report(self, slot: int, outcome: str) -> None:
+        self.vends.append({"slot": slot, "outcome": outcome, "at": time.monotonic()})
         if self.on_vend is not None:
             self.on_vend(slot, outcome)
+
+    def dispensed(self) -> list[dict]:
+        """The vends whose unit came out (the motor ran and the sensor saw it)."""
+        return [vend for vend in list(self.vends) if vend["outcome"] == "success"]
 
     # --- the loop ---------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class WifiFirmware:
     slots: int = 5
     documented: bool = False  # speak PROTOCOL.md §2 instead of firmware v2.1
     failure_rate: float = 0.0  # documented variant only: v2.1 always reports success
+    confirms: bool = True  # fault injection: False runs the motor but never POSTs confirm
     firmware_version: str = "1.0.0"  # sent by the documented variant
     ip_address: str = "127.0.0.1"  # what it reports as its own address
     max_polls: int | None = None  # stop after this many polls (None: until stopped)
@@ -330,6 +331,10 @@ class WifiFirmware:
             "timestamp": self.millis(),
         }
         path = "/esp32/wifi/confirm" if self.documented else "/esp32/confirm"
+        if not self.confirms:
+            self._record("confirm_dropped", slot=slot, command_id=command_id, body=body)
+            self._wait(self.after_confirm)
+            return
         answer = self._post(path, body)
         self._record(
             "confirm",

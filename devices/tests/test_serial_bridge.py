@@ -1,5 +1,6 @@
 """The serial bridge against a virtual ESP32 on a real pseudo-terminal."""
 
+import termios
 import threading
 import time
 
@@ -167,6 +168,46 @@ def test_pulling_the_cable_mid_vend_makes_it_unconfirmed_and_the_device_offline(
         rig.firmware.unplug()
         wait_for(settled(txn, TransactionState.UNCONFIRMED), what="unconfirmed")
         wait_for(lambda: not Device.objects.get(pk=device.pk).is_online, what="offline")
+
+
+def test_a_cable_pulled_while_the_vend_line_drains_is_a_lost_link_not_a_bug():
+    """pyserial's flush() is tcdrain(): on a port whose device just went away it raises
+    termios.error (EIO), which is no OSError. Found by tests/faults: it was reported as an
+    "unexpected error" with a traceback."""
+    import serial
+
+    device = stocked_device()
+    firmware = SerialFirmware(device_id=DEVICE_ID)
+    sim_stop = firmware.start()
+
+    def opener(*args, **kwargs):
+        port = serial.serial_for_url(*args, **kwargs)
+        write = port.write
+
+        def write_then_unplug(data):
+            written = write(data)
+            if data.startswith(b"VEND"):
+                port.flush = lambda: (_ for _ in ()).throw(termios.error(5, "EIO"))
+            return written
+
+        port.write = write_then_unplug
+        return port
+
+    stop, said = threading.Event(), []
+    link = SerialLink(firmware.path, FAST, stop, say=said.append, opener=opener)
+    thread = threading.Thread(target=lambda: (link.run(), connection.close()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any("connected to" in line for line in said), what="handshake")
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        wait_for(settled(txn, TransactionState.UNCONFIRMED), what="unconfirmed")
+        wait_for(lambda: any("link lost" in line for line in said), what="link lost")
+    finally:
+        stop.set()
+        thread.join(10)
+        sim_stop.set()
+        firmware.close()
+    assert not any("unexpected error" in line for line in said), said
 
 
 def test_the_bridge_reconnects_after_the_port_comes_back():

@@ -37,7 +37,9 @@ def create_database() -> str:
     """Create an empty database with a unique name; returns its DATABASE_URL."""
     import psycopg2
 
-    name = f"vending_sigkill_{os.getpid()}_{secrets.token_hex(4)}"
+    # SCRATCH_DATABASE_PREFIX: engineers sharing one server tell their databases apart.
+    prefix = os.environ.get("SCRATCH_DATABASE_PREFIX", "vending_sigkill")
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     admin = psycopg2.connect(connect_timeout=3, **PG_ADMIN)
     admin.autocommit = True
     try:
@@ -194,6 +196,7 @@ def _report(ledger_after_setup: int) -> dict:
 
     from devices.models import Command
     from inventory.models import Slot, StockMovement
+    from tests import accounting
     from transactions.models import Transaction, TransactionEvent
 
     transactions = {
@@ -239,6 +242,10 @@ def _report(ledger_after_setup: int) -> dict:
         "commands": commands,
         "slots": slots,
         "txn_ledger": per_txn_ledger,
+        # Each slot's stock by its vends and by its ledger, for tests.accounting.check_stock.
+        "accounting": accounting.slot_figures_as_dicts(
+            accounting.start_at_movement(ledger_after_setup)
+        ),
     }
 
 

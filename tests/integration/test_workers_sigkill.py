@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from devices.simulators.wifi_firmware import WifiFirmware, device_id_for, mac_for
+from tests import accounting
 from tests.integration import scratch_stack
 from tests.integration.processes import free_port, wait_for, wait_for_http
 
@@ -379,6 +380,23 @@ def check(records, devices, report, clients, accepted_at_kill, duration, urls) -
         f"{len(witnessed)} dispensed; {len(failed_over)} machines failed over"
     )
 
+    # The machines' own records against what the clients were told: lost, duplicated and
+    # unexpected vends (tests/accounting.py), each 0.
+    counted = accounting.count_outcomes(
+        [
+            accounting.Vend(
+                transaction_id=txn_id,
+                device_id=txns[txn_id]["device"] if txn_id in txns else "?",
+                slot=txns[txn_id]["slot_number"] if txn_id in txns else 0,
+                state=txns[txn_id]["state"] if txn_id in txns else None,
+            )
+            for txn_id in (r["txn"] for r in accepted)
+        ],
+        accounting.wifi_dispenses(devices),
+    )
+    print(counted.line())
+    counted.check()
+
     # Every request got an answer that means something: no 5xx, no client gave up.
     unexpected = [
         r for r in records if not (r["status"] in (200, 202) or (r["status"] == 409 and r["code"]))
@@ -442,6 +460,7 @@ def check(records, devices, report, clients, accepted_at_kill, duration, urls) -
         assert ledger == ([-1, 1] if txn["state"] in REFUNDED else [-1]), (txn, ledger)
 
     # Stock: explained by the vends, and by the ledger.
+    accounting.check_stock(report["accounting"])
     start = dict(enumerate(STOCK, start=1))
     held = defaultdict(int)
     for txn in txns.values():
