@@ -244,6 +244,33 @@ def wake_links(device: Device) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [COMMANDS_CHANNEL, str(device.pk)])
+    if settings.DEVICE_LONG_POLL_SECONDS > 0:
+        device_pk = device.pk
+        transaction.on_commit(lambda: _wake_held_polls(device_pk))
+
+
+def device_group(device_pk: int) -> str:
+    """The channel-layer group a held poll of this device listens on."""
+    return f"device.{device_pk}"
+
+
+def _wake_held_polls(device_pk: int) -> None:
+    """Tell the polls held open for this device (``DEVICE_LONG_POLL_SECONDS``) to look now.
+
+    Sent after the commit, so a woken poll finds the command. Best effort: a held poll also
+    looks in the database every few hundred milliseconds, so a lost wake-up (or the
+    in-memory layer, which does not cross processes) only costs a little latency.
+    """
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(device_group(device_pk), {"type": "device.command"})
+    except Exception:  # a wake-up is never worth a failed vend
+        logger.warning("could not wake the held polls of device %s", device_pk, exc_info=True)
 
 
 def _ago(moment: datetime | None) -> str:
@@ -306,12 +333,56 @@ def poll(
         return device, None
     if registered_now:
         log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
-    command = claim_next_command(device=device, kinds=kinds) if has_pending else None
-    if command is not None:
-        log(json.dumps(command.as_wire()), Direction.OUT)
-    elif settings.LOG_IDLE_POLLS:
+    command = (
+        deliver_next_command(device=device, kinds=kinds, endpoint=endpoint, remote_addr=remote_addr)
+        if has_pending
+        else None
+    )
+    if command is None and settings.LOG_IDLE_POLLS:
         log("poll: no command", level=LogLevel.DEBUG)
     return device, command
+
+
+def deliver_next_command(
+    *,
+    device: Device,
+    kinds: frozenset[str] | None = None,
+    endpoint: str = "",
+    remote_addr: str = "",
+) -> Command | None:
+    """Claim the next command for a WiFi poll's answer (see :func:`claim_next_command`) and
+    log it as sent. Used by :func:`poll` and by a held poll when it is woken."""
+    command = claim_next_command(device=device, kinds=kinds)
+    if command is not None:
+        log_exchange(
+            direction=Direction.OUT,
+            transport=Transport.WIFI,
+            device=device,
+            endpoint=endpoint,
+            remote_addr=remote_addr,
+            message=json.dumps(command.as_wire()),
+        )
+    return command
+
+
+def may_hold_poll(device: Device) -> bool:
+    """Whether an idle poll of ``device`` may be held open for a command
+    (``DEVICE_LONG_POLL_SECONDS``): only a WiFi device that can be handed commands."""
+    return (
+        settings.DEVICE_LONG_POLL_SECONDS > 0
+        and device.transport == Transport.WIFI
+        and not device.awaiting_approval
+    )
+
+
+def has_deliverable_command(*, device_pk: int, kinds: frozenset[str] | None = None) -> bool:
+    """Whether a queued, unexpired command awaits ``device_pk`` (a held poll's look)."""
+    queued = Command.objects.filter(
+        device_id=device_pk, state=CommandState.QUEUED, expires_at__gt=timezone.now()
+    )
+    if kinds is not None:
+        queued = queued.filter(kind__in=kinds)
+    return queued.exists()
 
 
 def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -> Command | None:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from vending_site import logging as _vlog
 
@@ -43,6 +44,22 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+LONG_POLL_LIMIT = 2.0  # seconds; the firmware's HTTP read timeout is 3 s
+
+
+def long_poll_seconds(value: float) -> float:
+    """``DEVICE_LONG_POLL_SECONDS``, refused outside 0..2 s with a message saying why."""
+    if not 0 <= value <= LONG_POLL_LIMIT:
+        raise ImproperlyConfigured(
+            f"DEVICE_LONG_POLL_SECONDS={value:g} is outside 0..{LONG_POLL_LIMIT:g}: the "
+            "firmware waits at most 3 s for a poll's answer, and a command handed to an "
+            f"answer it gave up on is lost. Use at most {LONG_POLL_LIMIT:g} (0 turns "
+            "long-polling off)."
+        )
+    return value
+
+
 DEBUG = env.bool("DEBUG", default=False)
 # The firmware reaches the server by whatever LAN address it found, so the default accepts
 # any Host header; a fleet install behind a proxy should list its names.
@@ -255,6 +272,10 @@ DEVICE_OFFLINE_AFTER = env.int("DEVICE_OFFLINE_AFTER", default=10)
 DEVICE_SEEN_WRITE_INTERVAL = min(
     env.int("DEVICE_SEEN_WRITE_INTERVAL", default=5), max(DEVICE_OFFLINE_AFTER // 2, 1)
 )
+# Hold an idle WiFi poll open up to this many seconds, answering as soon as a command is
+# queued (0: answer at once, as always). The firmware gives up on an answer after 3 s, and a
+# command handed to a poll it gave up on is lost, so more than 2 s is refused.
+DEVICE_LONG_POLL_SECONDS = long_poll_seconds(env.float("DEVICE_LONG_POLL_SECONDS", default=0.0))
 # Slots created for a device that polls without having registered.
 DEVICE_DEFAULT_SLOTS = env.int("DEVICE_DEFAULT_SLOTS", default=5)
 # Write idle polls (no command delivered) to the communication log. Off by default: a

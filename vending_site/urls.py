@@ -8,7 +8,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from devices.api import device_views
+from devices.api import device_views, long_poll
 from devices.api.views import (
     DeviceAutoSelectView,
     DeviceCommandView,
@@ -48,14 +48,22 @@ api_v1 = [
 
 device_protocol = [
     path("esp32/register", device_views.RegisterView.as_view(), name="esp32-register"),
-    path("esp32/commands/<str:device_id>", device_views.PollView.as_view(), name="esp32-poll"),
+    path(
+        "esp32/commands/<str:device_id>",
+        long_poll.holding(device_views.PollView),
+        name="esp32-poll",
+    ),
     path("esp32/confirm", device_views.ConfirmView.as_view(), name="esp32-confirm"),
     path(
         "esp32/wifi/register",
         device_views.DocumentedRegisterView.as_view(),
         name="esp32-wifi-register",
     ),
-    path("esp32/wifi/command", device_views.DocumentedPollView.as_view(), name="esp32-wifi-poll"),
+    path(
+        "esp32/wifi/command",
+        long_poll.holding(device_views.DocumentedPollView),
+        name="esp32-wifi-poll",
+    ),
     path("esp32/wifi/confirm", device_views.ConfirmView.as_view(), name="esp32-wifi-confirm"),
 ]
 

@@ -7,6 +7,7 @@ slash. They translate bytes to service calls and back; the rules live in ``devic
 """
 
 import json
+from dataclasses import dataclass
 
 from django.http import HttpResponse
 from rest_framework.exceptions import Throttled
@@ -17,8 +18,9 @@ from rest_framework.views import APIView
 
 from devices.access import DeviceTokenValid
 from devices.choices import CommandKind, Direction, LogLevel, Protocol, Transport
+from devices.models import Command, Device
 from devices.selectors import canonical_id
-from devices.services import confirm_vend, log_exchange, poll, register_device
+from devices.services import confirm_vend, log_exchange, may_hold_poll, poll, register_device
 from vending_site import logging as vlog
 from vending_site import metrics
 from vending_site import openapi as docs
@@ -153,35 +155,70 @@ class DocumentedRegisterView(RegisterView):
     protocol = Protocol.WIFI_DOCUMENTED
 
 
-class PollView(DeviceEndpoint):
+class PollEndpoint(DeviceEndpoint):
+    """A poll's answer; idle, it may be held open (``DEVICE_LONG_POLL_SECONDS``, see
+    :mod:`devices.api.long_poll`, which serves these views at their URLs)."""
+
+    kinds: frozenset[str] | None = None
+    # DRF answers HEAD with get(): that would claim a command and drop it with the body.
+    http_method_names = ["get", "options"]
+
+    @staticmethod
+    def answer(command: Command | None) -> HttpResponse:
+        raise NotImplementedError
+
+    def held_or_answered(self, request: Request, device, command: Command | None):
+        response = self.answer(command)
+        if command is None and getattr(request._request, "may_hold", False):
+            if may_hold_poll(device):
+                response.hold = HeldPoll(
+                    device=device,
+                    kinds=self.kinds,
+                    endpoint=request.path,
+                    remote_addr=self.remote_addr,
+                )
+        return response
+
+
+@dataclass(frozen=True)
+class HeldPoll:
+    """What an idle poll needs to be answered later with a command."""
+
+    device: Device
+    kinds: frozenset[str] | None
+    endpoint: str
+    remote_addr: str
+
+
+class PollView(PollEndpoint):
     """``GET /esp32/commands/<device_id>`` (v2.1): ``null`` when idle, else one JSON command.
 
     Only VEND is delivered here: this firmware ignores every other command.
     """
 
     kinds = frozenset({CommandKind.VEND})
-    # DRF answers HEAD with get(): that would claim a command and drop it with the body.
-    http_method_names = ["get", "options"]
 
     @docs.DEVICE_POLL
     def get(self, request: Request, device_id: str) -> HttpResponse:
         metrics.record_poll(dialect=Protocol.WIFI_V2)
-        _device, command = poll(
+        device, command = poll(
             raw_id=device_id,
             protocol=Protocol.WIFI_V2,
             remote_addr=self.remote_addr,
             kinds=self.kinds,
             endpoint=request.path,
         )
-        body = json.dumps(command.as_wire()) if command else "null"
         log.debug("device_poll", delivered=command.pk if command else None)
+        return self.held_or_answered(request, device, command)
+
+    @staticmethod
+    def answer(command: Command | None) -> HttpResponse:
+        body = json.dumps(command.as_wire()) if command else "null"
         return HttpResponse(body, content_type="application/json")
 
 
-class DocumentedPollView(DeviceEndpoint):
+class DocumentedPollView(PollEndpoint):
     """``GET /esp32/wifi/command`` with a ``Device-ID`` header: ``NO_COMMAND`` when idle."""
-
-    http_method_names = ["get", "options"]
 
     @docs.DEVICE_POLL_DOCUMENTED
     def get(self, request: Request) -> HttpResponse:
@@ -189,13 +226,17 @@ class DocumentedPollView(DeviceEndpoint):
         raw_id = request.headers.get("Device-ID", "")
         if not raw_id.strip():
             raise InvalidRequest("The Device-ID header is missing.")
-        _device, command = poll(
+        device, command = poll(
             raw_id=raw_id,
             protocol=Protocol.WIFI_DOCUMENTED,
             remote_addr=self.remote_addr,
             endpoint=request.path,
         )
         log.debug("device_poll", delivered=command.pk if command else None)
+        return self.held_or_answered(request, device, command)
+
+    @staticmethod
+    def answer(command: Command | None) -> HttpResponse:
         if command is None:
             return HttpResponse("NO_COMMAND", content_type="text/plain")
         return HttpResponse(json.dumps(command.as_wire()), content_type="application/json")

@@ -1,0 +1,122 @@
+"""Profile the idle device poll through the whole Django stack (middleware, DRF, service).
+
+    .venv/bin/python bench/poll_profile.py [--polls 2000] [--top 25] [--documented]
+
+Creates a throwaway test database (SQLite by default; ``DATABASE_URL`` picks PostgreSQL),
+``--devices`` known online devices with nothing queued, each at its own address (so the
+throttles keep the per-device history a real fleet has), then runs ``--polls`` idle polls,
+round-robin over the devices, through
+Django's test client (no network, so the figures are the server's own cost per poll), once
+timed and once under cProfile. Prints µs per poll, the queries of one poll, and the top
+functions by own time and by cumulative time. Bounded: at most 20 000 polls.
+"""
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--polls", type=int, default=2000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--documented", action="store_true", help="GET /esp32/wifi/command")
+    args = parser.parse_args()
+    polls = max(1, min(args.polls, 20_000))
+
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, setup_test_environment
+    from django.utils import timezone
+
+    from devices.models import Device
+
+    setup_test_environment()
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        count = max(1, min(args.devices, 1000))
+        macs = [f"02:00:00:00:{i // 256:02X}:{i % 256:02X}" for i in range(count)]
+        Device.objects.bulk_create(
+            Device(device_id="ESP32_" + mac.replace(":", ""), last_seen=timezone.now())
+            for mac in macs
+        )
+        client = Client()
+        turn = iter(range(10**9))
+
+        def one_poll():
+            i = next(turn) % count
+            address = f"10.0.{i // 250}.{i % 250 + 1}"
+            if args.documented:
+                return client.get(
+                    "/esp32/wifi/command", HTTP_DEVICE_ID=macs[i], REMOTE_ADDR=address
+                )
+            return client.get(
+                f"/esp32/commands/ESP32_{macs[i].replace(':', '')}", REMOTE_ADDR=address
+            )
+
+        for _ in range(count):  # warm up: imports, URL resolver, caches
+            assert one_poll().status_code == 200
+        with CaptureQueriesContext(connection) as captured:
+            one_poll()
+        print(f"database: {connection.vendor}; queries in one idle poll: {len(captured)}")
+        for query in captured.captured_queries:
+            print(f"  {query['sql'][:160]}...")
+
+        # CPU time as well as wall time: on a shared machine the wall clock also counts
+        # whatever else ran meanwhile. The best of three rounds is the figure to compare.
+        rounds = []
+        for _ in range(3):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(polls):
+                assert one_poll().status_code == 200
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+            rounds.append((cpu, elapsed))
+            print(
+                f"{polls} idle polls: {elapsed:.2f} s wall ({elapsed / polls * 1e6:.0f} µs per "
+                f"poll, {polls / elapsed:.0f} polls/s), {cpu / polls * 1e6:.0f} µs CPU per poll"
+            )
+        cpu, elapsed = min(rounds)
+        print(
+            f"best of 3: {cpu / polls * 1e6:.0f} µs CPU per poll, {polls / cpu:.0f} polls/s of CPU"
+        )
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(polls):
+            one_poll()
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        print(
+            f"profiled: {stats.total_calls / polls:.0f} Python function calls per poll "
+            "(the figure the machine's load does not change)"
+        )
+        for name in ("device_for_poll", "poll"):
+            for (filename, _line, function), row in stats.stats.items():
+                if function == name and filename.endswith(("selectors.py", "services.py")):
+                    print(f"  {function}: {row[3] / stats.total_tt:.0%} of the profiled time")
+        for order in ("tottime", "cumulative"):
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order)
+            stats.print_stats(args.top)
+            print(f"--- top {args.top} by {order} ---")
+            print("\n".join(out.getvalue().splitlines()[4:]))
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+if __name__ == "__main__":
+    main()
