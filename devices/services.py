@@ -351,7 +351,15 @@ def deliver_next_command(
     remote_addr: str = "",
 ) -> Command | None:
     """Claim the next command for a WiFi poll's answer (see :func:`claim_next_command`) and
-    log it as sent. Used by :func:`poll` and by a held poll when it is woken."""
+    log it as sent. Used by :func:`poll` and by a held poll when it is woken.
+
+    A WiFi machine works one vend at a time and confirms it before it polls again, so a
+    vend still waiting for its confirmation when the machine is handed the next one was
+    never in its hands: the answer that carried it was lost (a worker killed mid-answer, a
+    reply after the firmware's 3 s timeout). It is flagged ``unconfirmed`` for staff here,
+    at once, because a confirmation names only a slot: left ``sent``, it would be the
+    oldest candidate and take the confirmation of the vend the machine really dispensed.
+    """
     command = claim_next_command(device=device, kinds=kinds)
     if command is not None:
         log_exchange(
@@ -362,7 +370,31 @@ def deliver_next_command(
             remote_addr=remote_addr,
             message=json.dumps(command.as_wire()),
         )
+        if command.kind == CommandKind.VEND:
+            _flag_vends_the_machine_never_got(device=device, delivered=command)
     return command
+
+
+def _flag_vends_the_machine_never_got(*, device: Device, delivered: Command) -> None:
+    unanswered = (
+        Command.objects.filter(
+            device=device,
+            kind=CommandKind.VEND,
+            state=CommandState.SENT,
+            transaction__state=TransactionState.SENT,
+            sent_at__lte=delivered.sent_at,
+        )
+        .exclude(pk=delivered.pk)
+        .values_list("pk", flat=True)
+    )
+    for command_id in list(unanswered):
+        flag_unconfirmed(
+            command_id=command_id,
+            reason=(
+                "the machine asked for its next command without confirming this one: the "
+                "answer that carried it never reached it"
+            ),
+        )
 
 
 def may_hold_poll(device: Device) -> bool:

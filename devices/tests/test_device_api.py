@@ -198,6 +198,28 @@ def test_a_confirmation_with_the_mac_settles_the_delivered_vend_and_keeps_the_un
     assert ledger_rows(slot(online_device, 3)) == [(MovementReason.VEND, -1)]
 
 
+def test_a_vend_whose_answer_was_lost_does_not_take_the_next_vends_confirmation(
+    api_client, online_device
+):
+    """The machine never got the first answer (a worker died mid-answer); it polls again,
+    gets the second vend of the same slot and confirms that one. The confirmation must
+    settle the vend it dispensed, and the lost one must be flagged for staff."""
+    lost = request_vend(device=online_device, slot_number=3)
+    poll(api_client)  # the answer that never arrived
+    dispensed = request_vend(device=online_device, slot_number=3)
+
+    assert json.loads(poll(api_client).content)["slot"] == 3
+    response = confirm(api_client, slot=3)
+
+    assert response.json()["transaction_id"] == str(dispensed.pk)
+    lost.refresh_from_db()
+    dispensed.refresh_from_db()
+    assert dispensed.state == TransactionState.SUCCEEDED
+    assert lost.state == TransactionState.UNCONFIRMED  # the unit stays reserved for staff
+    assert "never reached it" in lost.events.order_by("-created_at").first().note
+    assert slot(online_device, 3).quantity == 3
+
+
 def test_a_confirmation_that_matches_nothing_is_ignored_and_logged_as_a_warning(
     api_client, online_device
 ):
