@@ -222,3 +222,54 @@ def test_a_server_that_accepts_and_never_answers_fails_within_the_connect_timeou
         extensions.set_wait_callback(previous)
         silent.close()
     assert 0.9 < time.monotonic() - started < 3
+
+
+@pytest.mark.postgres
+def test_a_query_whose_server_stops_answering_mid_conversation_fails_in_bounded_time(settings):
+    """The case libpq's connect_timeout and the server's statement_timeout cannot cover: the
+    connection is open, the query is sent, and nothing comes back (the kernel still
+    acknowledges every packet, so TCP keepalives see nothing wrong either)."""
+    import threading
+
+    import psycopg2
+    from psycopg2 import extensions
+
+    from tests.faults.proxy import FaultProxy
+    from vending_site import database
+
+    settings.DATABASE_CONNECT_TIMEOUT = 2
+    settings.DATABASE_STATEMENT_TIMEOUT = 1
+    previous = extensions.get_wait_callback()
+    database.install()
+    outcome = {}
+    with FaultProxy(5432, lifetime=60) as proxy:
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=proxy.port, user="postgres", dbname="postgres"
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            proxy.set_mode("hang")
+
+            def query():
+                started = time.monotonic()
+                try:
+                    with conn.cursor() as cursor:
+                        cursor.execute("SELECT 2")
+                    outcome["result"] = "answered"
+                except psycopg2.OperationalError as exc:
+                    outcome["result"] = str(exc)
+                outcome["took"] = time.monotonic() - started
+
+            thread = threading.Thread(target=query, daemon=True)
+            thread.start()
+            thread.join(8)
+            stuck = thread.is_alive()
+            proxy.set_mode("pass")  # a stuck query (the failing case) may end now
+            thread.join(5)
+        finally:
+            extensions.set_wait_callback(previous)
+            conn.close()
+    assert not stuck, "the query waited for a server that does not answer"
+    assert "no answer from the database within 2 s" in outcome["result"]
+    assert 1.9 < outcome["took"] < 4
