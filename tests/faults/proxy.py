@@ -177,6 +177,8 @@ class FaultProxy:
             except BlockingIOError:
                 return
             self.accepted += 1
+            with self._lock:  # read after accept: a client that connected after switching
+                mode = self.mode  # the mode must meet the new mode
             if mode == "reset" or self.open_connections >= self.max_connections:
                 _rst(client)
                 self.resets += 1
