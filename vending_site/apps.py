@@ -6,3 +6,11 @@ class VendingSiteConfig(AppConfig):
 
     name = "vending_site"
     verbose_name = "Vending site"
+
+    def ready(self) -> None:
+        from django.conf import settings
+
+        if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+            from . import database
+
+            database.install()  # no request waits forever on PostgreSQL (see database.py)

@@ -2,7 +2,8 @@
 
 Services raise a subclass of :class:`DomainError`; they know nothing of HTTP. The DRF
 exception handler below turns every error into ``{"detail": message, "code": code}`` with
-the status the error class names, so each rule's message is written once.
+the status the error class names, so each rule's message is written once. A database or
+Redis that cannot be reached is 503 with ``Retry-After`` (see ``vending_site.outages``).
 """
 
 from typing import Any
@@ -12,6 +13,8 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from . import outages
 
 
 class DomainError(Exception):
@@ -42,6 +45,14 @@ class Unprocessable(DomainError):
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    backend = outages.unavailable_backend(exc)
+    if backend is not None:
+        outages.log_outage(backend, exc)
+        return Response(
+            outages.outage_body(backend),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(outages.retry_after())},
+        )
     if isinstance(exc, DomainError):
         body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
         body.update(exc.details)

@@ -7,9 +7,10 @@ is lost when no page is watching. After commit the event is also pushed to the c
 layer's group when that layer is Redis, which reaches every process at once; without Redis,
 open sockets find it by tailing the outbox.
 A channel layer that is down must not break a vend, so push failures are logged and
-swallowed.
+swallowed, and pushes pause for ``REDIS_RETRY_AFTER`` seconds after one.
 """
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
@@ -20,9 +21,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .outages import Breaker
+
 logger = logging.getLogger(__name__)
 
 EVENTS_GROUP = "vending.events"
+_push_breaker = Breaker()
 
 
 def publish(kind: str, payload: dict[str, Any]) -> None:
@@ -52,7 +56,16 @@ def _push(message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    if not _push_breaker.allows():
+        return  # Redis failed a moment ago: pages catch up from the outbox when it is back
     try:
-        async_to_sync(layer.group_send)(EVENTS_GROUP, {"type": "vending.event", "event": message})
-    except Exception:  # a live page is never worth a failed vend
-        logger.warning("could not push %s event", message["kind"], exc_info=True)
+        async_to_sync(_bounded_group_send)(layer, {"type": "vending.event", "event": message})
+    except Exception as exc:  # noqa: BLE001 - a live page is never worth a failed vend
+        # Not retried for REDIS_RETRY_AFTER seconds: a Redis that hangs would otherwise cost
+        # every change REDIS_TIMEOUT, inside the request that made it.
+        _push_breaker.trip(settings.REDIS_RETRY_AFTER)
+        logger.warning("could not push %s event: %s", message["kind"], exc)
+
+
+async def _bounded_group_send(layer, message: dict[str, Any]) -> None:
+    await asyncio.wait_for(layer.group_send(EVENTS_GROUP, message), settings.REDIS_TIMEOUT)

@@ -103,6 +103,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # Early, so every log line of the request (other middleware's too) has its request_id.
     "vending_site.middleware.RequestIdMiddleware",
+    # A view that meets an unreachable database or Redis answers 503 with Retry-After, not 500.
+    "vending_site.outages.OutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads a body (CSRF reads forms): 413 for an oversized one.
     "vending_site.limits.RequestSizeLimitMiddleware",
@@ -138,6 +140,12 @@ TEMPLATES = [
 WSGI_APPLICATION = "vending_site.wsgi.application"
 ASGI_APPLICATION = "vending_site.asgi.application"
 
+# Seconds to wait for a PostgreSQL connection, and for one statement, before answering 503.
+DATABASE_CONNECT_TIMEOUT = max(env.int("DATABASE_CONNECT_TIMEOUT", default=5), 1)
+DATABASE_STATEMENT_TIMEOUT = max(env.float("DATABASE_STATEMENT_TIMEOUT", default=10.0), 0.1)
+# The Retry-After (seconds) of a 503 answered while the database or Redis is unreachable.
+OUTAGE_RETRY_AFTER = max(env.int("OUTAGE_RETRY_AFTER", default=5), 1)
+
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"),
 }
@@ -160,6 +168,20 @@ else:
     # would keep one open). Set CONN_MAX_AGE for WSGI workers or a pooler in front.
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # No request may wait forever on PostgreSQL: libpq gives up connecting after
+    # DATABASE_CONNECT_TIMEOUT, the server cancels a statement after DATABASE_STATEMENT_TIMEOUT,
+    # and vending_site/database.py bounds every wait on the socket by the same figures, so a
+    # server that stops answering (a hung network, not only a slow query) is an error too.
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _pg_options.setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
+    _pg_options["options"] = " ".join(
+        part
+        for part in (
+            _pg_options.get("options", ""),
+            f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT * 1000)}",
+        )
+        if part
+    )
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -189,11 +211,27 @@ STORAGES = {
 LOGIN_URL = "admin:login"
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# Seconds to wait for Redis (connecting, and each answer). Redis holds only throttle counts and
+# live-event pushes, so a Redis that does not answer is skipped for REDIS_RETRY_AFTER seconds
+# (throttles let requests through, pushes are dropped: pages catch up from the outbox).
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=1.0)
+REDIS_RETRY_AFTER = env.float("REDIS_RETRY_AFTER", default=5.0)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_connect_timeout": REDIS_TIMEOUT,
+                        # A socket's receive blocks up to 5 s in BZPOPMIN by design (channels-
+                        # redis' brpop_timeout): only a wait well past that means a hang.
+                        # Pushes are bounded by REDIS_TIMEOUT in vending_site/events.py.
+                        "socket_timeout": 5 + 2 * REDIS_TIMEOUT,
+                    }
+                ]
+            },
         }
     }
 else:
@@ -244,9 +282,13 @@ DEVICE_ADDRESS_THROTTLE = env.str("DEVICE_ADDRESS_THROTTLE", default="6000/min")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "vending_site.cache.FailOpenRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "vending",
+            "OPTIONS": {
+                "socket_connect_timeout": REDIS_TIMEOUT,
+                "socket_timeout": REDIS_TIMEOUT,
+            },
         }
     }
 else:

@@ -22,7 +22,7 @@ from devices.models import Command, Device
 from devices.selectors import canonical_id
 from devices.services import confirm_vend, log_exchange, may_hold_poll, poll, register_device
 from vending_site import logging as vlog
-from vending_site import metrics
+from vending_site import metrics, outages
 from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
 from vending_site.network import client_ip
@@ -71,8 +71,13 @@ class DeviceEndpoint(APIView):
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
-        # A throttled request is not logged: a flood must not become a flood of writes.
-        if response.status_code >= 400 and not isinstance(exc, Throttled):
+        # A throttled request is not logged: a flood must not become a flood of writes. Nor is
+        # one refused because the database is unreachable: the log is in that database.
+        if (
+            response.status_code >= 400
+            and not isinstance(exc, Throttled)
+            and outages.unavailable_backend(exc) is None
+        ):
             log_exchange(
                 direction=Direction.IN,
                 transport=Transport.WIFI,

@@ -1,0 +1,275 @@
+"""An unreachable database or Redis is a 503 with ``Retry-After``, never a 500 or a hang.
+
+These run on any database (SQLite too): the failure is injected by patching the service a
+view calls, or by pointing Redis at a port nothing listens on, or psycopg2 at a socket that
+accepts and never answers. The real network faults are in ``test_backend_faults.py``.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse
+from django.urls import path
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from devices.models import CommunicationLog
+from tests.factories import UserFactory
+from tests.integration.processes import ROOT, free_port
+from vending_site import events
+from vending_site.cache import FailOpenRedisCache
+from vending_site.permissions import VEND_CLIENT_GROUP
+
+DEVICE_ID = "ESP32_6CC8404FE03C"
+
+
+def plain_view_that_meets_a_dead_database(request):
+    raise OperationalError("could not connect to server: Connection refused")
+
+
+def plain_view_that_fails_otherwise(request):
+    raise ValueError("a bug")
+
+
+def plain_view_ok(request):
+    return HttpResponse("ok")
+
+
+urlpatterns = [
+    path("dead-db", plain_view_that_meets_a_dead_database),
+    path("bug", plain_view_that_fails_otherwise),
+    path("ok", plain_view_ok),
+]
+
+
+def assert_unavailable(response, backend: str = "database", retry_after: int = 5) -> None:
+    assert response.status_code == 503
+    assert response["Retry-After"] == str(retry_after)
+    body = json.loads(response.content)
+    assert body["code"] == f"{backend}_unavailable"
+    name = "the database" if backend == "database" else "Redis"
+    assert body["detail"] == f"{name} is unavailable, retry in {retry_after} s"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("server closed the connection unexpectedly"),
+        InterfaceError("connection already closed"),
+    ],
+)
+def test_a_device_poll_that_meets_a_dead_database_is_503_with_retry_after(api_client, error):
+    with mock.patch("devices.api.device_views.poll", side_effect=error):
+        response = api_client.get(f"/esp32/commands/{DEVICE_ID}")
+    assert_unavailable(response)
+    # The refusal is not written to the communication log: that log is in the dead database.
+    assert not CommunicationLog.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_device_confirmation_that_meets_an_unreachable_redis_is_503_naming_redis(
+    api_client, settings
+):
+    settings.OUTAGE_RETRY_AFTER = 7
+    with mock.patch(
+        "devices.api.device_views.confirm_vend", side_effect=RedisConnectionError("refused")
+    ):
+        response = api_client.post(
+            "/esp32/confirm", {"device_id": DEVICE_ID, "slot": 1, "success": True}, format="json"
+        )
+    assert_unavailable(response, backend="redis", retry_after=7)
+
+
+@pytest.mark.django_db
+def test_a_rest_vend_that_meets_a_dead_database_is_503_with_retry_after(client_for, online_device):
+    user = UserFactory()
+    user.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])
+    with mock.patch(
+        "transactions.api.views.request_vend_once",
+        side_effect=OperationalError("canceling statement due to statement timeout"),
+    ):
+        response = client_for(user).post(
+            "/api/v1/vend/1", {"device_id": online_device.device_id}, format="json"
+        )
+    assert_unavailable(response)
+
+
+@pytest.mark.urls("tests.faults.test_outage_answers")
+def test_a_plain_django_view_that_meets_a_dead_database_is_503_through_the_middleware(client):
+    assert_unavailable(client.get("/dead-db"))
+
+
+@pytest.mark.urls("tests.faults.test_outage_answers")
+def test_other_errors_of_a_plain_view_stay_500(client):
+    client.raise_request_exception = False
+    assert client.get("/bug").status_code == 500
+
+
+@pytest.fixture
+def redis_nowhere(settings):
+    """The cache on Redis at a loopback port nothing listens on."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/12",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    settings.REDIS_RETRY_AFTER = 60
+
+
+@pytest.mark.django_db
+def test_with_redis_down_device_throttles_fail_open_and_polls_answer_200(
+    api_client, settings, redis_nowhere
+):
+    settings.DEVICE_THROTTLE = "1/min"  # a working cache would refuse the second poll
+    settings.DEVICE_ADDRESS_THROTTLE = "1/min"
+    started = time.monotonic()
+    answers = [api_client.get(f"/esp32/commands/{DEVICE_ID}").status_code for _ in range(3)]
+    assert answers == [200, 200, 200]
+    assert time.monotonic() - started < 3
+
+
+def test_after_a_redis_failure_the_cache_leaves_redis_alone_for_a_while(settings):
+    settings.REDIS_RETRY_AFTER = 60
+    cache = FailOpenRedisCache("redis://127.0.0.1:1/12", {})
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        raise RedisError("down")
+
+    with mock.patch("django.core.cache.backends.redis.RedisCache.get", failing):
+        assert cache.get("a", default="miss") == "miss"
+        assert cache.get("b", default="miss") == "miss"
+        assert cache.set("c", 1) is None
+    assert len(calls) == 1
+    cache.breaker.reset()
+    with mock.patch("django.core.cache.backends.redis.RedisCache.get", failing):
+        cache.get("d")
+    assert len(calls) == 2
+
+
+def test_a_live_event_push_that_fails_is_logged_and_pauses_pushes(settings, caplog):
+    settings.REDIS_RETRY_AFTER = 60
+    layer = mock.Mock()
+    layer.group_send = mock.AsyncMock(side_effect=RedisConnectionError("refused"))
+    events._push_breaker.reset()
+    try:
+        with (
+            mock.patch.object(events, "layer_crosses_processes", return_value=True),
+            mock.patch.object(events, "get_channel_layer", return_value=layer),
+        ):
+            events._push({"kind": "device", "id": 1})
+            events._push({"kind": "device", "id": 2})
+    finally:
+        events._push_breaker.reset()
+    assert layer.group_send.await_count == 1
+    assert "could not push device event" in caplog.text
+
+
+def test_postgres_timeouts_come_from_the_environment():
+    code = (
+        "import json; from django.conf import settings; "
+        "print(json.dumps(settings.DATABASES['default']['OPTIONS']))"
+    )
+    env = dict(
+        os.environ,
+        DATABASE_URL="postgres://u@127.0.0.1:5432/x?options=-c%20work_mem%3D4MB",
+        DATABASE_CONNECT_TIMEOUT="3",
+        DATABASE_STATEMENT_TIMEOUT="1.5",
+        DJANGO_SETTINGS_MODULE="vending_site.settings",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = json.loads(result.stdout.strip().splitlines()[-1])
+    assert options["connect_timeout"] == 3
+    assert options["options"] == "-c work_mem=4MB -c statement_timeout=1500"
+
+
+def test_a_server_that_accepts_and_never_answers_fails_within_the_connect_timeout(settings):
+    """psycopg2 alone would wait forever here; the bounded wait gives up."""
+    import psycopg2
+    from psycopg2 import extensions
+
+    from vending_site import database
+
+    settings.DATABASE_CONNECT_TIMEOUT = 1
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody speaks
+    previous = extensions.get_wait_callback()
+    database.install()
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="no answer from the database"):
+            psycopg2.connect(host="127.0.0.1", port=silent.getsockname()[1], user="x", dbname="x")
+    finally:
+        extensions.set_wait_callback(previous)
+        silent.close()
+    assert 0.9 < time.monotonic() - started < 3
+
+
+@pytest.mark.postgres
+def test_a_query_whose_server_stops_answering_mid_conversation_fails_in_bounded_time(settings):
+    """The case libpq's connect_timeout and the server's statement_timeout cannot cover: the
+    connection is open, the query is sent, and nothing comes back (the kernel still
+    acknowledges every packet, so TCP keepalives see nothing wrong either)."""
+    import threading
+
+    import psycopg2
+    from psycopg2 import extensions
+
+    from tests.faults.proxy import FaultProxy
+    from vending_site import database
+
+    settings.DATABASE_CONNECT_TIMEOUT = 2
+    settings.DATABASE_STATEMENT_TIMEOUT = 1
+    previous = extensions.get_wait_callback()
+    database.install()
+    outcome = {}
+    with FaultProxy(5432, lifetime=60) as proxy:
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=proxy.port, user="postgres", dbname="postgres"
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            proxy.set_mode("hang")
+
+            def query():
+                started = time.monotonic()
+                try:
+                    with conn.cursor() as cursor:
+                        cursor.execute("SELECT 2")
+                    outcome["result"] = "answered"
+                except psycopg2.OperationalError as exc:
+                    outcome["result"] = str(exc)
+                outcome["took"] = time.monotonic() - started
+
+            thread = threading.Thread(target=query, daemon=True)
+            thread.start()
+            thread.join(8)
+            stuck = thread.is_alive()
+            proxy.set_mode("pass")  # a stuck query (the failing case) may end now
+            thread.join(5)
+        finally:
+            extensions.set_wait_callback(previous)
+            conn.close()
+    assert not stuck, "the query waited for a server that does not answer"
+    assert "no answer from the database within 2 s" in outcome["result"]
+    assert 1.9 < outcome["took"] < 4
