@@ -109,10 +109,14 @@ class ParsedLine:
     field: str = ""
 
 
+# A slot number: ASCII digits, at most six. A longer run is not a slot (and more than 4300
+# digits would make int() raise), so such a line is not a vend result.
+_SLOT = r"([0-9]{1,6})(?![0-9])"
+
 _TOKENS: list[tuple[re.Pattern, SerialLine]] = [
-    (re.compile(r"VEND_SUCCESS:(\d+)"), SerialLine.VEND_SUCCESS),
-    (re.compile(r"VEND_FAILED:(\d+)"), SerialLine.VEND_FAILED),
-    (re.compile(r"ERROR:SLOT_EMPTY(?::(\d+))?"), SerialLine.SLOT_EMPTY),
+    (re.compile(rf"VEND_SUCCESS:{_SLOT}"), SerialLine.VEND_SUCCESS),
+    (re.compile(rf"VEND_FAILED:{_SLOT}"), SerialLine.VEND_FAILED),
+    (re.compile(rf"ERROR:SLOT_EMPTY(?::{_SLOT})?"), SerialLine.SLOT_EMPTY),
     (re.compile(r"Invalid slot", re.IGNORECASE), SerialLine.INVALID_SLOT),
     (re.compile(r"DEVICE_RESPONSE:(\S+)"), SerialLine.DEVICE_RESPONSE),
     (re.compile(r"DEVICE_ID:(\S+)"), SerialLine.DEVICE_ID),

@@ -9,7 +9,8 @@ Redis that cannot be reached is 503 with ``Retry-After`` (see ``vending_site.out
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -74,6 +75,20 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             "code": "not_found" if isinstance(exc, Http404) else "permission_denied",
         }
     return response
+
+
+# Paths whose clients read JSON errors: a URL no route matches answers there like a view's 404.
+JSON_PATH_PREFIXES = ("/api/", "/esp32/", "/vend/")
+
+
+def page_not_found(request, exception):
+    """``handler404``: ``{"detail", "code": "not_found"}`` on the API and device paths (a
+    malformed transaction id, a device id with a slash), Django's page everywhere else."""
+    if request.path.startswith(JSON_PATH_PREFIXES):
+        return JsonResponse(
+            {"detail": f"No such path: {request.path[:200]}", "code": "not_found"}, status=404
+        )
+    return defaults.page_not_found(request, exception)
 
 
 def _code_of(exc: exceptions.APIException) -> str:

@@ -89,9 +89,12 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class ValidationErrorSerializer(ErrorSerializer):
+    # Only a refused body field has per-field messages; a bad path, header or query value
+    # (slot 0, a missing Device-ID, a malformed device id) is a 400 without them.
     errors = serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()),
-        help_text="The messages for each field that was refused.",
+        required=False,
+        help_text="The messages for each field that was refused (a refused body only).",
     )
 
 
@@ -227,7 +230,8 @@ DEVICE_POLL = extend_schema(
     summary="Poll for the next command (firmware v2.1, every ~2 s)",
     description="200 with the JSON `null` when there is nothing to do, else one command. Only "
     "VEND is delivered on this path (this firmware ignores everything else). A device that "
-    "polls without having registered is registered on its first poll.",
+    "polls without having registered is registered on its first poll; an unknown id that does "
+    "not start with `ESP32_` is 404 `unknown_device`.",
     parameters=[
         OpenApiParameter(
             "device_id",
@@ -245,7 +249,7 @@ DEVICE_POLL = extend_schema(
                 _VEND_COMMAND_EXAMPLE,
             ],
         ),
-        **errors(400),
+        **errors(400, 404),
     },
 )
 
@@ -253,7 +257,8 @@ DEVICE_POLL_DOCUMENTED = extend_schema(
     tags=["device protocol"],
     summary="Poll for the next command (documented WiFi variant)",
     description="The plain-text body `NO_COMMAND` when idle, else one JSON command "
-    "(VEND, STATUS or RESET).",
+    "(VEND, STATUS or RESET). An unknown id that does not start with `ESP32_` (or is not a "
+    "MAC) is 404 `unknown_device`.",
     parameters=[
         OpenApiParameter(
             "Device-ID",
@@ -272,7 +277,7 @@ DEVICE_POLL_DOCUMENTED = extend_schema(
             description="Nothing to do.",
             examples=[OpenApiExample("idle", value="NO_COMMAND", response_only=True)],
         ),
-        **errors(400),
+        **errors(400, 404),
     },
 )
 
@@ -385,7 +390,7 @@ class HealthSerializer(serializers.Serializer):
 DEVICE_LIST = extend_schema(
     tags=["devices"],
     summary="Every device with its online state, and the active one",
-    responses={200: DeviceListSerializer},
+    responses={200: DeviceListSerializer, **errors(*AUTHENTICATED)},
 )
 DEVICE_SELECT = extend_schema(
     tags=["devices"],
@@ -454,7 +459,10 @@ VEND = extend_schema(
     "true`).",
     parameters=[
         OpenApiParameter(
-            "slot_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="1..10000"
+            "slot_id",
+            {"type": "integer", "minimum": 1, "maximum": 10_000},
+            OpenApiParameter.PATH,
+            description="1..10000",
         ),
         OpenApiParameter(
             "Idempotency-Key",
@@ -489,9 +497,52 @@ TRANSACTION_CANCEL = extend_schema(
     responses={200: TransactionSerializer, **errors(*AUTHENTICATED, 404, 409)},
 )
 TRANSACTION_LIST = extend_schema(
-    tags=["vends"], summary="Transactions, newest first (staff: all; others: their own)"
+    tags=["vends"],
+    summary="Transactions, newest first (staff: all; others: their own)",
+    responses={200: TransactionSerializer(many=True), **errors(400, *AUTHENTICATED)},
 )
-TOKEN = extend_schema(tags=["auth"])
+
+
+class TokenObtainDocs(OpenApiViewExtension):
+    """simplejwt's views: their 400 (a missing field) and 401 (wrong credentials) too."""
+
+    target_class = "rest_framework_simplejwt.views.TokenObtainPairView"
+
+    def view_replacement(self):
+        @extend_schema(
+            tags=["auth"],
+            responses={
+                200: inline_serializer(
+                    "TokenPair",
+                    {"access": serializers.CharField(), "refresh": serializers.CharField()},
+                ),
+                **errors(400, 401),
+            },
+        )
+        class Documented(self.target_class):
+            pass
+
+        return Documented
+
+
+class TokenRefreshDocs(OpenApiViewExtension):
+    target_class = "rest_framework_simplejwt.views.TokenRefreshView"
+
+    def view_replacement(self):
+        # Only `access` comes back: refresh tokens are not rotated (SIMPLE_JWT).
+        @extend_schema(
+            tags=["auth"],
+            responses={
+                200: inline_serializer("AccessToken", {"access": serializers.CharField()}),
+                **errors(400, 401),
+            },
+        )
+        class Documented(self.target_class):
+            pass
+
+        return Documented
+
+
 TRANSACTION_DETAIL = extend_schema(
     tags=["vends"],
     summary="One transaction with its state history",

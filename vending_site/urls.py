@@ -21,6 +21,8 @@ from transactions.api import views as txn_views
 from . import dashboard, metrics
 from .health import HealthView
 
+handler404 = "vending_site.errors.page_not_found"
+
 UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
 
 api_v1 = [

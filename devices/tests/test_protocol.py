@@ -1,10 +1,16 @@
-"""The device-id rules of the wire protocol (pure functions, no database)."""
+"""The wire protocol's pure functions: device-id rules and serial lines (no database)."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices.protocol import InvalidDeviceId, mac_from_device_id, normalize_device_id
+from devices.protocol import (
+    InvalidDeviceId,
+    SerialLine,
+    mac_from_device_id,
+    normalize_device_id,
+    parse_serial_line,
+)
 
 MAC_BYTES = st.lists(st.integers(0, 255), min_size=6, max_size=6)
 
@@ -67,3 +73,24 @@ def test_normalisation_never_fails_other_than_by_invalid_device_id(text):
     assert result == result.upper()
     assert 1 <= len(result) <= 64
     assert normalize_device_id(result) == result
+
+
+# --- Serial lines -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "slot"),
+    [("✅ VEND_SUCCESS:3", 3), ("VEND_FAILED:5\r", 5), ("ERROR:SLOT_EMPTY:2", 2)],
+)
+def test_a_vend_result_line_names_its_slot(line, slot):
+    assert parse_serial_line(line).slot == slot
+
+
+@pytest.mark.parametrize("token", ["VEND_SUCCESS:", "VEND_FAILED:", "ERROR:SLOT_EMPTY:"])
+def test_a_slot_number_longer_than_int_converts_is_not_a_vend_result_and_no_crash(token):
+    # Found by hypothesis: int() refuses more than 4300 digits, and the bridge only cuts a
+    # line at 4096 bytes when it has no newline.
+    parsed = parse_serial_line(f"✅ {token}{'9' * 5000}")
+    assert parsed.kind not in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED)
+    assert parsed.slot is None
+    assert parse_serial_line("VEND_SUCCESS:1234567").kind is SerialLine.UNKNOWN

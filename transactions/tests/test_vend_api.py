@@ -3,7 +3,7 @@
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
@@ -508,6 +508,35 @@ def test_an_invalid_transaction_filter_is_refused_with_400(
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
     assert field in response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "0360-12-30T23:16:28-22:52",  # found by schemathesis: PostgreSQL takes offsets to ±15:59
+        "2026-01-01T00:00:00+23:59",
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+    ],
+)
+def test_a_creation_time_with_any_valid_iso_offset_filters_or_is_refused_never_500(
+    online_device, staff, client_for, moment
+):
+    for name in ("created_after", "created_before"):
+        response = client_for(staff).get("/api/v1/transactions/", {name: moment})
+        assert response.status_code in (200, 400), (name, moment, response.status_code)
+        if response.status_code == 400:
+            assert name in response.json()["errors"]
+
+
+def test_a_creation_time_with_a_large_offset_is_compared_in_utc(online_device, user, client_for):
+    sold = _sell(online_device, 1, user, at=datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+    client = client_for(user)
+    # 2026-01-02T10:59+23:00 is 2026-01-01T11:59 UTC, a minute before the sale.
+    just_before = {"created_after": "2026-01-02T10:59:00+23:00"}
+    just_after = {"created_after": "2026-01-02T11:01:00+23:00"}
+    assert ids(client.get("/api/v1/transactions/", just_before)) == [str(sold.pk)]
+    assert ids(client.get("/api/v1/transactions/", just_after)) == []
 
 
 def test_clients_see_only_their_own_transactions_and_staff_see_all(

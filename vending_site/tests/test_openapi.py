@@ -187,3 +187,65 @@ def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypa
     finally:
         stop(server)
     assert outside == []
+
+
+# --- Found by the schemathesis run (tests/fuzz/): what the schema promised and did not hold -
+
+
+def component(schema, operation, status) -> dict:
+    ref = operation["responses"][str(status)]["content"]["application/json"]["schema"]["$ref"]
+    return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+
+
+def test_a_400_carries_per_field_errors_only_when_a_body_field_was_refused(
+    schema, staff, client_for
+):
+    vend = op(schema, "/api/v1/vend/{slot_id}", "post")
+    assert set(component(schema, vend, 400)["required"]) == {"detail", "code"}
+    body = client_for(staff).post("/api/v1/vend/0", {}, format="json").json()
+    assert body["code"] == "invalid" and "errors" not in body  # a path value, not a field
+
+
+def test_both_polls_document_the_404_for_an_unknown_non_esp32_id(schema, api_client, db):
+    for path in ("/esp32/commands/{device_id}", "/esp32/wifi/command"):
+        assert "404" in schema["paths"][path]["get"]["responses"], path
+    response = api_client.get("/esp32/commands/favicon.ico")
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_device"
+
+
+def test_token_endpoints_document_their_refusals_and_their_real_answers(schema, staff, api_client):
+    obtain = op(schema, "/api/v1/auth/token", "post")
+    refresh = op(schema, "/api/v1/auth/token/refresh", "post")
+    for operation in (obtain, refresh):
+        assert {"200", "400", "401"} <= set(operation["responses"])
+    assert set(component(schema, obtain, 200)["required"]) == {"access", "refresh"}
+    assert set(component(schema, refresh, 200)["required"]) == {"access"}
+
+    pair = api_client.post(
+        "/api/v1/auth/token/",
+        {"username": staff.username, "password": "pw-for-tests-1"},
+        format="json",
+    )
+    assert pair.status_code == 200 and set(pair.json()) == {"access", "refresh"}
+    again = api_client.post(
+        "/api/v1/auth/token/refresh/", {"refresh": pair.json()["refresh"]}, format="json"
+    )
+    assert again.status_code == 200 and set(again.json()) == {"access"}
+    wrong = api_client.post(
+        "/api/v1/auth/token/", {"username": staff.username, "password": "no"}, format="json"
+    )
+    assert wrong.status_code == 401 and set(wrong.json()) == {"detail", "code"}
+    missing = api_client.post("/api/v1/auth/token/refresh/", {}, format="json")
+    assert missing.status_code == 400
+
+
+def test_list_endpoints_document_their_refusals_and_stay_paginated(schema, staff, client_for):
+    transactions = op(schema, "/api/v1/transactions", "get")
+    assert {"200", "400", "401", "403"} <= set(transactions["responses"])
+    assert component(schema, transactions, 200)["required"] == ["count", "results"]
+    for path in ("/api/v1/devices", "/esp32/devices/list"):
+        assert {"401", "403"} <= set(op(schema, path, "get")["responses"]), path
+    response = client_for(staff).get("/api/v1/transactions/?state=null")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
