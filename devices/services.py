@@ -353,12 +353,14 @@ def deliver_next_command(
     """Claim the next command for a WiFi poll's answer (see :func:`claim_next_command`) and
     log it as sent. Used by :func:`poll` and by a held poll when it is woken.
 
-    A WiFi machine works one vend at a time and confirms it before it polls again, so a
-    vend still waiting for its confirmation when the machine is handed the next one was
-    never in its hands: the answer that carried it was lost (a worker killed mid-answer, a
-    reply after the firmware's 3 s timeout). It is flagged ``unconfirmed`` for staff here,
-    at once, because a confirmation names only a slot: left ``sent``, it would be the
-    oldest candidate and take the confirmation of the vend the machine really dispensed.
+    With ``WIFI_ONE_VEND_AT_A_TIME``: the deployed firmware works one vend at a time and
+    confirms it before it polls again, so a vend still waiting for its confirmation when the
+    machine is handed the next one was never in its hands: the answer that carried it was
+    lost (a worker killed mid-answer, a reply after the firmware's 3 s timeout). It is
+    flagged ``unconfirmed`` for staff here, at once, because a confirmation names only a
+    slot: left ``sent``, it would be the oldest candidate and take the confirmation of the
+    vend the machine really dispensed. Off by default, as PROTOCOL.md's rule is "the oldest
+    delivered, not yet confirmed".
     """
     command = claim_next_command(device=device, kinds=kinds)
     if command is not None:
@@ -370,7 +372,7 @@ def deliver_next_command(
             remote_addr=remote_addr,
             message=json.dumps(command.as_wire()),
         )
-        if command.kind == CommandKind.VEND:
+        if command.kind == CommandKind.VEND and settings.WIFI_ONE_VEND_AT_A_TIME:
             _flag_vends_the_machine_never_got(device=device, delivered=command)
     return command
 

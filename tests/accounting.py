@@ -22,17 +22,16 @@ themselves say they dispensed (the WiFi simulator's witness, the serial simulato
 - *unexpected*: dispensed for no accepted vend;
 - *dispensed but refunded*: a free item (the unit went back although it came out).
 
-- *credited to another vend*: a WiFi confirmation names no command, so it settles the
-  oldest delivered vend of its slot (PROTOCOL.md). Had an older delivery never reached the
-  machine and stayed ``sent``, the older vend would end ``succeeded`` without a dispense and
-  the vend actually dispensed ``unconfirmed``: stock right, the wrong customer served. The
-  server flags such an older vend when it hands the machine its next one
-  (``devices.services.deliver_next_command``), so these pairs are listed and must be 0 too.
+Each must be 0. Two cases are counted apart, not as lost, because the unit stays reserved
+and staff see an ``unconfirmed`` vend for the slot:
 
-Each must be 0. One case is counted apart, not as lost, because the unit stays reserved and
-staff see an ``unconfirmed`` vend for the slot: an accepted vend flagged ``unconfirmed`` that
-the machine never dispensed (a worker died, or the machine gave up on the answer, after the
-command was handed out).
+- an accepted vend flagged ``unconfirmed`` that the machine never dispensed (a worker died,
+  or the machine gave up on the answer, after the command was handed out);
+- *credited to another vend*: a WiFi confirmation names no command, so it settles the
+  oldest delivered vend of its slot (PROTOCOL.md). When that older delivery never reached
+  the machine, the older vend ends ``succeeded`` without a dispense and the vend actually
+  dispensed ends ``unconfirmed``; such pairs (same device and slot) are listed here. Stock
+  is right; which customer got the unit is not (``WIFI_ONE_VEND_AT_A_TIME`` narrows this).
 
 The serial wire carries no command id, so a serial machine's dispenses are matched to the
 vends for the same device and slot by count: dispenses go to vends the server kept first
@@ -263,7 +262,6 @@ class Outcomes:
                 ("duplicated", self.duplicated),
                 ("unexpected", self.unexpected),
                 ("dispensed but refunded", self.dispensed_but_refunded),
-                ("credited to another vend", self.credited_to_another_vend),
             )
             if items
         ]

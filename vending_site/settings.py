@@ -318,6 +318,10 @@ DEVICE_SEEN_WRITE_INTERVAL = min(
 # queued (0: answer at once, as always). The firmware gives up on an answer after 3 s, and a
 # command handed to a poll it gave up on is lost, so more than 2 s is refused.
 DEVICE_LONG_POLL_SECONDS = long_poll_seconds(env.float("DEVICE_LONG_POLL_SECONDS", default=0.0))
+# A WiFi machine handed its next vend while an earlier one still awaits confirmation never
+# got the earlier one: flag that one `unconfirmed` at once, so it cannot take the next vend's
+# confirmation. Off by default: PROTOCOL.md gives a confirmation to the oldest delivered vend.
+WIFI_ONE_VEND_AT_A_TIME = env.bool("WIFI_ONE_VEND_AT_A_TIME", default=False)
 # Slots created for a device that polls without having registered.
 DEVICE_DEFAULT_SLOTS = env.int("DEVICE_DEFAULT_SLOTS", default=5)
 # Write idle polls (no command delivered) to the communication log. Off by default: a

@@ -198,12 +198,13 @@ def test_a_confirmation_with_the_mac_settles_the_delivered_vend_and_keeps_the_un
     assert ledger_rows(slot(online_device, 3)) == [(MovementReason.VEND, -1)]
 
 
-def test_a_vend_whose_answer_was_lost_does_not_take_the_next_vends_confirmation(
-    api_client, online_device
+def test_one_vend_at_a_time_a_lost_answer_does_not_take_the_next_vends_confirmation(
+    api_client, online_device, settings
 ):
     """The machine never got the first answer (a worker died mid-answer); it polls again,
     gets the second vend of the same slot and confirms that one. The confirmation must
     settle the vend it dispensed, and the lost one must be flagged for staff."""
+    settings.WIFI_ONE_VEND_AT_A_TIME = True
     lost = request_vend(device=online_device, slot_number=3)
     poll(api_client)  # the answer that never arrived
     dispensed = request_vend(device=online_device, slot_number=3)
@@ -218,6 +219,19 @@ def test_a_vend_whose_answer_was_lost_does_not_take_the_next_vends_confirmation(
     assert lost.state == TransactionState.UNCONFIRMED  # the unit stays reserved for staff
     assert "never reached it" in lost.events.order_by("-created_at").first().note
     assert slot(online_device, 3).quantity == 3
+
+
+def test_by_default_a_confirmation_settles_the_oldest_delivered_vend_as_the_protocol_says(
+    api_client, online_device
+):
+    older = request_vend(device=online_device, slot_number=3)
+    poll(api_client)
+    newer = request_vend(device=online_device, slot_number=3)
+    poll(api_client)
+
+    assert confirm(api_client, slot=3).json()["transaction_id"] == str(older.pk)
+    newer.refresh_from_db()
+    assert newer.state == TransactionState.SENT
 
 
 def test_a_confirmation_that_matches_nothing_is_ignored_and_logged_as_a_warning(
