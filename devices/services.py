@@ -140,13 +140,16 @@ def register_device(
         device.reported_status = reported_status[:50]
     device.save()
     ensure_slots(device=device, count=device.slot_count)
-    if not Device.objects.filter(is_active=True).exists():
-        _try_activate(device)
+    activate_if_none_active(device)
     publish("device", device_payload(device))
     return device, created
 
 
-def _try_activate(device: Device) -> None:
+def activate_if_none_active(device: Device) -> None:
+    """Make ``device`` the active one when no device is; a device another process activated
+    meanwhile stays active (the database allows one, so the loser's update is refused)."""
+    if Device.objects.filter(is_active=True).exists():
+        return
     try:
         with transaction.atomic():
             Device.objects.filter(pk=device.pk).update(is_active=True)

@@ -6,6 +6,7 @@ from django.db import transaction
 
 from devices.choices import Protocol, Transport
 from devices.models import Device
+from devices.services import activate_if_none_active
 from inventory.choices import MovementReason
 from inventory.models import Product, Slot
 from inventory.services import ensure_slots, set_stock
@@ -34,9 +35,10 @@ def load_demo_data() -> Device:
             "transport": Transport.WIFI,
             "protocol": Protocol.WIFI_DOCUMENTED,
             "slot_count": len(DEMO_PRODUCTS),
-            "is_active": not Device.objects.filter(is_active=True).exists(),
         },
     )
+    # Not in the insert: a machine registering meanwhile may take the one active place.
+    activate_if_none_active(device)
     ensure_slots(device=device, count=device.slot_count)
     for number, (name, sku, price, quantity) in enumerate(DEMO_PRODUCTS, start=1):
         product, _ = Product.objects.get_or_create(
