@@ -4,6 +4,7 @@ Transports (the HTTP device views, the serial bridge) call these and translate t
 back to bytes; the rules live here.
 """
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from transactions.choices import TransactionState
 from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish
+from vending_site.outages import Breaker
 
 from .choices import (
     CommandKind,
@@ -252,6 +254,9 @@ def wake_links(device: Device) -> None:
         transaction.on_commit(lambda: _wake_held_polls(device_pk))
 
 
+_wake_breaker = Breaker()
+
+
 def device_group(device_pk: int) -> str:
     """The channel-layer group a held poll of this device listens on."""
     return f"device.{device_pk}"
@@ -268,12 +273,21 @@ def _wake_held_polls(device_pk: int) -> None:
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not _wake_breaker.allows():
         return
     try:
-        async_to_sync(layer.group_send)(device_group(device_pk), {"type": "device.command"})
+        async_to_sync(_bounded_group_send)(layer, device_group(device_pk))
     except Exception:  # a wake-up is never worth a failed vend
+        # Runs inside the vend request: a Redis that hangs must cost it REDIS_TIMEOUT once,
+        # not on every vend, so wake-ups pause for REDIS_RETRY_AFTER seconds.
+        _wake_breaker.trip(settings.REDIS_RETRY_AFTER)
         logger.warning("could not wake the held polls of device %s", device_pk, exc_info=True)
+
+
+async def _bounded_group_send(layer, group: str) -> None:
+    await asyncio.wait_for(
+        layer.group_send(group, {"type": "device.command"}), settings.REDIS_TIMEOUT
+    )
 
 
 def _ago(moment: datetime | None) -> str:

@@ -45,10 +45,13 @@ def bounded_wait(conn) -> None:
             raise psycopg2.OperationalError(
                 f"no answer from the database within {limit:g} s ({what} the server)"
             )
-        if state == extensions.POLL_READ:
-            select.select([conn.fileno()], [], [], left)
-        elif state == extensions.POLL_WRITE:
-            select.select([], [conn.fileno()], [], left)
+        if state in (extensions.POLL_READ, extensions.POLL_WRITE):
+            # poll(), not select(): a busy server's descriptors can pass select()'s 1024.
+            waiter = select.poll()
+            waiter.register(
+                conn.fileno(), select.POLLIN if state == extensions.POLL_READ else select.POLLOUT
+            )
+            waiter.poll(left * 1000)
         else:  # pragma: no cover - psycopg2 documents no other state
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
     raise psycopg2.OperationalError("the database connection never became ready")

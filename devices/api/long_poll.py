@@ -31,6 +31,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.views.decorators.csrf import csrf_exempt
 
 from devices.services import deliver_next_command, device_group, has_deliverable_command
@@ -64,6 +65,9 @@ def holding(view_class: type[PollEndpoint], *, enabled: bool | None = None):
         held: HeldPoll | None = getattr(response, "hold", None)
         if held is None:
             return response
+        # The checks' connection is not kept through the hold: every machine polls all the
+        # time, so held connections would add up to one per machine (max_connections).
+        await sync_to_async(close_old_connections)()
         command = await wait_for_command(held, deadline=started + seconds)
         return response if command is None else view_class.answer(command)
 

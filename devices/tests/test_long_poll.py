@@ -299,3 +299,37 @@ def test_a_poll_whose_client_left_while_held_claims_nothing(server, device):
     assert Command.objects.get(transaction=txn).state == CommandState.QUEUED
     _sent, _answered, _status, body = timed_get(poll_url(server))
     assert json.loads(body)["slot"] == 4
+
+
+def test_a_hung_channel_layer_costs_a_vend_one_redis_timeout_then_wakeups_pause(
+    monkeypatch, settings
+):
+    """The wake-up runs inside the vend request, after commit: a Redis that never answers
+    must not hold every vend for the channel layer's own socket timeout."""
+    import asyncio
+    import time
+
+    from devices import services
+    from vending_site.outages import Breaker
+
+    class HungLayer:
+        sends = 0
+
+        async def group_send(self, group, message):
+            HungLayer.sends += 1
+            await asyncio.sleep(30)
+
+    settings.REDIS_TIMEOUT = 0.2
+    settings.REDIS_RETRY_AFTER = 60
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: HungLayer())
+    monkeypatch.setattr(services, "_wake_breaker", Breaker(), raising=False)
+
+    started = time.monotonic()
+    services._wake_held_polls(1)
+    first = time.monotonic() - started
+    started = time.monotonic()
+    services._wake_held_polls(1)
+    second = time.monotonic() - started
+
+    assert first < 2, f"the first wake-up waited {first:.1f} s"
+    assert second < 0.1 and HungLayer.sends == 1  # paused: Redis is not tried again yet
