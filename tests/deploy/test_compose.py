@@ -3,7 +3,6 @@ construction (no Docker engine here): whatever they run must exist and accept it
 whatever they set must be read by the settings, whatever they point at must be there."""
 
 import ast
-import importlib.util
 import ipaddress
 import os
 import re
@@ -17,6 +16,8 @@ import pytest
 import yaml
 from django.core.management import get_commands, load_command_class
 from django.urls import Resolver404, resolve
+
+from tests.deploy import load_prod_local
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -179,13 +180,6 @@ def test_healthchecks_run_real_commands_or_ask_real_endpoints():
     assert checked >= 4
 
 
-def load_prod_local():
-    spec = importlib.util.spec_from_file_location("prod_local", ROOT / "deploy" / "prod_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_compose_nginx_conf_is_the_template_rendered_for_compose():
     expected = load_prod_local().render_compose()
     assert (ROOT / "deploy/nginx/vending.conf").read_text() == expected, (
@@ -218,27 +212,7 @@ def test_nginx_accepts_the_compose_configuration(tmp_path):
     """``nginx -t`` on the compose file, with the container's names and paths mapped here."""
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     cert, key = tmp_path / "vending.crt", tmp_path / "vending.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=nginx-t",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    load_prod_local().ensure_certificate(cert, key)
     conf = conf.replace("/etc/nginx/certs", str(tmp_path)).replace("/srv/static", str(tmp_path))
     conf = re.sub(r"server web\d+:", "server 127.0.0.1:", conf)
     (tmp_path / "vending.conf").write_text(conf)

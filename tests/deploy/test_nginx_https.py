@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.deploy import load_prod_local
 from tests.integration.processes import ROOT, free_port
 
 START_TIMEOUT = 180.0  # migrate + collectstatic on a fresh database, then both workers
@@ -117,30 +118,7 @@ def stack():
     var = Path(tempfile.mkdtemp(prefix="vending-prod-local-"))
     var.chmod(0o755)
     cert, key = var / "test-tls" / "cert.pem", var / "test-tls" / "key.pem"
-    cert.parent.mkdir()
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=vending smoke test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    load_prod_local().ensure_certificate(cert, key)  # self-signed, for 127.0.0.1
     ports = {
         "https": free_port(),
         "http": free_port(),

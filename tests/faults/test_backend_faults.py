@@ -33,6 +33,7 @@ import pytest
 from tests.faults.proxy import FaultProxy
 from tests.integration import scratch_stack
 from tests.integration.processes import free_port, wait_for_http
+from tests.integration.processes import request as http_request
 
 pytestmark = pytest.mark.postgres
 
@@ -46,6 +47,10 @@ STATEMENT_TIMEOUT = 2
 BOUND = max(CONNECT_TIMEOUT, STATEMENT_TIMEOUT + 1) + 2.0
 RECOVERY = 10.0  # seconds after a fault ends within which polls answer 200 again
 HTTP_TIMEOUT = 15.0  # the client's own; reaching it is a hang
+
+
+def request(url, method, path, body=None, headers=None):
+    return http_request(url, method, path, body, headers, timeout=HTTP_TIMEOUT)
 
 
 def _admin():
@@ -139,28 +144,6 @@ def stack(tmp_path_factory):
         cache.flushdb()
         cache.close()
     assert codes.get("web") == 0, stack.output("web")[-3000:]
-
-
-def request(url, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
-    """``(status, headers, parsed body)``; connection errors propagate."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        connection.request(
-            method,
-            path,
-            body=json.dumps(body) if body is not None else None,
-            headers={"Content-Type": "application/json", "Connection": "close", **(headers or {})},
-        )
-        response = connection.getresponse()
-        text = response.read().decode()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = {"raw": text[:300]}
-        return response.status, dict(response.getheaders()), parsed
-    finally:
-        connection.close()
 
 
 class Load:

@@ -1,5 +1,7 @@
 """Start the project's own management commands as real processes against the test database."""
 
+import http.client
+import json
 import os
 import select
 import signal
@@ -118,3 +120,26 @@ def loopback_opener():
     import urllib.request
 
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def request(url: str, method: str, path: str, body=None, headers=None, timeout=10.0):
+    """A JSON request to ``http://host:port`` in one connection: ``(status, headers, parsed
+    body)``; connection errors propagate."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request(
+            method,
+            path,
+            body=json.dumps(body) if body is not None else None,
+            headers={"Content-Type": "application/json", "Connection": "close", **(headers or {})},
+        )
+        response = connection.getresponse()
+        text = response.read().decode()
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = {"raw": text[:300]}
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        connection.close()

@@ -40,7 +40,7 @@ import pytest
 from devices.simulators.wifi_firmware import WifiFirmware, device_id_for, mac_for
 from tests import accounting
 from tests.integration import scratch_stack
-from tests.integration.processes import free_port, wait_for, wait_for_http
+from tests.integration.processes import free_port, request, wait_for, wait_for_http
 
 WORKERS = 4
 DEVICES = 20
@@ -157,28 +157,6 @@ def stack(scratch, tmp_path):
     assert not bad, "\n".join(
         f"{name} exited {code}:\n{stack.output(name)[-3000:]}" for name, code in bad.items()
     )
-
-
-def request(url: str, method: str, path: str, body=None, headers=None, timeout=10.0):
-    """``(status, headers, parsed body)``; connection errors propagate."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        connection.request(
-            method,
-            path,
-            body=json.dumps(body) if body is not None else None,
-            headers={"Content-Type": "application/json", "Connection": "close", **(headers or {})},
-        )
-        response = connection.getresponse()
-        text = response.read().decode()
-        try:
-            parsed = json.loads(text) if text else None
-        except ValueError:
-            parsed = {"raw": text[:300]}
-        return response.status, dict(response.getheaders()), parsed
-    finally:
-        connection.close()
 
 
 class Clients:
