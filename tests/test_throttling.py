@@ -212,3 +212,112 @@ def test_status_with_a_new_device_id_each_time_meets_the_address_limit(db, setti
     ]
 
     assert codes == [200, 200, 429, 429]
+
+
+# The sliding-window counter (vending_site.throttling._WindowCounting).
+
+
+def window_throttle(rate: str, clock: list[float]):
+    from vending_site.throttling import DeviceAddressThrottle
+
+    throttle = DeviceAddressThrottle()
+    throttle.rate = rate
+    throttle.num_requests, throttle.duration = throttle.parse_rate(rate)
+    throttle.timer = lambda: clock[0]
+    return throttle
+
+
+def hit(throttle, address: str = "10.0.0.7") -> bool:
+    from django.test import RequestFactory
+
+    return throttle.allow_request(RequestFactory().get("/", REMOTE_ADDR=address), None)
+
+
+def test_the_previous_window_weighs_by_how_much_of_it_still_overlaps(db):
+    clock = [60.0 * 1000 + 59]  # 59 s into a window
+    throttle = window_throttle("10/min", clock)
+    assert all(hit(throttle) for _ in range(10))
+
+    clock[0] += 2  # 1 s into the next one: 10 * 59/60 + 1 > 10
+    assert not hit(throttle)
+    # One more fits once the old window's weight is 9 or less: 6 s into the window.
+    assert throttle.wait() == pytest.approx(5.0)
+    clock[0] += 4.9
+    assert not hit(throttle)
+    clock[0] += 0.2
+    assert hit(throttle)
+
+
+def test_a_refused_request_is_not_counted(db):
+    clock = [60.0 * 2000]
+    throttle = window_throttle("3/min", clock)
+    assert [hit(throttle) for _ in range(5)] == [True, True, True, False, False]
+    # Had the refused two counted, the next window would start with 5 against a limit of 3.
+    clock[0] += 60 + 30  # half of the previous window still weighs: 3 * 0.5 = 1.5
+    assert [hit(throttle) for _ in range(2)] == [True, False]
+
+
+def test_the_wait_after_a_full_window_runs_into_the_next_one(db):
+    clock = [60.0 * 3000 + 15]
+    throttle = window_throttle("4/min", clock)
+    assert [hit(throttle) for _ in range(5)] == [True] * 4 + [False]
+    # 45 s left in this window, then its 4 hits must fade to 3: a quarter of the next one.
+    assert throttle.wait() == pytest.approx(45 + 15)
+
+
+def test_each_address_counts_on_its_own(db):
+    clock = [60.0 * 4000]
+    throttle = window_throttle("1/min", clock)
+    assert hit(throttle, "10.0.0.1")
+    assert not hit(throttle, "10.0.0.1")
+    assert hit(throttle, "10.0.0.2")
+
+
+REDIS_URL = "redis://127.0.0.1:6379/4"
+
+
+@pytest.fixture
+def redis_cache(settings):
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+        }
+    }
+    from django.core.cache import cache
+
+    yield cache
+    cache.clear()
+
+
+def test_with_redis_a_device_beyond_its_rate_is_refused_and_counters_expire(
+    online_device, settings, redis_cache
+):
+    settings.DEVICE_THROTTLE = "3/min"
+    client = APIClient()
+
+    assert [poll(client).status_code for _ in range(3)] == [200] * 3
+    assert_throttled(poll(client))
+    assert poll(client, "ESP32_AAAAAAAAAAAA").status_code == 200
+
+    raw = redis_cache._cache.get_client(write=True)
+    keys = [key.decode() for key in raw.keys(f"{redis_cache.key_prefix}*device_ESP32*")]
+    assert keys, "the per-device counter lives in Redis"
+    for key in keys:
+        assert 0 < raw.ttl(key) <= 120  # two windows, then gone
+    own = [key for key in keys if DEVICE_ID in key]
+    assert sum(int(raw.get(key)) for key in own) == 3  # the refused poll was taken back
+
+
+def test_the_redis_cache_builds_one_client_per_server_not_one_per_call(redis_cache):
+    client = redis_cache._cache
+    assert client.get_client() is client.get_client(write=True)
+    redis_cache.set("k", 1)
+    assert redis_cache.get("k") == 1

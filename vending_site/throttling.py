@@ -5,9 +5,16 @@ Rates are read from settings on every request (``API_THROTTLE_*``, ``DEVICE_THRO
 they follow the environment and ``override_settings``. Counts live in the default cache
 (Redis when ``REDIS_URL`` is set, so all workers share them; process memory otherwise).
 
-DRF throttles read, then write, the count without a lock: two workers can both let the
-last request through. They protect the server from a runaway client; they guard nothing
-that matters. Stock and money are guarded by the database (row locks, constraints).
+Counting is a sliding-window counter (:class:`_WindowCounting`), not DRF's list of
+timestamps: one Redis round trip per throttle (increment this window's counter, read the
+previous window's) instead of a read and a pickled write, and no list that grows with the
+rate. The estimate weighs the previous window by how much of it still overlaps the last
+``duration`` seconds; it is exact for evenly spread requests and never lets more than the
+rate through in any window of ``duration`` seconds by more than the previous window's
+unweighted tail. A refused request is taken back off the count, as DRF does not count it.
+Throttles protect the server from a runaway client; they guard nothing that matters. Stock
+and money are guarded by the database (row locks, constraints). When the cache is
+unreachable they let every request through (``vending_site.cache``).
 
 A refused request gets 429, ``{"detail", "code": "throttled"}`` and ``Retry-After``.
 """
@@ -15,6 +22,7 @@ A refused request gets 429, ``{"detail", "code": "throttled"}`` and ``Retry-Afte
 import re
 
 from django.conf import settings
+from django.core.cache import BaseCache
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 from .network import client_ip
@@ -32,26 +40,90 @@ class _RateFromSettings:
         return client_ip(request) or "unknown"
 
 
-class AnonThrottle(_RateFromSettings, AnonRateThrottle):
+def _hit_window(cache: BaseCache, key: str, *, window: int, period: int) -> tuple[int, int] | None:
+    if hasattr(cache, "hit_window"):  # vending_site.cache: one Redis round trip
+        return cache.hit_window(key, window=window, period=period)
+    current = f"{key}:{window}"
+    cache.add(current, 0, 2 * period)
+    try:
+        hits = cache.incr(current)
+    except ValueError:  # expired between add and incr
+        cache.set(current, 1, 2 * period)
+        hits = 1
+    return hits, cache.get(f"{key}:{window - 1}", 0)
+
+
+def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
+    if hasattr(cache, "unhit_window"):
+        cache.unhit_window(key, window=window)
+        return
+    try:
+        cache.decr(f"{key}:{window}")
+    except ValueError:
+        pass
+
+
+class _WindowCounting:
+    """``allow_request``/``wait`` of a DRF ``SimpleRateThrottle``, as a sliding-window counter.
+
+    Windows are the ``duration``-long spans of the clock (``window = now // duration``). A
+    request is allowed when ``previous * (1 - elapsed / duration) + current`` (this request
+    included) is at most the rate.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        now = self.timer()
+        window, elapsed = divmod(now, self.duration)
+        counts = _hit_window(self.cache, self.key, window=int(window), period=self.duration)
+        if counts is None:  # the cache is unreachable: fail open
+            return True
+        hits, before = counts
+        if before * (1 - elapsed / self.duration) + hits <= self.num_requests:
+            return True
+        _unhit_window(self.cache, self.key, window=int(window))
+        self._wait = self._seconds_until_allowed(others=hits - 1, before=before, elapsed=elapsed)
+        return False
+
+    def _seconds_until_allowed(self, *, others: int, before: int, elapsed: float) -> float:
+        """When would one more request fit, if no other came meanwhile?"""
+        room = self.num_requests - 1  # what the others may weigh for one more to fit
+        remaining = self.duration - elapsed
+        if others <= room and before:
+            # Still in this window: the previous window's weight fades linearly to 0.
+            return max(0.0, remaining - (room - others) * self.duration / before)
+        # In the next window this window's hits are the fading ones.
+        fading = self.duration * (1 - room / others) if others else 0.0
+        return remaining + max(0.0, fading)
+
+    def wait(self) -> float | None:
+        return getattr(self, "_wait", None)
+
+
+class AnonThrottle(_WindowCounting, _RateFromSettings, AnonRateThrottle):
     """Unauthenticated callers (the token endpoints, ``/status``, ``/health``), by address."""
 
     rate_setting = "API_THROTTLE_ANON"
 
 
-class UserThrottle(_RateFromSettings, UserRateThrottle):
+class UserThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
     """Reads, per user (each API key is its own user)."""
 
     rate_setting = "API_THROTTLE_USER"
 
 
-class VendThrottle(_RateFromSettings, UserRateThrottle):
+class VendThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
     """Vend requests, per user or key: stricter than reads."""
 
     scope = "vend"
     rate_setting = "API_THROTTLE_VEND"
 
 
-class DeviceThrottle(_RateFromSettings, SimpleRateThrottle):
+class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
     """Device endpoints, per claimed device id (else per address).
 
     The firmware polls every 2 s and sends a register and a confirm now and then, so the
@@ -73,7 +145,7 @@ class DeviceThrottle(_RateFromSettings, SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-class DeviceAddressThrottle(_RateFromSettings, SimpleRateThrottle):
+class DeviceAddressThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
     """Device endpoints, per client address, looser than :class:`DeviceThrottle`.
 
     The per-device limit keys on the id a request claims, and a poll with an unseen id
