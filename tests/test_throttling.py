@@ -2,6 +2,7 @@
 endpoints; 429 in our error shape with Retry-After. Each test gets a fresh cache."""
 
 import uuid
+from unittest import mock
 
 import pytest
 from rest_framework.test import APIClient
@@ -12,15 +13,45 @@ from devices.tests.helpers import DEVICE_ID, confirm, poll
 from tests.factories import UserFactory
 from vending_site.network import client_ip
 
+REDIS_URL = "redis://127.0.0.1:6379/4"
 
-@pytest.fixture(autouse=True)
-def fresh_cache(settings):
+
+def redis_available() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True, params=["locmem", "redis"])
+def fresh_cache(request, settings):
+    """Every test twice: with process memory (no REDIS_URL) and with the shared Redis cache,
+    whose counting is one pipelined round trip (vending_site.cache.hit_windows)."""
+    if request.param == "locmem":
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": f"throttle-{uuid.uuid4()}",
+            }
+        }
+        yield None
+        return
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379")
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": f"throttle-{uuid.uuid4()}",
+            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         }
     }
+    from django.core.cache import cache
+
+    yield cache
+    cache.clear()
 
 
 def key_client() -> APIClient:
@@ -273,28 +304,11 @@ def test_each_address_counts_on_its_own(db):
     assert hit(throttle, "10.0.0.2")
 
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
-
-
 @pytest.fixture
-def redis_cache(settings):
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-    except OSError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "vending_site.cache.FailOpenRedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
-        }
-    }
-    from django.core.cache import cache
-
-    yield cache
-    cache.clear()
+def redis_cache(fresh_cache):
+    if fresh_cache is None:
+        pytest.skip("a Redis test")
+    return fresh_cache
 
 
 def test_with_redis_a_device_beyond_its_rate_is_refused_and_counters_expire(
@@ -321,3 +335,23 @@ def test_the_redis_cache_builds_one_client_per_server_not_one_per_call(redis_cac
     assert client.get_client() is client.get_client(write=True)
     redis_cache.set("k", 1)
     assert redis_cache.get("k") == 1
+
+
+def test_with_redis_a_device_request_counts_both_limits_in_one_round_trip(
+    online_device, redis_cache
+):
+    from redis.client import Pipeline
+
+    client = APIClient()
+    poll(client)  # connections made, the device's last_seen fresh
+    batches = []
+    run = Pipeline.execute
+
+    def recording(pipeline, *args, **kwargs):
+        batches.append([command[0][0] for command in pipeline.command_stack])
+        return run(pipeline, *args, **kwargs)
+
+    with mock.patch.object(Pipeline, "execute", recording):
+        assert poll(client).status_code == 200
+    # The address and the device counters: INCRBY, EXPIRE, GET each, in one batch.
+    assert batches == [["INCRBY", "EXPIRE", "GET"] * 2]

@@ -52,27 +52,27 @@ class FailOpenRedisCache(RedisCache):
         self._class = ReusingRedisCacheClient
         self.breaker = Breaker()
 
-    def hit_window(self, key: str, *, window: int, period: int) -> tuple[int, int] | None:
-        """Count one hit in fixed window ``window`` of ``key``; one round trip.
+    def hit_windows(self, counters: list[tuple[str, int, int]]) -> list[tuple[int, int]] | None:
+        """Count one hit in each ``(key, window, period)`` fixed window; one round trip.
 
-        Returns (hits in this window, counting this one; hits in the window before), or None
-        when Redis is unreachable. Each window's counter lives for two periods.
+        Returns, per counter, (hits in this window, counting this one; hits in the window
+        before), or None when Redis is unreachable. Each window's counter lives for two periods.
         """
-        current = self.make_and_validate_key(f"{key}:{window}")
-        previous = self.make_and_validate_key(f"{key}:{window - 1}")
 
-        def count() -> tuple[int, int]:
+        def count() -> list[tuple[int, int]]:
             pipe = self._cache.get_client(write=True).pipeline(transaction=False)
-            pipe.incr(current)
-            pipe.expire(current, 2 * period)
-            pipe.get(previous)
-            hits, _, before = pipe.execute()
-            return int(hits), int(before or 0)
+            for key, window, period in counters:
+                current = self.make_and_validate_key(f"{key}:{window}")
+                pipe.incr(current)
+                pipe.expire(current, 2 * period)
+                pipe.get(self.make_and_validate_key(f"{key}:{window - 1}"))
+            replies = pipe.execute()
+            return [(int(replies[i]), int(replies[i + 2] or 0)) for i in range(0, len(replies), 3)]
 
         return self._guarded(None, count)
 
     def unhit_window(self, key: str, *, window: int) -> None:
-        """Take back a hit counted by :meth:`hit_window` (a refused request is not counted)."""
+        """Take back a hit counted by :meth:`hit_windows` (a refused request is not counted)."""
         current = self.make_and_validate_key(f"{key}:{window}")
         self._guarded(None, lambda: self._cache.get_client(write=True).decr(current))
 

@@ -40,17 +40,20 @@ class _RateFromSettings:
         return client_ip(request) or "unknown"
 
 
-def _hit_window(cache: BaseCache, key: str, *, window: int, period: int) -> tuple[int, int] | None:
-    if hasattr(cache, "hit_window"):  # vending_site.cache: one Redis round trip
-        return cache.hit_window(key, window=window, period=period)
-    current = f"{key}:{window}"
-    cache.add(current, 0, 2 * period)
-    try:
-        hits = cache.incr(current)
-    except ValueError:  # expired between add and incr
-        cache.set(current, 1, 2 * period)
-        hits = 1
-    return hits, cache.get(f"{key}:{window - 1}", 0)
+def _hit_windows(cache: BaseCache, counters: list[tuple[str, int, int]]):
+    if hasattr(cache, "hit_windows"):  # vending_site.cache: one Redis round trip for all
+        return cache.hit_windows(counters)
+    counts = []
+    for key, window, period in counters:
+        current = f"{key}:{window}"
+        cache.add(current, 0, 2 * period)
+        try:
+            hits = cache.incr(current)
+        except ValueError:  # expired between add and incr
+            cache.set(current, 1, 2 * period)
+            hits = 1
+        counts.append((hits, cache.get(f"{key}:{window - 1}", 0)))
+    return counts
 
 
 def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
@@ -63,6 +66,24 @@ def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
         pass
 
 
+def allow_requests(throttles: list, request, view) -> list:
+    """``allow_request`` of several throttles, counted in one cache round trip.
+
+    Returns the throttles that refuse (each has its ``wait()``). Every throttle that allows
+    keeps its hit, as DRF's own ``check_throttles`` does with each throttle in turn.
+    """
+    now = throttles[0].timer() if throttles else 0.0
+    counted = [t for t in throttles if t._start(request, view, now)]
+    if not counted:
+        return []
+    counts = _hit_windows(throttles[0].cache, [(t.key, t._window, t.duration) for t in counted])
+    if counts is None:  # the cache is unreachable: fail open
+        return []
+    return [
+        t for t, (hits, before) in zip(counted, counts, strict=True) if not t._settle(hits, before)
+    ]
+
+
 class _WindowCounting:
     """``allow_request``/``wait`` of a DRF ``SimpleRateThrottle``, as a sliding-window counter.
 
@@ -72,22 +93,35 @@ class _WindowCounting:
     """
 
     def allow_request(self, request, view) -> bool:
+        return not allow_requests([self], request, view)
+
+    def _start(self, request, view, now: float) -> bool:
+        """Whether this request is counted at all; if so, where."""
+        self.counted = False
         if self.rate is None:
-            return True
+            return False
         self.key = self.get_cache_key(request, view)
         if self.key is None:
+            return False
+        window, self._elapsed = divmod(now, self.duration)
+        self._window = int(window)
+        self.counted = True
+        return True
+
+    def _settle(self, hits: int, before: int) -> bool:
+        if before * (1 - self._elapsed / self.duration) + hits <= self.num_requests:
             return True
-        now = self.timer()
-        window, elapsed = divmod(now, self.duration)
-        counts = _hit_window(self.cache, self.key, window=int(window), period=self.duration)
-        if counts is None:  # the cache is unreachable: fail open
-            return True
-        hits, before = counts
-        if before * (1 - elapsed / self.duration) + hits <= self.num_requests:
-            return True
-        _unhit_window(self.cache, self.key, window=int(window))
-        self._wait = self._seconds_until_allowed(others=hits - 1, before=before, elapsed=elapsed)
+        self.take_back()
+        self._wait = self._seconds_until_allowed(
+            others=hits - 1, before=before, elapsed=self._elapsed
+        )
         return False
+
+    def take_back(self) -> None:
+        """Uncount this request (refused, here or by a later check)."""
+        if getattr(self, "counted", False):
+            _unhit_window(self.cache, self.key, window=self._window)
+            self.counted = False
 
     def _seconds_until_allowed(self, *, others: int, before: int, elapsed: float) -> float:
         """When would one more request fit, if no other came meanwhile?"""

@@ -26,7 +26,7 @@ from vending_site import metrics, outages
 from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
 from vending_site.network import client_ip
-from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
+from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle, allow_requests
 
 from .serializers import DeviceRegistrationSerializer, VendConfirmationSerializer
 
@@ -60,14 +60,29 @@ class DeviceEndpoint(APIView):
         super().initial(request, *args, **kwargs)
 
     def check_permissions(self, request: Request) -> None:
-        # DRF checks permissions first and throttles after; the early ones go before.
-        waits = []
-        for throttle in (cls() for cls in self.early_throttle_classes):
-            if not throttle.allow_request(request, self):
-                waits.append(throttle.wait())
-        if waits:
-            self.throttled(request, max((wait or 0 for wait in waits), default=None))
-        super().check_permissions(request)
+        # DRF checks permissions first and throttles after. Both limits are counted here, in
+        # one cache round trip; the per-device count is taken back when the request is refused
+        # before DRF would have counted it (by the address limit or the token check).
+        early = [cls() for cls in self.early_throttle_classes]
+        late = self.get_throttles()
+        refused = allow_requests([*early, *late], request, self)
+        early_refused = [throttle for throttle in early if throttle in refused]
+        if early_refused:
+            for throttle in late:
+                throttle.take_back()
+            self.throttled(request, max((t.wait() or 0 for t in early_refused), default=None))
+        try:
+            super().check_permissions(request)
+        except Exception:
+            for throttle in late:
+                throttle.take_back()
+            raise
+        self._late_refused = [throttle for throttle in late if throttle in refused]
+
+    def check_throttles(self, request: Request) -> None:
+        refused = getattr(self, "_late_refused", ())
+        if refused:
+            self.throttled(request, max((t.wait() or 0 for t in refused), default=None))
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
