@@ -93,6 +93,10 @@ THRESHOLDS = {
     "redis_clients": Threshold(slope_per_min=1.0, growth=4.0, noise=2.0, unit="clients"),
 }
 MIN_POINTS = 3  # fewer samples in the second half: no verdict
+# A slope is judged only over at least this many seconds (a 10-minute soak's second half is
+# 300): over less, warm-up still shows (a gunicorn worker's RSS climbs a few MB in its first
+# minute) and only the growth limit applies.
+MIN_SPAN = 120.0
 PROCESS_METRICS = ("rss_mb", "fds", "sockets")
 
 
@@ -113,7 +117,8 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
 
 def judge(points: list[tuple[float, float]], threshold: Threshold, *, since: float) -> dict:
     """The trend of ``points`` from ``since`` on: slope per minute, first, last, growth, and
-    ``flat`` (``None`` with fewer than :data:`MIN_POINTS` samples there)."""
+    ``flat`` (``None`` with fewer than :data:`MIN_POINTS` samples there; the slope counts only
+    over :data:`MIN_SPAN` seconds or more, ``slope_judged`` says whether it did)."""
     half = sorted(p for p in points if p[0] >= since)
     verdict = {"samples": len(half), "limit": asdict(threshold)}
     if not half:
@@ -126,11 +131,13 @@ def judge(points: list[tuple[float, float]], threshold: Threshold, *, since: flo
         last=round(half[-1][1], 2),
         growth=round(growth, 2),
     )
-    rise = slope * (half[-1][0] - half[0][0]) / 60.0
+    span = half[-1][0] - half[0][0]
+    rise = slope * span / 60.0
+    verdict["slope_judged"] = span >= MIN_SPAN
     if len(half) < MIN_POINTS:
         verdict["flat"] = None
     else:
-        trending = slope > threshold.slope_per_min and rise > threshold.noise
+        trending = span >= MIN_SPAN and slope > threshold.slope_per_min and rise > threshold.noise
         verdict["flat"] = not trending and growth <= threshold.growth
     return verdict
 
@@ -495,6 +502,8 @@ def format_report(result: dict) -> str:
             if "slope_per_min" not in v:
                 continue
             word = {True: "flat", False: "GROWING", None: "too few samples"}[v["flat"]]
+            if v["flat"] and not v["slope_judged"]:
+                word = "flat*"
             parts.append(
                 f"{metric} {v['first']:g} -> {v['last']:g} ({v['slope_per_min']:+.2f}/min) {word}"
             )
@@ -506,6 +515,7 @@ def format_report(result: dict) -> str:
     )
     lines += [
         f"  flat means: {limits}",
+        f"  flat*: the half is shorter than {MIN_SPAN:.0f} s, so only the growth limit applies",
         "",
         f"accounting: {'OK' if result['accounting']['ok'] else 'FAILED'}; "
         f"{result['accounting']['line']}",
