@@ -41,6 +41,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ SAMPLE_EVERY = 10.0
 # at the end is delivered, dispensed (1.9 s of motor) and confirmed.
 TAIL = 3 * POLL_INTERVAL + 2.0
 SETTLE_MAX = 50.0  # at most this long for the sweeper to settle vends still open
+STRAGGLERS = 15.0  # the generator's last requests: the firmware's timeout, a motor run
 TEARDOWN = 30.0  # kept back from the time bound for accounting and tear-down
 OVERRUN = 120.0  # the whole run ends within the load's length plus this
 
@@ -394,6 +396,7 @@ def run(
     conn_max_age: int | None = None,
     gunicorn_worker: str = "gthread",
     env: dict | None = None,
+    keep_logs: bool = True,
     log=print,
 ) -> dict:
     """Set up, soak for ``seconds`` (less if set-up ate into the bound), sample every
@@ -417,7 +420,8 @@ def run(
         last_movement = _scalar(stack, "SELECT max(id) FROM inventory_stockmovement")
         setup = time.monotonic() - started
         log(f"set up in {setup:.0f} s: {devices} machines, {stock} units per slot, {server}")
-        budget = deadline - time.monotonic() - TAIL - 15 - SETTLE_MAX - TEARDOWN
+        # The settle wait gets what is left after the load (usually nothing is open).
+        budget = deadline - time.monotonic() - TAIL - STRAGGLERS - TEARDOWN
         load_seconds = max(min(seconds, budget), every)
         if load_seconds < seconds:
             notes.append(f"set-up took {setup:.0f} s: load shortened to {load_seconds:.0f} s")
@@ -470,6 +474,10 @@ def run(
         if sampler is not None:
             sampler.close()
         stack.close()
+        if keep_logs:
+            notes.append(f"server logs kept in {stack.workdir}")
+        else:
+            shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
 def _server_trouble(stack: FleetStack) -> list[str]:
@@ -560,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     signal.signal(signal.SIGALRM, out_of_time)
-    signal.alarm(int(seconds + OVERRUN))
+    signal.alarm(int(seconds + OVERRUN - 20))  # 20 s left to end the children, drop the db
     try:
         result = run(
             server=args.server,

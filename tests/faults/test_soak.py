@@ -106,7 +106,9 @@ def _labels(processes: dict) -> list[str]:
 def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
     if not scratch_stack.reachable(6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-    result = soak.run(devices=20, seconds=16, vend_rate=1.0, every=4.0, log=lambda line: None)
+    result = soak.run(
+        devices=20, seconds=16, vend_rate=1.0, every=4.0, keep_logs=False, log=lambda line: None
+    )
 
     samples = result["samples"]
     assert result["server"] == "gunicorn" and result["conn_max_age"] == 60
