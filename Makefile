@@ -4,6 +4,8 @@
 # make test  - install (first time) and run the whole test suite
 # make bench - the benchmark suite (bench/run.py; PostgreSQL and Redis on loopback, < 10 min
 #              on 2 cores): a table, bench/results/latest.json and bench/results/latency.png
+# make soak  - 10 minutes at the fleet target (bench/soak.py): every server process's memory
+#              and connections sampled, a verdict per process, the accounting check
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -62,6 +64,18 @@ bench: $(STAMP)
 # The same scenarios, smaller (under 2 minutes): a smoke run, not figures to publish.
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
+
+# The fleet target (1000 machines polling every 2 s, 20 vends/s) for 10 minutes on the
+# production web tier (gunicorn), sampled every 10 s: scratch database soak_* on 127.0.0.1:5432,
+# Redis database 11. A table, bench/results/soak.json, exit 1 on growth or failed accounting.
+# SOAK_ARGS passes options, e.g. SOAK_ARGS="--minutes 30 --server daphne".
+.PHONY: soak soak-quick
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# One minute at 200 machines and 4 vends/s: proves the machinery, not figures to publish.
+soak-quick: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 1 --devices 200 --vend-rate 4 --out /tmp/soak-quick.json $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

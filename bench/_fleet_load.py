@@ -288,18 +288,23 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
 
 
 class FleetStack:
-    """Scratch database + Redis db 15 + the server under test; :meth:`close` ends it all."""
+    """Scratch database + Redis db 15 + the server under test; :meth:`close` ends it all.
 
-    def __init__(self) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="fleet_bench_"))
-        self.db_name = f"fleet_{os.getpid()}_{secrets.token_hex(3)}"
+    ``db_prefix`` and ``redis_url`` let another harness (``bench/soak.py``) keep its
+    scratch database and Redis database apart from the fleet benchmark's; ``redis_url``
+    ``""`` runs without Redis."""
+
+    def __init__(self, *, db_prefix: str = "fleet", redis_url: str = REDIS_URL) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{db_prefix}_bench_"))
+        self.db_name = f"{db_prefix}_{os.getpid()}_{secrets.token_hex(3)}"
         self.database_url = f"postgres://postgres@127.0.0.1:5432/{self.db_name}"
+        self.redis_url = redis_url
         self.env = dict(
             os.environ,
             PYTHONUNBUFFERED="1",
             DJANGO_SETTINGS_MODULE="vending_site.settings",
             DATABASE_URL=self.database_url,
-            REDIS_URL=REDIS_URL,
+            REDIS_URL=redis_url,
             SECRET_KEY=secrets.token_urlsafe(40),
             DATA_DIR=str(self.workdir),
             PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
@@ -308,25 +313,49 @@ class FleetStack:
             SECURE_SSL_REDIRECT="false",
         )
         self.env.pop("SERVER_SOFTWARE", None)
+        if not redis_url:
+            self.env.pop("REDIS_URL")
         self.children: list[subprocess.Popen] = []
         self.created = False
         self.ports: list[int] = []
 
     def create(self, *, devices: int, keys: int, stock: int, timeout: float = 300) -> dict:
-        """Create and migrate the database, flush Redis db 15, seed devices and API keys."""
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+        """Create and migrate the database, flush its Redis db, seed devices and API keys."""
+        self.flush_redis()
         _pg_admin(f'CREATE DATABASE "{self.db_name}"')
         self.created = True
         self._run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], timeout)
         seed = json.dumps({"devices": devices, "keys": keys, "stock": stock})
         out = self._run([sys.executable, str(Path(__file__)), "seed", seed], timeout)
         return json.loads(out.strip().splitlines()[-1])
+
+    def flush_redis(self) -> None:
+        if not self.redis_url:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=3)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+    def start_command(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """``manage.py <args>`` beside the server (the sweeper, the discovery listener),
+        logged to ``<name>.log`` and ended with the server by :meth:`stop_server`."""
+        log = open(self.workdir / f"{name}.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=dict(self.env, **(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process.log = log
+        process.label = name
+        self.children.append(process)
+        return process
 
     def _run(self, argv: list[str], timeout: float) -> str:
         result = subprocess.run(
@@ -360,6 +389,7 @@ class FleetStack:
                 start_new_session=True,
             )
             process.log = log
+            process.label = server
             self.children.append(process)
         deadline = time.monotonic() + timeout
         for port in self.ports:

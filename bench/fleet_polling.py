@@ -70,8 +70,20 @@ async def _load(
     seconds: float,
     vend_rate: float,
     keys: list[str],
-    meters: tuple[CpuMeter, CpuMeter],
+    meters: tuple[CpuMeter, CpuMeter] | None,
+    tail: float = 0.0,
+    interval: float = 0.0,
+    on_interval=None,
 ) -> dict:
+    """Drive the fleet; returns the figures of the measured window.
+
+    ``tail``: the machines go on polling (and dispensing) that long after the last vend is
+    scheduled, so vends accepted at the end are delivered. ``on_interval(figures)``, if
+    given, is called in a worker thread every ``interval`` seconds of the window with the
+    figures of that interval, which are then reset (the result holds only the last part).
+    ``accepted`` (transaction ids answered 202) and ``dispensed`` (``[device, slot,
+    transaction id]`` of every VEND a machine acted on: its own record) cover the whole run.
+    """
     loop = asyncio.get_running_loop()
     device_pool = Pool(ports, min(MAX_CONNECTIONS, max(devices // 5, 10)))
     vend_pool = Pool(ports, 20)
@@ -88,6 +100,8 @@ async def _load(
         "commands": 0,
         "confirmed": 0,
         "early_errors": 0,
+        "accepted": [],
+        "dispensed": [],
     }
 
     def error(kind: str, what: str, sched: float) -> None:
@@ -99,7 +113,7 @@ async def _load(
     async def machine(index: int) -> None:
         ident, headers = device_id(index), {"X-Forwarded-For": _forwarded_for(index)}
         sched = t0 + POLL_INTERVAL * index / devices
-        while sched < t_end:
+        while sched < t_end + tail:
             await asyncio.sleep(max(sched - loop.time(), 0))
             try:
                 status, body = await device_pool.request(
@@ -123,6 +137,9 @@ async def _load(
                 command = None
             if isinstance(command, dict) and command.get("command") == "VEND":
                 stats["commands"] += 1
+                stats["dispensed"].append(
+                    [ident, command.get("slot"), command.get("transaction_id")]
+                )
                 await asyncio.sleep(MOTOR_SECONDS)
                 await confirm(index, command.get("slot"))
                 resume = loop.time() + POLL_INTERVAL
@@ -186,13 +203,31 @@ async def _load(
             error("vend_errors", f"HTTP {status} {code}".strip(), sched)
             return
         stats["vend"].append((loop.time() - sched) * 1000)
+        try:
+            stats["accepted"].append(json.loads(answer)["id"])
+        except (ValueError, KeyError, TypeError):
+            error("vend_errors", "202 without a transaction id", sched)
 
     async def window() -> None:
         await asyncio.sleep(max(measure_from - loop.time(), 0))
-        for meter in meters:
+        for meter in meters or ():
             meter.start()
         await asyncio.sleep(max(t_end - loop.time(), 0))
-        stats["cpu"] = [meter.stop() for meter in meters]
+        stats["cpu"] = [meter.stop() for meter in meters or ()]
+
+    async def ticker() -> None:
+        due = measure_from
+        while due + interval <= t_end + tail + 1e-6:
+            due += interval
+            await asyncio.sleep(max(due - loop.time(), 0))
+            figures = {"at": due - measure_from}
+            for key in ("poll", "vend", "confirm"):
+                figures[key], stats[key] = stats[key], []
+            for key in ("poll_errors", "vend_errors", "confirm_errors"):
+                figures[key], stats[key] = stats[key], {}
+            for key in ("commands", "confirmed"):
+                figures[key], stats[key] = stats[key], 0
+            await loop.run_in_executor(None, on_interval, figures)
 
     total_vends = int(seconds * vend_rate)
     tasks = [asyncio.ensure_future(machine(i)) for i in range(devices)]
@@ -200,11 +235,13 @@ async def _load(
         asyncio.ensure_future(vend(j, measure_from + j / vend_rate)) for j in range(total_vends)
     ]  # vend_rate 0: polls only
     tasks.append(asyncio.ensure_future(window()))
+    if on_interval is not None and interval > 0:
+        tasks.append(asyncio.ensure_future(ticker()))
     try:
         # Bounded: a machine stops scheduling at t_end; stragglers get the firmware's
         # timeout plus a motor run and a confirm, then are cancelled.
         done, pending = await asyncio.wait(
-            tasks, timeout=t_end - loop.time() + POLL_TIMEOUT * 2 + MOTOR_SECONDS + 5
+            tasks, timeout=t_end + tail - loop.time() + POLL_TIMEOUT * 2 + MOTOR_SECONDS + 5
         )
         for task in pending:
             task.cancel()

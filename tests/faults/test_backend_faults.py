@@ -147,21 +147,30 @@ def stack(tmp_path_factory):
 
 
 class Load:
-    """A machine polling and confirming, and a kiosk vending, each in a thread of its own.
+    """Machines polling and confirming (one per device), and kiosks vending to them in
+    turn, each in a thread of its own.
 
     Every request is recorded as ``(kind, started, elapsed, status, headers, body)``; status
-    ``None`` means no answer (connection error or the client's timeout)."""
+    ``None`` means no answer (connection error or the client's timeout). ``dispensed`` is
+    the machines' own record: ``(device, slot, transaction id)`` of every VEND acted on.
+    :attr:`drain` stops the kiosks only, so the machines can empty the queues."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, devices=(DEVICE,), kiosks: int = 1) -> None:
         self.url, self.token = url, token
+        self.devices = list(devices)
         self.records: list[tuple] = []
         self.accepted: dict[str, str] = {}  # Idempotency-Key -> transaction id
+        self.dispensed: list[tuple[str, int, str]] = []
         self.given_up: list[str] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.drain = threading.Event()
         self.threads = [
-            threading.Thread(target=self._machine, name="dbfault-machine"),
-            threading.Thread(target=self._kiosk, name="dbfault-kiosk"),
+            threading.Thread(target=self._machine, args=(device,), name=f"dbfault-{device}")
+            for device in self.devices
+        ] + [
+            threading.Thread(target=self._kiosk, args=(k,), name=f"dbfault-kiosk-{k}")
+            for k in range(kiosks)
         ]
 
     def __enter__(self):
@@ -186,32 +195,35 @@ class Load:
             self.records.append(record)
         return record
 
-    def _machine(self) -> None:
+    def _machine(self, device: str) -> None:
         for _ in range(2000):  # with the pauses below, far more than the test runs
             if self.stop.is_set():
                 return
-            *_, status, _, body = self.call("poll", "GET", f"/esp32/commands/{DEVICE}")
+            *_, status, _, body = self.call("poll", "GET", f"/esp32/commands/{device}")
             if status == 200 and isinstance(body, dict) and body.get("command") == "VEND":
-                confirmation = {"device_id": DEVICE, "slot": body["slot"], "success": True}
+                with self.lock:
+                    self.dispensed.append((device, body["slot"], body.get("transaction_id")))
+                confirmation = {"device_id": device, "slot": body["slot"], "success": True}
                 for _ in range(40):  # the machine retries its confirmation until it lands
                     if self.call("confirm", "POST", "/esp32/confirm", confirmation)[3] == 200:
                         break
                     time.sleep(0.25)
             self.stop.wait(0.2)
 
-    def _kiosk(self) -> None:
+    def _kiosk(self, kiosk: int = 0) -> None:
         auth = {"Authorization": f"Bearer {self.token}"}
         for n in range(2000):
-            if self.stop.is_set():
+            if self.stop.is_set() or self.drain.is_set():
                 return
-            key = f"dbfault-{n}-{secrets.token_hex(3)}"
+            key = f"dbfault-{kiosk}-{n}-{secrets.token_hex(3)}"
+            device = self.devices[(n + kiosk) % len(self.devices)]
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # same key until an answer that settles it
                 *_, status, _, body = self.call(
                     "vend",
                     "POST",
                     f"/api/v1/vend/{n % 5 + 1}",
-                    {"device_id": DEVICE},
+                    {"device_id": device},
                     {**auth, "Idempotency-Key": key},
                 )
                 if status in (200, 202):

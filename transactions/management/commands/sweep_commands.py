@@ -51,11 +51,12 @@ class Command(BaseCommand):
         while not stop.is_set():
             try:
                 expired, unconfirmed = self.sweep_all()
+                # Inside the try too: the server may go away between the two.
+                prune_live_events()
             except DatabaseError as exc:  # the database restarts: try again next round
                 self.stderr.write(f"sweep failed: {exc}")
                 connection.close()
             else:
-                prune_live_events()
                 if expired or unconfirmed:
                     self.stdout.write(f"expired {expired}, unconfirmed {unconfirmed}")
                     self.stdout.flush()

@@ -1,0 +1,597 @@
+"""Soak: the fleet load for a long stretch, with every server process's memory and
+connections sampled, a verdict per process (flat or growing) and an accounting check.
+
+    make soak                                   # 10 minutes at the fleet target
+    make soak-quick                             # 1 minute, 200 machines: a smoke run
+    .venv/bin/python bench/soak.py --minutes 3 --devices 500 --server daphne
+
+The stack is a scratch PostgreSQL database ``soak_<pid>_<hex>`` on 127.0.0.1:5432 and Redis
+database 11, the web tier under test (``--server``, default gunicorn: WSGI, 2 gthread
+workers x 8 threads, ``CONN_MAX_AGE=60``), the sweeper (``sweep_commands --every 5``) and
+the UDP discovery listener on a free loopback port. The load is the fleet benchmark's own
+generator (``bench/fleet_polling.py``): ``--devices`` WiFi machines polling every 2 s on
+their own clocks, confirming each VEND as the firmware does, while REST clients vend at
+``--vend-rate`` per second, open-loop.
+
+Every ``--every`` seconds (default 10) it samples, in a thread beside the load:
+
+- each server process (gunicorn master and workers, respawned ones included, the sweeper,
+  discovery): RSS, open file descriptors, inet sockets, threads (psutil);
+- the scratch database's connections (``pg_stat_activity``, by state);
+- Redis clients on database 11 (``CLIENT LIST``; the server-wide count is shown beside it);
+- the interval's polls, vends and confirmations: counts, latencies, errors.
+
+At the end: a table, ``bench/results/soak.json`` (``--out``), and a verdict per series over
+the *second half* of the run (the first half is warm-up: caches, connection pools): the
+least-squares slope per minute and the first-to-last difference, flat when both are within
+:data:`THRESHOLDS`. Then the accounting check of ``tests/accounting.py`` on every slot and on
+the machines' own records, and its outcome line. Exit status 0 when every series is flat
+and the accounting holds (errors under overload are reported, not judged: the fleet
+benchmark judges latency).
+
+Bounded: the whole run ends within ``minutes + 2`` (set-up time is taken from the load if it
+must be, and an alarm ends the run past that); every child is ended in ``finally`` and the
+scratch database dropped. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._fleet_load import PG_ADMIN, SERVERS, FleetStack, summary
+from bench.fleet_polling import POLL_INTERVAL, _load
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://127.0.0.1:6379/11"
+DB_PREFIX = "soak"
+TARGET_DEVICES = 1000
+TARGET_VEND_RATE = 20.0
+SAMPLE_EVERY = 10.0
+# The machines keep polling this long after the last vend is scheduled, so a vend accepted
+# at the end is delivered, dispensed (1.9 s of motor) and confirmed.
+TAIL = 3 * POLL_INTERVAL + 2.0
+SETTLE_MAX = 50.0  # at most this long for the sweeper to settle vends still open
+STRAGGLERS = 15.0  # the generator's last requests: the firmware's timeout, a motor run
+TEARDOWN = 30.0  # kept back from the time bound for accounting and tear-down
+OVERRUN = 120.0  # the whole run ends within the load's length plus this
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A series grows when its first-to-last growth exceeds ``growth``, or when its slope
+    exceeds ``slope_per_min`` and the rise that slope makes over the judged stretch exceeds
+    ``noise`` (so a short run's wobble is not a trend); otherwise it is flat."""
+
+    slope_per_min: float
+    growth: float
+    noise: float
+    unit: str
+
+
+# Why these: Python's allocator and gunicorn's keep-alive sockets move a few MB and a few
+# dozen sockets up and down at steady load; a leak of 1 KB per request at the fleet target
+# (500 polls/s) is 30 MB/min, and a leaked connection per second is 60/min, far beyond.
+THRESHOLDS = {
+    "rss_mb": Threshold(slope_per_min=1.0, growth=8.0, noise=2.0, unit="MB"),
+    "fds": Threshold(slope_per_min=4.0, growth=24.0, noise=8.0, unit="fds"),
+    "sockets": Threshold(slope_per_min=4.0, growth=24.0, noise=8.0, unit="sockets"),
+    "pg_connections": Threshold(slope_per_min=1.0, growth=4.0, noise=2.0, unit="connections"),
+    "redis_clients": Threshold(slope_per_min=1.0, growth=4.0, noise=2.0, unit="clients"),
+}
+MIN_POINTS = 3  # fewer samples in the second half: no verdict
+# A slope is judged only over at least this many seconds (a 10-minute soak's second half is
+# 300): over less, warm-up still shows (a gunicorn worker's RSS climbs a few MB in its first
+# minute) and only the growth limit applies.
+MIN_SPAN = 120.0
+PROCESS_METRICS = ("rss_mb", "fds", "sockets")
+
+
+# --- the verdict (pure) -------------------------------------------------------------------
+
+
+def slope_per_minute(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of ``(seconds, value)`` points, per minute (0.0 if undefined)."""
+    if len(points) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    if spread == 0:
+        return 0.0
+    return 60.0 * sum((t - mean_t) * (v - mean_v) for t, v in points) / spread
+
+
+def judge(points: list[tuple[float, float]], threshold: Threshold, *, since: float) -> dict:
+    """The trend of ``points`` from ``since`` on: slope per minute, first, last, growth, and
+    ``flat`` (``None`` with fewer than :data:`MIN_POINTS` samples there; the slope counts only
+    over :data:`MIN_SPAN` seconds or more, ``slope_judged`` says whether it did)."""
+    half = sorted(p for p in points if p[0] >= since)
+    verdict = {"samples": len(half), "limit": asdict(threshold)}
+    if not half:
+        return {**verdict, "flat": None}
+    slope = slope_per_minute(half)
+    growth = half[-1][1] - half[0][1]
+    verdict.update(
+        slope_per_min=round(slope, 3),
+        first=round(half[0][1], 2),
+        last=round(half[-1][1], 2),
+        growth=round(growth, 2),
+    )
+    span = half[-1][0] - half[0][0]
+    rise = slope * span / 60.0
+    verdict["slope_judged"] = span >= MIN_SPAN
+    if len(half) < MIN_POINTS:
+        verdict["flat"] = None
+    else:
+        trending = span >= MIN_SPAN and slope > threshold.slope_per_min and rise > threshold.noise
+        verdict["flat"] = not trending and growth <= threshold.growth
+    return verdict
+
+
+def verdicts(samples: list[dict], thresholds: dict[str, Threshold] = THRESHOLDS) -> dict:
+    """A verdict per process and metric, and for the stack's PostgreSQL and Redis
+    connections, over the second half of the sampled time."""
+    if not samples:
+        return {}
+    times = [s["t"] for s in samples]
+    since = (min(times) + max(times)) / 2
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for sample in samples:
+        for name, figures in sample["processes"].items():
+            for metric in PROCESS_METRICS:
+                if figures.get(metric) is not None:
+                    series.setdefault(name, {}).setdefault(metric, []).append(
+                        (sample["t"], figures[metric])
+                    )
+        for metric in ("pg_connections", "redis_clients"):
+            if sample.get(metric) is not None:
+                series.setdefault("stack", {}).setdefault(metric, []).append(
+                    (sample["t"], sample[metric])
+                )
+    return {
+        name: {
+            metric: judge(points, thresholds[metric], since=since)
+            for metric, points in metrics.items()
+        }
+        for name, metrics in series.items()
+    }
+
+
+def all_flat(judged: dict) -> bool:
+    """No series grew; a series without a verdict (too few samples) does not fail."""
+    return not [v for metrics in judged.values() for v in metrics.values() if v["flat"] is False]
+
+
+# --- sampling -----------------------------------------------------------------------------
+
+
+class Sampler:
+    """Called with each interval's load figures (in a worker thread); appends a sample of
+    the processes, PostgreSQL and Redis to :attr:`samples`."""
+
+    def __init__(self, stack: FleetStack, *, log=print) -> None:
+        import psycopg2
+        import redis
+
+        self.stack, self.log = stack, log
+        self.samples: list[dict] = []
+        self.workers_seen: set[int] = set()
+        self.lock = threading.Lock()
+        self.pg = psycopg2.connect(connect_timeout=5, **PG_ADMIN)
+        self.pg.autocommit = True
+        self.redis = None
+        if stack.redis_url:
+            self.redis = redis.Redis.from_url(
+                stack.redis_url, socket_timeout=3, single_connection_client=True
+            )
+            self.redis_self = self.redis.client_id()
+            self.redis_db = int(stack.redis_url.rsplit("/", 1)[1] or 0)
+
+    def processes(self) -> dict:
+        """``"<label> [pid]"`` -> psutil.Process for every server process now."""
+        import psutil
+
+        found = {}
+        for child in self.stack.children:
+            label = getattr(child, "label", "server")
+            try:
+                root = psutil.Process(child.pid)
+                kids = root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            found[f"{label}{' master' if kids else ''} [{root.pid}]"] = root
+            for kid in kids:
+                found[f"{label} worker [{kid.pid}]"] = kid
+                self.workers_seen.add(kid.pid)
+        return found
+
+    @staticmethod
+    def process_figures(process) -> dict | None:
+        import psutil
+
+        try:
+            with process.oneshot():
+                return {
+                    "rss_mb": round(process.memory_info().rss / 2**20, 2),
+                    "fds": process.num_fds(),
+                    "sockets": len(process.net_connections(kind="inet")),
+                    "threads": process.num_threads(),
+                }
+        except psutil.Error:  # it ended between the listing and now
+            return None
+
+    def pg_connections(self) -> dict:
+        with self.pg.cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(state, 'other'), count(*) FROM pg_stat_activity "
+                "WHERE datname = %s GROUP BY 1",
+                (self.stack.db_name,),
+            )
+            return dict(cursor.fetchall())
+
+    def redis_clients(self) -> tuple[int | None, int | None]:
+        """Clients on our database (ourselves excluded), and on the whole server."""
+        if self.redis is None:
+            return None, None
+        clients = self.redis.client_list()
+        ours = [
+            c
+            for c in clients
+            if int(c.get("db", -1)) == self.redis_db and int(c["id"]) != self.redis_self
+        ]
+        return len(ours), len(clients)
+
+    def __call__(self, figures: dict) -> None:
+        sample = {"t": round(figures.get("at", 0.0), 1), "processes": {}}
+        for name, process in self.processes().items():
+            measured = self.process_figures(process)
+            if measured is not None:
+                sample["processes"][name] = measured
+        by_state = self.pg_connections()
+        sample["pg_connections"] = sum(by_state.values())
+        sample["pg_by_state"] = by_state
+        sample["redis_clients"], sample["redis_clients_server"] = self.redis_clients()
+        for kind in ("poll", "vend", "confirm"):
+            sample[kind] = summary(figures.get(kind, []))
+            sample[kind]["errors"] = sum(figures.get(f"{kind}_errors", {}).values())
+            sample[kind]["error_kinds"] = figures.get(f"{kind}_errors", {})
+        sample["commands"] = figures.get("commands", 0)
+        with self.lock:
+            self.samples.append(sample)
+        self.log(format_sample(sample))
+
+    def close(self) -> None:
+        self.pg.close()
+        if self.redis is not None:
+            self.redis.close()
+
+
+def format_sample(sample: dict) -> str:
+    rss = sum(p["rss_mb"] for p in sample["processes"].values())
+    poll, vend = sample["poll"], sample["vend"]
+    return (
+        f"t={sample['t']:>6.0f}s  polls {poll['count']:>5} p50 {poll['p50']:>7.1f} "
+        f"p99 {poll['p99']:>7.1f} ms err {poll['errors']:>4}  vends {vend['count']:>4} "
+        f"err {vend['errors']:>3}  pg conns {sample['pg_connections']:>3}  "
+        f"redis clients {sample['redis_clients']}  RSS {rss:>7.1f} MB in "
+        f"{len(sample['processes'])} processes"
+    )
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scalar(stack: FleetStack, query: str) -> int:
+    import psycopg2
+
+    connection = psycopg2.connect(stack.database_url, connect_timeout=5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchone()[0] or 0
+    finally:
+        connection.close()
+
+
+def _open_vends(stack: FleetStack) -> int:
+    return _scalar(
+        stack, "SELECT count(*) FROM transactions_transaction WHERE state IN ('queued', 'sent')"
+    )
+
+
+def account(stack: FleetStack, last_movement: int, stats: dict) -> dict:
+    """tests/accounting.py on the scratch database, in a child process (Django there)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=stack.workdir, delete=False) as f:
+        json.dump(
+            {
+                "last_movement": last_movement,
+                "accepted": stats["accepted"],
+                "dispensed": stats["dispensed"],
+            },
+            f,
+        )
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__)), "account", f.name],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=TEARDOWN,
+    )
+    if done.returncode != 0:
+        return {"ok": False, "line": "accounting failed to run", "error": done.stderr[-3000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _account_child(path: str) -> dict:
+    """The child's side: stock per slot by vends and by ledger, and the outcomes from the
+    machines' records (``dispensed``) against the vends clients were told were accepted."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
+    django.setup()
+    from tests import accounting
+
+    data = json.loads(Path(path).read_text())
+    figures = accounting.slot_figures(accounting.start_at_movement(data["last_movement"]))
+    stock_problems = [text for slot in figures for text in slot.problems()]
+    vends = accounting.accepted_vends(data["accepted"])
+    dispensed = [
+        accounting.Dispense(device_id=d, slot=s, transaction_id=t) for d, s, t in data["dispensed"]
+    ]
+    outcomes = accounting.count_outcomes(vends, dispensed)
+    still_open = [v.transaction_id for v in vends if v.state in accounting.OPEN]
+    try:
+        outcomes.check()
+        outcome_problems = ""
+    except AssertionError as exc:
+        outcome_problems = str(exc)
+    return {
+        "ok": not stock_problems and not outcome_problems,
+        "line": outcomes.line(),
+        "slots": len(figures),
+        "stock_problems": stock_problems[:20],
+        "stock_problem_count": len(stock_problems),
+        "outcome_problems": outcome_problems[:3000],
+        "still_open": len(still_open),
+        "lost": len(outcomes.lost),
+        "duplicated": len(outcomes.duplicated),
+        "unexpected": len(outcomes.unexpected),
+        "dispensed_but_refunded": len(outcomes.dispensed_but_refunded),
+        "unconfirmed_undelivered": len(outcomes.unconfirmed_undelivered),
+        "credited_to_another_vend": len(outcomes.credited_to_another_vend),
+    }
+
+
+def run(
+    *,
+    server: str = "gunicorn",
+    devices: int = TARGET_DEVICES,
+    seconds: float = 600.0,
+    vend_rate: float = TARGET_VEND_RATE,
+    keys: int = 20,
+    every: float = SAMPLE_EVERY,
+    conn_max_age: int | None = None,
+    gunicorn_worker: str = "gthread",
+    env: dict | None = None,
+    keep_logs: bool = True,
+    log=print,
+) -> dict:
+    """Set up, soak for ``seconds`` (less if set-up ate into the bound), sample every
+    ``every`` seconds, settle, account; everything within ``seconds + OVERRUN``."""
+    deadline = time.monotonic() + seconds + OVERRUN
+    age = conn_max_age if conn_max_age is not None else (60 if server == "gunicorn" else 0)
+    stack = FleetStack(db_prefix=DB_PREFIX, redis_url=REDIS_URL)
+    stack.env.update(env or {})
+    sampler = None
+    notes = []
+    try:
+        started = time.monotonic()
+        # Each (machine, slot) the vend clients pick gets at most this many vends.
+        stock = math.ceil(seconds * vend_rate / devices) + 5
+        seeded = stack.create(devices=devices, keys=keys, stock=stock)
+        stack.start(server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
+        stack.start_command("sweeper", "sweep_commands", "--every", "5")
+        stack.start_command(
+            "discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(free_udp_port())
+        )
+        last_movement = _scalar(stack, "SELECT max(id) FROM inventory_stockmovement")
+        setup = time.monotonic() - started
+        log(f"set up in {setup:.0f} s: {devices} machines, {stock} units per slot, {server}")
+        # The settle wait gets what is left after the load (usually nothing is open).
+        budget = deadline - time.monotonic() - TAIL - STRAGGLERS - TEARDOWN
+        load_seconds = max(min(seconds, budget), every)
+        if load_seconds < seconds:
+            notes.append(f"set-up took {setup:.0f} s: load shortened to {load_seconds:.0f} s")
+        sampler = Sampler(stack, log=log)
+        sampler({"at": 0.0})  # before the first poll
+        stats = asyncio.run(
+            _load(
+                stack.ports,
+                devices=devices,
+                seconds=load_seconds,
+                vend_rate=vend_rate,
+                keys=seeded["keys"],
+                meters=None,
+                tail=TAIL,
+                interval=every,
+                on_interval=sampler,
+            )
+        )
+        settle_until = min(time.monotonic() + SETTLE_MAX, deadline - TEARDOWN)
+        while _open_vends(stack) and time.monotonic() < settle_until:
+            time.sleep(1.0)
+        accounting = account(stack, last_movement, stats)
+        log(accounting["line"])
+        if not accounting["ok"]:
+            log(json.dumps({k: v for k, v in accounting.items() if k != "line"}, indent=1))
+        judged = verdicts(sampler.samples)
+        worker_pids = sorted(sampler.workers_seen)
+        notes.append(f"{server} worker processes seen: {len(worker_pids)} {worker_pids}")
+        notes += _server_trouble(stack)
+        return {
+            "scenario": "soak",
+            "server": server,
+            "database": stack.db_name,
+            "conn_max_age": age,
+            "devices": devices,
+            "vend_rate": vend_rate,
+            "seconds": round(load_seconds, 1),
+            "sample_every": every,
+            "setup_seconds": round(setup, 1),
+            "thresholds": {k: asdict(v) for k, v in THRESHOLDS.items()},
+            "samples": sampler.samples,
+            "verdicts": judged,
+            "flat": all_flat(judged),
+            "accounting": accounting,
+            "unfinished_tasks": stats.get("unfinished", 0),
+            "warmup_errors": stats.get("early_errors", 0),
+            "notes": notes,
+        }
+    finally:
+        if sampler is not None:
+            sampler.close()
+        stack.close()
+        if keep_logs:
+            notes.append(f"server logs kept in {stack.workdir}")
+        else:
+            shutil.rmtree(stack.workdir, ignore_errors=True)
+
+
+def _server_trouble(stack: FleetStack) -> list[str]:
+    signs = ("Traceback", "WORKER TIMEOUT", "too many clients", "Internal Server Error")
+    logs = stack.logs()
+    return [f"server logs: {sign!r} {logs.count(sign)}x" for sign in signs if sign in logs]
+
+
+def format_report(result: dict) -> str:
+    lines = [
+        f"soak: {result['server']} (CONN_MAX_AGE={result['conn_max_age']}), "
+        f"{result['devices']} machines, {result['vend_rate']:g} vends/s, "
+        f"{result['seconds']:.0f} s, sampled every {result['sample_every']:g} s",
+        "",
+        f"{'t s':>6} {'polls':>6} {'p50':>7} {'p99':>7} {'err':>5} {'vends':>5} {'err':>4} "
+        f"{'confirms':>8} {'pg':>4} {'redis':>5}  RSS MB per process",
+    ]
+    for s in result["samples"]:
+        rss = " ".join(f"{p['rss_mb']:.0f}" for p in s["processes"].values())
+        lines.append(
+            f"{s['t']:>6.0f} {s['poll']['count']:>6} {s['poll']['p50']:>7.1f} "
+            f"{s['poll']['p99']:>7.1f} {s['poll']['errors']:>5} {s['vend']['count']:>5} "
+            f"{s['vend']['errors']:>4} {s['confirm']['count']:>8} {s['pg_connections']:>4} "
+            f"{s['redis_clients']!s:>5}  {rss}"
+        )
+    lines += ["", "verdict over the second half (slope per minute, first -> last):"]
+    for name, metrics in result["verdicts"].items():
+        parts = []
+        for metric, v in metrics.items():
+            if "slope_per_min" not in v:
+                continue
+            word = {True: "flat", False: "GROWING", None: "too few samples"}[v["flat"]]
+            if v["flat"] and not v["slope_judged"]:
+                word = "flat*"
+            parts.append(
+                f"{metric} {v['first']:g} -> {v['last']:g} ({v['slope_per_min']:+.2f}/min) {word}"
+            )
+        lines.append(f"  {name:<28} " + "; ".join(parts))
+    limits = ", ".join(
+        f"{m} growth <= {t.growth:g} {t.unit} and slope <= {t.slope_per_min:g} {t.unit}/min "
+        f"(or a fitted rise <= {t.noise:g})"
+        for m, t in THRESHOLDS.items()
+    )
+    lines += [
+        f"  flat means: {limits}",
+        f"  flat*: the half is shorter than {MIN_SPAN:.0f} s, so only the growth limit applies",
+        "",
+        f"accounting: {'OK' if result['accounting']['ok'] else 'FAILED'}; "
+        f"{result['accounting']['line']}",
+    ]
+    lines += [f"note: {note}" for note in result["notes"]]
+    lines.append(
+        "verdict: "
+        + ("flat, no growth" if result["flat"] else "GROWTH (see above)")
+        + ("; accounting holds" if result["accounting"]["ok"] else "; ACCOUNTING FAILED")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["account"]:
+        sys.stdout.write("\n" + json.dumps(_account_child(argv[1])) + "\n")
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, default=None, help="soak length (default 10)")
+    length.add_argument("--seconds", type=float, default=None, help="soak length in seconds")
+    parser.add_argument("--devices", type=int, default=TARGET_DEVICES)
+    parser.add_argument("--vend-rate", type=float, default=TARGET_VEND_RATE)
+    parser.add_argument("--keys", type=int, default=20, help="API keys the vend clients use")
+    parser.add_argument("--server", choices=SERVERS[:-1], default="gunicorn")
+    parser.add_argument("--gunicorn-worker", choices=("gthread", "sync"), default="gthread")
+    parser.add_argument("--conn-max-age", type=int, default=None, help="default 60 for gunicorn")
+    parser.add_argument("--every", type=float, default=SAMPLE_EVERY, help="seconds per sample")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
+    args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None else 60 * (args.minutes or 10)
+    if not 10 <= seconds <= 4 * 3600:
+        parser.error("the soak lasts 10 s to 4 hours")
+    if not 1 <= args.devices <= 5000 or not 0 <= args.vend_rate <= 200:
+        parser.error("--devices 1..5000, --vend-rate 0..200")
+    if not 1 <= args.every <= seconds / 2 or not 1 <= args.keys <= 200:
+        parser.error("--every 1 s .. half the run, --keys 1..200")
+
+    def out_of_time(signum, frame):
+        raise SystemExit(f"soak: past its bound of {seconds + OVERRUN:.0f} s, stopping")
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(int(seconds + OVERRUN - 20))  # 20 s left to end the children, drop the db
+    try:
+        result = run(
+            server=args.server,
+            devices=args.devices,
+            seconds=seconds,
+            vend_rate=args.vend_rate,
+            keys=args.keys,
+            every=args.every,
+            conn_max_age=args.conn_max_age,
+            gunicorn_worker=args.gunicorn_worker,
+        )
+    finally:
+        signal.alarm(0)
+    from bench.common import machine_info
+
+    result["machine"] = {**machine_info(), "redis_url": REDIS_URL}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(format_report(result))
+    print(f"written: {out}")
+    return 0 if result["flat"] and result["accounting"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
