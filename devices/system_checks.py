@@ -246,6 +246,10 @@ def check_web(*, url: str, timeout: float = WEB_TIMEOUT) -> CheckResult:
         detail = f"{url}: HTTP {status} {body.get('status', '')}".rstrip()
         if failing:
             detail += " (" + "; ".join(f"{k}: {v}" for k, v in failing.items()) + ")"
+        if status == 200 and body.get("status") == "degraded":
+            return CheckResult(
+                "web", Status.WARN, detail, "the server vends, but without what is failing"
+            )
         return CheckResult(
             "web", Status.FAIL, detail, "the server answers but is unhealthy; see the detail"
         )

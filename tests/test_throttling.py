@@ -169,6 +169,15 @@ def test_device_throttle_keys_on_the_claimed_device(online_device, settings):
     assert_throttled(poll(client, DEVICE_ID))
 
 
+def test_a_machine_is_one_count_however_it_spells_its_id(online_device, settings):
+    settings.DEVICE_THROTTLE = "2/min"
+    client = APIClient()
+
+    assert poll(client, DEVICE_ID).status_code == 200
+    assert poll(client, "6c:c8:40:4f:e0:3c").status_code == 200
+    assert_throttled(poll(client, "6CC8404FE03C"))
+
+
 def test_a_throttled_device_request_writes_no_log_row(online_device, settings):
     settings.DEVICE_THROTTLE = "1/min"
     client = APIClient()

@@ -1,4 +1,12 @@
-"""``GET /health``: can this server do its job? 200 when every check passes, else 503."""
+"""``GET /health``: can this server do its job?
+
+200 ``healthy`` when every check passes. 503 ``unhealthy`` when an essential one fails (the
+database, its migrations): nothing can be vended, and a load balancer should take the worker
+out. 200 ``degraded`` when only the channel layer (Redis) fails: polls, confirmations and
+vends go on (throttles fail open, live pages catch up from the outbox), so taking every
+worker out because Redis is down would stop vending for nothing; the failing check is named
+for monitoring.
+"""
 
 import asyncio
 import uuid
@@ -51,17 +59,22 @@ CHECKS = {
     "migrations": check_migrations,
     "channel_layer": check_channel_layer,
 }
+# A failure of any other check leaves the server working, with less: "degraded".
+ESSENTIAL = frozenset({"database", "migrations"})
 
 
-def run_checks() -> tuple[bool, dict[str, str]]:
-    results, healthy = {}, True
+def run_checks() -> tuple[str, dict[str, str]]:
+    """("healthy" | "degraded" | "unhealthy", each check's "ok" or "error: ...")."""
+    results, failed = {}, set()
     for name, check in CHECKS.items():
         try:
             results[name] = check()
         except Exception as exc:  # noqa: BLE001 - a health check reports, it does not crash
-            healthy = False
+            failed.add(name)
             results[name] = f"error: {exc}"
-    return healthy, results
+    if failed & ESSENTIAL:
+        return "unhealthy", results
+    return ("degraded" if failed else "healthy"), results
 
 
 class HealthView(APIView):
@@ -69,8 +82,7 @@ class HealthView(APIView):
     authentication_classes = ()
 
     def get(self, request: Request) -> Response:
-        healthy, checks = run_checks()
+        status, checks = run_checks()
         return Response(
-            {"status": "healthy" if healthy else "unhealthy", "checks": checks},
-            status=200 if healthy else 503,
+            {"status": status, "checks": checks}, status=503 if status == "unhealthy" else 200
         )

@@ -383,7 +383,7 @@ class QueuedCommandSerializer(serializers.Serializer):
 
 
 class HealthSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    status = serializers.ChoiceField(choices=["healthy", "degraded", "unhealthy"])
     checks = serializers.DictField(child=serializers.CharField())
 
 

@@ -172,8 +172,15 @@ class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
 
     def get_cache_key(self, request, view) -> str:
         from devices.access import claimed_device_id  # DRF imports this module early
+        from devices.protocol import InvalidDeviceId, normalize_device_id
 
         claimed = claimed_device_id(request, view)
+        try:
+            # One machine, one count, however it spells its id (the firmware's dialects send
+            # the MAC with or without colons, or the ESP32_ id).
+            claimed = normalize_device_id(claimed)
+        except InvalidDeviceId:
+            pass  # the view refuses it; still counted, under what it claimed
         # Only id characters in the key (a hostile id must not shape the cache key).
         ident = _NOT_ID.sub("", claimed.upper())[:64] or self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}

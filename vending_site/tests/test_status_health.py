@@ -69,8 +69,10 @@ def test_health_reports_every_check_ok(db, api_client):
     }
 
 
-@pytest.mark.parametrize("failing", ["database", "migrations", "channel_layer"])
-def test_health_answers_503_naming_the_failing_check(db, api_client, monkeypatch, failing):
+@pytest.mark.parametrize("failing", ["database", "migrations"])
+def test_health_answers_503_naming_the_failing_essential_check(
+    db, api_client, monkeypatch, failing
+):
     def broken() -> str:
         raise OperationalError("connection refused")
 
@@ -86,6 +88,26 @@ def test_health_answers_503_naming_the_failing_check(db, api_client, monkeypatch
     assert {name: result for name, result in body["checks"].items() if name != failing} == {
         name: "ok" for name in health.CHECKS if name != failing
     }
+
+
+def test_health_with_redis_unreachable_is_200_degraded_naming_the_channel_layer(
+    db, api_client, settings
+):
+    # A real channel layer at a port where nothing listens: the round trip fails.
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},
+        }
+    }
+
+    response = api_client.get("/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["channel_layer"].startswith("error: ")
 
 
 def test_device_list_names_every_device_and_the_active_one(online_device, user, client_for):
