@@ -37,8 +37,9 @@ serve: migrate
 	$(BIN)/python manage.py serve
 
 # The production topology natively on loopback (see README "Production"): nginx with TLS on
-# 8443 (self-signed), 8080 -> HTTPS, device port 5000, two Daphne workers, discovery, bridge
-# and sweeper, on PostgreSQL (DATABASE_URL, default .../vending_prod) and Redis (REDIS_URL).
+# 8443 (self-signed), 8080 -> HTTPS, device port 5000, gunicorn for HTTP (8001), Daphne for
+# /ws/ (8002), discovery, bridge and sweeper, on PostgreSQL (DATABASE_URL, default
+# .../vending_prod) and Redis (REDIS_URL).
 .PHONY: prod-local
 prod-local: $(STAMP)
 	$(BIN)/python deploy/prod_local.py run

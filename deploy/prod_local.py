@@ -5,7 +5,8 @@
 database if it is missing, migrates, collects static files, bootstraps the staff account,
 makes a self-signed certificate on first run, renders nginx's configuration into the var
 dir, then hands over to honcho with ``Procfile.prod-local``: nginx (unprivileged, in the
-foreground), two Daphne workers on loopback ports, discovery, the serial bridge and the
+foreground), gunicorn (one master, ``WEB_WORKERS`` WSGI workers: every HTTP request) and
+Daphne (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial bridge and the
 sweeper. ``prepare`` does everything but the last step. ``render-compose`` writes
 ``deploy/nginx/vending.conf``, the same template rendered for docker-compose.yml.
 
@@ -29,15 +30,19 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "vending.conf.template"
 COMPOSE_CONF = ROOT / "deploy" / "nginx" / "vending.conf"
 PROCFILE = ROOT / "Procfile.prod-local"
 
-# What docker-compose.yml runs: two web services and nginx's ports inside its container.
+# What docker-compose.yml runs: two gunicorn services (web1, web2), one Daphne service (ws),
+# all on port 8000 of their containers, and nginx's ports inside its container.
+COMPOSE_WEB_SERVICES = ("web1", "web2")
+COMPOSE_WS_SERVICES = ("ws",)
 COMPOSE_VALUES = {
     "HTTPS_PORT": "443",
     "HTTP_PORT": "80",
     "DEVICE_PORT": "5000",
     "HTTPS_PORT_SUFFIX": "",
-    "UPSTREAM_SERVERS": "\n".join(
-        f"    server {name}:8000 max_fails=3 fail_timeout=10s;" for name in ("web1", "web2")
+    "WEB_SERVERS": "\n".join(
+        f"    server {name}:8000 max_fails=3 fail_timeout=10s;" for name in COMPOSE_WEB_SERVICES
     ),
+    "WS_SERVERS": "\n".join(f"    server {name}:8000;" for name in COMPOSE_WS_SERVICES),
     "CERT_FILE": "/etc/nginx/certs/vending.crt",
     "KEY_FILE": "/etc/nginx/certs/vending.key",
     "STATIC_ROOT": "/srv/static",
@@ -86,9 +91,8 @@ def loopback_values(args: argparse.Namespace, var: Path, static_root: Path) -> d
         "HTTP_PORT": f"127.0.0.1:{args.http_port}",
         "DEVICE_PORT": f"127.0.0.1:{args.device_port}",
         "HTTPS_PORT_SUFFIX": f":{args.https_port}",
-        "UPSTREAM_SERVERS": "\n".join(
-            f"    server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in args.web_port
-        ),
+        "WEB_SERVERS": f"    server 127.0.0.1:{args.web_port} max_fails=3 fail_timeout=10s;",
+        "WS_SERVERS": f"    server 127.0.0.1:{args.ws_port};",
         "CERT_FILE": str(Path(args.cert).resolve()) if args.cert else str(var / "tls/vending.crt"),
         "KEY_FILE": str(Path(args.key).resolve()) if args.key else str(var / "tls/vending.key"),
         "STATIC_ROOT": str(static_root),
@@ -190,8 +194,8 @@ def child_environment(args: argparse.Namespace, var: Path, static_root: Path) ->
         PYTHONUNBUFFERED="1",
         # For the Procfile only.
         PROD_LOCAL_DIR=str(var),
-        WEB1_PORT=str(args.web_port[0]),
-        WEB2_PORT=str(args.web_port[1]),
+        WEB_PORT=str(args.web_port),
+        WS_PORT=str(args.ws_port),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     return env
@@ -249,7 +253,10 @@ def prepare(args: argparse.Namespace) -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("action", choices=["run", "prepare", "render-compose"], nargs="?")
     parser.add_argument("--var-dir", default=str(ROOT / "var" / "prod-local"))
     parser.add_argument(
@@ -259,20 +266,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
-    parser.add_argument("--https-port", type=int, default=8443)
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--device-port", type=int, default=5000)
-    parser.add_argument("--discovery-port", type=int, default=12346)
+    parser.add_argument("--https-port", type=int, default=8443, help="nginx, HTTPS")
+    parser.add_argument("--http-port", type=int, default=8080, help="nginx, redirects to HTTPS")
     parser.add_argument(
-        "--web-port", type=int, action="append", help="twice: the two Daphne workers' ports"
+        "--device-port", type=int, default=5000, help="nginx, plain HTTP for the firmware"
     )
+    parser.add_argument(
+        "--discovery-port", type=int, default=12346, help="run_discovery (UDP, loopback)"
+    )
+    parser.add_argument(
+        "--web-port", type=int, default=8001, help="gunicorn's port (every HTTP request)"
+    )
+    parser.add_argument("--ws-port", type=int, default=8002, help="Daphne's port (/ws/ only)")
     parser.add_argument("--cert", help="certificate to use instead of the generated one")
     parser.add_argument("--key", help="its private key")
     args = parser.parse_args(argv)
     args.action = args.action or "run"
-    args.web_port = args.web_port or [8001, 8002]
-    if len(args.web_port) != 2:
-        parser.error("--web-port is given twice (two Daphne workers) or not at all")
+    if args.web_port == args.ws_port:
+        parser.error("--web-port and --ws-port must differ")
     return args
 
 

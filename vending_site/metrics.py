@@ -20,7 +20,9 @@ into one ``*_archive.db`` file per kind, under a file lock, and removes their ga
 scrape holds the same lock shared while it lists and reads the files, so it never sees a
 count both in the archive and in the file it came from; the archive is rewritten in a
 temporary file and swapped in with one rename, so no reader ever sees half an archive.
-Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a directory
+The file handling is :mod:`vending_site.metrics_files` (no Django, so gunicorn's master
+compacts too, each time it reaps a worker: ``deploy/gunicorn.conf.py``). Limitation: the
+liveness check is ``kill(pid, 0)``, so all processes sharing a directory
 must share a PID namespace (one host or one container; not a volume shared by containers):
 in docker-compose.yml each service writes to its own subdirectory of the shared volume, and
 ``METRICS_COLLECT_DIR`` (the volume's root) is where ``/metrics`` reads them all. Wipe the
@@ -47,13 +49,10 @@ Metrics (besides django-prometheus' ``django_http_*`` request metrics):
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import ipaddress
 import os
-import shutil
 from collections.abc import Iterable
-from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -69,9 +68,9 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import metrics_files
 from .logging import get_logger
 
 VENDS = Counter("vending_vends_total", "Vends that reached a final state, by outcome.", ["outcome"])
@@ -90,12 +89,6 @@ DEVICE_POLLS = Counter(
 )
 
 logger = get_logger(__name__)
-
-LOCK_NAME = ".compact.lock"
-
-# Kinds whose values add up across processes, so a dead process' file can be folded in.
-_ADDITIVE_KINDS = ("counter", "histogram", "summary")
-
 
 # --- Recording (called by the lifecycle and the poll views) -------------------------------
 
@@ -175,78 +168,11 @@ def multiproc_dir() -> Path:
     return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.PROMETHEUS_MULTIPROC_DIR)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def _pid_of(path: str) -> int | None:
-    stem = os.path.basename(path)[: -len(".db")]
-    tail = stem.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
-
-
 def compact_dead_processes(directory: Path | None = None) -> int:
-    """Fold the counter/histogram files of dead processes into ``<kind>_archive.db`` and
-    delete their gauge files. Returns how many files were removed. Safe to run from several
-    processes at once (an exclusive file lock serialises them)."""
-    directory = directory or multiproc_dir()
-    with open(directory / LOCK_NAME, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        dead: dict[str, list[str]] = {}
-        for path in sorted(glob.glob(str(directory / "*.db"))):
-            pid = _pid_of(path)
-            if pid is not None and not _pid_alive(pid):
-                dead.setdefault(os.path.basename(path).split("_", 1)[0], []).append(path)
-        for kind, paths in dead.items():
-            if kind in _ADDITIVE_KINDS:
-                _fold_into_archive(directory, kind, paths)
-            for path in paths:
-                os.remove(path)
-    return sum(len(paths) for paths in dead.values())
-
-
-def _fold_into_archive(directory: Path, kind: str, paths: list[str]) -> None:
-    """Add ``paths``' values to ``<kind>_archive.db`` by writing a new archive beside it and
-    renaming it over the old one (the temporary name does not end in ``.db``, so no scrape
-    reads it)."""
-    archive_path = directory / f"{kind}_archive.db"
-    draft_path = directory / f".{kind}_archive.draft"
-    if archive_path.exists():
-        shutil.copyfile(archive_path, draft_path)
-    else:
-        draft_path.unlink(missing_ok=True)
-    draft = MmapedDict(str(draft_path))
-    try:
-        for path in paths:
-            for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(path):
-                current, _ts = draft.read_value(key)
-                draft.write_value(key, current + value, timestamp)
-    finally:
-        draft.close()
-    os.replace(draft_path, archive_path)
-
-
-@contextmanager
-def _compaction_paused(directories: Iterable[Path]):
-    """Hold every directory's compaction lock shared: no compaction can move counts between
-    files while a scrape reads them. Directories are locked in sorted order; compaction takes
-    only one lock, so this cannot deadlock with it."""
-    with ExitStack() as stack:
-        for directory in sorted(set(directories)):
-            try:
-                lock = stack.enter_context(open(directory / LOCK_NAME, "a"))
-            except OSError:  # a read-only directory: nobody compacts it from here either
-                continue
-            fcntl.flock(lock, fcntl.LOCK_SH)
-        yield
+    """Fold the files of dead processes into the archive (see
+    :func:`vending_site.metrics_files.compact_dead_processes`); this process' directory by
+    default."""
+    return metrics_files.compact_dead_processes(directory or multiproc_dir())
 
 
 def prepare() -> None:
@@ -306,7 +232,7 @@ class SharedFilesCollector:
 
     def collect(self):
         files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
-        with _compaction_paused(Path(path).parent for path in files):
+        with metrics_files.compaction_paused(Path(path).parent for path in files):
             # Listed again under the locks: a compaction that ran meanwhile removed files.
             files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
             return MultiProcessCollector.merge(files, accumulate=True)

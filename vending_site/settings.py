@@ -76,6 +76,19 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 HOST = env.str("HOST", default="0.0.0.0")
 PORT = env.int("PORT", default=5000)
 
+# gunicorn, the production server for HTTP (deploy/gunicorn.conf.py reads these; Daphne serves
+# only the WebSocket there). Threads share a worker's CPU, so two workers of eight threads
+# suit two cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), so workers x
+# threads per node must fit max_connections beside the other processes. A worker is replaced
+# after WEB_MAX_REQUESTS requests (plus up to 10 % jitter, so workers do not all restart at
+# once), which bounds any slow growth of its memory.
+WEB_WORKERS = env.int("WEB_WORKERS", default=2)
+WEB_THREADS = env.int("WEB_THREADS", default=8)
+WEB_MAX_REQUESTS = env.int("WEB_MAX_REQUESTS", default=5000)
+for _name in ("WEB_WORKERS", "WEB_THREADS", "WEB_MAX_REQUESTS"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1, not {globals()[_name]}")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -164,8 +177,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # same locking as production; one per test process, so two runs never share one.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
-    # Django's advice for ASGI servers: no persistent connections (each request's thread
-    # would keep one open). Set CONN_MAX_AGE for WSGI workers or a pooler in front.
+    # Persistent connections: 0 (a connection per request) is Django's advice under ASGI,
+    # where they leak (measured: Daphne exhausted max_connections with 60), and stays the
+    # default for Daphne and commands. gunicorn's threads serve one request after another
+    # and reuse theirs: deploy/gunicorn.conf.py defaults CONN_MAX_AGE to 60 for its workers.
+    # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used.
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     # No request may wait forever on PostgreSQL: libpq gives up connecting after

@@ -1,4 +1,6 @@
-"""WSGI entry point, for tools that want one; the server itself runs on ASGI (Daphne)."""
+"""WSGI entry point: gunicorn serves every HTTP request from here in production
+(``deploy/gunicorn.conf.py``); Daphne (``asgi.py``) serves the WebSocket there, and everything
+under ``make run``."""
 
 import os
 

@@ -1,6 +1,11 @@
 """docker-compose.yml, the Dockerfile, nginx's configuration and the systemd units, checked by
 construction (no Docker engine here): whatever they run must exist and accept its arguments,
-whatever they set must be read by the settings, whatever they point at must be there."""
+whatever they set must be read by the settings, whatever they point at must be there.
+
+Two kinds of commands run: ``python manage.py NAME ...`` (checked with the command's own
+parser) and the production web server, ``python -m gunicorn --config deploy/gunicorn.conf.py
+--bind ...`` (checked with gunicorn's own parser, and ``gunicorn --check-config``, which runs
+the configuration file and loads the application)."""
 
 import ast
 import ipaddress
@@ -9,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -71,6 +77,35 @@ def assert_manage_py_command(argv: list[str], where: str) -> None:
     parser.parse_args(args)  # CommandError on an unknown or malformed argument
 
 
+GUNICORN_CONFIG = "deploy/gunicorn.conf.py"
+
+
+def is_gunicorn(argv: list[str]) -> bool:
+    return argv[1:3] == ["-m", "gunicorn"]
+
+
+def assert_gunicorn_command(argv: list[str], where: str) -> None:
+    """``argv`` is ``python -m gunicorn ARGS...``: gunicorn's own parser takes ARGS, the
+    configuration is the project's one file and the address to bind is given."""
+    from gunicorn.config import Config
+
+    assert Path(argv[0]).name.startswith("python") and is_gunicorn(argv), f"{where}: {argv}"
+    try:
+        parsed = Config().parser().parse_args(argv[3:])
+    except SystemExit as exc:  # argparse's way of refusing
+        raise AssertionError(f"{where}: gunicorn refuses {argv[3:]}") from exc
+    assert parsed.config == GUNICORN_CONFIG, f"{where}: not {GUNICORN_CONFIG}: {argv}"
+    assert parsed.bind, f"{where}: no --bind"
+    assert not parsed.args, f"{where}: the application comes from the configuration"
+
+
+def assert_real_command(argv: list[str], where: str) -> None:
+    if is_gunicorn(argv):
+        assert_gunicorn_command(argv, where)
+    else:
+        assert_manage_py_command(argv, where)
+
+
 def health_paths(text: str) -> list[str]:
     return re.findall(r"https?://[^/\s'\"]+(/[^\s'\"]*)", text)
 
@@ -80,10 +115,17 @@ def test_settings_variable_scan_finds_the_known_ones():
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SECURE_SSL_REDIRECT"} <= READ_BY_SETTINGS
 
 
-def test_every_service_built_from_our_image_runs_a_real_management_command():
-    assert {"web1", "web2", "discovery", "serial-bridge", "migrate"} <= set(OUR_IMAGE)
+def test_every_service_built_from_our_image_runs_a_real_command():
+    assert {"web1", "web2", "ws", "discovery", "serial-bridge", "migrate"} <= set(OUR_IMAGE)
     for name in OUR_IMAGE:
-        assert_manage_py_command(SERVICES[name]["command"], f"service {name}")
+        assert_real_command(SERVICES[name]["command"], f"service {name}")
+
+
+def test_http_is_served_by_gunicorn_and_the_websocket_by_daphne():
+    for name in ("web1", "web2"):
+        assert is_gunicorn(SERVICES[name]["command"]), name
+        assert SERVICES[name]["stop_grace_period"] == "25s"  # graceful_timeout 20 s, then KILL
+    assert SERVICES["ws"]["command"][:3] == ["python", "manage.py", "serve"]
 
 
 def test_a_bad_argument_is_caught_by_the_command_check():
@@ -93,6 +135,14 @@ def test_a_bad_argument_is_caught_by_the_command_check():
         )
     with pytest.raises(AssertionError, match="no management command"):
         assert_manage_py_command(["python", "manage.py", "runserver_plus"], "probe")
+    good = ["python", "-m", "gunicorn", "--config", GUNICORN_CONFIG, "--bind", "0.0.0.0:8000"]
+    assert_gunicorn_command(good, "probe")
+    with pytest.raises(AssertionError, match="refuses"):
+        assert_gunicorn_command([*good, "--workerz", "2"], "probe")
+    with pytest.raises(AssertionError, match="no --bind"):
+        assert_gunicorn_command(good[:5], "probe")
+    with pytest.raises(AssertionError, match=r"not deploy/gunicorn\.conf\.py"):
+        assert_gunicorn_command([*good[:4], "other.py", *good[5:]], "probe")
 
 
 def test_every_variable_compose_sets_is_read_by_the_settings():
@@ -155,7 +205,7 @@ def test_the_dockerfile_runs_as_a_user_and_its_commands_are_real():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\S+", dockerfile, re.MULTILINE)
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1)
-    assert_manage_py_command(yaml.safe_load(cmd), "Dockerfile CMD")
+    assert_real_command(yaml.safe_load(cmd), "Dockerfile CMD")
     healthcheck = re.search(r"HEALTHCHECK.*?CMD (\[.*?\])$", dockerfile, re.DOTALL | re.MULTILINE)
     for path in health_paths(healthcheck.group(1)):
         resolve(path)
@@ -187,15 +237,32 @@ def test_the_compose_nginx_conf_is_the_template_rendered_for_compose():
     )
 
 
-def test_nginx_upstream_is_the_compose_web_services_on_their_port():
+def upstream_servers(conf: str, name: str) -> list[tuple[str, str]]:
+    upstream = re.search(rf"upstream {name} \{{(.*?)\}}", conf, re.DOTALL).group(1)
+    return re.findall(r"server (\S+):(\d+)", upstream)
+
+
+def test_nginx_upstreams_are_the_compose_services_on_their_ports():
+    """vending_web: the gunicorn services, on the port they bind; vending_ws: Daphne's, on
+    the port it serves; nginx waits for each to be healthy; /ws/ alone goes to Daphne."""
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
-    upstream = re.search(r"upstream vending_web \{(.*?)\}", conf, re.DOTALL).group(1)
-    servers = re.findall(r"server (\S+):(\d+)", upstream)
-    assert len(servers) >= 2
-    for host, port in servers:
+    web, ws = upstream_servers(conf, "vending_web"), upstream_servers(conf, "vending_ws")
+    assert len(web) >= 2 and len(ws) >= 1
+    for host, port in web:
+        assert host in SERVICES, f"nginx upstream {host} is not a compose service"
+        command = SERVICES[host]["command"]
+        assert is_gunicorn(command), f"{host} does not run gunicorn"
+        assert command[command.index("--bind") + 1] == f"0.0.0.0:{port}"
+    for host, port in ws:
         assert host in SERVICES, f"nginx upstream {host} is not a compose service"
         command = SERVICES[host]["command"]
         assert command[2] == "serve" and command[command.index("--port") + 1] == port
+    depends = SERVICES["nginx"]["depends_on"]
+    for host, _port in web + ws:
+        assert depends[host] == {"condition": "service_healthy"}, host
+    proxied = dict(re.findall(r"location (\S+) \{\s*proxy_pass http://(\w+);", conf))
+    assert proxied.pop("/ws/") == "vending_ws"
+    assert set(proxied.values()) == {"vending_web"}, proxied
     nginx = SERVICES["nginx"]
     mounted = {v.split(":")[0]: v.split(":")[1] for v in nginx["volumes"]}
     assert mounted["./deploy/nginx/vending.conf"].startswith("/etc/nginx/conf.d/")
@@ -214,7 +281,7 @@ def test_nginx_accepts_the_compose_configuration(tmp_path):
     cert, key = tmp_path / "vending.crt", tmp_path / "vending.key"
     load_prod_local().ensure_certificate(cert, key)
     conf = conf.replace("/etc/nginx/certs", str(tmp_path)).replace("/srv/static", str(tmp_path))
-    conf = re.sub(r"server web\d+:", "server 127.0.0.1:", conf)
+    conf = re.sub(r"server (web\d+|ws):", "server 127.0.0.1:", conf)
     (tmp_path / "vending.conf").write_text(conf)
     (tmp_path / "tmp").mkdir()
     (tmp_path / "nginx.conf").write_text(load_prod_local().MAIN_CONF.format(var=tmp_path, user=""))
@@ -243,7 +310,7 @@ def test_each_systemd_unit_runs_real_commands_with_its_environment(unit):
     for key, value in lines:
         argv = shlex.split(value)
         assert argv[0] == "/srv/vending/.venv/bin/python", f"{unit.name} {key}"
-        assert_manage_py_command(argv, f"{unit.name} {key}")
+        assert_real_command(argv, f"{unit.name} {key}")
     for assignment in re.findall(r"^Environment=(\S+)$", unit.read_text(), re.MULTILINE):
         assert assignment.split("=")[0] in READ_BY_SETTINGS
 
@@ -255,6 +322,7 @@ def test_the_serial_bridge_unit_may_open_serial_ports():
     assert "DeviceAllow=char-ttyUSB rw" in text
     assert {u.name for u in UNITS} >= {
         "vending-web.service",
+        "vending-ws.service",
         "vending-discovery.service",
         "vending-serial-bridge.service",
         "vending-sweeper.service",
@@ -264,14 +332,16 @@ def test_the_serial_bridge_unit_may_open_serial_ports():
 def test_procfile_prod_local_runs_real_commands():
     lines = (ROOT / "Procfile.prod-local").read_text().splitlines()
     processes = dict(line.split(": ", 1) for line in lines if line and not line.startswith("#"))
-    assert {"nginx", "web1", "web2", "discovery", "bridge", "sweeper"} <= set(processes)
+    assert {"nginx", "web", "ws", "discovery", "bridge", "sweeper"} <= set(processes)
     assert "daemon off;" in processes["nginx"]
     for name, command in processes.items():
         if name == "nginx":
             continue
-        argv = shlex.split(command.replace("$WEB1_PORT", "8001").replace("$WEB2_PORT", "8002"))
+        argv = shlex.split(command.replace("$WEB_PORT", "8001").replace("$WS_PORT", "8002"))
         assert argv[0] == "exec"
-        assert_manage_py_command(argv[1:], f"Procfile.prod-local {name}")
+        assert_real_command(argv[1:], f"Procfile.prod-local {name}")
+    assert is_gunicorn(shlex.split(processes["web"])[1:])
+    assert shlex.split(processes["ws"])[2:4] == ["manage.py", "serve"]
 
 
 def test_every_variable_prod_local_sets_for_the_server_is_read_by_the_settings(
@@ -284,7 +354,7 @@ def test_every_variable_prod_local_sets_for_the_server_is_read_by_the_settings(
     prod_local = load_prod_local()
     args = prod_local.parse_args(["prepare", "--var-dir", str(tmp_path)])
     env = prod_local.child_environment(args, tmp_path, tmp_path / "static")
-    procfile_only = {"PROD_LOCAL_DIR", "WEB1_PORT", "WEB2_PORT", "PATH"}
+    procfile_only = {"PROD_LOCAL_DIR", "WEB_PORT", "WS_PORT", "PATH"}
     set_here = {name for name, value in env.items() if os.environ.get(name) != value}
     assert {"DEBUG", "TRUST_X_FORWARDED_PROTO", "DATABASE_URL"} <= set_here
     assert not set_here - procfile_only - READ_BY_SETTINGS
@@ -313,5 +383,56 @@ def test_each_long_running_service_counts_metrics_in_a_directory_of_its_own():
         own = env["PROMETHEUS_MULTIPROC_DIR"]
         assert Path(own).parent == Path(env["METRICS_COLLECT_DIR"]), name
         dirs[name] = own
-    assert {"web1", "web2", "discovery", "serial-bridge", "sweeper"} <= set(dirs)
+    assert {"web1", "web2", "ws", "discovery", "serial-bridge", "sweeper"} <= set(dirs)
     assert len(set(dirs.values())) == len(dirs), dirs
+
+
+def gunicorn_commands() -> dict[str, list[str]]:
+    """Every gunicorn command line the launchers run, by where it is written."""
+    found = {f"service {n}": SERVICES[n]["command"] for n in OUR_IMAGE}
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    found["Dockerfile CMD"] = yaml.safe_load(cmd.group(1))
+    for unit in UNITS:
+        for value in re.findall(r"^ExecStart=(.*)$", unit.read_text(), re.MULTILINE):
+            found[unit.name] = shlex.split(value)
+    for line in (ROOT / "Procfile.prod-local").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, command = line.split(": ", 1)
+            found[f"Procfile.prod-local {name}"] = shlex.split(
+                command.replace("$WEB_PORT", "8001")
+            )[1:]
+    return {where: argv for where, argv in found.items() if is_gunicorn(argv)}
+
+
+def test_every_launcher_runs_gunicorn_with_the_one_configuration():
+    found = gunicorn_commands()
+    assert {
+        "service web1",
+        "service web2",
+        "Dockerfile CMD",
+        "vending-web.service",
+        "Procfile.prod-local web",
+    } <= set(found)
+    for where, argv in found.items():
+        assert_gunicorn_command(argv, where)
+
+
+@pytest.mark.parametrize("where", sorted(gunicorn_commands()))
+def test_gunicorn_check_config_accepts_each_launchers_command(where, tmp_path):
+    """``--check-config`` runs deploy/gunicorn.conf.py (settings included) and imports the
+    WSGI application, as the master and each worker will."""
+    argv = gunicorn_commands()[where]
+    env = dict(
+        os.environ,
+        DATA_DIR=str(tmp_path),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    result = subprocess.run(
+        [sys.executable, *argv[1:], "--check-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -1,10 +1,11 @@
 """Smoke test of the production topology through nginx, over real sockets on loopback.
 
 The stack is started the way ``make prod-local`` starts it (``deploy/prod_local.py run``:
-nginx, two Daphne workers, discovery, bridge, sweeper under honcho), with free ports, a
-throwaway PostgreSQL database, a Redis db of its own and a self-signed certificate this test
-makes with openssl. It does not use pytest-django's test database: the stack's processes own
-their database, as in production.
+nginx, gunicorn for HTTP, Daphne for ``/ws/``, discovery, bridge, sweeper under honcho),
+with free ports, a throwaway PostgreSQL database, a Redis db of its own and a self-signed
+certificate this test makes with openssl. It does not use pytest-django's test database:
+the stack's processes own their database, as in production. ``SCRATCH_DATABASE_PREFIX`` and
+``SCRATCH_REDIS_URL`` pick the database name and the Redis database (shared servers).
 """
 
 import http.client
@@ -27,9 +28,9 @@ import pytest
 from tests.deploy import load_prod_local
 from tests.integration.processes import ROOT, free_port
 
-START_TIMEOUT = 180.0  # migrate + collectstatic on a fresh database, then both workers
-STOP_TIMEOUT = 30.0
-REDIS_DB = 13
+START_TIMEOUT = 180.0  # migrate + collectstatic on a fresh database, then the servers
+STOP_TIMEOUT = 40.0  # gunicorn lets its requests finish for up to 20 s
+REDIS_URL = os.environ.get("SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 ADMIN_PASSWORD = "smoke-test-Passw0rd!"
 
 
@@ -123,11 +124,11 @@ def stack():
         "https": free_port(),
         "http": free_port(),
         "device": free_port(),
-        "web1": free_port(),
-        "web2": free_port(),
+        "web": free_port(),
+        "ws": free_port(),
         "discovery": free_port(socket.SOCK_DGRAM),
     }
-    database = f"vending_smoke_{os.getpid()}"
+    database = f"{os.environ.get('SCRATCH_DATABASE_PREFIX', 'vending')}_smoke_{os.getpid()}"
     log_path = var / "stack.log"
     env = dict(os.environ, ADMIN_USERNAME="smoke-admin", ADMIN_PASSWORD=ADMIN_PASSWORD)
     command = [
@@ -139,7 +140,7 @@ def stack():
         "--database-url",
         f"postgres://postgres@127.0.0.1:5432/{database}",
         "--redis-url",
-        f"redis://127.0.0.1:6379/{REDIS_DB}",
+        REDIS_URL,
         "--https-port",
         str(ports["https"]),
         "--http-port",
@@ -149,9 +150,9 @@ def stack():
         "--discovery-port",
         str(ports["discovery"]),
         "--web-port",
-        str(ports["web1"]),
-        "--web-port",
-        str(ports["web2"]),
+        str(ports["web"]),
+        "--ws-port",
+        str(ports["ws"]),
         "--cert",
         str(cert),
         "--key",
@@ -167,6 +168,7 @@ def stack():
             start_new_session=True,
         )
     stack = Stack(var, cert, ports)
+    stack.log = log_path
     try:
         _wait_until_up(stack, process, log_path)
         yield stack
@@ -177,12 +179,12 @@ def stack():
 
 
 def _wait_until_up(stack: Stack, process: subprocess.Popen, log_path: Path) -> None:
-    """Both workers answer /health through nginx over HTTPS (bounded)."""
+    """gunicorn and Daphne listen and /health answers through nginx over HTTPS (bounded)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"prod-local exited with {process.returncode}:\n{log_path.read_text()}")
-        if all(_reachable(stack.ports[name]) for name in ("web1", "web2", "https")):
+        if all(_reachable(stack.ports[name]) for name in ("web", "ws", "https")):
             try:
                 if stack.https("GET", "/health").status == 200:
                     return
@@ -251,14 +253,14 @@ def test_device_port_serves_nothing_but_the_device_protocol(stack):
 
 
 def test_django_itself_redirects_plain_http_that_bypasses_nginx_only_off_the_device_paths(stack):
-    # Straight to a worker with nginx's "http" marker: SECURE_SSL_REDIRECT applies, except to
+    # Straight to gunicorn with nginx's "http" marker: SECURE_SSL_REDIRECT applies, except to
     # the exempt device paths.
-    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["web1"], timeout=15)
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["web"], timeout=15)
     headers = {"X-Forwarded-Proto": "http"}
     response = Stack._request(conn, "GET", "/admin/", None, headers)
     assert response.status == 301
     assert response.getheader("Location").startswith("https://")
-    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["web1"], timeout=15)
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["web"], timeout=15)
     response = Stack._request(conn, "GET", "/esp32/commands/ESP32_AABBCCDDEEFF", None, headers)
     assert response.status == 200
 
@@ -365,3 +367,41 @@ def test_websocket_upgrade_reaches_channels_through_nginx(stack):
     # Anonymous: Channels refuses the handshake (403) - the upgrade got through to it.
     assert _websocket_handshake(stack, cookie=None) == 403
     assert _websocket_handshake(stack, cookie=_staff_session_cookie(stack)) == 101
+
+
+def _logged_by(stack: Stack, needle: str) -> set[str]:
+    """The honcho process names (``web``, ``ws``, ...) whose output has ``needle``."""
+    names = set()
+    for line in stack.log.read_text(errors="replace").splitlines():
+        match = re.match(r"\S+ (\w+)\.\d+\s+\| (.*)$", line)
+        if match and needle in match.group(2):
+            names.add(match.group(1))
+    return names
+
+
+def test_http_is_answered_by_gunicorn_and_the_websocket_by_daphne(stack):
+    marker = f"route-{os.getpid()}-{time.monotonic_ns()}"
+    assert stack.https("GET", "/health", headers={"X-Request-ID": marker}).status == 200
+    device = stack.http(
+        "device",
+        "GET",
+        "/esp32/commands/ESP32_AABBCCDDEEFF",
+        headers={"X-Request-ID": f"{marker}-device"},
+    )
+    assert device.status == 200
+    # gunicorn's access log (JSON lines on its stdout) names the request id it answered.
+    for request_id in (marker, f"{marker}-device"):
+        needle = f'"request_id": "{request_id}"'
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _logged_by(stack, needle):
+            time.sleep(0.1)
+        assert _logged_by(stack, needle) == {"web"}, request_id
+        lines = [x for x in stack.log.read_text().splitlines() if needle in x]
+        assert all('"logger": "gunicorn.access"' in line for line in lines), lines
+
+    assert _websocket_handshake(stack, cookie=None) == 403
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _logged_by(stack, "/ws/events/"):
+        time.sleep(0.1)
+    # Daphne's access log has the handshake (nginx's too); gunicorn never saw the path.
+    assert _logged_by(stack, "/ws/events/") - {"nginx"} == {"ws"}
