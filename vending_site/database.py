@@ -13,14 +13,20 @@ socket itself (``set_wait_callback``, the hook gevent uses); :func:`bounded_wait
 so the server's own cancellation, which leaves the connection usable, normally comes first.
 Past the deadline it raises ``OperationalError``; psycopg2 then closes the connection and
 Django opens a new one for the next request. The request answers 503 (``vending_site.outages``).
+
+Schema changes are not requests: ``manage.py migrate`` runs inside
+:func:`statements_unbounded`, so an ``ALTER TABLE`` or index build on a large table may take
+as long as it needs (connecting stays bounded).
 """
 
+import contextlib
 import select
 import time
 
 from django.conf import settings
 
 GRACE = 1.0  # seconds past statement_timeout before the client gives up itself
+_unbounded_statements = False
 
 
 def bounded_wait(conn) -> None:
@@ -29,11 +35,12 @@ def bounded_wait(conn) -> None:
     from psycopg2 import extensions
 
     connecting = conn.status == extensions.STATUS_SETUP or not _connected(conn)
-    limit = (
-        float(settings.DATABASE_CONNECT_TIMEOUT)
-        if connecting
-        else settings.DATABASE_STATEMENT_TIMEOUT + GRACE
-    )
+    if connecting:
+        limit = float(settings.DATABASE_CONNECT_TIMEOUT)
+    elif _unbounded_statements:
+        limit = float("inf")
+    else:
+        limit = settings.DATABASE_STATEMENT_TIMEOUT + GRACE
     deadline = time.monotonic() + limit
     for _ in range(1_000_000):  # bounded by the deadline; the count is a backstop
         state = conn.poll()
@@ -51,7 +58,7 @@ def bounded_wait(conn) -> None:
             waiter.register(
                 conn.fileno(), select.POLLIN if state == extensions.POLL_READ else select.POLLOUT
             )
-            waiter.poll(left * 1000)
+            waiter.poll(None if left == float("inf") else left * 1000)
         else:  # pragma: no cover - psycopg2 documents no other state
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
     raise psycopg2.OperationalError("the database connection never became ready")
@@ -71,3 +78,27 @@ def install() -> None:
     from psycopg2 import extensions
 
     extensions.set_wait_callback(bounded_wait)
+
+
+@contextlib.contextmanager
+def statements_unbounded(alias: str = "default"):
+    """No statement timeout, on the server or here, for this process's connection ``alias``
+    while the block runs (on PostgreSQL; elsewhere a no-op). For schema changes only."""
+    global _unbounded_statements
+    from django.db import connections
+
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        yield
+        return
+    previous = _unbounded_statements
+    _unbounded_statements = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 0")
+        yield
+    finally:
+        _unbounded_statements = previous
+        if connection.connection is not None:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")  # back to the connection's option

@@ -273,3 +273,52 @@ def test_a_query_whose_server_stops_answering_mid_conversation_fails_in_bounded_
     assert not stuck, "the query waited for a server that does not answer"
     assert "no answer from the database within 2 s" in outcome["result"]
     assert 1.9 < outcome["took"] < 4
+
+
+@pytest.mark.postgres
+def test_inside_statements_unbounded_a_statement_may_outlast_the_request_timeouts(db, settings):
+    """What ``manage.py migrate`` runs in: neither the server's statement_timeout nor the
+    client's bounded wait cuts a long schema change off; both are back afterwards."""
+    from django.db import connection
+    from psycopg2 import extensions
+
+    from vending_site import database
+
+    settings.DATABASE_STATEMENT_TIMEOUT = 0.3  # the client gives up after 1.3 s
+    previous = extensions.get_wait_callback()
+    database.install()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 300")  # as the option would set it
+            with database.statements_unbounded():
+                cursor.execute("SELECT pg_sleep(1.5)")
+            cursor.execute("SHOW statement_timeout")
+            (after,) = cursor.fetchone()
+    finally:
+        extensions.set_wait_callback(previous)
+    # RESET: back to the connection's own option (settings: DATABASE_STATEMENT_TIMEOUT at start).
+    assert after == "10s"
+
+
+def test_migrate_is_the_project_s_own_running_without_the_statement_timeout(db):
+    from django.core.management import call_command, get_commands
+    from django.core.management.commands.migrate import Command as DjangoMigrate
+
+    from vending_site import database
+
+    seen = []
+
+    def recording_handle(self, *args, **options):
+        seen.append(database._unbounded_statements or connection_vendor() != "postgresql")
+
+    assert get_commands()["migrate"] == "vending_site"
+    with mock.patch.object(DjangoMigrate, "handle", recording_handle):
+        call_command("migrate", verbosity=0)
+    assert seen == [True]
+    assert database._unbounded_statements is False
+
+
+def connection_vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
