@@ -580,6 +580,33 @@ class ScratchStack:
                 raise RuntimeError(f"{exc}\n{self.output(f'web{n}')[-3000:]}") from None
         return urls
 
+    def start_web(self, timeout: float = 90.0) -> list[str]:
+        """The production web tier: gunicorn as shipped (``deploy/gunicorn.conf.py``:
+        ``WEB_WORKERS`` x ``WEB_THREADS`` gthread workers, persistent connections) on a free
+        port, without its access log; its base URL (a list, as :meth:`start_workers`) once
+        it answers ``/health``."""
+        from tests.integration.scratch_stack import gunicorn_argv
+
+        port = free_port()
+        argv = gunicorn_argv(f"127.0.0.1:{port}", "--access-logfile", os.devnull)
+        log = open(self.tmp / "web.log", "w")
+        self.children["web"] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._logs["web"] = log
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health", timeout=timeout, process=self.children["web"])
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.output('web')[-3000:]}") from None
+        return [url]
+
     def wait_output(self, name: str, needle: str, timeout: float = 30.0) -> str:
         """The child's first log line containing ``needle`` (bounded)."""
         deadline = time.monotonic() + timeout
