@@ -21,7 +21,7 @@ from inventory.services import ensure_slots, set_stock
 from transactions.choices import TransactionState
 from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
-from vending_site.events import publish
+from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
 
 from .choices import (
@@ -53,20 +53,72 @@ def log_exchange(
     remote_addr: str = "",
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
-    # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
-    key = device_key or (device.device_id if device else "")
-    entry = CommunicationLog.objects.create(
-        device=device,
-        device_key=key.replace("\x00", "\\x00")[:64],
+    entry = _log_entry(
         direction=direction,
         transport=transport,
-        endpoint=endpoint.replace("\x00", "\\x00")[:100],
-        message=message.replace("\x00", "\\x00"),
+        message=message,
+        device=device,
+        device_key=device_key,
+        endpoint=endpoint,
         level=level,
-        remote_addr=remote_addr[:255],
+        remote_addr=remote_addr,
     )
+    entry.save(force_insert=True)
     publish("log", log_entry_payload(entry))
     return entry
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One message to record with :func:`log_exchanges` (``at``: when it crossed the wire)."""
+
+    direction: Direction
+    transport: Transport
+    message: str
+    at: datetime
+    endpoint: str = ""
+    remote_addr: str = ""
+
+
+@transaction.atomic
+def log_exchanges(exchanges: list[Exchange]) -> list[CommunicationLog]:
+    """Record a batch of exchanges in one transaction (one INSERT for the log, one for the
+    live events), each stamped with its own time; the same rows :func:`log_exchange` writes."""
+    entries = [
+        _log_entry(
+            direction=exchange.direction,
+            transport=exchange.transport,
+            message=exchange.message,
+            endpoint=exchange.endpoint,
+            remote_addr=exchange.remote_addr,
+            created_at=exchange.at,
+        )
+        for exchange in exchanges
+    ]
+    entries = CommunicationLog.objects.bulk_create(entries)
+    publish_many("log", [log_entry_payload(entry) for entry in entries])
+    return entries
+
+
+def _log_entry(
+    *,
+    message: str,
+    endpoint: str,
+    remote_addr: str,
+    device: Device | None = None,
+    device_key: str = "",
+    **fields,
+) -> CommunicationLog:
+    # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
+    key = device_key or (device.device_id if device else "")
+    return CommunicationLog(
+        device=device,
+        device_key=key.replace("\x00", "\\x00")[:64],
+        endpoint=endpoint.replace("\x00", "\\x00")[:100],
+        message=message.replace("\x00", "\\x00"),
+        remote_addr=remote_addr[:255],
+        **fields,
+    )
 
 
 LOG_EVENT_MESSAGE_LIMIT = 500  # characters of a log line a live page is sent
