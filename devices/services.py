@@ -41,6 +41,37 @@ from .selectors import canonical_id, device_for_poll, online_devices
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One message that crossed the wire, as the communication log records it (``at``: when
+    it crossed; now if not given)."""
+
+    direction: Direction
+    transport: Transport
+    message: str
+    device: Device | None = None
+    device_key: str = ""
+    endpoint: str = ""
+    level: LogLevel = LogLevel.INFO
+    remote_addr: str = ""
+    at: datetime | None = None
+
+    def entry(self) -> CommunicationLog:
+        # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
+        key = self.device_key or (self.device.device_id if self.device else "")
+        return CommunicationLog(
+            device=self.device,
+            device_key=key.replace("\x00", "\\x00")[:64],
+            direction=self.direction,
+            transport=self.transport,
+            endpoint=self.endpoint.replace("\x00", "\\x00")[:100],
+            message=self.message.replace("\x00", "\\x00"),
+            level=self.level,
+            remote_addr=self.remote_addr[:255],
+            created_at=self.at or timezone.now(),
+        )
+
+
 def log_exchange(
     *,
     direction: Direction,
@@ -53,72 +84,20 @@ def log_exchange(
     remote_addr: str = "",
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
-    entry = _log_entry(
-        direction=direction,
-        transport=transport,
-        message=message,
-        device=device,
-        device_key=device_key,
-        endpoint=endpoint,
-        level=level,
-        remote_addr=remote_addr,
-    )
+    fields = (direction, transport, message, device, device_key, endpoint, level, remote_addr)
+    entry = Exchange(*fields).entry()
     entry.save(force_insert=True)
     publish("log", log_entry_payload(entry))
     return entry
 
 
-@dataclass(frozen=True)
-class Exchange:
-    """One message to record with :func:`log_exchanges` (``at``: when it crossed the wire)."""
-
-    direction: Direction
-    transport: Transport
-    message: str
-    at: datetime
-    endpoint: str = ""
-    remote_addr: str = ""
-
-
 @transaction.atomic
 def log_exchanges(exchanges: list[Exchange]) -> list[CommunicationLog]:
     """Record a batch of exchanges in one transaction (one INSERT for the log, one for the
-    live events), each stamped with its own time; the same rows :func:`log_exchange` writes."""
-    entries = [
-        _log_entry(
-            direction=exchange.direction,
-            transport=exchange.transport,
-            message=exchange.message,
-            endpoint=exchange.endpoint,
-            remote_addr=exchange.remote_addr,
-            created_at=exchange.at,
-        )
-        for exchange in exchanges
-    ]
-    entries = CommunicationLog.objects.bulk_create(entries)
+    live events); the same rows and events :func:`log_exchange` writes, one by one."""
+    entries = CommunicationLog.objects.bulk_create([exchange.entry() for exchange in exchanges])
     publish_many("log", [log_entry_payload(entry) for entry in entries])
     return entries
-
-
-def _log_entry(
-    *,
-    message: str,
-    endpoint: str,
-    remote_addr: str,
-    device: Device | None = None,
-    device_key: str = "",
-    **fields,
-) -> CommunicationLog:
-    # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
-    key = device_key or (device.device_id if device else "")
-    return CommunicationLog(
-        device=device,
-        device_key=key.replace("\x00", "\\x00")[:64],
-        endpoint=endpoint.replace("\x00", "\\x00")[:100],
-        message=message.replace("\x00", "\\x00"),
-        remote_addr=remote_addr[:255],
-        **fields,
-    )
 
 
 LOG_EVENT_MESSAGE_LIMIT = 500  # characters of a log line a live page is sent

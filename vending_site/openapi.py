@@ -119,55 +119,56 @@ class ErrorResponse:
     retry_after: bool = False  # sent with a Retry-After header (seconds)
 
 
+def _example(detail: str, code: str, **more) -> dict:
+    return {"detail": detail, "code": code, **more}
+
+
+_RETRY = "; retry after the seconds in Retry-After."
 ERROR_RESPONSES = {
     400: ErrorResponse(
         "BadRequest",
         "The request is malformed or a field was refused.",
-        {
-            "detail": "slot: A valid integer is required.",
-            "code": "invalid",
-            "errors": {"slot": ["A valid integer is required."]},
-        },
+        _example(
+            "slot: A valid integer is required.",
+            "invalid",
+            errors={"slot": ["A valid integer is required."]},
+        ),
     ),
     401: ErrorResponse(
         "Unauthorized",
         "No valid credentials were sent.",
-        {"detail": "Authentication credentials were not provided.", "code": "not_authenticated"},
+        _example("Authentication credentials were not provided.", "not_authenticated"),
     ),
     403: ErrorResponse(
         "Forbidden",
         "The credentials do not allow this.",
-        {
-            "detail": "You do not have permission to perform this action.",
-            "code": "permission_denied",
-        },
+        _example("You do not have permission to perform this action.", "permission_denied"),
     ),
     404: ErrorResponse(
         "NotFound",
         "No such object.",
-        {"detail": "No device ESP32_000000000000 is registered.", "code": "not_found"},
+        _example("No device ESP32_000000000000 is registered.", "not_found"),
     ),
     409: ErrorResponse(
         "Conflict",
         "The request conflicts with the current state (out of stock, device offline, ...).",
-        {"detail": "Slot 3 is empty.", "code": "out_of_stock"},
+        _example("Slot 3 is empty.", "out_of_stock"),
     ),
     422: ErrorResponse(
         "Unprocessable",
         "The request is well-formed but cannot be carried out.",
-        {"detail": "The request cannot be carried out.", "code": "unprocessable"},
+        _example("The request cannot be carried out.", "unprocessable"),
     ),
     429: ErrorResponse(
         "Throttled",
-        "Too many requests from this caller; retry after the seconds in Retry-After.",
-        {"detail": "Request was throttled. Expected available in 12 seconds.", "code": "throttled"},
+        "Too many requests from this caller" + _RETRY,
+        _example("Request was throttled. Expected available in 12 seconds.", "throttled"),
         retry_after=True,
     ),
     503: ErrorResponse(
         "Unavailable",
-        "The database or Redis cannot be reached (nothing was wrong with the request); "
-        "retry after the seconds in Retry-After.",
-        {"detail": "the database is unavailable, retry in 5 s", "code": "database_unavailable"},
+        "The database or Redis cannot be reached (nothing was wrong with the request)" + _RETRY,
+        _example("the database is unavailable, retry in 5 s", "database_unavailable"),
         retry_after=True,
     ),
 }

@@ -131,11 +131,11 @@ class Command(BaseCommand):
         log_exchanges(
             [
                 Exchange(
-                    direction=Direction.IN,
-                    transport=Transport.WIFI,
+                    Direction.IN,
+                    Transport.WIFI,
+                    f"{request.decode('ascii', 'replace').strip()} -> {reply.decode()}",
                     endpoint="udp discovery",
                     remote_addr=peer_ip,
-                    message=f"{request.decode('ascii', 'replace').strip()} -> {reply.decode()}",
                     at=datetime.fromtimestamp(at, tz=UTC),
                 )
                 for peer_ip, request, reply, at in batch
