@@ -79,7 +79,7 @@ class Recorder(Generic[T]):
     ``submit`` only appends to a bounded queue (``capacity``); the thread takes what has
     queued, waiting up to ``linger`` seconds for more (at most ``batch`` items), and writes
     that batch in one call. If the writer falls so far behind that the queue is full, new items
-    are counted in ``unrecorded`` and a warning says so, rather than letting memory grow
+    are counted (``refused``) and a warning says so, rather than letting memory grow
     without bound or making the submitter wait. ``close`` writes everything still queued.
     """
 
@@ -97,8 +97,14 @@ class Recorder(Generic[T]):
         self._batch = batch
         self._linger = linger
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Each counter has one writer: the submitting thread, or the recorder's own.
         self.recorded = 0  # items written
-        self.unrecorded = 0  # items refused by a full queue, or in a batch whose write failed
+        self.refused = 0  # items a full queue could not take
+        self.failed = 0  # items in a batch whose write raised
+
+    @property
+    def unrecorded(self) -> int:
+        return self.refused + self.failed
 
     def start(self) -> "Recorder[T]":
         self._thread.start()
@@ -108,9 +114,9 @@ class Recorder(Generic[T]):
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.unrecorded += 1
-            if self.unrecorded % 1000 == 1:  # the first, then one line a thousand
-                logger.warning("recorder queue full: %d items not recorded", self.unrecorded)
+            self.refused += 1
+            if self.refused % 1000 == 1:  # the first, then one line a thousand
+                logger.warning("recorder queue full: %d items not recorded", self.refused)
 
     def close(self, timeout: float = 30.0) -> bool:
         """Write what is queued and stop the thread; False if it did not finish in time."""
@@ -145,7 +151,7 @@ class Recorder(Generic[T]):
                 self._write(batch)
                 self.recorded += len(batch)
             except Exception:  # recording is best effort; the next batch may well succeed
-                self.unrecorded += len(batch)
+                self.failed += len(batch)
                 logger.exception("could not record %d items", len(batch))
 
 

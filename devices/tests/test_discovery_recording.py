@@ -44,7 +44,7 @@ def test_a_full_recorder_queue_counts_what_it_refuses_and_never_blocks_the_submi
     assert recorder.close(timeout=5)
     assert 10 <= len(written) <= 12  # the queue's 10, plus what the writer held
     assert recorder.recorded == len(written)
-    assert recorder.unrecorded == 100 - len(written)
+    assert recorder.refused == 100 - len(written) and recorder.failed == 0
 
 
 def test_a_failed_write_is_counted_and_the_next_batch_is_still_written():
@@ -60,7 +60,7 @@ def test_a_failed_write_is_counted_and_the_next_batch_is_still_written():
         recorder.submit(n)
     assert recorder.close(timeout=5)
     assert written == [1, 2]
-    assert recorder.unrecorded == 1 and recorder.recorded == 2
+    assert recorder.failed == 1 and recorder.refused == 0 and recorder.recorded == 2
 
 
 @pytest.mark.django_db
