@@ -57,10 +57,10 @@ class Command(BaseCommand):
             recorder.submit((peer_ip, request, reply, time.time()))
 
         # The recorder thread holds the GIL while it builds its queries; a datagram that
-        # arrives meanwhile waits for the switch interval (5 ms by default) before the loop
-        # runs, so hand the GIL over sooner. And freeze what start-up allocated (Django,
-        # settings, modules), so the collector's full passes stop walking it: those passes
-        # were the loop's longest pauses.
+        # arrives meanwhile can wait a whole switch interval (5 ms by default) before the
+        # loop runs, so hand the GIL over sooner. And freeze what start-up allocated (Django,
+        # settings, modules), so the collector's full passes, a pause for the loop too, no
+        # longer walk it.
         sys.setswitchinterval(0.0005)
         gc.collect()
         gc.freeze()
