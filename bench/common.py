@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
-DB_PREFIX = "bench_"
+# BENCH_DB_PREFIX lets runs that share a PostgreSQL server keep to their own names.
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "bench_")
 PASSWORD = "bench-password-1"
 # Settings every scenario's processes get: quiet logs, rate limits out of the way (the
 # benchmark measures latency, not the throttles), devices online for the whole run.

@@ -21,7 +21,7 @@ from inventory.services import ensure_slots, set_stock
 from transactions.choices import TransactionState
 from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
-from vending_site.events import publish
+from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
 
 from .choices import (
@@ -41,6 +41,37 @@ from .selectors import canonical_id, device_for_poll, online_devices
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One message that crossed the wire, as the communication log records it (``at``: when
+    it crossed; now if not given)."""
+
+    direction: Direction
+    transport: Transport
+    message: str
+    device: Device | None = None
+    device_key: str = ""
+    endpoint: str = ""
+    level: LogLevel = LogLevel.INFO
+    remote_addr: str = ""
+    at: datetime | None = None
+
+    def entry(self) -> CommunicationLog:
+        # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
+        key = self.device_key or (self.device.device_id if self.device else "")
+        return CommunicationLog(
+            device=self.device,
+            device_key=key.replace("\x00", "\\x00")[:64],
+            direction=self.direction,
+            transport=self.transport,
+            endpoint=self.endpoint.replace("\x00", "\\x00")[:100],
+            message=self.message.replace("\x00", "\\x00"),
+            level=self.level,
+            remote_addr=self.remote_addr[:255],
+            created_at=self.at or timezone.now(),
+        )
+
+
 def log_exchange(
     *,
     direction: Direction,
@@ -53,20 +84,20 @@ def log_exchange(
     remote_addr: str = "",
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
-    # PostgreSQL refuses NUL in text, and a rejected id or path is logged as it was sent.
-    key = device_key or (device.device_id if device else "")
-    entry = CommunicationLog.objects.create(
-        device=device,
-        device_key=key.replace("\x00", "\\x00")[:64],
-        direction=direction,
-        transport=transport,
-        endpoint=endpoint.replace("\x00", "\\x00")[:100],
-        message=message.replace("\x00", "\\x00"),
-        level=level,
-        remote_addr=remote_addr[:255],
-    )
+    fields = (direction, transport, message, device, device_key, endpoint, level, remote_addr)
+    entry = Exchange(*fields).entry()
+    entry.save(force_insert=True)
     publish("log", log_entry_payload(entry))
     return entry
+
+
+@transaction.atomic
+def log_exchanges(exchanges: list[Exchange]) -> list[CommunicationLog]:
+    """Record a batch of exchanges in one transaction (one INSERT for the log, one for the
+    live events); the same rows and events :func:`log_exchange` writes, one by one."""
+    entries = CommunicationLog.objects.bulk_create([exchange.entry() for exchange in exchanges])
+    publish_many("log", [log_entry_payload(entry) for entry in entries])
+    return entries
 
 
 LOG_EVENT_MESSAGE_LIMIT = 500  # characters of a log line a live page is sent

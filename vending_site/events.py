@@ -37,6 +37,19 @@ def publish(kind: str, payload: dict[str, Any]) -> None:
     transaction.on_commit(lambda: _push(event.as_message()))
 
 
+def publish_many(kind: str, payloads: list[dict[str, Any]]) -> None:
+    """:func:`publish` for a batch: one INSERT for all the outbox rows, and after commit one
+    round trip to the channel layer for all the pushes (a per-event push costs a thread, an
+    event loop and a Redis connection each, which a busy recorder cannot afford)."""
+    from .models import LiveEvent
+
+    if not payloads:
+        return
+    events = LiveEvent.objects.bulk_create([LiveEvent(kind=kind, payload=p) for p in payloads])
+    messages = [event.as_message() for event in events]
+    transaction.on_commit(lambda: _push(*messages))
+
+
 def layer_crosses_processes() -> bool:
     """Whether the channel layer reaches other processes (Redis), or only this one."""
     return not isinstance(get_channel_layer(), InMemoryChannelLayer)
@@ -50,7 +63,7 @@ def prune_live_events(*, now=None) -> int:
     return deleted
 
 
-def _push(message: dict[str, Any]) -> None:
+def _push(*messages: dict[str, Any]) -> None:
     if not layer_crosses_processes():
         return  # sockets tail the outbox instead (see vending_site.consumers)
     layer = get_channel_layer()
@@ -59,13 +72,19 @@ def _push(message: dict[str, Any]) -> None:
     if not _push_breaker.allows():
         return  # Redis failed a moment ago: pages catch up from the outbox when it is back
     try:
-        async_to_sync(_bounded_group_send)(layer, {"type": "vending.event", "event": message})
+        async_to_sync(_bounded_group_send)(
+            layer, [{"type": "vending.event", "event": message} for message in messages]
+        )
     except Exception as exc:  # noqa: BLE001 - a live page is never worth a failed vend
         # Not retried for REDIS_RETRY_AFTER seconds: a Redis that hangs would otherwise cost
         # every change REDIS_TIMEOUT, inside the request that made it.
         _push_breaker.trip(settings.REDIS_RETRY_AFTER)
-        logger.warning("could not push %s event: %s", message["kind"], exc)
+        logger.warning("could not push %s event: %s", messages[0]["kind"], exc)
 
 
-async def _bounded_group_send(layer, message: dict[str, Any]) -> None:
-    await asyncio.wait_for(layer.group_send(EVENTS_GROUP, message), settings.REDIS_TIMEOUT)
+async def _bounded_group_send(layer, messages: list[dict[str, Any]]) -> None:
+    async def send_all() -> None:
+        for message in messages:  # in order: a page shows the log as it was written
+            await layer.group_send(EVENTS_GROUP, message)
+
+    await asyncio.wait_for(send_all(), settings.REDIS_TIMEOUT)

@@ -15,11 +15,22 @@ ships with the server, not a contract), the admin and ``/metrics`` (Prometheus t
 Authentication schemes: JWT bearer and the session cookie (drf-spectacular knows those),
 and an API key in ``Authorization: Api-Key <key>`` (:class:`APIKeyScheme`, for the
 project's djangorestframework-api-key authentication class).
+
+Error answers (``{"detail", "code"}``) are declared once each, in ``components/responses``
+(:data:`ERROR_RESPONSES`), and operations refer to them (:class:`VendingAutoSchema`, the
+schema class in settings). That class also adds 503 (database or Redis unreachable, with
+``Retry-After``; see ``vending_site.outages``) to every operation and 429 (throttled, with
+``Retry-After``; see ``vending_site.throttling``) to every rate-limited one, so no view's
+decorator has to remember them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -98,49 +109,148 @@ class ValidationErrorSerializer(ErrorSerializer):
     )
 
 
-_ERROR_TEXT = {
-    400: "The request is malformed or a field was refused.",
-    401: "No valid credentials were sent.",
-    403: "The credentials do not allow this.",
-    404: "No such object.",
-    409: "The request conflicts with the current state (out of stock, device offline, ...).",
-    422: "The request is well-formed but cannot be carried out.",
-    429: "Too many requests; retry after the time in Retry-After.",
+@dataclass(frozen=True)
+class ErrorResponse:
+    """One error answer, declared once as a shared response (``components/responses``)."""
+
+    name: str
+    description: str
+    example: dict
+    retry_after: bool = False  # sent with a Retry-After header (seconds)
+
+
+def _example(detail: str, code: str, **more) -> dict:
+    return {"detail": detail, "code": code, **more}
+
+
+_RETRY = "; retry after the seconds in Retry-After."
+ERROR_RESPONSES = {
+    400: ErrorResponse(
+        "BadRequest",
+        "The request is malformed or a field was refused.",
+        _example(
+            "slot: A valid integer is required.",
+            "invalid",
+            errors={"slot": ["A valid integer is required."]},
+        ),
+    ),
+    401: ErrorResponse(
+        "Unauthorized",
+        "No valid credentials were sent.",
+        _example("Authentication credentials were not provided.", "not_authenticated"),
+    ),
+    403: ErrorResponse(
+        "Forbidden",
+        "The credentials do not allow this.",
+        _example("You do not have permission to perform this action.", "permission_denied"),
+    ),
+    404: ErrorResponse(
+        "NotFound",
+        "No such object.",
+        _example("No device ESP32_000000000000 is registered.", "not_found"),
+    ),
+    409: ErrorResponse(
+        "Conflict",
+        "The request conflicts with the current state (out of stock, device offline, ...).",
+        _example("Slot 3 is empty.", "out_of_stock"),
+    ),
+    422: ErrorResponse(
+        "Unprocessable",
+        "The request is well-formed but cannot be carried out.",
+        _example("The request cannot be carried out.", "unprocessable"),
+    ),
+    429: ErrorResponse(
+        "Throttled",
+        "Too many requests from this caller" + _RETRY,
+        _example("Request was throttled. Expected available in 12 seconds.", "throttled"),
+        retry_after=True,
+    ),
+    503: ErrorResponse(
+        "Unavailable",
+        "The database or Redis cannot be reached (nothing was wrong with the request)" + _RETRY,
+        _example("the database is unavailable, retry in 5 s", "database_unavailable"),
+        retry_after=True,
+    ),
 }
-_ERROR_EXAMPLES = {
-    400: {
-        "detail": "slot: A valid integer is required.",
-        "code": "invalid",
-        "errors": {"slot": ["A valid integer is required."]},
-    },
-    401: {"detail": "Authentication credentials were not provided.", "code": "not_authenticated"},
-    403: {
-        "detail": "You do not have permission to perform this action.",
-        "code": "permission_denied",
-    },
-    404: {"detail": "No device ESP32_000000000000 is registered.", "code": "not_found"},
-    409: {"detail": "Slot 3 is empty.", "code": "out_of_stock"},
-    422: {"detail": "The request cannot be carried out.", "code": "unprocessable"},
-    429: {"detail": "Request was throttled.", "code": "throttled"},
+# Added to operations by VendingAutoSchema, not listed in the views' decorators.
+THROTTLED, UNAVAILABLE = 429, 503
+RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 0},
 }
 
 
 def errors(*statuses: int) -> dict:
-    """``responses`` entries for the given error statuses, all ``{"detail", "code"}``."""
+    """``responses`` entries for the given error statuses; :class:`VendingAutoSchema` puts a
+    reference to the shared response (:data:`ERROR_RESPONSES`) in their place."""
     return {
         status: OpenApiResponse(
             ValidationErrorSerializer if status == 400 else ErrorSerializer,
-            description=_ERROR_TEXT[status],
-            examples=[
-                OpenApiExample(
-                    f"error {status}", value=_ERROR_EXAMPLES[status], status_codes=[status]
-                )
-            ],
+            description=ERROR_RESPONSES[status].description,
         )
         for status in statuses
     }
 
 
+def is_throttled(view) -> bool:
+    """Whether any rate limit applies to ``view`` (DRF's, or a device view's early ones)."""
+    return bool(view.get_throttles() or getattr(view, "early_throttle_classes", ()))
+
+
+class VendingAutoSchema(AutoSchema):
+    """drf-spectacular's AutoSchema, with the error answers shared: each is declared once in
+    ``components/responses`` and every operation refers to it. Every operation documents 503
+    (an unreachable backend can meet any request) and every rate-limited one 429."""
+
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        if operation is None:
+            return None
+        responses = operation.setdefault("responses", {})
+        wanted = {
+            int(code) for code in responses if code.isdigit() and int(code) in ERROR_RESPONSES
+        }
+        wanted.add(UNAVAILABLE)
+        if is_throttled(self.view):
+            wanted.add(THROTTLED)
+        for status in sorted(wanted):
+            own = responses.get(str(status))
+            if own is not None and not self._is_error_body(own):
+                continue  # an answer of the operation's own (the 503 of /health)
+            responses[str(status)] = self._shared_response(status).ref
+        operation["responses"] = dict(sorted(responses.items()))
+        return operation
+
+    def _is_error_body(self, response: dict) -> bool:
+        schema = response.get("content", {}).get("application/json", {}).get("schema")
+        refs = (self._error_schema(serializer) for serializer in ERROR_SERIALIZERS)
+        return schema in list(refs)
+
+    def _error_schema(self, serializer) -> dict:
+        return self.resolve_serializer(serializer, "response").ref
+
+    def _shared_response(self, status: int) -> ResolvedComponent:
+        error = ERROR_RESPONSES[status]
+        body = ValidationErrorSerializer if status == 400 else ErrorSerializer
+        definition = {
+            "description": error.description,
+            "content": {
+                "application/json": {
+                    "schema": self._error_schema(body),
+                    "examples": {error.name: {"value": error.example}},
+                }
+            },
+        }
+        if error.retry_after:
+            definition["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        component = ResolvedComponent(
+            name=error.name, type=ResolvedComponent.RESPONSE, object=error.name, schema=definition
+        )
+        self.registry.register_on_missing(component)
+        return component
+
+
+ERROR_SERIALIZERS = (ErrorSerializer, ValidationErrorSerializer)
 AUTHENTICATED = (401, 403)
 
 

@@ -2,18 +2,31 @@
 operation gets generated requests, valid and invalid, and every answer must be no 5xx, a
 documented status, a documented content type and a body that matches the schema.
 
-The requests go straight into the WSGI application (no socket), as staff with a JWT, against
-a real test database (``transactional_db``: commits and ``on_commit`` run as in production)
-holding one online, stocked, active machine, so the authorised paths run, not just 401/403.
+The requests go straight into the WSGI application (no socket), against a real test
+database (``transactional_db``: commits and ``on_commit`` run as in production) holding one
+online, stocked, active machine, so the authorised paths run, not just 401/403:
+
+- the vending operations (tag ``vends``: vend, list, read and cancel transactions) with a
+  real vend-client API key made by ``manage.py create_api_key``, the way a kiosk calls them;
+  every other case of those is steered onto the real machine, its real slots and the key's
+  own transactions (made through the API first), so the cases reach the views' validation
+  and the vend service instead of 404s;
+- everything else as staff with a JWT.
+
+After each operation's run the stock adds up (``tests/accounting.py``): every slot's
+quantity is explained by the vends and by the ledger, whatever the fuzzer sent.
 
 Deterministic for CI: a fixed schemathesis seed, Hypothesis derandomized, no example
 database. ``MAX_EXAMPLES`` per operation sets the size (about 25 x 20 operations).
 """
 
+import io
 from collections import Counter
 
 import pytest
 import schemathesis
+from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -24,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.accounting import assert_stock_adds_up, take_start
 from tests.factories import UserFactory, stocked_device
 from vending_site.wsgi import application
 
@@ -53,34 +67,88 @@ schema = schemathesis.openapi.from_wsgi(
 OPERATIONS = sum(1 for result in schema.get_all_operations())
 
 
+def answered(counter: Counter) -> int:
+    return sum(n for status, n in counter.items() if status != "steered")
+
+
 @pytest.fixture(scope="module")
 def statuses():
     """Answers seen per operation; at the end, the total must be a real fuzzing run."""
     seen: dict[str, Counter] = {}
     yield seen
-    total = sum(sum(counter.values()) for counter in seen.values())
+    total = sum(answered(counter) for counter in seen.values())
     print(f"\nfuzz: {total} cases over {len(seen)} operations")
     for label, counter in sorted(seen.items()):
-        print(f"  {label}: {dict(sorted(counter.items()))}")
+        print(f"  {label}: {dict(sorted(counter.items(), key=str))}")
     if len(seen) == OPERATIONS:  # a -k selection runs fewer; then there is nothing to count
         assert total >= MIN_TOTAL_CASES, f"only {total} fuzz cases ran"
+
+
+DEVICE = "ESP32_6CC8404FE03C"
+SLOTS = 5
+STOCK = 200  # per slot: the fuzzer's vends must not empty them all
+VENDS_TAG = "vends"  # the operations a vend-client API key is for
 
 
 @pytest.fixture
 def fleet(transactional_db, settings):
     """One online, stocked, active machine; limits that would only answer 429 raised; the
-    vend `wait` capped at 1 s so a held answer cannot stall the run."""
+    vend `wait` capped at 1 s so a held answer cannot stall the run. Afterwards, the stock
+    must add up."""
     settings.API_THROTTLE_USER = "100000/min"
     settings.API_THROTTLE_VEND = "100000/min"
     settings.DEVICE_THROTTLE = "100000/min"
     settings.VEND_MAX_WAIT = 1
-    stocked_device("ESP32_6CC8404FE03C", is_active=True, last_seen=timezone.now())
+    stocked_device(DEVICE, is_active=True, last_seen=timezone.now(), quantity=STOCK, capacity=STOCK)
+    start = take_start()
+    yield
+    assert_stock_adds_up(start, devices=[DEVICE])
 
 
 @pytest.fixture
 def staff_headers(transactional_db) -> dict:
     staff = UserFactory(username="fuzz-staff", is_staff=True, is_superuser=True)
     return {"Authorization": f"Bearer {RefreshToken.for_user(staff).access_token}"}
+
+
+@pytest.fixture
+def key_headers(transactional_db) -> dict:
+    """A real vend-client key, as an operator makes one."""
+    out = io.StringIO()
+    call_command("create_api_key", "--name", "fuzz kiosk", stdout=out, stderr=io.StringIO())
+    return {"Authorization": f"Api-Key {out.getvalue().strip()}"}
+
+
+@pytest.fixture
+def own_vends(fleet, key_headers) -> list[str]:
+    """Three queued vends of the key's, made through the API, for the steered cases."""
+    client = Client(headers=key_headers)
+    ids = []
+    for slot in (1, 2, 3):
+        response = client.post(f"/api/v1/vend/{slot}/", {}, content_type="application/json")
+        assert response.status_code == 202, response.content
+        ids.append(response.json()["id"])
+    return ids
+
+
+def steer(case, own_vends: list[str], turn: int) -> bool:
+    """Every other case of a vending operation: the real slots, machine and transactions in
+    place of generated values (the rest of the case stays as generated). True if steered."""
+    if turn % 2:
+        return False
+    n = turn // 2
+    parameters = case.path_parameters or {}
+    if "slot_id" in parameters:
+        parameters["slot_id"] = 1 + n % SLOTS
+    if "id" in parameters:
+        parameters["id"] = own_vends[n % len(own_vends)]
+    if isinstance(case.body, dict):
+        if "device_id" in case.body:
+            case.body["device_id"] = DEVICE if n % 3 else None  # None: the active machine
+        wait = case.body.get("wait")
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 1:
+            case.body["wait"] = 0.05  # held answers would be most of the run's time
+    return True
 
 
 @schema.parametrize()
@@ -92,8 +160,15 @@ def staff_headers(transactional_db) -> dict:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_as_documented_and_never_with_5xx(
-    case, fleet, staff_headers, statuses
+    case, fleet, staff_headers, key_headers, own_vends, statuses
 ):
-    response = case.call(headers=staff_headers)
-    statuses.setdefault(case.operation.label, Counter())[response.status_code] += 1
-    case.validate_response(response, checks=CHECKS, headers=staff_headers)
+    counter = statuses.setdefault(case.operation.label, Counter())
+    if VENDS_TAG in (case.operation.tags or []):
+        headers = key_headers
+        if steer(case, own_vends, answered(counter)):
+            counter["steered"] += 1
+    else:
+        headers = staff_headers
+    response = case.call(headers=headers)
+    counter[response.status_code] += 1
+    case.validate_response(response, checks=CHECKS, headers=headers)

@@ -74,9 +74,16 @@ def test_bench_quick_discovery_writes_the_table_json_and_chart(tmp_path):
         assert key in report["machine"]
     [scenario] = report["scenarios"]
     assert scenario["scenario"] == "discovery" and "error" not in scenario
-    [row] = scenario["rows"]
-    assert ROW_KEYS <= set(row)
-    assert row["unit"] == "ms" and row["count"] > 0
-    assert row["p50"] <= row["p95"] <= row["p99"] <= row["max"]
+    rows = {row["metric"]: row for row in scenario["rows"]}
+    # The real responder, and the same load against a stub: the generator's own floor.
+    assert set(rows) == {
+        "DISCOVER_FLASK_SERVER -> reply",
+        "generator floor (stub responder, no Django)",
+    }
+    for row in rows.values():
+        assert ROW_KEYS <= set(row)
+        assert row["unit"] == "ms" and row["count"] > 0 and row["errors"] == 0
+        assert row["p50"] <= row["p95"] <= row["p99"] <= row["max"]
+    assert rows["generator floor (stub responder, no Django)"]["met"] is None
     assert isinstance(scenario["notes"], list)
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")

@@ -100,10 +100,8 @@ def test_device_bodies_carry_the_protocol_examples(schema):
 
 
 def test_errors_are_documented_as_detail_and_code(schema):
-    vend = op(schema, "/api/v1/vend/{slot_id}", "post")["responses"]
-    ref = vend["409"]["content"]["application/json"]["schema"]["$ref"]
-    error = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
-    assert set(error["required"]) == {"detail", "code"}
+    vend = op(schema, "/api/v1/vend/{slot_id}", "post")
+    assert set(component(schema, vend, 409)["required"]) == {"detail", "code"}
 
 
 def test_the_auth_schemes_are_declared(schema):
@@ -192,8 +190,16 @@ def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypa
 # --- Found by the schemathesis run (tests/fuzz/): what the schema promised and did not hold -
 
 
+def response(schema, operation, status) -> dict:
+    """An operation's answer for ``status``, through its reference to a shared response."""
+    answer = operation["responses"][str(status)]
+    if "$ref" in answer:
+        answer = schema["components"]["responses"][answer["$ref"].rsplit("/", 1)[-1]]
+    return answer
+
+
 def component(schema, operation, status) -> dict:
-    ref = operation["responses"][str(status)]["content"]["application/json"]["schema"]["$ref"]
+    ref = response(schema, operation, status)["content"]["application/json"]["schema"]["$ref"]
     return schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
 
 
@@ -249,3 +255,82 @@ def test_list_endpoints_document_their_refusals_and_stay_paginated(schema, staff
     response = client_for(staff).get("/api/v1/transactions/?state=null")
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
+
+
+# --- 429 and 503, and error answers declared once ---------------------------------------------
+
+
+def view_class(path: str):
+    """The DRF view class that serves a schema path (any value stands in for a parameter)."""
+    from django.urls import resolve
+
+    sample = path.replace("{id}", "6d1f7a9e-0c5b-4a53-9a43-2b8f1e0c7d11")
+    return resolve(re.sub(r"\{[^}]+\}", "1", sample)).func.cls
+
+
+SHARED_NAMES = {"429": "Throttled", "503": "Unavailable"}
+
+
+def test_every_operation_documents_503_and_429_exactly_where_a_rate_limit_applies(schema):
+    shared = schema["components"]["responses"]
+    checked = 0
+    for path, operations in schema["paths"].items():
+        view = view_class(path)
+        # DRF's throttles for the view, and the device views' per-address limit taken first.
+        throttled = bool(view().get_throttles() or getattr(view, "early_throttle_classes", ()))
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert "503" in answers, f"{method} {path}"
+            assert ("429" in answers) == throttled, f"{method} {path}"
+            for status in ("429", "503"):
+                if path == "/health" and status == "503":
+                    continue  # its own: the failed checks, in the health body
+                if status in answers:
+                    shared_name = SHARED_NAMES[status]
+                    assert answers[status] == {"$ref": f"#/components/responses/{shared_name}"}
+            checked += 1
+    assert checked == 20
+    for name in ("Throttled", "Unavailable"):
+        assert shared[name]["headers"]["Retry-After"]["schema"]["type"] == "integer"
+
+
+def test_each_error_answer_is_declared_once_and_referenced_everywhere(schema):
+    """No operation carries an error answer inline: each refers to the one in components."""
+    shared = schema["components"]["responses"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if int(status) < 400 or (path == "/health" and status == "503"):
+                    continue
+                assert set(answer) == {"$ref"}, f"{method} {path} {status} is inline"
+                assert answer["$ref"].rsplit("/", 1)[-1] in shared
+    examples = {
+        name: next(iter(answer["content"]["application/json"]["examples"].values()))["value"]
+        for name, answer in shared.items()
+    }
+    assert examples["Throttled"]["code"] == "throttled"
+    assert examples["Unavailable"]["code"] == "database_unavailable"
+
+
+def test_a_real_throttled_vend_answers_as_documented_and_so_does_an_outage_body(
+    schema, settings, online_device, client_for, user
+):
+    from vending_site.outages import outage_body
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "openapi-throttle",
+        }
+    }
+    settings.API_THROTTLE_VEND = "1/min"
+    client = client_for(user)
+    assert client.post("/api/v1/vend/1", {}, format="json").status_code == 202
+    throttled = client.post("/api/v1/vend/1", {}, format="json")
+    vend = op(schema, "/api/v1/vend/{slot_id}", "post")
+    assert throttled.status_code == 429 and "429" in vend["responses"]
+    assert int(throttled["Retry-After"]) > 0
+    assert set(throttled.json()) == set(component(schema, vend, 429)["required"])
+    # The 503 body is built in one place (tests/faults/ makes real outages answer it).
+    listing = op(schema, "/api/v1/transactions", "get")
+    assert set(outage_body("database")) == set(component(schema, listing, 503)["required"])

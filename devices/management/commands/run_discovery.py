@@ -1,10 +1,13 @@
 """``manage.py run_discovery``: answer ESP32 UDP discovery on DISCOVERY_HOST:DISCOVERY_PORT."""
 
 import asyncio
+import gc
 import ipaddress
 import signal
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import sys
+import time
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -12,7 +15,7 @@ from django.db import close_old_connections
 
 from devices import discovery
 from devices.choices import Direction, Transport
-from devices.services import log_exchange
+from devices.services import Exchange, log_exchanges
 from vending_site.heartbeat import DISCOVERY, Heartbeat
 
 
@@ -47,11 +50,20 @@ class Command(BaseCommand):
                     f"DISCOVERY_ADVERTISE_IP / --advertise-ip must be an IPv4 address "
                     f"(the firmware reads one), not {advertise_ip!r}"
                 ) from None
-        # One thread writes the log, so the event loop only ever answers datagrams.
-        recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery-log")
+        # One thread writes the log in batches, so the event loop only ever answers datagrams.
+        recorder = discovery.Recorder(self._log, name="discovery-log").start()
 
         def record(peer_ip: str, request: bytes, reply: bytes) -> None:
-            recorder.submit(self._log, peer_ip, request, reply)
+            recorder.submit((peer_ip, request, reply, time.time()))
+
+        # The recorder thread holds the GIL while it builds its queries; a datagram that
+        # arrives meanwhile can wait a whole switch interval (5 ms by default) before the
+        # loop runs, so hand the GIL over sooner. And freeze what start-up allocated (Django,
+        # settings, modules), so the collector's full passes, a pause for the loop too, no
+        # longer walk it.
+        sys.setswitchinterval(0.0005)
+        gc.collect()
+        gc.freeze()
 
         self.heartbeat = None  # started once listening, so "running" means answering
         try:
@@ -59,14 +71,17 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot listen on UDP {host}:{port}: {exc}") from exc
         finally:
-            recorder.shutdown(wait=True)
+            if not recorder.close():
+                self.stderr.write("discovery: the log writer did not finish in time")
             if self.heartbeat is not None:
                 self.heartbeat.stop()
         if protocol is None:
             self.stdout.write("discovery stopped before it could listen")
             return
+        unrecorded = f", not recorded {recorder.unrecorded}" if recorder.unrecorded else ""
         self.stdout.write(
             f"discovery stopped: answered {protocol.answered}, rate-limited {protocol.dropped}"
+            f"{unrecorded}"
         )
 
     async def _serve(self, host, port, advertise_ip, record, retry):
@@ -111,12 +126,18 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _log(peer_ip: str, request: bytes, reply: bytes) -> None:
+    def _log(batch: list[tuple[str, bytes, bytes, float]]) -> None:
         close_old_connections()
-        log_exchange(
-            direction=Direction.IN,
-            transport=Transport.WIFI,
-            endpoint="udp discovery",
-            remote_addr=peer_ip,
-            message=f"{request.decode('ascii', 'replace').strip()} -> {reply.decode()}",
+        log_exchanges(
+            [
+                Exchange(
+                    Direction.IN,
+                    Transport.WIFI,
+                    f"{request.decode('ascii', 'replace').strip()} -> {reply.decode()}",
+                    endpoint="udp discovery",
+                    remote_addr=peer_ip,
+                    at=datetime.fromtimestamp(at, tz=UTC),
+                )
+                for peer_ip, request, reply, at in batch
+            ]
         )
