@@ -237,7 +237,8 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
         ]
     if server == "gunicorn":
         # WSGI as shipped (deploy/gunicorn.conf.py, started the way the tests start it):
-        # 2 workers x 8 threads on one port, the kernel spreads connections over them;
+        # WEB_WORKERS x WEB_THREADS (default 2 x 8) on one port, the kernel spreads
+        # connections over them;
         # here without the access log, with the worker class asked for and the 60 s
         # worker timeout the first figures were measured with.
         from tests.integration.scratch_stack import gunicorn_argv
@@ -246,9 +247,9 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
             gunicorn_argv(
                 f"127.0.0.1:{ports[0]}",
                 "--workers",
-                "2",
+                os.environ.get("WEB_WORKERS", "2"),
                 "--threads",
-                "8",
+                os.environ.get("WEB_THREADS", "8"),
                 "--worker-class",
                 gunicorn_worker,
                 "--timeout",

@@ -398,7 +398,8 @@ def describe(server: str, gunicorn_worker: str) -> str:
     return {
         "daphne": "2 Daphne processes (one port each), as Procfile.prod-local",
         "uvicorn": "2 uvicorn processes (one port each, h11, asyncio loop, lifespan off)",
-        "gunicorn": f"gunicorn WSGI, 2 {gunicorn_worker} workers x 8 threads, one port",
+        "gunicorn": f"gunicorn WSGI, {os.environ.get('WEB_WORKERS', '2')} {gunicorn_worker} "
+        f"workers x {os.environ.get('WEB_THREADS', '8')} threads, one port",
         "gunicorn-asgi": "gunicorn 27 native ASGI worker (-k asgi), 2 workers, one port",
         "stub": "2 stub processes without Django (the generator's own floor and ceiling)",
     }[server]
