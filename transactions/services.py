@@ -16,8 +16,8 @@ from devices.models import Command, Device
 from devices.services import expire_due_commands, queue_command
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
-from inventory.models import Slot
-from inventory.services import lock_slot, move_stock
+from inventory.services import lock_device_slot, move_stock
+from vending_site import events
 
 from .choices import TransactionState
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
@@ -58,13 +58,12 @@ def request_vend(
             device_id=device.device_id,
         )
     expire_due_commands(device=device)  # expired reservations go back before we count stock
-    slot_id = (
-        Slot.objects.filter(device=device, number=slot_number).values_list("pk", flat=True).first()
-    )
-    if slot_id is None:
-        raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
-    with transaction.atomic():
-        slot = lock_slot(slot_id)
+    # No savepoint when a caller's transaction surrounds this one (request_vend_once): if
+    # anything below fails, that whole transaction rolls back, which is what it wants.
+    with transaction.atomic(savepoint=False):
+        slot = lock_device_slot(device=device, number=slot_number)
+        if slot is None:
+            raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
         if not slot.enabled:
             raise SlotDisabled(f"Slot {slot_number} on {device.device_id} is disabled.")
         if slot.product is None:
@@ -91,11 +90,24 @@ def request_vend(
             created_at=now,
             updated_at=now,
         )
-        move_stock(slot=slot, delta=-1, reason=MovementReason.VEND, transaction=txn, user=user)
-        queue_command(
-            device=device, kind=CommandKind.VEND, slot=slot_number, txn=txn, require_online=False
-        )
-        record_creation(txn, actor=user)
+        # Its three live events (stock, command, transaction) reach pages in one push.
+        with events.batched():
+            move_stock(
+                slot=slot,
+                delta=-1,
+                reason=MovementReason.VEND,
+                transaction=txn,
+                user=user,
+                locked=True,  # locked just above: the row is not read a second time
+            )
+            queue_command(
+                device=device,
+                kind=CommandKind.VEND,
+                slot=slot_number,
+                txn=txn,
+                require_online=False,
+            )
+            record_creation(txn, actor=user)
     return txn
 
 

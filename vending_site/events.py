@@ -12,6 +12,9 @@ swallowed, and pushes pause for ``REDIS_RETRY_AFTER`` seconds after one.
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -29,12 +32,50 @@ EVENTS_GROUP = "vending.events"
 _push_breaker = Breaker()
 
 
+# The events of the innermost open batch (see batched()), with the savepoints open at its start.
+_batch: ContextVar[tuple[list, tuple] | None] = ContextVar("live_event_batch", default=None)
+
+
 def publish(kind: str, payload: dict[str, Any]) -> None:
     """Record ``payload`` as a ``kind`` event; push it to live pages after commit."""
     from .models import LiveEvent
 
     event = LiveEvent.objects.create(kind=kind, payload=payload)
+    batch = _batch.get()
+    if batch is not None and _savepoints() == batch[1]:
+        batch[0].append(event)
+        return
     transaction.on_commit(lambda: _push(event.as_message()))
+
+
+@contextmanager
+def batched() -> Iterator[None]:
+    """Push the events published inside the block to live pages together, in one channel
+    layer message after commit, instead of one message each (a vend publishes three).
+
+    Use it inside a ``transaction.atomic`` block, around code that lets its exceptions out:
+    if the block raises, its events are not pushed (the transaction rolls back with them).
+    An event published inside a savepoint opened within the block goes out on its own, as
+    usual, so a savepoint rolled back inside the block never pushes what it undid. The
+    outbox rows are written exactly as without the batch.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("events.batched() outside transaction.atomic")
+    events: list = []
+    token = _batch.set((events, _savepoints()))
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    # Reached only when the block did not raise.
+    if events:
+        transaction.on_commit(lambda: _push_many([event.as_message() for event in events]))
+
+
+def _savepoints() -> tuple:
+    # An atomic block opened with savepoint=False counts as None: it cannot be rolled back
+    # on its own (a failure in it dooms the whole transaction), so it changes nothing here.
+    return tuple(sid for sid in transaction.get_connection().savepoint_ids if sid is not None)
 
 
 def layer_crosses_processes() -> bool:
@@ -51,6 +92,10 @@ def prune_live_events(*, now=None) -> int:
 
 
 def _push(message: dict[str, Any]) -> None:
+    _push_many([message])
+
+
+def _push_many(messages: list[dict[str, Any]]) -> None:
     if not layer_crosses_processes():
         return  # sockets tail the outbox instead (see vending_site.consumers)
     layer = get_channel_layer()
@@ -58,13 +103,18 @@ def _push(message: dict[str, Any]) -> None:
         return
     if not _push_breaker.allows():
         return  # Redis failed a moment ago: pages catch up from the outbox when it is back
+    if len(messages) == 1:
+        message = {"type": "vending.event", "event": messages[0]}
+    else:
+        message = {"type": "vending.events", "events": messages}
     try:
-        async_to_sync(_bounded_group_send)(layer, {"type": "vending.event", "event": message})
+        async_to_sync(_bounded_group_send)(layer, message)
     except Exception as exc:  # noqa: BLE001 - a live page is never worth a failed vend
         # Not retried for REDIS_RETRY_AFTER seconds: a Redis that hangs would otherwise cost
         # every change REDIS_TIMEOUT, inside the request that made it.
         _push_breaker.trip(settings.REDIS_RETRY_AFTER)
-        logger.warning("could not push %s event: %s", message["kind"], exc)
+        kinds = ", ".join(m["kind"] for m in messages)
+        logger.warning("could not push %s event: %s", kinds, exc)
 
 
 async def _bounded_group_send(layer, message: dict[str, Any]) -> None:
