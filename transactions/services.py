@@ -31,6 +31,7 @@ def request_vend(
     slot_number: int,
     user: AbstractBaseUser | None = None,
     idempotency_key: str = "",
+    savepoint: bool = True,
 ) -> Transaction:
     """Reserve one unit of a slot and queue the vend for the device.
 
@@ -38,6 +39,10 @@ def request_vend(
     assigned, stock left. The reservation (ledger row), the transaction and the command are
     written in one database transaction holding the slot's row lock, so however many
     requests race for a slot holding N units, exactly N are accepted.
+
+    Called inside a caller's transaction, the vend is a savepoint of it, so a caller may
+    catch a refusal and carry on. ``savepoint=False`` spares that savepoint, for a caller
+    that rolls its whole transaction back on any failure (:func:`request_vend_once`).
     """
     if not 1 <= slot_number <= device.slot_count:
         raise SlotOutOfRange(
@@ -58,9 +63,7 @@ def request_vend(
             device_id=device.device_id,
         )
     expire_due_commands(device=device)  # expired reservations go back before we count stock
-    # No savepoint when a caller's transaction surrounds this one (request_vend_once): if
-    # anything below fails, that whole transaction rolls back, which is what it wants.
-    with transaction.atomic(savepoint=False):
+    with transaction.atomic(savepoint=savepoint):
         slot = lock_device_slot(device=device, number=slot_number)
         if slot is None:
             raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
@@ -130,6 +133,7 @@ def request_vend_once(
                 slot_number=slot_number,
                 user=user,
                 idempotency_key=key.key if key is not None else "",
+                savepoint=False,  # any failure rolls back this whole transaction
             )
             if key is not None:
                 complete_idempotency_key(key=key, txn=txn, status=status)

@@ -40,26 +40,30 @@ def publish(kind: str, payload: dict[str, Any]) -> None:
     """Record ``payload`` as a ``kind`` event; push it to live pages after commit."""
     from .models import LiveEvent
 
-    event = LiveEvent.objects.create(kind=kind, payload=payload)
     batch = _batch.get()
     if batch is not None and _savepoints() == batch[1]:
-        batch[0].append(event)
+        batch[0].append(LiveEvent(kind=kind, payload=payload))  # written when the batch ends
         return
+    event = LiveEvent.objects.create(kind=kind, payload=payload)
     transaction.on_commit(lambda: _push(event.as_message()))
 
 
 @contextmanager
 def batched() -> Iterator[None]:
-    """Push the events published inside the block to live pages together, in one channel
-    layer message after commit, instead of one message each (a vend publishes three).
+    """Write the events published inside the block to the outbox in one INSERT at its end,
+    still inside the database transaction, and push them to live pages together in one
+    channel layer message after commit (a vend publishes three).
 
     Use it inside a ``transaction.atomic`` block, around code that lets its exceptions out:
-    if the block raises, its events are not pushed (the transaction rolls back with them).
-    An event published inside a savepoint opened within the block goes out on its own, as
-    usual, so a savepoint rolled back inside the block never pushes what it undid. The
-    outbox rows are written exactly as without the batch.
+    if the block raises, its events are neither written nor pushed (the transaction rolls
+    back anyway). An event published inside a savepoint opened within the block is written
+    and pushed on its own, as without the batch, so a savepoint rolled back inside the block
+    never pushes what it undid.
     """
-    if not transaction.get_connection().in_atomic_block:
+    from .models import LiveEvent
+
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
         raise RuntimeError("events.batched() outside transaction.atomic")
     events: list = []
     token = _batch.set((events, _savepoints()))
@@ -68,8 +72,14 @@ def batched() -> Iterator[None]:
     finally:
         _batch.reset(token)
     # Reached only when the block did not raise.
-    if events:
-        transaction.on_commit(lambda: _push_many([event.as_message() for event in events]))
+    if not events:
+        return
+    if connection.features.can_return_rows_from_bulk_insert:
+        LiveEvent.objects.bulk_create(events)  # ids come back, in order
+    else:  # pragma: no cover - every database we support returns them
+        for event in events:
+            event.save()
+    transaction.on_commit(lambda: _push_many([event.as_message() for event in events]))
 
 
 def _savepoints() -> tuple:

@@ -20,6 +20,7 @@ from inventory.models import StockMovement
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory
 from transactions.models import Transaction, TransactionEvent
 from vending_site.events import EVENTS_GROUP, batched, publish
+from vending_site.models import LiveEvent
 from vending_site.permissions import forget_verified_keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,12 +44,11 @@ ACCEPTED_VEND = [
     "INSERT transactions_transaction",  # the vend, with the product's name and price copied
     "UPDATE inventory_slot",  # one unit reserved ...
     "INSERT inventory_stockmovement",  # ... and its ledger row
-    "INSERT vending_site_liveevent",  # outbox: stock changed
     "INSERT devices_command",  # the VEND command the machine's next poll claims
-    "INSERT vending_site_liveevent",  # outbox: command queued
     "SELECT pg_notify",  # PostgreSQL only: wakes the serial bridge at commit
     "INSERT transactions_transactionevent",  # history: ∅ -> queued
-    "INSERT vending_site_liveevent",  # outbox: transaction queued
+    # The outbox rows of its three live events (stock, command, transaction), one INSERT.
+    "INSERT vending_site_liveevent",
     # The key bound to the vend, fenced on its lock time, in the vend's own transaction.
     "UPDATE transactions_idempotencykey",
     "COMMIT",
@@ -121,6 +121,9 @@ def test_an_accepted_vend_costs_these_statements_and_no_more(machine, kiosk):
         ("queued",)
     ]
     assert txn.command.state == "queued"
+    (outbox,) = [sql for sql in statements if label(sql) == "INSERT vending_site_liveevent"]
+    assert [outbox.count(f"'{kind}'") for kind in ("stock", "command", "transaction")] == [1, 1, 1]
+    assert LiveEvent.objects.filter(payload__id=str(txn.pk), kind="transaction").exists()
 
 
 def test_without_an_idempotency_key_the_claim_and_the_binding_are_not_made(machine, kiosk):
