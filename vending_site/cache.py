@@ -15,7 +15,7 @@ import logging
 
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import RedisError
 
 from .outages import Breaker
@@ -23,11 +23,31 @@ from .outages import Breaker
 logger = logging.getLogger(__name__)
 
 
+class ReusingRedisCacheClient(RedisCacheClient):
+    """Django's client builds a new ``redis.Redis`` for every cache call; building one fills
+    a table of a few hundred response callbacks, and the throttles make two calls per
+    request. This keeps one per connection pool instead (redis-py clients are thread-safe:
+    each command borrows a connection from the pool)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: dict[int, object] = {}
+
+    def get_client(self, key=None, *, write=False):
+        index = self._get_connection_pool_index(write)
+        client = self._clients.get(index)
+        if client is None:
+            client = self._client(connection_pool=self._get_connection_pool(write))
+            self._clients[index] = client
+        return client
+
+
 class FailOpenRedisCache(RedisCache):
     """Django's Redis cache; an unreachable Redis reads as a miss and swallows writes."""
 
     def __init__(self, server, params) -> None:
         super().__init__(server, params)
+        self._class = ReusingRedisCacheClient  # read when the client is first built
         self.breaker = Breaker()
 
     def _guarded(self, default, method, *args, **kwargs):

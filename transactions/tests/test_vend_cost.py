@@ -272,3 +272,21 @@ def test_a_batch_that_raises_pushes_nothing(redis_layer):
         raise LookupError("the whole change is undone")
 
     assert ours(received(layer, channel)) == []
+
+
+# --- The 202's serializer ---------------------------------------------------------------
+
+
+def test_each_transaction_serializer_works_out_its_own_fields_and_hands_out_copies(machine, kiosk):
+    from transactions.api.serializers import TransactionDetailSerializer, TransactionSerializer
+
+    txn = Transaction.objects.get(pk=vend(kiosk, 1, None).json()["id"])
+
+    short, again = TransactionSerializer(txn), TransactionSerializer(txn)
+    detail = TransactionDetailSerializer(txn)
+
+    assert short.data == again.data
+    assert short.fields["state"] is not again.fields["state"]
+    assert "events" not in short.data
+    assert [e["to_state"] for e in detail.data["events"]] == ["queued"]
+    assert TransactionSerializer(txn).data == short.data  # after the detail one, unchanged
