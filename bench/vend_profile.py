@@ -123,6 +123,13 @@ def main() -> None:
             f"profiled: {stats.total_calls / vends:.0f} Python function calls per vend "
             "(the figure the machine's load does not change)"
         )
+        by_package: dict[str, float] = {}
+        for (filename, _line, _function), row in stats.stats.items():
+            package = _package(filename)
+            by_package[package] = by_package.get(package, 0.0) + row[2]
+        print("--- own time by package (share of the profiled time) ---")
+        for package, own in sorted(by_package.items(), key=lambda item: -item[1])[:15]:
+            print(f"  {own / stats.total_tt:6.1%}  {package}")
         for order in ("tottime", "cumulative"):
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order)
@@ -131,6 +138,22 @@ def main() -> None:
             print("\n".join(out.getvalue().splitlines()[4:]))
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+def _package(filename: str) -> str:
+    """``django/db``, ``rest_framework``, ``transactions`` ... for a profiled function's file."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins (C: I/O, locks, hashing ...)"
+    path = Path(filename)
+    parts = path.parts
+    if "site-packages" in parts:
+        rest = parts[parts.index("site-packages") + 1 :]
+        return "/".join(rest[:2]) if rest[0] == "django" and len(rest) > 2 else rest[0]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return path.resolve().relative_to(root).parts[0]
+    except ValueError:
+        return "python stdlib"
 
 
 if __name__ == "__main__":
