@@ -135,3 +135,27 @@ def test_a_remembered_key_answers_with_its_own_user_not_a_shared_object(settings
 
     assert first.wsgi_request.user == second.wsgi_request.user  # the same account ...
     assert first.wsgi_request.user is not second.wsgi_request.user  # ... not the same object
+
+
+def test_a_key_read_before_a_revocation_in_this_process_is_not_remembered_after_it(
+    settings, monkeypatch
+):
+    """A request that read the key just before staff revoked it here must not keep it."""
+    from vending_site import permissions
+
+    settings.API_KEY_CACHE_SECONDS = 60
+    api_key, secret = APIKey.objects.create_key(name="kiosk")
+    read_service_user = permissions._service_user
+
+    def service_user_then_revoke(username):
+        found = read_service_user(username)
+        # Staff revoke the key between this request's reads and the end of its checks.
+        APIKey.objects.filter(pk=api_key.pk).update(revoked=True)
+        forget_verified_keys()  # what the admin's save() sends in this process
+        return found
+
+    monkeypatch.setattr(permissions, "_service_user", service_user_then_revoke)
+    assert client_with(secret).get(LIST).status_code == 200  # read before the revocation
+    monkeypatch.undo()
+
+    assert client_with(secret).get(LIST).status_code == 401

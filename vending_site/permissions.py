@@ -79,6 +79,9 @@ class _VerifiedKeys:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, APIKey, object]] = {}
         self._lock = threading.Lock()
+        # Bumped by clear(): a key read from the database before a revocation saved in this
+        # process is not remembered after it (see put()).
+        self.generation = 0
 
     def get(self, digest: str):
         entry = self._entries.get(digest)
@@ -90,11 +93,14 @@ class _VerifiedKeys:
             return None
         return copy.copy(entry[1]), copy.copy(entry[2])
 
-    def put(self, digest: str, api_key: APIKey, user) -> None:
+    def put(self, digest: str, api_key: APIKey, user, *, read_in: int) -> None:
+        """Remember a key verified from rows read while ``generation`` was ``read_in``."""
         seconds = settings.API_KEY_CACHE_SECONDS
         if seconds <= 0:
             return
         with self._lock:
+            if self.generation != read_in:
+                return  # a key or user was saved meanwhile: what we read may be stale
             if len(self._entries) >= self.LIMIT:
                 self._entries.clear()  # rare (more live keys than LIMIT): start over
             self._entries[digest] = (
@@ -106,14 +112,17 @@ class _VerifiedKeys:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.generation += 1
 
 
 _verified_keys = _VerifiedKeys()
 
 
-def forget_verified_keys(**kwargs) -> None:
-    """A key or a user changed: verify every key against the database again."""
-    _verified_keys.clear()
+def forget_verified_keys(created: bool = False, **kwargs) -> None:
+    """A key or a user changed: verify every key against the database again. A new row
+    changes no remembered key (a key's first request creates its service user)."""
+    if not created:
+        _verified_keys.clear()
 
 
 for _model in (APIKey, get_user_model()):
@@ -144,6 +153,7 @@ class APIKeyAuthentication(BaseAuthentication):
             if api_key.has_expired:  # checked on every request, remembered or not
                 raise AuthenticationFailed("The API key has expired.", code="expired_api_key")
             return user, api_key
+        read_in = _verified_keys.generation
         try:
             api_key = APIKey.objects.get_from_key(key)
         except APIKey.DoesNotExist:
@@ -161,7 +171,7 @@ class APIKeyAuthentication(BaseAuthentication):
             )
         if not user.is_active:
             raise AuthenticationFailed("The API key's account is disabled.", code="invalid_api_key")
-        _verified_keys.put(digest, api_key, user)
+        _verified_keys.put(digest, api_key, user, read_in=read_in)
         return user, api_key
 
     def authenticate_header(self, request) -> str:
