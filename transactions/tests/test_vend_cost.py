@@ -290,3 +290,39 @@ def test_each_transaction_serializer_works_out_its_own_fields_and_hands_out_copi
     assert "events" not in short.data
     assert [e["to_state"] for e in detail.data["events"]] == ["queued"]
     assert TransactionSerializer(txn).data == short.data  # after the detail one, unchanged
+
+
+def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
+    machine, kiosk, redis_layer
+):
+    import asyncio
+
+    from channels.testing import WebsocketCommunicator
+
+    from tests.factories import UserFactory
+    from vending_site.consumers import EventsConsumer
+
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        page = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/events/")
+        page.scope["user"] = staff
+        connected, _ = await page.connect()
+        assert connected
+        response = await asyncio.to_thread(vend, kiosk, 4, "to-the-page")
+        frames = []
+        for _ in range(10):  # bounded: a vend's three frames, and whatever else was pushed
+            frame = await page.receive_json_from(timeout=3)
+            if frame["payload"].get("device_id") == DEVICE_ID:
+                frames.append(frame)
+            if len(frames) == 3:
+                break
+        await page.disconnect()
+        return response, frames
+
+    response, frames = async_to_sync(scenario)()
+
+    assert response.status_code == 202
+    assert [frame["kind"] for frame in frames] == ["stock", "command", "transaction"]
+    assert frames[2]["payload"]["id"] == response.json()["id"]
+    assert [frame["id"] for frame in frames] == sorted(frame["id"] for frame in frames)
