@@ -304,12 +304,18 @@ def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
 
     staff = UserFactory(is_staff=True)
 
+    def vend_in_a_thread(*args):
+        try:
+            return vend(*args)
+        finally:
+            connection.close()  # this thread's own connection, so the test database can go
+
     async def scenario():
         page = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/events/")
         page.scope["user"] = staff
         connected, _ = await page.connect()
         assert connected
-        response = await asyncio.to_thread(vend, kiosk, 4, "to-the-page")
+        response = await asyncio.to_thread(vend_in_a_thread, kiosk, 4, "to-the-page")
         frames = []
         for _ in range(10):  # bounded: a vend's three frames, and whatever else was pushed
             frame = await page.receive_json_from(timeout=3)
