@@ -1,7 +1,7 @@
 """The only code that changes stock. Every change writes a ledger row in the same transaction."""
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import transaction as db_transaction
 
 from vending_site.events import publish
 
@@ -20,7 +20,20 @@ def lock_slot(slot_id: int) -> Slot:
     )
 
 
-@transaction.atomic
+def lock_device_slot(*, device, number: int) -> Slot | None:
+    """Slot ``number`` of ``device``, locked as :func:`lock_slot` locks it, or ``None`` when the
+    device has no such slot. One query: the (device, number) pair is unique."""
+    slot = (
+        Slot.objects.select_for_update(of=("self",))
+        .select_related("product")
+        .filter(device=device, number=number)
+        .first()
+    )
+    if slot is not None:
+        slot.device = device  # the caller's object: no second read of the device row
+    return slot
+
+
 def move_stock(
     *,
     slot: Slot,
@@ -30,6 +43,7 @@ def move_stock(
     user: AbstractBaseUser | None = None,
     note: str = "",
     clamp: bool = False,
+    locked: bool = False,
 ) -> StockMovement:
     """Change ``slot.quantity`` by ``delta`` and record it in the ledger.
 
@@ -38,8 +52,38 @@ def move_stock(
     :class:`CapacityExceeded` when it would go above capacity; with ``clamp=True`` the
     movement is cut to what fits instead (a refund into a slot restocked meanwhile), and
     the ledger row says so. ``slot`` is refreshed in place.
+
+    ``locked=True`` says the caller read ``slot`` through :func:`lock_slot` (or
+    :func:`lock_device_slot`) in the database transaction it is in now, so the row is not
+    read again; the movement then joins that transaction without a savepoint of its own,
+    so if it fails the caller's whole transaction rolls back.
     """
-    locked = lock_slot(slot.pk)
+    if locked and not db_transaction.get_connection().in_atomic_block:
+        raise RuntimeError("move_stock(locked=True) outside the transaction holding the lock")
+    with db_transaction.atomic(savepoint=not locked):
+        return _move_stock(
+            slot=slot,
+            locked=slot if locked else lock_slot(slot.pk),
+            delta=delta,
+            reason=reason,
+            transaction=transaction,
+            user=user,
+            note=note,
+            clamp=clamp,
+        )
+
+
+def _move_stock(
+    *,
+    slot: Slot,
+    locked: Slot,
+    delta: int,
+    reason: MovementReason,
+    transaction,
+    user: AbstractBaseUser | None,
+    note: str,
+    clamp: bool,
+) -> StockMovement:
     target = locked.quantity + delta
     if target < 0 or target > locked.capacity:
         if not clamp:
@@ -84,7 +128,7 @@ def move_stock(
     return movement
 
 
-@transaction.atomic
+@db_transaction.atomic
 def set_stock(
     *,
     slot: Slot,
@@ -104,7 +148,7 @@ def set_stock(
     return move_stock(slot=slot, delta=delta, reason=reason, user=user, note=note)
 
 
-@transaction.atomic
+@db_transaction.atomic
 def restock_to_capacity(
     *, slot: Slot, user: AbstractBaseUser | None = None
 ) -> StockMovement | None:

@@ -16,8 +16,8 @@ from devices.models import Command, Device
 from devices.services import expire_due_commands, queue_command
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
-from inventory.models import Slot
-from inventory.services import lock_slot, move_stock
+from inventory.services import lock_device_slot, move_stock
+from vending_site import events
 
 from .choices import TransactionState
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
@@ -31,6 +31,7 @@ def request_vend(
     slot_number: int,
     user: AbstractBaseUser | None = None,
     idempotency_key: str = "",
+    savepoint: bool = True,
 ) -> Transaction:
     """Reserve one unit of a slot and queue the vend for the device.
 
@@ -38,6 +39,10 @@ def request_vend(
     assigned, stock left. The reservation (ledger row), the transaction and the command are
     written in one database transaction holding the slot's row lock, so however many
     requests race for a slot holding N units, exactly N are accepted.
+
+    Called inside a caller's transaction, the vend is a savepoint of it, so a caller may
+    catch a refusal and carry on. ``savepoint=False`` spares that savepoint, for a caller
+    that rolls its whole transaction back on any failure (:func:`request_vend_once`).
     """
     if not 1 <= slot_number <= device.slot_count:
         raise SlotOutOfRange(
@@ -58,13 +63,10 @@ def request_vend(
             device_id=device.device_id,
         )
     expire_due_commands(device=device)  # expired reservations go back before we count stock
-    slot_id = (
-        Slot.objects.filter(device=device, number=slot_number).values_list("pk", flat=True).first()
-    )
-    if slot_id is None:
-        raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
-    with transaction.atomic():
-        slot = lock_slot(slot_id)
+    with transaction.atomic(savepoint=savepoint):
+        slot = lock_device_slot(device=device, number=slot_number)
+        if slot is None:
+            raise SlotNotConfigured(f"Slot {slot_number} on {device.device_id} is not set up.")
         if not slot.enabled:
             raise SlotDisabled(f"Slot {slot_number} on {device.device_id} is disabled.")
         if slot.product is None:
@@ -91,11 +93,24 @@ def request_vend(
             created_at=now,
             updated_at=now,
         )
-        move_stock(slot=slot, delta=-1, reason=MovementReason.VEND, transaction=txn, user=user)
-        queue_command(
-            device=device, kind=CommandKind.VEND, slot=slot_number, txn=txn, require_online=False
-        )
-        record_creation(txn, actor=user)
+        # Its three live events (stock, command, transaction) reach pages in one push.
+        with events.batched():
+            move_stock(
+                slot=slot,
+                delta=-1,
+                reason=MovementReason.VEND,
+                transaction=txn,
+                user=user,
+                locked=True,  # locked just above: the row is not read a second time
+            )
+            queue_command(
+                device=device,
+                kind=CommandKind.VEND,
+                slot=slot_number,
+                txn=txn,
+                require_online=False,
+            )
+            record_creation(txn, actor=user)
     return txn
 
 
@@ -118,6 +133,7 @@ def request_vend_once(
                 slot_number=slot_number,
                 user=user,
                 idempotency_key=key.key if key is not None else "",
+                savepoint=False,  # any failure rolls back this whole transaction
             )
             if key is not None:
                 complete_idempotency_key(key=key, txn=txn, status=status)

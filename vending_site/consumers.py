@@ -84,6 +84,10 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def vending_event(self, message: dict) -> None:
         await self._send_new([message["event"]])
 
+    async def vending_events(self, message: dict) -> None:
+        """Several events of one database transaction, pushed together."""
+        await self._send_new(message["events"])
+
     async def _send_new(self, events: list[dict]) -> None:
         for event in events:
             if event["id"] > self.last_id:

@@ -286,6 +286,9 @@ SIMPLE_JWT = {
 }
 
 # --- Access control ------------------------------------------------------------------------
+# Seconds a worker remembers an API key it verified (revocation reaches other workers within
+# this); 0: look every key up on every request. See vending_site/permissions.py.
+API_KEY_CACHE_SECONDS = max(env.float("API_KEY_CACHE_SECONDS", default=5.0), 0.0)
 # Rates ("<n>/<second|minute|hour|day>") of the DRF throttles (vending_site/throttling.py).
 # They spare the server a runaway client; stock and money are guarded by the database.
 API_THROTTLE_ANON = env.str("API_THROTTLE_ANON", default="300/min")
