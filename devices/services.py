@@ -300,14 +300,20 @@ def _wake_held_polls(device_pk: int) -> None:
     looks in the database every few hundred milliseconds, so a lost wake-up (or the
     in-memory layer, which does not cross processes) only costs a little latency.
     """
-    from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
+    from vending_site import layer_sender
+
+    if not settings.DEVICE_LONG_POLL_SECONDS:
+        return  # no process of this deployment holds a poll (the setting is shared)
     layer = get_channel_layer()
     if layer is None or not _wake_breaker.allows():
         return
     try:
-        async_to_sync(_bounded_group_send)(layer, device_group(device_pk))
+        layer_sender.run(
+            _bounded_group_send(layer, device_group(device_pk)),
+            timeout=settings.REDIS_TIMEOUT + 1,
+        )
     except Exception:  # a wake-up is never worth a failed vend
         # Runs inside the vend request: a Redis that hangs must cost it REDIS_TIMEOUT once,
         # not on every vend, so wake-ups pause for REDIS_RETRY_AFTER seconds.

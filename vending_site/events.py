@@ -18,12 +18,12 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from . import layer_sender
 from .outages import Breaker
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _push_many(messages: list[dict[str, Any]]) -> None:
     else:
         message = {"type": "vending.events", "events": messages}
     try:
-        async_to_sync(_bounded_group_send)(layer, message)
+        layer_sender.run(_bounded_group_send(layer, message), timeout=settings.REDIS_TIMEOUT + 1)
     except Exception as exc:  # noqa: BLE001 - a live page is never worth a failed vend
         # Not retried for REDIS_RETRY_AFTER seconds: a Redis that hangs would otherwise cost
         # every change REDIS_TIMEOUT, inside the request that made it.

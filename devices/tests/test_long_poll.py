@@ -319,6 +319,7 @@ def test_a_hung_channel_layer_costs_a_vend_one_redis_timeout_then_wakeups_pause(
             HungLayer.sends += 1
             await asyncio.sleep(30)
 
+    settings.DEVICE_LONG_POLL_SECONDS = 1
     settings.REDIS_TIMEOUT = 0.2
     settings.REDIS_RETRY_AFTER = 60
     monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: HungLayer())
@@ -333,3 +334,24 @@ def test_a_hung_channel_layer_costs_a_vend_one_redis_timeout_then_wakeups_pause(
 
     assert first < 2, f"the first wake-up waited {first:.1f} s"
     assert second < 0.1 and HungLayer.sends == 1  # paused: Redis is not tried again yet
+
+
+def test_with_long_poll_off_a_queued_vend_sends_no_wake_up(monkeypatch, settings):
+    """No process holds a poll then (the setting is the deployment's), so the vend request
+    does not pay a channel-layer round trip for nobody."""
+    from devices import services
+
+    sent = []
+
+    class RecordingLayer:
+        async def group_send(self, group, message):
+            sent.append(group)
+
+    settings.DEVICE_LONG_POLL_SECONDS = 0
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: RecordingLayer())
+    services._wake_held_polls(1)
+    assert sent == []
+
+    settings.DEVICE_LONG_POLL_SECONDS = 1
+    services._wake_held_polls(1)
+    assert sent == ["device.1"]

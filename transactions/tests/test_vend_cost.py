@@ -19,6 +19,7 @@ from rest_framework_api_key.models import APIKey
 from inventory.models import StockMovement
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory
 from transactions.models import Transaction, TransactionEvent
+from vending_site import layer_sender
 from vending_site.events import EVENTS_GROUP, batched, publish
 from vending_site.models import LiveEvent
 from vending_site.permissions import forget_verified_keys
@@ -182,7 +183,9 @@ def redis_layer(settings):
     channel = async_to_sync(listen)()
     yield layer, channel
     async_to_sync(layer.group_discard)(EVENTS_GROUP, channel)
-    async_to_sync(layer.flush)()
+    # On the loop that pushed (vending_site.layer_sender): the layer's only connections left
+    # are that loop's, as every async_to_sync loop above closed its own when it ended.
+    layer_sender.run(layer.flush(), timeout=10)
 
 
 def ours(messages: list[dict]) -> list[dict]:
