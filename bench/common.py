@@ -539,9 +539,13 @@ class ScratchStack:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         """``manage.py <args>`` in the background, output to a log file in the scratch dir."""
+        return self.start_argv(name, [sys.executable, "manage.py", *args])
+
+    def start_argv(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """``argv`` in the background, output to a log file in the scratch dir."""
         log = open(self.tmp / f"{name}.log", "w")
         process = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
+            argv,
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -589,18 +593,7 @@ class ScratchStack:
         from tests.integration.scratch_stack import gunicorn_argv
 
         port = free_port()
-        argv = gunicorn_argv(f"127.0.0.1:{port}", "--access-logfile", os.devnull)
-        log = open(self.tmp / "web.log", "w")
-        self.children["web"] = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._logs["web"] = log
+        self.start_argv("web", gunicorn_argv(f"127.0.0.1:{port}", "--access-logfile", os.devnull))
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{url}/health", timeout=timeout, process=self.children["web"])

@@ -13,15 +13,16 @@ own time and by cumulative time. Bounded: at most 20 000 polls.
 """
 
 import argparse
-import cProfile
 import io
 import os
 import pstats
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.profiling import print_top, profiled, timed_rounds
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # As gunicorn runs it: persistent connections (a connect per poll would dwarf the poll).
@@ -93,45 +94,18 @@ def main() -> None:
         for query in captured.captured_queries:
             print(f"  {query['sql'][:160]}...")
 
-        # CPU time as well as wall time: on a shared machine the wall clock also counts
-        # whatever else ran meanwhile. The best of three rounds is the figure to compare.
-        rounds = []
-        for _ in range(3):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            for _ in range(polls):
-                assert one_poll() == "200 OK"
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-            rounds.append((cpu, elapsed))
-            print(
-                f"{polls} idle polls: {elapsed:.2f} s wall ({elapsed / polls * 1e6:.0f} µs per "
-                f"poll, {polls / elapsed:.0f} polls/s), {cpu / polls * 1e6:.0f} µs CPU per poll"
-            )
-        cpu, elapsed = min(rounds)
-        print(
-            f"best of 3: {cpu / polls * 1e6:.0f} µs CPU per poll, {polls / cpu:.0f} polls/s of CPU"
-        )
+        def _checked_poll() -> None:
+            assert one_poll() == "200 OK"
 
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(polls):
-            one_poll()
-        profiler.disable()
+        timed_rounds(_checked_poll, polls, "idle poll")
+
+        profiler = profiled(one_poll, polls, "poll")
         stats = pstats.Stats(profiler)
-        print(
-            f"profiled: {stats.total_calls / polls:.0f} Python function calls per poll "
-            "(the figure the machine's load does not change)"
-        )
         for name in ("device_for_poll", "poll"):
             for (filename, _line, function), row in stats.stats.items():
                 if function == name and filename.endswith(("selectors.py", "services.py")):
                     print(f"  {function}: {row[3] / stats.total_tt:.0%} of the profiled time")
-        for order in ("tottime", "cumulative"):
-            out = io.StringIO()
-            stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order)
-            stats.print_stats(args.top)
-            print(f"--- top {args.top} by {order} ---")
-            print("\n".join(out.getvalue().splitlines()[4:]))
+        print_top(profiler, args.top)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 

@@ -17,15 +17,15 @@ still counts each request. Bounded: at most 5 000 vends a round.
 """
 
 import argparse
-import cProfile
-import io
 import os
 import pstats
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.profiling import print_top, profiled, timed_rounds
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ.setdefault("VEND_QUEUE_TTL", "86400")
@@ -94,35 +94,10 @@ def main() -> None:
         for query in captured.captured_queries:
             print(f"  {query['sql'][:150]}")
 
-        # CPU time as well as wall time: on a shared machine the wall clock also counts
-        # whatever else ran meanwhile. The best of three rounds is the figure to compare.
-        rounds = []
-        for _ in range(3):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            for _ in range(vends):
-                one_vend()
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_started
-            rounds.append((cpu, elapsed))
-            print(
-                f"{vends} vends: {elapsed:.2f} s wall ({elapsed / vends * 1e6:.0f} µs per vend), "
-                f"{cpu / vends * 1e6:.0f} µs CPU per vend"
-            )
-        cpu, elapsed = min(rounds)
-        print(
-            f"best of 3: {cpu / vends * 1e6:.0f} µs CPU per vend, {vends / cpu:.0f} vends/s of CPU"
-        )
+        timed_rounds(one_vend, vends, "vend")
 
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(vends):
-            one_vend()
-        profiler.disable()
+        profiler = profiled(one_vend, vends, "vend")
         stats = pstats.Stats(profiler)
-        print(
-            f"profiled: {stats.total_calls / vends:.0f} Python function calls per vend "
-            "(the figure the machine's load does not change)"
-        )
         by_package: dict[str, float] = {}
         for (filename, _line, _function), row in stats.stats.items():
             package = _package(filename)
@@ -130,12 +105,7 @@ def main() -> None:
         print("--- own time by package (share of the profiled time) ---")
         for package, own in sorted(by_package.items(), key=lambda item: -item[1])[:15]:
             print(f"  {own / stats.total_tt:6.1%}  {package}")
-        for order in ("tottime", "cumulative"):
-            out = io.StringIO()
-            stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order)
-            stats.print_stats(args.top)
-            print(f"--- top {args.top} by {order} ---")
-            print("\n".join(out.getvalue().splitlines()[4:]))
+        print_top(profiler, args.top)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 

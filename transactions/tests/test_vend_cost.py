@@ -12,12 +12,10 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
 from inventory.models import StockMovement
-from tests.factories import DeviceFactory, ProductFactory, SlotFactory
 from transactions.models import Transaction, TransactionEvent
 from vending_site import layer_sender
 from vending_site.events import EVENTS_GROUP, batched, publish
@@ -76,17 +74,11 @@ def expected(statements: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def machine():
-    device = DeviceFactory(device_id=DEVICE_ID, last_seen=timezone.now(), is_active=True)
-    for number in range(1, 6):
-        SlotFactory(
-            device=device,
-            number=number,
-            product=ProductFactory(sku=f"SKU-{number}", name=f"Product {number}"),
-            quantity=5,
-            capacity=10,
-        )
-    return device
+def machine(online_device):
+    """The shared online machine, under an id of this module's own."""
+    online_device.device_id = DEVICE_ID
+    online_device.save(update_fields=["device_id"])
+    return online_device
 
 
 @pytest.fixture
