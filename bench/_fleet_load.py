@@ -344,17 +344,18 @@ class FleetStack:
     def start_command(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         """``manage.py <args>`` beside the server (the sweeper, the discovery listener),
         logged to ``<name>.log`` and ended with the server by :meth:`stop_server`."""
-        log = open(self.workdir / f"{name}.log", "w")
+        return self._spawn(
+            [sys.executable, "manage.py", *args], name, name, dict(self.env, **(env or {}))
+        )
+
+    def _spawn(self, argv: list[str], log_name: str, label: str, env: dict) -> subprocess.Popen:
+        """``argv`` in its own session, logged to ``<log_name>.log``, one of :attr:`children`."""
+        log = open(self.workdir / f"{log_name}.log", "w")
         process = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=dict(self.env, **(env or {})),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         process.log = log
-        process.label = name
+        process.label = label
         self.children.append(process)
         return process
 
@@ -380,18 +381,7 @@ class FleetStack:
         count = 2 if server in ("daphne", "uvicorn", "stub") else 1
         self.ports = [free_port() for _ in range(count)]
         for index, argv in enumerate(server_commands(server, self.ports, gunicorn_worker)):
-            log = open(self.workdir / f"{server}-{index}.log", "w")
-            process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            process.log = log
-            process.label = server
-            self.children.append(process)
+            self._spawn(argv, f"{server}-{index}", server, env)
         deadline = time.monotonic() + timeout
         for port in self.ports:
             while True:

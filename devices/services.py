@@ -4,7 +4,6 @@ Transports (the HTTP device views, the serial bridge) call these and translate t
 back to bytes; the rules live here.
 """
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -311,20 +310,14 @@ def _wake_held_polls(device_pk: int) -> None:
         return
     try:
         layer_sender.run(
-            _bounded_group_send(layer, device_group(device_pk)),
-            timeout=settings.REDIS_TIMEOUT + 1,
+            layer.group_send(device_group(device_pk), {"type": "device.command"}),
+            timeout=settings.REDIS_TIMEOUT,
         )
     except Exception:  # a wake-up is never worth a failed vend
         # Runs inside the vend request: a Redis that hangs must cost it REDIS_TIMEOUT once,
         # not on every vend, so wake-ups pause for REDIS_RETRY_AFTER seconds.
         _wake_breaker.trip(settings.REDIS_RETRY_AFTER)
         logger.warning("could not wake the held polls of device %s", device_pk, exc_info=True)
-
-
-async def _bounded_group_send(layer, group: str) -> None:
-    await asyncio.wait_for(
-        layer.group_send(group, {"type": "device.command"}), settings.REDIS_TIMEOUT
-    )
 
 
 def _ago(moment: datetime | None) -> str:

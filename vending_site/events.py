@@ -10,7 +10,6 @@ A channel layer that is down must not break a vend, so push failures are logged 
 swallowed, and pushes pause for ``REDIS_RETRY_AFTER`` seconds after one.
 """
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,14 +130,10 @@ def _push_many(messages: list[dict[str, Any]]) -> None:
     else:
         message = {"type": "vending.events", "events": messages}
     try:
-        layer_sender.run(_bounded_group_send(layer, message), timeout=settings.REDIS_TIMEOUT + 1)
+        layer_sender.run(layer.group_send(EVENTS_GROUP, message), timeout=settings.REDIS_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - a live page is never worth a failed vend
         # Not retried for REDIS_RETRY_AFTER seconds: a Redis that hangs would otherwise cost
         # every change REDIS_TIMEOUT, inside the request that made it.
         _push_breaker.trip(settings.REDIS_RETRY_AFTER)
         kinds = ", ".join(m["kind"] for m in messages)
         logger.warning("could not push %s event: %s", kinds, exc)
-
-
-async def _bounded_group_send(layer, message: dict[str, Any]) -> None:
-    await asyncio.wait_for(layer.group_send(EVENTS_GROUP, message), settings.REDIS_TIMEOUT)
