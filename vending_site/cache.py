@@ -22,6 +22,22 @@ from .outages import Breaker
 
 logger = logging.getLogger(__name__)
 
+# hit_windows in one command. KEYS: per counter, this window's key then the previous
+# window's; ARGV: per counter, this window's lifetime in seconds. Returns per counter this
+# window's hits (this one included) and the previous window's. A script runs whole: a counter never
+# exists without its lifetime.
+_HIT_WINDOWS = """
+local replies = {}
+for i = 1, #ARGV do
+    local current = KEYS[2 * i - 1]
+    local hits = redis.call('INCR', current)
+    redis.call('EXPIRE', current, ARGV[i])
+    replies[2 * i - 1] = hits
+    replies[2 * i] = tonumber(redis.call('GET', KEYS[2 * i]) or 0)
+end
+return replies
+"""
+
 
 class ReusingRedisCacheClient(RedisCacheClient):
     """Django's Redis cache client, building one ``redis.Redis`` per server, not per call.
@@ -51,23 +67,28 @@ class FailOpenRedisCache(RedisCache):
         super().__init__(server, params)
         self._class = ReusingRedisCacheClient
         self.breaker = Breaker()
+        self._hit_script = None
 
     def hit_windows(self, counters: list[tuple[str, int, int]]) -> list[tuple[int, int]] | None:
         """Count one hit in each ``(key, window, period)`` fixed window; one round trip.
 
         Returns, per counter, (hits in this window, counting this one; hits in the window
         before), or None when Redis is unreachable. Each window's counter lives for two periods.
+        Keys are the throttles' own (id characters only), so they are not checked for
+        memcached's rules, which Redis does not have.
         """
+        keys, lifetimes = [], []
+        for key, window, period in counters:
+            keys += [self.make_key(f"{key}:{window}"), self.make_key(f"{key}:{window - 1}")]
+            lifetimes.append(2 * period)
 
         def count() -> list[tuple[int, int]]:
-            pipe = self._cache.get_client(write=True).pipeline(transaction=False)
-            for key, window, period in counters:
-                current = self.make_and_validate_key(f"{key}:{window}")
-                pipe.incr(current)
-                pipe.expire(current, 2 * period)
-                pipe.get(self.make_and_validate_key(f"{key}:{window - 1}"))
-            replies = pipe.execute()
-            return [(int(replies[i]), int(replies[i + 2] or 0)) for i in range(0, len(replies), 3)]
+            client = self._cache.get_client(write=True)
+            script = self._hit_script
+            if script is None or script.registered_client is not client:
+                script = self._hit_script = client.register_script(_HIT_WINDOWS)
+            replies = script(keys=keys, args=lifetimes, client=client)
+            return [(int(replies[i]), int(replies[i + 1])) for i in range(0, len(replies), 2)]
 
         return self._guarded(None, count)
 

@@ -182,7 +182,11 @@ else:
     # where they leak (measured: Daphne exhausted max_connections with 60), and stays the
     # default for Daphne and commands. gunicorn's threads serve one request after another
     # and reuse theirs: deploy/gunicorn.conf.py defaults CONN_MAX_AGE to 60 for its workers.
-    # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used.
+    # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used;
+    # vending_site.postgresql (Django's backend otherwise) checks a quiet connection by its
+    # socket instead of a SELECT 1 round trip.
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "vending_site.postgresql"
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     # No request may wait forever on PostgreSQL: libpq gives up connecting after

@@ -1,0 +1,1 @@
+"""The PostgreSQL database backend (``ENGINE = "vending_site.postgresql"``); see ``base``."""
