@@ -5,7 +5,7 @@
 Creates a throwaway test database (SQLite by default; ``DATABASE_URL`` picks PostgreSQL),
 ``--devices`` known online devices with nothing queued, each at its own address (so the
 throttles keep the per-device history a real fleet has), then runs ``--polls`` idle polls,
-round-robin over the devices, straight into Django's WSGI handler (what gunicorn calls; no
+round-robin over the devices, straight into the WSGI application (what gunicorn calls; no
 network and no test client, so the figures are the server's own cost per poll), once timed
 and once under cProfile, with persistent database connections as gunicorn runs them
 (``CONN_MAX_AGE=60``). Prints µs per poll, the queries of one poll, and the top functions by
@@ -41,7 +41,6 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.core.handlers.wsgi import WSGIHandler
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
@@ -56,7 +55,8 @@ def main() -> None:
             Device(device_id="ESP32_" + mac.replace(":", ""), last_seen=timezone.now())
             for mac in macs
         )
-        handler = WSGIHandler()
+        from vending_site.wsgi import application as handler  # what gunicorn calls
+
         turn = iter(range(10**9))
         statuses = []
 

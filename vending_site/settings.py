@@ -133,6 +133,20 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# The middleware of the firmware's own requests (vending_site/wsgi.py routes them): the
+# firmware sends no cookie, session or CSRF token, fetches no static file and is shown no
+# page, so what serves browsers and REST users only is left out; about a tenth of the CPU of
+# an idle poll (bench/poll_profile.py).
+_BROWSER_MIDDLEWARE = {
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+}
+DEVICE_MIDDLEWARE = [name for name in MIDDLEWARE if name not in _BROWSER_MIDDLEWARE]
 
 ROOT_URLCONF = "vending_site.urls"
 

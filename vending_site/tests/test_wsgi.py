@@ -1,0 +1,110 @@
+"""The WSGI application: the firmware's requests go through DEVICE_MIDDLEWARE, the rest
+through MIDDLEWARE (vending_site/wsgi.py)."""
+
+import io
+import json
+import re
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from django.urls import URLPattern, get_resolver
+from django.urls.resolvers import RoutePattern
+
+from devices.api.device_views import DeviceEndpoint
+from vending_site.wsgi import DEVICE_PATH, application
+
+# The firmware's requests leave no session, cookie or connection behind for the next test.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MAC = "6C:C8:40:4F:E0:3C"
+
+
+def call(path: str, *, method: str = "GET", body: bytes = b"", **headers) -> tuple:
+    """One request into the application as gunicorn makes it: (status, headers, body)."""
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/json",
+    }
+    environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
+    setup_testing_defaults(environ)
+    answered = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        answered["status"] = int(status.split()[0])
+        answered["headers"] = {name.lower(): value for name, value in response_headers}
+
+    response = application(environ, start_response)
+    try:
+        content = b"".join(response)
+    finally:
+        response.close()
+    return answered["status"], answered["headers"], content
+
+
+def routes():
+    """Every top-level path() of the URLconf, its converters filled in, with its view."""
+    for pattern in get_resolver().url_patterns:
+        if isinstance(pattern, URLPattern) and isinstance(pattern.pattern, RoutePattern):
+            route = re.sub(r"<(?:\w+:)?\w+>", "ESP32_6CC8404FE03C", str(pattern.pattern))
+            yield "/" + route, getattr(pattern.callback, "view_class", None)
+
+
+def test_the_device_paths_are_exactly_the_firmwares_endpoints():
+    device_paths = set()
+    for path, view_class in routes():
+        is_device_view = isinstance(view_class, type) and issubclass(view_class, DeviceEndpoint)
+        assert bool(DEVICE_PATH.fullmatch(path)) == is_device_view, path
+        if is_device_view:
+            device_paths.add(path)
+    assert len(device_paths) == 6  # register, poll, confirm in each of the two dialects
+    for other in ("/esp32/devices/list", "/esp32/commands/a/b", "/api/v1/vend/1", "/health"):
+        assert not DEVICE_PATH.fullmatch(other)
+
+
+def test_a_poll_goes_through_the_device_middleware(online_device):
+    status, headers, content = call(f"/esp32/commands/{online_device.device_id}")
+
+    assert (status, content) == (200, b"null")
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # RequestIdMiddleware
+    assert headers["x-content-type-options"] == "nosniff"  # SecurityMiddleware
+    assert "x-frame-options" not in headers  # no browser middleware ran
+    assert "set-cookie" not in headers and "vary" not in headers
+
+
+def test_the_staff_endpoints_under_esp32_keep_the_whole_middleware(online_device):
+    status, headers, _content = call("/esp32/devices/list")
+
+    assert status in (401, 403)  # no credentials: refused, by the REST API's rules
+    assert headers["x-frame-options"] == "DENY"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+
+
+def test_a_device_request_is_still_refused_outside_the_allowed_networks(online_device, settings):
+    settings.DEVICE_ALLOWED_NETWORKS = ["192.0.2.0/24"]
+
+    status, _headers, content = call(f"/esp32/commands/{online_device.device_id}")
+
+    assert status == 403
+    assert json.loads(content)["code"] == "network_not_allowed"
+
+
+def test_an_oversized_confirmation_is_still_refused_with_413(online_device, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    body = json.dumps({"device_id": MAC, "slot": 1, "success": True, "message": "x" * 2000})
+
+    status, _headers, _content = call("/esp32/confirm", method="POST", body=body.encode())
+
+    assert status == 413
+
+
+def test_a_confirmation_through_the_device_middleware_is_answered(online_device):
+    body = json.dumps({"device_id": MAC, "slot": 1, "success": True}).encode()
+
+    status, _headers, content = call("/esp32/confirm", method="POST", body=body)
+
+    assert status == 200
+    assert json.loads(content)["status"] == "ignored"  # nothing was delivered to confirm
