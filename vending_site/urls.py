@@ -25,49 +25,56 @@ handler404 = "vending_site.errors.page_not_found"
 
 UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
 
-api_v1 = [
-    re_path(r"^auth/token/?$", TokenObtainPairView.as_view(), name="token"),
-    re_path(r"^auth/token/refresh/?$", TokenRefreshView.as_view(), name="token-refresh"),
-    re_path(r"^vend/(?P<slot_id>[^/]+)/?$", txn_views.vend, name="vend"),
-    re_path(r"^transactions/?$", txn_views.TransactionListView.as_view(), name="transaction-list"),
-    re_path(
-        rf"^transactions/{UUID}/?$",
-        txn_views.TransactionDetailView.as_view(),
-        name="transaction-detail",
-    ),
-    re_path(
-        rf"^transactions/{UUID}/cancel/?$",
-        txn_views.TransactionCancelView.as_view(),
-        name="transaction-cancel",
-    ),
-    re_path(r"^devices/?$", DeviceListView.as_view(), name="device-list"),
-    re_path(
-        r"^devices/(?P<device_id>[^/]+)/commands/?$",
-        DeviceCommandView.as_view(),
-        name="device-commands",
-    ),
-]
 
-device_protocol = [
-    path("esp32/register", device_views.RegisterView.as_view(), name="esp32-register"),
-    path(
-        "esp32/commands/<str:device_id>",
-        long_poll.holding(device_views.PollView),
-        name="esp32-poll",
-    ),
-    path("esp32/confirm", device_views.ConfirmView.as_view(), name="esp32-confirm"),
-    path(
-        "esp32/wifi/register",
-        device_views.DocumentedRegisterView.as_view(),
-        name="esp32-wifi-register",
-    ),
-    path(
-        "esp32/wifi/command",
-        long_poll.holding(device_views.DocumentedPollView),
-        name="esp32-wifi-poll",
-    ),
-    path("esp32/wifi/confirm", device_views.ConfirmView.as_view(), name="esp32-wifi-confirm"),
-]
+def _api_v1(vend) -> list:
+    return [
+        re_path(r"^auth/token/?$", TokenObtainPairView.as_view(), name="token"),
+        re_path(r"^auth/token/refresh/?$", TokenRefreshView.as_view(), name="token-refresh"),
+        re_path(r"^vend/(?P<slot_id>[^/]+)/?$", vend, name="vend"),
+        re_path(
+            r"^transactions/?$", txn_views.TransactionListView.as_view(), name="transaction-list"
+        ),
+        re_path(
+            rf"^transactions/{UUID}/?$",
+            txn_views.TransactionDetailView.as_view(),
+            name="transaction-detail",
+        ),
+        re_path(
+            rf"^transactions/{UUID}/cancel/?$",
+            txn_views.TransactionCancelView.as_view(),
+            name="transaction-cancel",
+        ),
+        re_path(r"^devices/?$", DeviceListView.as_view(), name="device-list"),
+        re_path(
+            r"^devices/(?P<device_id>[^/]+)/commands/?$",
+            DeviceCommandView.as_view(),
+            name="device-commands",
+        ),
+    ]
+
+
+def _device_protocol(poll_view) -> list:
+    return [
+        path("esp32/register", device_views.RegisterView.as_view(), name="esp32-register"),
+        path(
+            "esp32/commands/<str:device_id>",
+            poll_view(device_views.PollView),
+            name="esp32-poll",
+        ),
+        path("esp32/confirm", device_views.ConfirmView.as_view(), name="esp32-confirm"),
+        path(
+            "esp32/wifi/register",
+            device_views.DocumentedRegisterView.as_view(),
+            name="esp32-wifi-register",
+        ),
+        path(
+            "esp32/wifi/command",
+            poll_view(device_views.DocumentedPollView),
+            name="esp32-wifi-poll",
+        ),
+        path("esp32/wifi/confirm", device_views.ConfirmView.as_view(), name="esp32-wifi-confirm"),
+    ]
+
 
 dashboard_api = [
     path("state", dashboard.state, name="state"),
@@ -80,27 +87,41 @@ dashboard_api = [
     path("logs", dashboard.logs, name="logs"),
 ]
 
-urlpatterns = [
-    path("", dashboard.index, name="dashboard"),
-    path("dashboard/api/", include((dashboard_api, "dashboard-api"))),
-    # Browsers ask for it on every page (the admin's too); a 404 there is console noise.
-    path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
-    path("admin/", admin.site.urls),
-    path("api/v1/", include((api_v1, "api-v1"))),
-    *device_protocol,
-    path("esp32/devices/list", DeviceListView.as_view(), name="esp32-devices-list"),
-    path("esp32/devices/select", DeviceSelectView.as_view(), name="esp32-devices-select"),
-    path(
-        "esp32/devices/auto-select",
-        DeviceAutoSelectView.as_view(),
-        name="esp32-devices-auto-select",
-    ),
-    # The original, unversioned vend path.
-    re_path(r"^vend/(?P<slot_id>[^/]+)/?$", txn_views.vend, name="vend-legacy"),
-    path("status", StatusView.as_view(), name="status"),
-    path("health", HealthView.as_view(), name="health"),
-    # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/metrics.py).
-    path("metrics", metrics.metrics_view, name="metrics"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-]
+
+def build(*, asgi: bool) -> list:
+    """The routes, with the views for an ASGI server (Daphne) or a WSGI one (gunicorn).
+
+    The vend's wait and the long-poll hold a request without a thread under ASGI, so their
+    views are async there. A WSGI thread is held either way, and Django would run an async
+    view through ``async_to_sync`` (a new thread and event loop per request), so the WSGI
+    routes get the same views synchronous (``vending_site.urls_wsgi``).
+    """
+    vend = txn_views.vend if asgi else txn_views.vend_sync
+    poll_view = long_poll.holding if asgi else long_poll.at_once
+    return [
+        path("", dashboard.index, name="dashboard"),
+        path("dashboard/api/", include((dashboard_api, "dashboard-api"))),
+        # Browsers ask for it on every page (the admin's too); a 404 there is console noise.
+        path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
+        path("admin/", admin.site.urls),
+        path("api/v1/", include((_api_v1(vend), "api-v1"))),
+        *_device_protocol(poll_view),
+        path("esp32/devices/list", DeviceListView.as_view(), name="esp32-devices-list"),
+        path("esp32/devices/select", DeviceSelectView.as_view(), name="esp32-devices-select"),
+        path(
+            "esp32/devices/auto-select",
+            DeviceAutoSelectView.as_view(),
+            name="esp32-devices-auto-select",
+        ),
+        # The original, unversioned vend path.
+        re_path(r"^vend/(?P<slot_id>[^/]+)/?$", vend, name="vend-legacy"),
+        path("status", StatusView.as_view(), name="status"),
+        path("health", HealthView.as_view(), name="health"),
+        # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/metrics.py).
+        path("metrics", metrics.metrics_view, name="metrics"),
+        path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+        path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    ]
+
+
+urlpatterns = build(asgi=True)

@@ -6,7 +6,9 @@ The firmware's requests (register, poll, confirm: :data:`DEVICE_PATH`) go throug
 their own with ``DEVICE_MIDDLEWARE``, the project's middleware without what serves browsers
 and REST users only (sessions, CSRF, messages, static files...). Everything else, the staff
 endpoints under ``/esp32/devices/`` included, goes through ``MIDDLEWARE``. Both handlers
-share the URLconf, the views and the error handling; only the middleware differs.
+resolve with ``vending_site.urls_wsgi``: the same routes, with synchronous views where the
+ASGI URLconf has async ones (Django would run those through ``async_to_sync``: a thread and
+an event loop per request).
 """
 
 import os
@@ -24,8 +26,18 @@ DEVICE_PATH = re.compile(
 )
 
 
-class DeviceHandler(WSGIHandler):
-    """Django's WSGI handler, its middleware chain built from ``DEVICE_MIDDLEWARE``."""
+class Handler(WSGIHandler):
+    """Django's WSGI handler, resolving with the WSGI URLconf (synchronous views)."""
+
+    urlconf = "vending_site.urls_wsgi"
+
+    def get_response(self, request):
+        request.urlconf = self.urlconf
+        return super().get_response(request)
+
+
+class DeviceHandler(Handler):
+    """:class:`Handler` with its middleware chain built from ``DEVICE_MIDDLEWARE``."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         # Django builds the chain from settings.MIDDLEWARE; it is swapped for the time of the
@@ -42,7 +54,8 @@ class Application:
     """Sends each request to the handler for its path."""
 
     def __init__(self) -> None:
-        self.handler = get_wsgi_application()  # sets Django up first
+        get_wsgi_application()  # sets Django up
+        self.handler = Handler()
         self.device_handler = DeviceHandler()
 
     def __call__(self, environ, start_response):

@@ -86,6 +86,12 @@ def holding(view_class: type[PollEndpoint], *, enabled: bool | None = None):
     return view
 
 
+def at_once(view_class: type[PollEndpoint]):
+    """The view serving ``view_class`` under a WSGI server (``vending_site.urls_wsgi``):
+    every poll answered at once, whatever ``DEVICE_LONG_POLL_SECONDS`` says."""
+    return holding(view_class, enabled=False)
+
+
 def _deliver_if_queued(held: HeldPoll):
     if not has_deliverable_command(device_pk=held.device.pk, kinds=held.kinds):
         return None

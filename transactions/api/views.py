@@ -112,32 +112,70 @@ _sync_vend = VendView.as_view()
 @csrf_exempt
 async def vend(request: HttpRequest, slot_id: str):
     """Run :class:`VendView`, then, if the client asked to ``wait``, hold the answer until the
-    vend settles or the wait runs out, without holding a worker thread meanwhile.
+    vend settles or the wait runs out, without holding a worker thread meanwhile (ASGI).
 
     Answers 200 with the settled transaction, or 202 with its state when the wait ran out.
     """
     response = await sync_to_async(_sync_vend)(request, slot_id=slot_id)
-    wait = getattr(response, "vend_wait", 0)
-    if response.status_code != 202 or not wait:
+    if not _waits(response):
         return response
-    txn_id = response.data["id"]
+    state = response.data["state"]
+    for pause in _pauses(response.vend_wait):
+        if state in SETTLED_STATES:
+            break
+        await asyncio.sleep(pause)
+        state = await _state(response).aget()
+    if state != response.data["state"]:
+        txn = await Transaction.objects.select_related("device").aget(pk=response.data["id"])
+        response.data = TransactionSerializer(txn).data
+    return _settled(response, state)
+
+
+@csrf_exempt
+def vend_sync(request: HttpRequest, slot_id: str):
+    """:func:`vend` for a WSGI server (``vending_site.urls_wsgi``): the same answers; a wait
+    holds the request's thread, as a WSGI request always does."""
+    response = _sync_vend(request, slot_id=slot_id)
+    if not _waits(response):
+        return response
+    state = response.data["state"]
+    for pause in _pauses(response.vend_wait):
+        if state in SETTLED_STATES:
+            break
+        time.sleep(pause)
+        state = _state(response).get()
+    if state != response.data["state"]:
+        txn = Transaction.objects.select_related("device").get(pk=response.data["id"])
+        response.data = TransactionSerializer(txn).data
+    return _settled(response, state)
+
+
+def _waits(response) -> bool:
+    return response.status_code == 202 and bool(getattr(response, "vend_wait", 0))
+
+
+def _pauses(wait: float):
+    """The pauses of a vend's wait: 50 ms, growing to 250 ms, for ``wait`` seconds in all."""
     deadline = time.monotonic() + wait
     interval = 0.05
-    state = response.data["state"]
-    while state not in SETTLED_STATES and time.monotonic() < deadline:
-        await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(interval, left)
         interval = min(interval * 1.5, 0.25)
-        state = await Transaction.objects.filter(pk=txn_id).values_list("state", flat=True).aget()
-    if state != response.data["state"]:
-        txn = await Transaction.objects.select_related("device").aget(pk=txn_id)
-        response.data = TransactionSerializer(txn).data
+
+
+def _state(response):
+    return Transaction.objects.filter(pk=response.data["id"]).values_list("state", flat=True)
+
+
+def _settled(response, state: str):
     if state in SETTLED_STATES:
         response.status_code = 200
     return response
 
 
-# The URL points at the async wrapper; these let DRF/drf-spectacular find the view it runs.
-vend.cls, vend.initkwargs = _sync_vend.cls, _sync_vend.initkwargs
+# The URLs point at the wrappers; these let DRF/drf-spectacular find the view they run.
+for _wrapper in (vend, vend_sync):
+    _wrapper.cls, _wrapper.initkwargs = _sync_vend.cls, _sync_vend.initkwargs
 
 
 class TransactionListView(generics.ListAPIView):

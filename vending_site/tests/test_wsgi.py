@@ -1,16 +1,22 @@
 """The WSGI application: the firmware's requests go through DEVICE_MIDDLEWARE, the rest
 through MIDDLEWARE (vending_site/wsgi.py)."""
 
+import asyncio
 import io
 import json
 import re
+import threading
+import time
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from django.urls import URLPattern, get_resolver
+from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 from django.urls.resolvers import RoutePattern
+from rest_framework_api_key.models import APIKey
 
 from devices.api.device_views import DeviceEndpoint
+from transactions.models import Transaction
+from transactions.tests.test_vend_api import DEVICE_ID, _confirm_when_delivered
 from vending_site.wsgi import DEVICE_PATH, application
 
 # The firmware's requests leave no session, cookie or connection behind for the next test.
@@ -108,3 +114,83 @@ def test_a_confirmation_through_the_device_middleware_is_answered(online_device)
 
     assert status == 200
     assert json.loads(content)["status"] == "ignored"  # nothing was delivered to confirm
+
+
+# --- The WSGI URLconf: the same routes, synchronous views -----------------------------------
+
+
+def every_route(patterns, prefix="", namespace=""):
+    """(route, name, callback) of every pattern, includes walked."""
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            yield from every_route(pattern.url_patterns, prefix + str(pattern.pattern), inner)
+        else:
+            name = f"{namespace}{pattern.name}" if pattern.name else None
+            yield prefix + str(pattern.pattern), name, pattern.callback
+
+
+@pytest.mark.parametrize("long_poll", [0, 2])
+def test_the_wsgi_routes_are_the_asgi_routes_without_an_async_view(settings, long_poll):
+    settings.DEVICE_LONG_POLL_SECONDS = long_poll
+    from vending_site.urls import build
+
+    asgi_routes = list(every_route(build(asgi=True)))
+    wsgi_routes = list(every_route(build(asgi=False)))
+
+    assert [r[:2] for r in wsgi_routes] == [r[:2] for r in asgi_routes]
+    assert [r[1] for r in wsgi_routes if asyncio.iscoroutinefunction(r[2])] == []
+    # ... where the ASGI routes have async views: the vend, and the polls with long-poll on.
+    expected = {"api-v1:vend", "vend-legacy"}
+    if long_poll:
+        expected |= {"esp32-poll", "esp32-wifi-poll"}
+    assert {r[1] for r in asgi_routes if asyncio.iscoroutinefunction(r[2])} == expected
+
+
+def test_the_wsgi_urlconf_reverses_every_name_as_the_root_one():
+    from vending_site import urls, urls_wsgi
+
+    names = [name for route, name, _ in every_route(urls.urlpatterns) if name]
+    assert len(names) > 20
+    for name in names:
+        try:
+            expected = reverse(name, urlconf=urls)
+        except NoReverseMatch:  # needs arguments; resolving is the other test's part
+            continue
+        assert reverse(name, urlconf=urls_wsgi) == expected, name
+    assert get_resolver(urls_wsgi).resolve("/api/v1/vend/3").func.__name__ == "vend_sync"
+
+
+def vend_through_wsgi(body: dict) -> tuple:
+    _key, secret = APIKey.objects.create_key(name="kiosk")
+    return call(
+        "/api/v1/vend/3",
+        method="POST",
+        body=json.dumps(body).encode(),
+        authorization=f"Api-Key {secret}",
+    )
+
+
+def test_under_wsgi_a_vend_with_wait_answers_200_once_the_machine_confirms(online_device):
+    errors: list = []
+    machine = threading.Thread(target=_confirm_when_delivered, args=(errors,))
+    machine.start()
+    try:
+        status, _headers, content = vend_through_wsgi({"device_id": DEVICE_ID, "wait": 5})
+    finally:
+        machine.join(timeout=10)
+
+    assert not machine.is_alive() and errors == []
+    assert status == 200, content
+    assert json.loads(content)["state"] == "succeeded"
+    assert Transaction.objects.get().state == "succeeded"
+
+
+def test_under_wsgi_a_vend_with_wait_answers_202_when_nothing_settles_in_time(online_device):
+    started = time.monotonic()
+    status, headers, content = vend_through_wsgi({"device_id": DEVICE_ID, "wait": 0.3})
+
+    assert status == 202, content
+    assert json.loads(content)["state"] == "queued"
+    assert headers["location"].endswith(f"/api/v1/transactions/{json.loads(content)['id']}")
+    assert 0.3 <= time.monotonic() - started < 3
