@@ -112,6 +112,17 @@ INSTALLED_APPS = [
     "vending_site",
 ]
 
+# What serves browsers and REST users only: the firmware sends no cookie, session or CSRF
+# token, fetches no static file and is shown no page.
+_BROWSER_MIDDLEWARE = [
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
 MIDDLEWARE = [
     # First and last, so the request metrics time the whole stack (django-prometheus).
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -124,28 +135,11 @@ MIDDLEWARE = [
     "vending_site.limits.RequestSizeLimitMiddleware",
     # Device endpoints refused outside DEVICE_ALLOWED_NETWORKS, before the view runs.
     "devices.access.DeviceNetworkMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    *_BROWSER_MIDDLEWARE,
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 # The middleware of the firmware's own requests (vending_site/wsgi.py routes them): the
-# firmware sends no cookie, session or CSRF token, fetches no static file and is shown no
-# page, so what serves browsers and REST users only is left out; about a tenth of the CPU of
-# an idle poll (bench/poll_profile.py).
-_BROWSER_MIDDLEWARE = {
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-}
+# browsers' part left out, about a tenth of the CPU of an idle poll (bench/poll_profile.py).
 DEVICE_MIDDLEWARE = [name for name in MIDDLEWARE if name not in _BROWSER_MIDDLEWARE]
 
 ROOT_URLCONF = "vending_site.urls"
