@@ -22,6 +22,7 @@ from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
+from vending_site.statements import Select
 
 from .choices import (
     CommandKind,
@@ -512,14 +513,33 @@ def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -
     return command
 
 
-def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
-    """Expire queued commands whose time to be delivered has passed; returns how many."""
-    now = now or timezone.now()
+EXPIRY_BATCH = 500  # commands expired per call; the next call (or sweep) takes the rest
+
+
+def _due_commands(now: datetime, device: int | None = None):
     due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now)
     if device is not None:
         due = due.filter(device=device)
+    return due.values_list("pk")[:EXPIRY_BATCH]
+
+
+# Every vend request looks for its machine's due commands first: compiled once.
+_DUE_COMMANDS_OF_DEVICE = Select(
+    _due_commands,
+    now=Command._meta.get_field("expires_at"),
+    device=Command._meta.get_field("device"),
+)
+
+
+def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
+    """Expire queued commands whose time to be delivered has passed; returns how many."""
+    now = now or timezone.now()
+    if device is None:
+        due = list(_due_commands(now))
+    else:
+        due = _DUE_COMMANDS_OF_DEVICE.all(now=now, device=device.pk)
     count = 0
-    for command_id in list(due.values_list("pk", flat=True)[:500]):
+    for (command_id,) in due:
         count += expire_command(command_id=command_id, now=now)
     return count
 
