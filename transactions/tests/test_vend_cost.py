@@ -6,6 +6,7 @@ The database transaction of the test is a real one (``transaction=True``), so BE
 COMMIT are counted as a server counts them, not hidden in a test-wide transaction.
 """
 
+import json
 import re
 
 import pytest
@@ -285,6 +286,43 @@ def test_each_transaction_serializer_works_out_its_own_fields_and_hands_out_copi
     assert "events" not in short.data
     assert [e["to_state"] for e in detail.data["events"]] == ["queued"]
     assert TransactionSerializer(txn).data == short.data  # after the detail one, unchanged
+
+
+def test_the_202_copies_no_serializer_fields_and_shows_what_they_would(machine, kiosk, monkeypatch):
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.serializers import ModelSerializer
+
+    from transactions.api.serializers import TransactionDetailSerializer, TransactionSerializer
+    from transactions.lifecycle import transition
+
+    built = []
+    get_fields = TransactionSerializer.get_fields
+    monkeypatch.setattr(
+        TransactionSerializer, "get_fields", lambda self: built.append(self) or get_fields(self)
+    )
+
+    body = vend(kiosk, 1, "no-fields").json()
+
+    assert built == []
+    monkeypatch.undo()
+
+    def through_the_fields(txn: Transaction) -> dict:
+        generic = ModelSerializer.to_representation(TransactionSerializer(txn), txn)
+        return json.loads(JSONRenderer().render(generic))
+
+    txn = Transaction.objects.select_related("device", "slot").get(pk=body["id"])
+    assert body == through_the_fields(txn)
+    # Every time stamped and a failure reason: still what the fields make of them.
+    transition(txn, "sent", note="delivered")
+    transition(txn, "unconfirmed", note="no answer")
+    transition(txn, "failed", failure_reason="staff: not dispensed")
+    txn = Transaction.objects.select_related("device").get(pk=txn.pk)
+    assert json.loads(JSONRenderer().render(TransactionSerializer(txn).data)) == (
+        through_the_fields(txn)
+    )
+    detail = TransactionDetailSerializer(txn).data
+    assert list(detail) == [*TransactionSerializer.Meta.fields, "events"]
+    assert [e["to_state"] for e in detail["events"]] == ["queued", "sent", "unconfirmed", "failed"]
 
 
 def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
