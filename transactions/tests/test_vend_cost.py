@@ -54,6 +54,23 @@ ACCEPTED_VEND = [
     "COMMIT",
 ]
 
+# The machine's confirmation of a delivered vend (POST /esp32/confirm, success).
+CONFIRMATION = [
+    "SELECT devices_device",  # the machine that confirms
+    # What crossed the wire, logged (and shown live) before anything is decided, in
+    # statements of their own: a confirmation that fails is still in the log.
+    "INSERT devices_communicationlog",
+    "INSERT vending_site_liveevent",
+    "BEGIN",  # the settlement: all of the rest commits, or none of it
+    "SELECT devices_command",  # the oldest delivered vend for the slot, row-locked
+    "UPDATE devices_command",  # ... completed
+    "SELECT transactions_transaction",  # its vend, row-locked (a sweep flagging it waits)
+    "UPDATE transactions_transaction",  # sent -> succeeded, conditional on the state read
+    "INSERT transactions_transactionevent",  # history: sent -> succeeded
+    "INSERT vending_site_liveevent",  # the transaction's live event
+    "COMMIT",
+]
+
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"(\w+)"')
 
 
@@ -145,6 +162,36 @@ def test_a_key_not_verified_yet_costs_two_reads_more(machine, kiosk):
         "SELECT auth_user",
         *expected(ACCEPTED_VEND),
     ]
+
+
+def test_a_confirmation_costs_these_statements_and_no_more(machine, kiosk, settings):
+    from devices.services import claim_next_command
+
+    settings.DEVICE_SEEN_WRITE_INTERVAL = 3600  # the machine was just seen: no presence write
+    txn_id = vend(kiosk, 2, None).json()["id"]
+    assert claim_next_command(device=machine).transaction_id is not None
+    body = {"device_id": DEVICE_ID, "slot": 2, "success": True, "message": "dispensed"}
+
+    with CaptureQueriesContext(connection) as captured:
+        response = APIClient().post("/esp32/confirm", body, format="json")
+
+    assert response.json() == {"status": "ok", "transaction_id": txn_id, "state": "succeeded"}
+    assert [label(q["sql"]) for q in captured.captured_queries] == CONFIRMATION
+    if connection.vendor == "postgresql":  # the concurrency guards are still row locks
+        locked = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+        assert [label(sql) for sql in locked] == [
+            "SELECT devices_command",
+            "SELECT transactions_transaction",
+        ]
+    txn = Transaction.objects.get(pk=txn_id)
+    assert txn.state == "succeeded" and txn.completed_at is not None
+    assert txn.command.state == "completed"
+    assert list(txn.events.values_list("from_state", "to_state", "note")) == [
+        ("", "queued", ""),
+        ("queued", "sent", "delivered to device"),
+        ("sent", "succeeded", "dispensed"),
+    ]
+    assert txn.slot.quantity == 4  # the unit stays sold
 
 
 # --- Live events ------------------------------------------------------------------------
