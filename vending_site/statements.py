@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
-from django.db.models import QuerySet
-from django.db.models.sql import UpdateQuery
+from django.db.models import QuerySet, signals
+from django.db.models.sql import InsertQuery, UpdateQuery
 from django.db.transaction import TransactionManagementError
 
 _INTEGER_TYPES = frozenset(
@@ -120,8 +120,8 @@ class _Statement:
 
 
 class Select(_Statement):
-    """A SELECT of model rows, with at most one level of ``select_related``, or of values
-    (``values_list``: each row a tuple).
+    """A SELECT of model rows (with their annotations), with at most one level of
+    ``select_related``, or of values (``values_list``: each row a tuple).
 
     ``Select(lambda device, number: Slot.objects.filter(device=device, number=number),
     device=Slot._meta.get_field("device"), number=Slot._meta.get_field("number"))``;
@@ -193,6 +193,7 @@ def _row_reader(compiler) -> Callable:
     if any(sub.get("related_klass_infos") for sub in info.get("related_klass_infos", ())):
         raise ValueError("only one level of select_related is supported")
     alias = compiler.using
+    annotations = tuple(compiler.annotation_col_map.items())
 
     def read(row: tuple, connection) -> models.Model:
         values = convert(row, connection)
@@ -206,6 +207,8 @@ def _row_reader(compiler) -> Callable:
             local_setter(instance, obj)
             if obj is not None:
                 remote_setter(obj, instance)
+        for name, index in annotations:
+            setattr(instance, name, values[index])
         return instance
 
     return read
@@ -237,3 +240,125 @@ class Update(_Statement):
         params = list(params)
         positions = _positions(params, self._prepared(connection, self._placeholders()))
         return _Compiled(sql=sql, params=tuple(params), positions=tuple(positions), locks=False)
+
+
+@dataclass(frozen=True)
+class _CompiledInsert:
+    sql: str
+    fields: tuple  # the model fields whose values the SQL takes, in order
+    returning: tuple  # the fields the database hands back (an auto-increment id)
+    returning_params: tuple
+    converters: tuple
+
+
+class Insert:
+    """``Model.objects.create(**values)`` with its INSERT compiled once per database.
+
+    The instance is made, checked and saved as ``create`` saves it (``pre_save`` and
+    ``post_save`` sent, each field's ``pre_save`` and database preparation, the generated
+    id read back); only the INSERT is not compiled again. For plain models only: no
+    parents, no custom ``save()`` (it would be skipped), no database defaults or generated
+    fields, no value given as an expression.
+    """
+
+    def __init__(self, model: type[models.Model]) -> None:
+        meta = model._meta
+        if meta.parents or meta.proxy or model.save is not models.Model.save:
+            raise TypeError(f"{model.__name__} is not a plain model: use its manager")
+        if any(f.generated or f.has_db_default() for f in meta.local_concrete_fields):
+            raise TypeError(f"{model.__name__} has database-side values: use its manager")
+        self.model = model
+        self._compiled: dict[tuple[str, str, bool], _CompiledInsert] = {}
+
+    def create(self, **values: Any) -> models.Model:
+        return self.insert(self.model(**values))
+
+    def insert(self, obj: models.Model) -> models.Model:
+        """Save a new instance of the model (``obj.save(force_insert=True)``); returns it."""
+        obj._prepare_related_fields_for_save(operation_name="save")
+        meta = self.model._meta
+        connection = connections[DEFAULT_DB_ALIAS]
+        alias = connection.alias
+        signals.pre_save.send(
+            sender=self.model, instance=obj, raw=False, using=alias, update_fields=None
+        )
+        if not obj._is_pk_set(meta):
+            setattr(obj, meta.pk.attname, meta.pk.get_pk_value_on_save(obj))
+        key = (alias, connection.vendor, obj._is_pk_set(meta))
+        compiled = self._compiled.get(key)
+        raw_values = None
+        if compiled is None:
+            compiled, raw_values = self._compile(connection, obj, key[2])
+            self._compiled[key] = compiled
+        if raw_values is None:
+            raw_values = [field.pre_save(obj, True) for field in compiled.fields]
+        if any(hasattr(value, "resolve_expression") for value in raw_values):
+            raise TypeError("a value given as an expression: use the model's manager")
+        params = [
+            field.get_db_prep_save(value, connection=connection)
+            for field, value in zip(compiled.fields, raw_values, strict=True)
+        ]
+        with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
+            cursor.execute(compiled.sql, params)
+            if compiled.returning:
+                row = self._returned(connection, cursor, compiled)
+                for field, value in zip(compiled.returning, row, strict=True):
+                    setattr(obj, field.attname, value)
+        obj._state.db = alias
+        obj._state.adding = False
+        signals.post_save.send(
+            sender=self.model,
+            instance=obj,
+            created=True,
+            update_fields=None,
+            raw=False,
+            using=alias,
+        )
+        return obj
+
+    def _compile(self, connection, obj: models.Model, pk_set: bool):
+        """The INSERT of ``obj`` as the ORM writes it, checked to take exactly one ``%s``
+        per field, in field order, and the values it would send (already ``pre_save``\\d)."""
+        meta = self.model._meta
+        fields = [
+            f
+            for f in meta.local_concrete_fields
+            if not f.generated and (pk_set or f is not meta.auto_field)
+        ]
+        returning = list(meta.db_returning_fields)
+        query = InsertQuery(self.model)
+        query.insert_values(fields, [obj])
+        compiler = query.get_compiler(using=connection.alias)
+        compiler.returning_fields = returning
+        ((sql, params),) = compiler.as_sql()
+        raw_values = [field.pre_save(obj, True) for field in fields]
+        expected = [
+            f.get_db_prep_save(v, connection=connection)
+            for f, v in zip(fields, raw_values, strict=True)
+        ]
+        if list(params) != expected or sql.count("%s") != len(fields):
+            raise ValueError(f"{self.model.__name__}'s INSERT is not one plain value per field")
+        table = meta.db_table
+        converters = compiler.get_converters([f.get_col(table) for f in returning])
+        compiled = _CompiledInsert(
+            sql=sql,
+            fields=tuple(fields),
+            returning=tuple(returning),
+            returning_params=tuple(getattr(compiler, "returning_params", ())),
+            converters=tuple(converters.items()),
+        )
+        return compiled, raw_values
+
+    @staticmethod
+    def _returned(connection, cursor, compiled: _CompiledInsert) -> list:
+        meta_table = compiled.fields[0].model._meta.db_table
+        if connection.features.can_return_columns_from_insert:
+            row = connection.ops.fetch_returned_insert_columns(cursor, compiled.returning_params)
+        else:
+            (pk,) = compiled.returning
+            row = (connection.ops.last_insert_id(cursor, meta_table, pk.column),)
+        values = list(row)
+        for index, (functions, expression) in compiled.converters:
+            for function in functions:
+                values[index] = function(values[index], expression, connection)
+        return values

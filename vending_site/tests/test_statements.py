@@ -3,14 +3,15 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, signals
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices.models import Command
 from inventory.models import Product, Slot
-from vending_site.statements import Select, Update
+from vending_site.statements import Insert, Select, Update
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +94,22 @@ def test_a_values_select_converts_datetimes_as_the_orm_does(online_device):
     assert len(rows) == 2 and rows[0][1].tzinfo is not None
 
 
+def test_a_select_sets_the_annotations_of_its_rows(online_device):
+    statement = Select(
+        lambda number: (
+            Slot.objects.filter(number__gte=number)
+            .annotate(room=F("capacity") - F("quantity"))
+            .order_by("-number")[:1]
+        ),
+        number=NUMBER,
+    )
+    online_device.slots.filter(number=5).update(quantity=3, capacity=10)
+
+    slot = statement.first(number=2)
+
+    assert (slot.number, slot.room) == (5, 7)
+
+
 def test_an_update_changes_the_rows_it_matches_and_counts_them(online_device):
     slot = online_device.slots.get(number=1)
     statement = Update(
@@ -140,3 +157,58 @@ def test_an_update_of_more_than_one_table_is_refused(online_device):
 
     with pytest.raises(ValueError, match="one table"):
         statement.run(number=5)
+
+
+def test_an_insert_saves_what_create_saves_and_reads_the_new_id_back(online_device):
+    from inventory.models import StockMovement
+
+    slot = online_device.slots.get(number=1)
+    seen = []
+
+    def pre(instance, **kwargs):
+        seen.append(("pre", instance.pk, kwargs.get("created")))
+
+    def post(instance, **kwargs):
+        seen.append(("post", instance.pk, kwargs.get("created")))
+
+    signals.pre_save.connect(pre, sender=StockMovement)
+    signals.post_save.connect(post, sender=StockMovement)
+    try:
+        fields = {"slot": slot, "delta": -1, "quantity_after": 4, "reason": "vend", "note": "x"}
+        made = Insert(StockMovement).create(**fields)
+        again = Insert(StockMovement).create(**fields)
+    finally:
+        signals.pre_save.disconnect(pre, sender=StockMovement)
+        signals.post_save.disconnect(post, sender=StockMovement)
+    by_orm = StockMovement.objects.create(**fields)
+
+    assert isinstance(made.pk, int) and again.pk > made.pk and by_orm.pk > again.pk
+    assert made._state.adding is False and made._state.db == "default"
+    assert seen == [
+        ("pre", None, None),
+        ("post", made.pk, True),
+        ("pre", None, None),
+        ("post", again.pk, True),
+    ]
+    columns = [f.attname for f in StockMovement._meta.concrete_fields if f.attname != "id"]
+    stored = StockMovement.objects.filter(pk__in=[made.pk, by_orm.pk]).order_by("pk")
+    mine, theirs = stored.values_list(*columns)
+    assert mine[:-1] == theirs[:-1]  # all but created_at, a moment apart
+    assert made.created_at == stored[0].created_at
+
+
+def test_an_insert_the_database_refuses_rolls_back_as_create_would(user):
+    from transactions.models import IdempotencyKey
+
+    keys = Insert(IdempotencyKey)
+    keys.create(user=user, key="k", fingerprint="f")
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        keys.create(user=user, key="k", fingerprint="g")
+
+    assert list(IdempotencyKey.objects.values_list("fingerprint", flat=True)) == ["f"]
+
+
+def test_a_model_with_a_save_of_its_own_is_not_inserted_around_it():
+    with pytest.raises(TypeError, match="not a plain model"):
+        Insert(Command)  # its save() refuses unapproved devices
