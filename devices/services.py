@@ -22,7 +22,7 @@ from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
-from vending_site.statements import Select, Update
+from vending_site.statements import Insert, Select, Update
 
 from .choices import (
     CommandKind,
@@ -72,6 +72,9 @@ class Exchange:
         )
 
 
+_NEW_LOG_ENTRY = Insert(CommunicationLog)  # every exchange: its INSERT compiled once
+
+
 def log_exchange(
     *,
     direction: Direction,
@@ -85,8 +88,7 @@ def log_exchange(
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
     fields = (direction, transport, message, device, device_key, endpoint, level, remote_addr)
-    entry = Exchange(*fields).entry()
-    entry.save(force_insert=True)
+    entry = _NEW_LOG_ENTRY.insert(Exchange(*fields).entry())
     publish("log", log_entry_payload(entry))
     return entry
 

@@ -4,7 +4,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction as db_transaction
 
 from vending_site.events import publish
-from vending_site.statements import Select, Update
+from vending_site.statements import Insert, Select, Update
 
 from .choices import MovementReason
 from .exceptions import CapacityExceeded, OutOfStock
@@ -33,6 +33,7 @@ _LOCK_DEVICE_SLOT = Select(
     device=Slot._meta.get_field("device"),
     number=Slot._meta.get_field("number"),
 )
+_NEW_MOVEMENT = Insert(StockMovement)
 _SET_QUANTITY = Update(
     lambda pk, quantity: (Slot.objects.filter(pk=pk), {"quantity": quantity}),
     pk=Slot._meta.pk,
@@ -118,7 +119,7 @@ def _move_stock(
         delta, target = clamped - locked.quantity, clamped
     if delta:
         _SET_QUANTITY.run(pk=locked.pk, quantity=target)
-    movement = StockMovement.objects.create(
+    movement = _NEW_MOVEMENT.create(
         slot=locked,
         delta=delta,
         quantity_after=target,

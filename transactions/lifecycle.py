@@ -20,7 +20,7 @@ from inventory.services import move_stock
 from vending_site import logging as vlog
 from vending_site import metrics
 from vending_site.events import publish
-from vending_site.statements import Select, Update
+from vending_site.statements import Insert, Select, Update
 
 from .choices import FINAL_STATES
 from .choices import TransactionState as S
@@ -56,6 +56,7 @@ _LOCK = Select(
     pk=Transaction._meta.pk,
 )
 _MOVES: dict[tuple[str, ...], Update] = {}
+_NEW_EVENT = Insert(TransactionEvent)
 
 
 def _move(fields: tuple[str, ...]) -> Update:
@@ -143,7 +144,7 @@ def _transition(
         )
     for field, value in changes.items():
         setattr(txn, field, value)
-    TransactionEvent.objects.create(
+    _NEW_EVENT.create(
         transaction=txn,
         from_state=from_state,
         to_state=to_state,
@@ -183,7 +184,7 @@ def _metrics_callback(to_state: str, requested_at, settled_at):
 def record_creation(txn: Transaction, *, actor: AbstractBaseUser | None = None) -> None:
     """The first event of a new transaction (∅ → queued)."""
     log.info("vend_requested", transaction_id=str(txn.pk), slot=txn.slot_number)
-    TransactionEvent.objects.create(
+    _NEW_EVENT.create(
         transaction=txn, from_state="", to_state=txn.state, actor=actor, created_at=txn.created_at
     )
     publish("transaction", transaction_event_payload(txn))

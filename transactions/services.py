@@ -18,12 +18,16 @@ from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
 from inventory.services import lock_device_slot, move_stock
 from vending_site import events
-from vending_site.statements import Update
+from vending_site.statements import Insert, Update
 
 from .choices import TransactionState
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
 from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
+
+# Rows every vend writes, their INSERTs compiled once (vending_site.statements).
+_NEW_TRANSACTION = Insert(Transaction)
+_NEW_KEY = Insert(IdempotencyKey)
 
 
 def request_vend(
@@ -81,7 +85,7 @@ def request_vend(
                 available=0,
             )
         now = timezone.now()
-        txn = Transaction.objects.create(
+        txn = _NEW_TRANSACTION.create(
             device=device,
             slot=slot,
             slot_number=slot_number,
@@ -258,7 +262,7 @@ def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str)
     for _attempt in range(3):
         try:
             with transaction.atomic():
-                return IdempotencyKey.objects.create(
+                return _NEW_KEY.create(
                     user=user, key=key, fingerprint=fingerprint, created_at=now, locked_at=now
                 )
         except IntegrityError:
