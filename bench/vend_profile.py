@@ -1,6 +1,7 @@
-"""Profile one accepted vend through the whole Django stack (middleware, DRF, services).
+"""Profile one accepted vend (or its confirmation) through the whole Django stack.
 
     .venv/bin/python bench/vend_profile.py [--vends 300] [--top 25] [--no-idempotency-key]
+    .venv/bin/python bench/vend_profile.py --confirm [--vends 300] [--top 25]
 
 Creates a throwaway test database (SQLite by default; ``DATABASE_URL`` picks PostgreSQL),
 one online machine with five slots stocked so they never run out, and a real API key
@@ -14,6 +15,10 @@ The queue TTL, the offline cutoff and the vend throttle are widened through the
 environment (as ``bench/vend_api.py`` does with the TTL) so that nothing expires, goes
 offline or is throttled while it runs: every vend takes the accepted path. The throttle
 still counts each request. Bounded: at most 5 000 vends a round.
+
+``--confirm`` profiles the machine's side instead: ``POST /esp32/confirm`` of a delivered
+vend (``success: true``), as the v2.1 firmware sends it. The vends it confirms are requested
+and delivered beforehand through the services (not timed), one per confirmation.
 """
 
 import argparse
@@ -31,6 +36,7 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ.setdefault("VEND_QUEUE_TTL", "86400")
 os.environ.setdefault("DEVICE_OFFLINE_AFTER", "86400")
 os.environ.setdefault("API_THROTTLE_VEND", "1000000/min")
+os.environ.setdefault("DEVICE_ADDRESS_THROTTLE", "1000000/min")
 
 DEVICE_ID = "ESP32_BE0C40000001"
 SLOTS = 5
@@ -42,6 +48,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
         "--no-idempotency-key", action="store_true", help="send no Idempotency-Key header"
+    )
+    parser.add_argument(
+        "--confirm", action="store_true", help="profile POST /esp32/confirm instead"
     )
     args = parser.parse_args()
     vends = max(1, min(args.vends, 5000))
@@ -88,15 +97,20 @@ def main() -> None:
 
         for _ in range(20):  # warm up: imports, URL resolver, the key's service user
             one_vend()
+        action, what = one_vend, "vend"
+        if args.confirm:
+            action, what = _confirmations(device, vends), "confirm"
+            for _ in range(20):  # warm up the confirmation's own path
+                action()
         with CaptureQueriesContext(connection) as captured:
-            one_vend()
-        print(f"database: {connection.vendor}; queries in one accepted vend: {len(captured)}")
+            action()
+        print(f"database: {connection.vendor}; queries in one {what}: {len(captured)}")
         for query in captured.captured_queries:
             print(f"  {query['sql'][:150]}")
 
-        timed_rounds(one_vend, vends, "vend")
+        timed_rounds(action, vends, what)
 
-        profiler = profiled(one_vend, vends, "vend")
+        profiler = profiled(action, vends, what)
         stats = pstats.Stats(profiler)
         by_package: dict[str, float] = {}
         for (filename, _line, _function), row in stats.stats.items():
@@ -108,6 +122,35 @@ def main() -> None:
         print_top(profiler, args.top)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+def _confirmations(device, vends: int):
+    """A function that confirms one delivered vend through ``POST /esp32/confirm``, after
+    requesting and delivering (through the services) one vend for each call it will get."""
+    from django.test import Client
+
+    from devices.services import claim_next_command
+    from transactions.services import request_vend
+
+    calls = 4 * vends + 21  # the warm-up, the query capture, three timed rounds, the profile
+    for i in range(calls):
+        request_vend(device=device, slot_number=i % SLOTS + 1)
+        assert claim_next_command(device=device) is not None
+    client = Client()
+    turn = iter(range(calls))
+
+    def one_confirm():
+        slot = next(turn) % SLOTS + 1
+        response = client.post(
+            "/esp32/confirm",
+            {"device_id": DEVICE_ID, "slot": slot, "success": True, "message": "dispensed"},
+            content_type="application/json",
+        )
+        assert response.status_code == 200, (response.status_code, response.content[:200])
+        assert response.json()["status"] == "ok", response.content[:200]
+        return response
+
+    return one_confirm
 
 
 def _package(filename: str) -> str:

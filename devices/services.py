@@ -22,6 +22,7 @@ from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
+from vending_site.statements import Insert, Select, Update
 
 from .choices import (
     CommandKind,
@@ -71,6 +72,9 @@ class Exchange:
         )
 
 
+_NEW_LOG_ENTRY = Insert(CommunicationLog)  # every exchange: its INSERT compiled once
+
+
 def log_exchange(
     *,
     direction: Direction,
@@ -84,8 +88,7 @@ def log_exchange(
 ) -> CommunicationLog:
     """Record one message that crossed the wire, and show it on live pages."""
     fields = (direction, transport, message, device, device_key, endpoint, level, remote_addr)
-    entry = Exchange(*fields).entry()
-    entry.save(force_insert=True)
+    entry = _NEW_LOG_ENTRY.insert(Exchange(*fields).entry())
     publish("log", log_entry_payload(entry))
     return entry
 
@@ -512,14 +515,33 @@ def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -
     return command
 
 
-def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
-    """Expire queued commands whose time to be delivered has passed; returns how many."""
-    now = now or timezone.now()
+EXPIRY_BATCH = 500  # commands expired per call; the next call (or sweep) takes the rest
+
+
+def _due_commands(now: datetime, device: int | None = None):
     due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now)
     if device is not None:
         due = due.filter(device=device)
+    return due.values_list("pk")[:EXPIRY_BATCH]
+
+
+# Every vend request looks for its machine's due commands first: compiled once.
+_DUE_COMMANDS_OF_DEVICE = Select(
+    _due_commands,
+    now=Command._meta.get_field("expires_at"),
+    device=Command._meta.get_field("device"),
+)
+
+
+def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
+    """Expire queued commands whose time to be delivered has passed; returns how many."""
+    now = now or timezone.now()
+    if device is None:
+        due = list(_due_commands(now))
+    else:
+        due = _DUE_COMMANDS_OF_DEVICE.all(now=now, device=device.pk)
     count = 0
-    for command_id in list(due.values_list("pk", flat=True)[:500]):
+    for (command_id,) in due:
         count += expire_command(command_id=command_id, now=now)
     return count
 
@@ -544,6 +566,53 @@ def expire_command(*, command_id: int, now: datetime | None = None) -> int:
     return expired
 
 
+# A confirmation's reads and its command's completion, compiled once
+# (vending_site.statements). The device id is unique: no ordering needed to pick one.
+_CONFIRMING_DEVICE = Select(
+    lambda device_id: Device.objects.filter(device_id=device_id).order_by()[:1],
+    device_id=Device._meta.get_field("device_id"),
+)
+
+
+def _confirmable_commands(device: int, slot: int):
+    """The delivered VEND commands of ``device`` for ``slot`` whose vend awaits its
+    confirmation: those still inside their window first, then those already flagged
+    ``unconfirmed``; oldest first. Row-locked where the database can."""
+    return (
+        Command.objects.filter(
+            device=device,
+            kind=CommandKind.VEND,
+            slot=slot,
+            state=CommandState.SENT,
+            transaction__state__in=[TransactionState.SENT, TransactionState.UNCONFIRMED],
+        )
+        .annotate(
+            late=Case(
+                When(transaction__state=TransactionState.SENT, then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("late", "sent_at", "id")
+        .select_for_update(of=("self",))[:1]  # no FOR UPDATE where Django has none (SQLite)
+    )
+
+
+_CONFIRMABLE_COMMAND = Select(
+    _confirmable_commands,
+    device=Command._meta.get_field("device"),
+    slot=Command._meta.get_field("slot"),
+)
+_COMPLETE_COMMAND = Update(
+    lambda pk, completed_at: (
+        Command.objects.filter(pk=pk),
+        {"state": CommandState.COMPLETED, "completed_at": completed_at},
+    ),
+    pk=Command._meta.pk,
+    completed_at=Command._meta.get_field("completed_at"),
+)
+
+
 def confirm_vend(
     *,
     raw_id: str,
@@ -564,7 +633,7 @@ def confirm_vend(
     Returns the settled transaction, or ``None`` when nothing matched.
     """
     device_id = canonical_id(raw_id)
-    device = Device.objects.filter(device_id=device_id).first()
+    device = _CONFIRMING_DEVICE.first(device_id=device_id)
     log_exchange(
         direction=Direction.IN,
         transport=transport,
@@ -579,44 +648,30 @@ def confirm_vend(
         return None
     mark_seen(device)
     with transaction.atomic():
-        candidates = (
-            Command.objects.filter(
-                device=device,
-                kind=CommandKind.VEND,
-                slot=slot,
-                state=CommandState.SENT,
-                transaction__state__in=[TransactionState.SENT, TransactionState.UNCONFIRMED],
-            )
-            .annotate(
-                late=Case(
-                    When(transaction__state=TransactionState.SENT, then=Value(0)),
-                    default=Value(1),
-                    output_field=IntegerField(),
-                )
-            )
-            .order_by("late", "sent_at", "id")
-        )
-        if transaction.get_connection().features.has_select_for_update:
-            candidates = candidates.select_for_update(of=("self",))
-        command = candidates.first()
+        command = _CONFIRMABLE_COMMAND.first(device=device.pk, slot=slot)
         if command is None:
             settled = None
         else:
-            Command.objects.filter(pk=command.pk).update(
-                state=CommandState.COMPLETED, completed_at=timezone.now()
-            )
+            _COMPLETE_COMMAND.run(pk=command.pk, completed_at=timezone.now())
             # Locked, so a sweep flagging it meanwhile waits; if the sweep got there first,
             # the vend is `unconfirmed` now and the confirmation still settles it.
             settled = lock_transaction(command.transaction_id)
             stamp = f" (device clock {device_timestamp} ms)" if device_timestamp is not None else ""
+            # No savepoint: any failure rolls the whole confirmation back.
             if success:
-                transition(settled, TransactionState.SUCCEEDED, note=f"{message}{stamp}".strip())
+                transition(
+                    settled,
+                    TransactionState.SUCCEEDED,
+                    note=f"{message}{stamp}".strip(),
+                    savepoint=False,
+                )
             else:
                 transition(
                     settled,
                     TransactionState.FAILED,
                     failure_reason=message or "the machine reported a failed vend",
                     note=f"{message}{stamp}".strip(),
+                    savepoint=False,
                 )
     if settled is None:
         _log_unmatched(device_id, transport, endpoint, remote_addr, f"no vend awaits slot {slot}")

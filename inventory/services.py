@@ -4,6 +4,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction as db_transaction
 
 from vending_site.events import publish
+from vending_site.statements import Insert, Select, Update
 
 from .choices import MovementReason
 from .exceptions import CapacityExceeded, OutOfStock
@@ -20,15 +21,30 @@ def lock_slot(slot_id: int) -> Slot:
     )
 
 
-def lock_device_slot(*, device, number: int) -> Slot | None:
-    """Slot ``number`` of ``device``, locked as :func:`lock_slot` locks it, or ``None`` when the
-    device has no such slot. One query: the (device, number) pair is unique."""
-    slot = (
+# The vend's slot read, compiled once (vending_site.statements). Not ordered: the (device,
+# number) pair is unique, and ordering by the device would join its table for nothing.
+_LOCK_DEVICE_SLOT = Select(
+    lambda device, number: (
         Slot.objects.select_for_update(of=("self",))
         .select_related("product")
         .filter(device=device, number=number)
-        .first()
-    )
+        .order_by()[:1]
+    ),
+    device=Slot._meta.get_field("device"),
+    number=Slot._meta.get_field("number"),
+)
+_NEW_MOVEMENT = Insert(StockMovement)
+_SET_QUANTITY = Update(
+    lambda pk, quantity: (Slot.objects.filter(pk=pk), {"quantity": quantity}),
+    pk=Slot._meta.pk,
+    quantity=Slot._meta.get_field("quantity"),
+)
+
+
+def lock_device_slot(*, device, number: int) -> Slot | None:
+    """Slot ``number`` of ``device``, locked as :func:`lock_slot` locks it, or ``None`` when the
+    device has no such slot. One query: the (device, number) pair is unique."""
+    slot = _LOCK_DEVICE_SLOT.first(device=device.pk, number=number)
     if slot is not None:
         slot.device = device  # the caller's object: no second read of the device row
     return slot
@@ -102,8 +118,8 @@ def _move_stock(
         note = (note + " " if note else "") + f"(clamped from {delta:+d})"
         delta, target = clamped - locked.quantity, clamped
     if delta:
-        Slot.objects.filter(pk=locked.pk).update(quantity=target)
-    movement = StockMovement.objects.create(
+        _SET_QUANTITY.run(pk=locked.pk, quantity=target)
+    movement = _NEW_MOVEMENT.create(
         slot=locked,
         delta=delta,
         quantity_after=target,

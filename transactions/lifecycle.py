@@ -20,6 +20,7 @@ from inventory.services import move_stock
 from vending_site import logging as vlog
 from vending_site import metrics
 from vending_site.events import publish
+from vending_site.statements import Insert, Select, Update
 
 from .choices import FINAL_STATES
 from .choices import TransactionState as S
@@ -43,6 +44,36 @@ STAMPS = {
 }
 log = vlog.get_logger(__name__)
 
+# Every confirmation locks its vend and moves it: both statements compiled once
+# (vending_site.statements).
+_LOCK = Select(
+    lambda pk: (
+        Transaction.objects.select_for_update(of=("self",))
+        .select_related("device", "slot")
+        .filter(pk=pk)
+        .order_by()
+    ),
+    pk=Transaction._meta.pk,
+)
+_MOVES: dict[tuple[str, ...], Update] = {}
+_NEW_EVENT = Insert(TransactionEvent)
+
+
+def _move(fields: tuple[str, ...]) -> Update:
+    """The conditional UPDATE of a transition that sets ``fields`` (a state, its stamps)."""
+    if fields not in _MOVES:
+        placeholders = {name: Transaction._meta.get_field(name) for name in fields}
+        _MOVES[fields] = Update(
+            lambda pk, from_state, **changes: (
+                Transaction.objects.filter(pk=pk, state=from_state),
+                changes,
+            ),
+            pk=Transaction._meta.pk,
+            from_state=Transaction._meta.get_field("state"),
+            **placeholders,
+        )
+    return _MOVES[fields]
+
 
 def lock_transaction(txn_id) -> Transaction:
     """The transaction row, locked until the surrounding database transaction ends.
@@ -51,18 +82,16 @@ def lock_transaction(txn_id) -> Transaction:
     staff) reads it through this, so two deciders queue instead of one failing on a state
     the other changed meanwhile.
     """
-    return (
-        Transaction.objects.select_for_update(of=("self",))
-        .select_related("device", "slot")
-        .get(pk=txn_id)
-    )
+    txn = _LOCK.first(pk=txn_id)
+    if txn is None:
+        raise Transaction.DoesNotExist("Transaction matching query does not exist.")
+    return txn
 
 
 def can_transition(from_state: str, to_state: str) -> bool:
     return to_state in ALLOWED_TRANSITIONS.get(from_state, frozenset())
 
 
-@db_transaction.atomic
 def transition(
     txn: Transaction,
     to_state: S,
@@ -70,6 +99,7 @@ def transition(
     note: str = "",
     actor: AbstractBaseUser | None = None,
     failure_reason: str = "",
+    savepoint: bool = True,
 ) -> Transaction:
     """Move ``txn`` to ``to_state``, or raise :class:`InvalidTransition`.
 
@@ -77,9 +107,13 @@ def transition(
     racing to move the same vend exactly one wins and the other gets the error. It stamps
     the state's time, writes a :class:`TransactionEvent`, returns the unit for states that
     give it back, and publishes the change after commit. ``txn`` is updated in place.
+
+    Called inside a caller's transaction, the move is a savepoint of it, so the caller may
+    catch a refusal and carry on. ``savepoint=False`` spares that savepoint (two statements)
+    for a caller that lets every failure roll its whole transaction back.
     """
     # Every line logged while the vend changes state (ours, the ledger's) names it.
-    with vlog.bound(transaction_id=str(txn.pk)):
+    with db_transaction.atomic(savepoint=savepoint), vlog.bound(transaction_id=str(txn.pk)):
         return _transition(txn, to_state, note=note, actor=actor, failure_reason=failure_reason)
 
 
@@ -101,7 +135,7 @@ def _transition(
     changes = {"state": to_state, "updated_at": now, STAMPS[to_state]: now}
     if failure_reason:
         changes["failure_reason"] = failure_reason[:255]
-    updated = Transaction.objects.filter(pk=txn.pk, state=from_state).update(**changes)
+    updated = _move(tuple(changes)).run(pk=txn.pk, from_state=from_state, **changes)
     if updated != 1:
         current = Transaction.objects.filter(pk=txn.pk).values_list("state", flat=True).first()
         raise InvalidTransition(
@@ -110,7 +144,7 @@ def _transition(
         )
     for field, value in changes.items():
         setattr(txn, field, value)
-    TransactionEvent.objects.create(
+    _NEW_EVENT.create(
         transaction=txn,
         from_state=from_state,
         to_state=to_state,
@@ -150,7 +184,7 @@ def _metrics_callback(to_state: str, requested_at, settled_at):
 def record_creation(txn: Transaction, *, actor: AbstractBaseUser | None = None) -> None:
     """The first event of a new transaction (∅ → queued)."""
     log.info("vend_requested", transaction_id=str(txn.pk), slot=txn.slot_number)
-    TransactionEvent.objects.create(
+    _NEW_EVENT.create(
         transaction=txn, from_state="", to_state=txn.state, actor=actor, created_at=txn.created_at
     )
     publish("transaction", transaction_event_payload(txn))

@@ -18,11 +18,16 @@ from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
 from inventory.services import lock_device_slot, move_stock
 from vending_site import events
+from vending_site.statements import Insert, Update
 
 from .choices import TransactionState
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
 from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
+
+# Rows every vend writes, their INSERTs compiled once (vending_site.statements).
+_NEW_TRANSACTION = Insert(Transaction)
+_NEW_KEY = Insert(IdempotencyKey)
 
 
 def request_vend(
@@ -80,7 +85,7 @@ def request_vend(
                 available=0,
             )
         now = timezone.now()
-        txn = Transaction.objects.create(
+        txn = _NEW_TRANSACTION.create(
             device=device,
             slot=slot,
             slot_number=slot_number,
@@ -257,7 +262,7 @@ def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str)
     for _attempt in range(3):
         try:
             with transaction.atomic():
-                return IdempotencyKey.objects.create(
+                return _NEW_KEY.create(
                     user=user, key=key, fingerprint=fingerprint, created_at=now, locked_at=now
                 )
         except IntegrityError:
@@ -288,15 +293,26 @@ def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str)
     raise IdempotencyKeyInUse("This Idempotency-Key is contended; retry later.")
 
 
+# Every vend with a key binds it: compiled once (vending_site.statements).
+_BIND_KEY = Update(
+    lambda pk, locked_at, transaction, status: (
+        IdempotencyKey.objects.filter(pk=pk, transaction__isnull=True, locked_at=locked_at),
+        {"transaction": transaction, "response_status": status},
+    ),
+    pk=IdempotencyKey._meta.pk,
+    locked_at=IdempotencyKey._meta.get_field("locked_at"),
+    transaction=IdempotencyKey._meta.get_field("transaction"),
+    status=IdempotencyKey._meta.get_field("response_status"),
+)
+
+
 def complete_idempotency_key(*, key: IdempotencyKey, txn: Transaction, status: int) -> None:
     """Bind the key to its vend; call inside the vend's transaction so both commit together.
 
     Fenced by ``locked_at``: if a retry took the key over meanwhile (this request was slow,
     not dead), this request's vend is refused and rolled back, so one key never vends twice.
     """
-    bound = IdempotencyKey.objects.filter(
-        pk=key.pk, transaction__isnull=True, locked_at=key.locked_at
-    ).update(transaction=txn, response_status=status)
+    bound = _BIND_KEY.run(pk=key.pk, locked_at=key.locked_at, transaction=txn.pk, status=status)
     if bound != 1:
         raise IdempotencyKeyInUse(
             "Another request with this Idempotency-Key took over; this one vended nothing."

@@ -117,6 +117,12 @@ class DeviceEndpoint(APIView):
         """Validate the body; unknown fields are ignored but logged."""
         if not isinstance(request.data, dict):
             raise InvalidRequest("The body must be a JSON object.")
+        # A serializer with a `plain` reads the plain bodies itself (no unknown fields there).
+        plain = getattr(serializer_class, "plain", None)
+        data = plain(request.data) if plain is not None else None
+        if data is not None:
+            vlog.bind(device_id=str(data.get("device_id", ""))[:64])
+            return data
         serializer = serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

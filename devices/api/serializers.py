@@ -23,6 +23,47 @@ class VendConfirmationSerializer(serializers.Serializer):
     message = serializers.CharField(required=False, allow_blank=True, max_length=1000)
     timestamp = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
 
+    @classmethod
+    def plain(cls, body: dict) -> dict | None:
+        """The validated data of a confirmation as the firmware sends it (known fields only,
+        each of its plain JSON type and in range), read without making the serializer;
+        ``None`` for any other body, which the fields then validate (they own every error and
+        every conversion, such as ``"1"`` for a slot or ``"true"`` for success)."""
+        if not body.keys() <= _CONFIRMATION_FIELDS or not {"device_id", "slot"} <= body.keys():
+            return None
+        device_id, slot = body["device_id"], body["slot"]
+        if not (_plain_text(device_id, 64) and len(device_id) > 0 and _whole(slot, 10_000)):
+            return None
+        data = {"device_id": device_id, "slot": slot, "success": body.get("success", True)}
+        if type(data["success"]) is not bool:
+            return None
+        if "message" in body:
+            if not _plain_text(body["message"], 1000):
+                return None
+            data["message"] = body["message"]
+        if "timestamp" in body:
+            if not _whole(body["timestamp"], 2**63 - 1):
+                return None
+            data["timestamp"] = body["timestamp"]
+        return data
+
+
+_CONFIRMATION_FIELDS = frozenset({"device_id", "slot", "success", "message", "timestamp"})
+
+
+def _plain_text(value, max_length: int) -> bool:
+    """A string a CharField keeps as it is: no surrounding whitespace, no NUL, no surrogate."""
+    return (
+        type(value) is str
+        and len(value) <= max_length
+        and value.isprintable()
+        and value == value.strip()
+    )
+
+
+def _whole(value, maximum: int) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
 
 class DeviceSerializer(serializers.ModelSerializer):
     online = serializers.BooleanField(source="is_online", read_only=True)

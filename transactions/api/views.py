@@ -57,9 +57,7 @@ class VendView(APIView):
         slot_number = _parse_slot(slot_id)
         if request.data is None or not isinstance(request.data, dict):
             raise InvalidRequest("The body must be a JSON object (it may be empty: {}).")
-        serializer = VendRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        params = serializer.validated_data
+        params = VendRequestSerializer.read(request.data)
         key = self._claim_key(request, slot_number)
         if key is not None and not key.in_progress:
             txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)

@@ -6,6 +6,7 @@ The database transaction of the test is a real one (``transaction=True``), so BE
 COMMIT are counted as a server counts them, not hidden in a test-wide transaction.
 """
 
+import json
 import re
 
 import pytest
@@ -50,6 +51,23 @@ ACCEPTED_VEND = [
     "INSERT vending_site_liveevent",
     # The key bound to the vend, fenced on its lock time, in the vend's own transaction.
     "UPDATE transactions_idempotencykey",
+    "COMMIT",
+]
+
+# The machine's confirmation of a delivered vend (POST /esp32/confirm, success).
+CONFIRMATION = [
+    "SELECT devices_device",  # the machine that confirms
+    # What crossed the wire, logged (and shown live) before anything is decided, in
+    # statements of their own: a confirmation that fails is still in the log.
+    "INSERT devices_communicationlog",
+    "INSERT vending_site_liveevent",
+    "BEGIN",  # the settlement: all of the rest commits, or none of it
+    "SELECT devices_command",  # the oldest delivered vend for the slot, row-locked
+    "UPDATE devices_command",  # ... completed
+    "SELECT transactions_transaction",  # its vend, row-locked (a sweep flagging it waits)
+    "UPDATE transactions_transaction",  # sent -> succeeded, conditional on the state read
+    "INSERT transactions_transactionevent",  # history: sent -> succeeded
+    "INSERT vending_site_liveevent",  # the transaction's live event
     "COMMIT",
 ]
 
@@ -144,6 +162,36 @@ def test_a_key_not_verified_yet_costs_two_reads_more(machine, kiosk):
         "SELECT auth_user",
         *expected(ACCEPTED_VEND),
     ]
+
+
+def test_a_confirmation_costs_these_statements_and_no_more(machine, kiosk, settings):
+    from devices.services import claim_next_command
+
+    settings.DEVICE_SEEN_WRITE_INTERVAL = 3600  # the machine was just seen: no presence write
+    txn_id = vend(kiosk, 2, None).json()["id"]
+    assert claim_next_command(device=machine).transaction_id is not None
+    body = {"device_id": DEVICE_ID, "slot": 2, "success": True, "message": "dispensed"}
+
+    with CaptureQueriesContext(connection) as captured:
+        response = APIClient().post("/esp32/confirm", body, format="json")
+
+    assert response.json() == {"status": "ok", "transaction_id": txn_id, "state": "succeeded"}
+    assert [label(q["sql"]) for q in captured.captured_queries] == CONFIRMATION
+    if connection.vendor == "postgresql":  # the concurrency guards are still row locks
+        locked = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+        assert [label(sql) for sql in locked] == [
+            "SELECT devices_command",
+            "SELECT transactions_transaction",
+        ]
+    txn = Transaction.objects.get(pk=txn_id)
+    assert txn.state == "succeeded" and txn.completed_at is not None
+    assert txn.command.state == "completed"
+    assert list(txn.events.values_list("from_state", "to_state", "note")) == [
+        ("", "queued", ""),
+        ("queued", "sent", "delivered to device"),
+        ("sent", "succeeded", "dispensed"),
+    ]
+    assert txn.slot.quantity == 4  # the unit stays sold
 
 
 # --- Live events ------------------------------------------------------------------------
@@ -285,6 +333,43 @@ def test_each_transaction_serializer_works_out_its_own_fields_and_hands_out_copi
     assert "events" not in short.data
     assert [e["to_state"] for e in detail.data["events"]] == ["queued"]
     assert TransactionSerializer(txn).data == short.data  # after the detail one, unchanged
+
+
+def test_the_202_copies_no_serializer_fields_and_shows_what_they_would(machine, kiosk, monkeypatch):
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.serializers import ModelSerializer
+
+    from transactions.api.serializers import TransactionDetailSerializer, TransactionSerializer
+    from transactions.lifecycle import transition
+
+    built = []
+    get_fields = TransactionSerializer.get_fields
+    monkeypatch.setattr(
+        TransactionSerializer, "get_fields", lambda self: built.append(self) or get_fields(self)
+    )
+
+    body = vend(kiosk, 1, "no-fields").json()
+
+    assert built == []
+    monkeypatch.undo()
+
+    def through_the_fields(txn: Transaction) -> dict:
+        generic = ModelSerializer.to_representation(TransactionSerializer(txn), txn)
+        return json.loads(JSONRenderer().render(generic))
+
+    txn = Transaction.objects.select_related("device", "slot").get(pk=body["id"])
+    assert body == through_the_fields(txn)
+    # Every time stamped and a failure reason: still what the fields make of them.
+    transition(txn, "sent", note="delivered")
+    transition(txn, "unconfirmed", note="no answer")
+    transition(txn, "failed", failure_reason="staff: not dispensed")
+    txn = Transaction.objects.select_related("device").get(pk=txn.pk)
+    assert json.loads(JSONRenderer().render(TransactionSerializer(txn).data)) == (
+        through_the_fields(txn)
+    )
+    detail = TransactionDetailSerializer(txn).data
+    assert list(detail) == [*TransactionSerializer.Meta.fields, "events"]
+    assert [e["to_state"] for e in detail["events"]] == ["queued", "sent", "unconfirmed", "failed"]
 
 
 def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
