@@ -8,10 +8,19 @@ from django.db import connections
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
+from vending_site.statements import Select
+
 from .choices import CommandState
 from .exceptions import BadDeviceId, NoActiveDevice, UnknownDevice
 from .models import Command, Device
 from .protocol import InvalidDeviceId, normalize_device_id
+
+# A device by its canonical id: every vend (get_device) and every confirmation reads it,
+# so its SELECT is compiled once (vending_site.statements). device_id is unique.
+DEVICE_BY_ID = Select(
+    lambda device_id: Device.objects.filter(device_id=device_id).order_by()[:1],
+    device_id=Device._meta.get_field("device_id"),
+)
 
 
 def online_cutoff(now: datetime | None = None) -> datetime:
@@ -35,10 +44,10 @@ def canonical_id(raw: str) -> str:
 def get_device(raw_id: str) -> Device:
     """The device for any spelling of its id, or :class:`UnknownDevice`."""
     device_id = canonical_id(raw_id)
-    try:
-        return Device.objects.get(device_id=device_id)
-    except Device.DoesNotExist:
-        raise UnknownDevice(f"No device {device_id} is registered.", device_id=device_id) from None
+    device = DEVICE_BY_ID.first(device_id=device_id)
+    if device is None:
+        raise UnknownDevice(f"No device {device_id} is registered.", device_id=device_id)
+    return device
 
 
 def active_device() -> Device:

@@ -36,7 +36,7 @@ from .choices import (
 from .exceptions import CommandNotSupported, DeviceOffline, UnknownDevice
 from .models import MAX_SLOTS, Command, CommunicationLog, Device, SerialPort
 from .protocol import DEVICE_ID_PREFIX, likely_esp32, mac_from_device_id
-from .selectors import canonical_id, device_for_poll, online_devices
+from .selectors import DEVICE_BY_ID, canonical_id, device_for_poll, online_devices
 
 logger = logging.getLogger(__name__)
 
@@ -567,11 +567,7 @@ def expire_command(*, command_id: int, now: datetime | None = None) -> int:
 
 
 # A confirmation's reads and its command's completion, compiled once
-# (vending_site.statements). The device id is unique: no ordering needed to pick one.
-_CONFIRMING_DEVICE = Select(
-    lambda device_id: Device.objects.filter(device_id=device_id).order_by()[:1],
-    device_id=Device._meta.get_field("device_id"),
-)
+# (vending_site.statements); its device is read with selectors.DEVICE_BY_ID.
 
 
 def _confirmable_commands(device: int, slot: int):
@@ -633,7 +629,7 @@ def confirm_vend(
     Returns the settled transaction, or ``None`` when nothing matched.
     """
     device_id = canonical_id(raw_id)
-    device = _CONFIRMING_DEVICE.first(device_id=device_id)
+    device = DEVICE_BY_ID.first(device_id=device_id)
     log_exchange(
         direction=Direction.IN,
         transport=transport,
