@@ -194,3 +194,12 @@ def test_under_wsgi_a_vend_with_wait_answers_202_when_nothing_settles_in_time(on
     assert json.loads(content)["state"] == "queued"
     assert headers["location"].endswith(f"/api/v1/transactions/{json.loads(content)['id']}")
     assert 0.3 <= time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nowhere", "/esp32/commands/a/b", "/esp32/nowhere"])
+def test_under_wsgi_an_unknown_api_or_device_path_is_a_json_404(path):
+    status, headers, content = call(path)
+
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert json.loads(content)["code"] == "not_found"
