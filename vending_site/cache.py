@@ -7,8 +7,9 @@ reason that has nothing to do with it. So a Redis error is logged and the call a
 miss (``get`` returns the default, writes do nothing).
 
 After a failure Redis is left alone for ``REDIS_RETRY_AFTER`` seconds (a simple breaker):
-a Redis that hangs would otherwise cost every request ``REDIS_TIMEOUT`` per cache call, and a
-device request makes four. The first call after the pause tries Redis again.
+a Redis that hangs would otherwise cost every request ``REDIS_TIMEOUT`` per cache call (a
+device request makes one, the :meth:`FailOpenRedisCache.hit_windows` script). The first call
+after the pause tries Redis again.
 """
 
 import logging
