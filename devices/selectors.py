@@ -1,10 +1,8 @@
 """Reads of devices and commands."""
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connections
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
@@ -66,72 +64,15 @@ def _device_for_poll_queryset(device_id: str) -> QuerySet[Device]:
     )
 
 
-_PLACEHOLDER_ID = "\x00device-id\x00"  # no canonical id can contain NUL
-
-
-@dataclass(frozen=True)
-class _PollStatement:
-    """The compiled SQL of :func:`_device_for_poll_queryset` and how to read its row."""
-
-    sql: str
-    params: tuple
-    id_position: int  # where the device id goes in ``params``
-    field_names: tuple[str, ...]  # the model's columns, in the row's order
-    pending_index: int  # the column of ``has_pending``
-    converters: tuple  # (column index, converters, expression), as the ORM applies them
-
-
-_poll_statements: dict[tuple[str, str], _PollStatement] = {}
-
-
-def _poll_statement(alias: str) -> _PollStatement:
-    """:func:`_device_for_poll_queryset` compiled once per database.
-
-    Building and compiling that queryset, then building the model from the row through
-    the queryset machinery, was most of an idle poll's time (the query itself runs in tens
-    of microseconds; see bench/poll_profile.py). The SQL, the column order and the value
-    converters are the ORM's own, taken from its compiler, so they stay right when the
-    model changes; only the device id varies.
-    """
-    key = (alias, connections[alias].vendor)
-    if key not in _poll_statements:
-        compiler = _device_for_poll_queryset(_PLACEHOLDER_ID).query.get_compiler(using=alias)
-        sql, params = compiler.as_sql()
-        (position,) = [i for i, value in enumerate(params) if value == _PLACEHOLDER_ID]
-        fields = compiler.klass_info["select_fields"]
-        assert fields == list(range(len(fields))), "model columns come first"
-        expressions = [column for column, _sql, _alias in compiler.select]
-        converters = compiler.get_converters(expressions)
-        _poll_statements[key] = _PollStatement(
-            sql=sql,
-            params=tuple(params),
-            id_position=position,
-            field_names=tuple(expressions[i].target.attname for i in fields),
-            pending_index=compiler.annotation_col_map["has_pending"],
-            converters=tuple((i, funcs, expr) for i, (funcs, expr) in converters.items()),
-        )
-    return _poll_statements[key]
+# Building and compiling that queryset, then building the model through the queryset
+# machinery, was most of an idle poll's time (the query itself runs in tens of microseconds;
+# bench/poll_profile.py): compiled once per database (vending_site.statements).
+_DEVICE_FOR_POLL = Select(_device_for_poll_queryset, device_id=Device._meta.get_field("device_id"))
 
 
 def device_for_poll(device_id: str) -> Device | None:
     """The polling device with ``has_pending`` annotated, in one indexed query."""
-    alias = "default"
-    statement = _poll_statement(alias)
-    params = list(statement.params)
-    params[statement.id_position] = device_id
-    connection = connections[alias]
-    with connection.cursor() as cursor:
-        cursor.execute(statement.sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    values = list(row)
-    for index, funcs, expression in statement.converters:
-        for convert in funcs:
-            values[index] = convert(values[index], expression, connection)
-    device = Device.from_db(alias, statement.field_names, values[: len(statement.field_names)])
-    device.has_pending = bool(values[statement.pending_index])
-    return device
+    return _DEVICE_FOR_POLL.first(device_id=device_id)
 
 
 def pending_commands(device: Device) -> QuerySet[Command]:

@@ -21,7 +21,6 @@ so the run stays near a minute; migrating the scratch database is most of it.
 """
 
 import http.client
-import json
 import secrets
 import threading
 import time
@@ -98,20 +97,7 @@ def stack(tmp_path_factory):
         logs,
     )
     try:
-        stack.run("manage.py", "migrate", "--noinput", "-v", "0", timeout=120)
-        stack.run(
-            "-m",
-            "tests.integration.scratch_stack",
-            "setup",
-            json.dumps(
-                {
-                    "devices": [DEVICE],
-                    "stock": [40, 40, 40, 40, 40],
-                    "username": "kiosk",
-                    "password": PASSWORD,
-                }
-            ),
-        )
+        stack.seed([DEVICE], [40, 40, 40, 40, 40], "kiosk", PASSWORD)
         # The worker reaches both backends only through the proxies.
         stack.env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{pg_proxy.port}/{name}"
         stack.env["REDIS_URL"] = f"redis://127.0.0.1:{redis_proxy.port}/12"

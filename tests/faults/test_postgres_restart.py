@@ -76,22 +76,7 @@ def restart_stack():
             {k: v for k, v in web.env.items() if k != "PYTHONUNBUFFERED"}, web.workdir
         )
         try:
-            helper.run("manage.py", "migrate", "--noinput", "-v", "0", timeout=180)
-            setup = json.loads(
-                helper.run(
-                    "-m",
-                    "tests.integration.scratch_stack",
-                    "setup",
-                    json.dumps(
-                        {
-                            "devices": DEVICES,
-                            "stock": [60] * 5,
-                            "username": "kiosk",
-                            "password": PASSWORD,
-                        }
-                    ),
-                )
-            )
+            setup = helper.seed(DEVICES, [60] * 5, "kiosk", PASSWORD)
             web.start("gunicorn", conn_max_age=60)
             sweeper = web.start_command("sweeper", "sweep_commands", "--every", "1")
             url = f"http://127.0.0.1:{web.ports[0]}"

@@ -142,6 +142,15 @@ class Stack:
             raise AssertionError(f"{args} exited {result.returncode}:\n{result.stderr[-4000:]}")
         return result.stdout
 
+    def seed(self, devices: list[str], stock: list[int], username: str, password: str) -> dict:
+        """Migrate the database, then :func:`_setup` it (in a child with this environment);
+        returns what ``setup`` printed."""
+        self.run("manage.py", "migrate", "--noinput", "-v", "0", timeout=180)
+        request = {"devices": devices, "stock": stock, "username": username, "password": password}
+        return json.loads(
+            self.run("-m", "tests.integration.scratch_stack", "setup", json.dumps(request))
+        )
+
     def start(self, name: str, *args: str) -> subprocess.Popen:
         """``manage.py <args>`` in the background."""
         return self.start_argv(name, [sys.executable, "manage.py", *args])

@@ -105,22 +105,7 @@ def stack(scratch, tmp_path):
     seed = secrets.randbelow(0xFFFF)
     device_ids = [device_id_for(mac_for(index, seed)) for index in range(1, DEVICES + 1)]
     try:
-        stack.run("manage.py", "migrate", "--noinput", "-v", "0", timeout=90)
-        setup = json.loads(
-            stack.run(
-                "-m",
-                "tests.integration.scratch_stack",
-                "setup",
-                json.dumps(
-                    {
-                        "devices": device_ids,
-                        "stock": STOCK,
-                        "username": "kiosk",
-                        "password": PASSWORD,
-                    }
-                ),
-            )
-        )
+        setup = stack.seed(device_ids, STOCK, "kiosk", PASSWORD)
         port = free_port()
         # The access log off: 500 vends and thousands of polls would only fill the file.
         stack.start_gunicorn("web", f"127.0.0.1:{port}", "--access-logfile", "/dev/null")
