@@ -1,6 +1,6 @@
-# The vending server's image: web (gunicorn, every HTTP request), ws (Daphne, the WebSocket
+# The vending server's image: web (granian, every HTTP request), ws (Daphne, the WebSocket
 # /ws/), discovery, serial bridge and sweeper all run from it with different commands (see
-# docker-compose.yml). By default it runs gunicorn.
+# docker-compose.yml). By default it runs granian (deploy/web.py).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -32,4 +32,4 @@ RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --ver
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
-CMD ["python", "-m", "gunicorn", "--config", "deploy/gunicorn.conf.py", "--bind", "0.0.0.0:8000"]
+CMD ["python", "deploy/web.py", "--bind", "0.0.0.0:8000"]

@@ -37,7 +37,7 @@ serve: migrate
 	$(BIN)/python manage.py serve
 
 # The production topology natively on loopback (see README "Production"): nginx with TLS on
-# 8443 (self-signed), 8080 -> HTTPS, device port 5000, gunicorn for HTTP (8001), Daphne for
+# 8443 (self-signed), 8080 -> HTTPS, device port 5000, granian for HTTP (8001), Daphne for
 # /ws/ (8002), discovery, bridge and sweeper, on PostgreSQL (DATABASE_URL, default
 # .../vending_prod) and Redis (REDIS_URL).
 .PHONY: prod-local
@@ -67,7 +67,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # The fleet target (1000 machines polling every 2 s, 20 vends/s) for 10 minutes on the
-# production web tier (gunicorn), sampled every 10 s: scratch database soak_* on 127.0.0.1:5432,
+# production web tier (granian), sampled every 10 s: scratch database soak_* on 127.0.0.1:5432,
 # Redis database 11. A table, bench/results/soak.json, exit 1 on growth or failed accounting.
 # SOAK_ARGS passes options, e.g. SOAK_ARGS="--minutes 30 --server daphne".
 .PHONY: soak soak-quick

@@ -4,7 +4,7 @@
   the server's ports, bounded in number; a request waits for a free connection, and that
   wait counts in its latency (the caller measures from the scheduled time).
 - :class:`FleetStack`: a scratch PostgreSQL database (``fleet_*``), Redis db 15 and the web
-  server under test (Daphne, uvicorn or gunicorn), every child ended by :meth:`close`.
+  server under test (granian, Daphne, uvicorn or gunicorn), every child ended by :meth:`close`.
 - ``python bench/_fleet_load.py seed '{...}'``: the child that registers and stocks the
   devices and creates the API keys, through the project's own services.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/15"
-SERVERS = ("daphne", "uvicorn", "gunicorn", "gunicorn-asgi", "stub")
+SERVERS = ("granian", "daphne", "uvicorn", "gunicorn", "gunicorn-asgi", "stub")
 
 
 # --- statistics ----------------------------------------------------------------------------
@@ -235,16 +235,24 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
             ]
             for port in ports
         ]
-    if server == "gunicorn":
-        # WSGI as shipped (deploy/gunicorn.conf.py, started the way the tests start it):
-        # WEB_WORKERS x WEB_THREADS (default 2 x 8) on one port, the kernel spreads
-        # connections over them;
-        # here without the access log, with the worker class asked for and the 60 s
-        # worker timeout the first figures were measured with.
-        from tests.integration.scratch_stack import gunicorn_argv
+    if server == "granian":
+        # The production web server as shipped (deploy/web.py, started the way the tests
+        # start it): WEB_WORKERS x WEB_THREADS (default 2 x 8) on one port; the access log
+        # is off through WEB_ACCESS_LOG in the stack's environment.
+        from tests.integration.scratch_stack import web_argv
 
+        return [web_argv(f"127.0.0.1:{ports[0]}")]
+    if server == "gunicorn":
+        # gunicorn's WSGI workers, the production server before granian, kept for the
+        # comparison: the same workers x threads, keep-alive 75 s, 60 s worker timeout, no
+        # access log.
         return [
-            gunicorn_argv(
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "vending_site.wsgi:application",
+                "--bind",
                 f"127.0.0.1:{ports[0]}",
                 "--workers",
                 os.environ.get("WEB_WORKERS", "2"),
@@ -252,13 +260,15 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
                 os.environ.get("WEB_THREADS", "8"),
                 "--worker-class",
                 gunicorn_worker,
+                "--keep-alive",
+                "75",
                 "--timeout",
                 "60",
                 "--access-logfile",
                 os.devnull,
                 "--log-level",
                 "warning",
-            )
+            ]
         ]
     if server == "gunicorn-asgi":
         # gunicorn 27's own asyncio ASGI worker ("-k asgi").
@@ -311,6 +321,7 @@ class FleetStack:
             PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
             DEBUG="false",
             LOG_LEVEL="WARNING",
+            WEB_ACCESS_LOG="false",
             SECURE_SSL_REDIRECT="false",
         )
         self.env.pop("SERVER_SOFTWARE", None)

@@ -35,6 +35,7 @@ PASSWORD = "bench-password-1"
 # benchmark measures latency, not the throttles), devices online for the whole run.
 BASE_ENV = {
     "LOG_LEVEL": "WARNING",
+    "WEB_ACCESS_LOG": "false",
     "API_THROTTLE_VEND": "1000000/min",
     "API_THROTTLE_USER": "1000000/min",
     "API_THROTTLE_ANON": "1000000/min",
@@ -586,14 +587,14 @@ class ScratchStack:
         return urls
 
     def start_web(self, timeout: float = 90.0) -> list[str]:
-        """The production web tier: gunicorn as shipped (``deploy/gunicorn.conf.py``:
-        ``WEB_WORKERS`` x ``WEB_THREADS`` gthread workers, persistent connections) on a free
-        port, without its access log; its base URL (a list, as :meth:`start_workers`) once
-        it answers ``/health``."""
-        from tests.integration.scratch_stack import gunicorn_argv
+        """The production web tier: granian as shipped (``deploy/web.py``: ``WEB_WORKERS``
+        x ``WEB_THREADS`` WSGI threads, persistent connections) on a free port, without the
+        access log; its base URL (a list, as :meth:`start_workers`) once it answers
+        ``/health``."""
+        from tests.integration.scratch_stack import web_argv
 
         port = free_port()
-        self.start_argv("web", gunicorn_argv(f"127.0.0.1:{port}", "--access-logfile", os.devnull))
+        self.start_argv("web", web_argv(f"127.0.0.1:{port}"))
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(f"{url}/health", timeout=timeout, process=self.children["web"])

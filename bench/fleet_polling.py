@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleet_polling.py --devices 1000 --seconds 30 --server daphne
     .venv/bin/python bench/fleet_polling.py --devices 100,500,1000,2000 \
-        --server daphne,uvicorn,gunicorn
+        --server granian,gunicorn,daphne
 
 Each simulated machine (firmware v2.1) polls ``GET /esp32/commands/<id>`` on its own 2 s
 clock, phases spread evenly; the load is open-loop: a poll's latency is measured from the
@@ -15,8 +15,10 @@ are polling. Every machine sends ``X-Forwarded-For`` with an address of its own,
 would add it, so the per-address device throttle sees one address per machine (loopback is
 a trusted proxy by default).
 
-``--server`` picks what serves the app: ``daphne`` (2 processes, as Procfile.prod-local),
-``uvicorn`` (2 processes, lifespan off), ``gunicorn`` (WSGI, 2 gthread or sync workers),
+``--server`` picks what serves the app: ``granian`` (the production server, as
+``deploy/web.py`` runs it: WSGI, 2 workers x 8 threads), ``daphne`` (2 processes, as
+Procfile.prod-local), ``uvicorn`` (2 processes, lifespan off), ``gunicorn`` (WSGI, 2 gthread
+or sync workers; the production server before granian),
 ``gunicorn-asgi`` (gunicorn 27's own ASGI worker) or ``stub`` (no Django: the generator's
 own floor and ceiling). The generator spreads its connections over the ports itself (no
 nginx). ``--conn-max-age`` overrides CONN_MAX_AGE (default 0 for ASGI, 60 for WSGI).
@@ -320,13 +322,15 @@ def measure(
     servers: list[str],
     device_counts: list[int],
     seconds: float,
+    then: tuple[tuple[str, int], ...] = (),
     vend_rate: float = 20.0,
     key_count: int = 20,
     gunicorn_worker: str = "gthread",
     conn_max_age: int | None = None,
     log=print,
 ) -> dict:
-    """Run every (server, N) pair on one scratch stack; returns the scenario's result."""
+    """Run every (server, N) pair on one scratch stack, then each ``then`` (server, N);
+    returns the scenario's result."""
     import psutil
 
     rows, notes = [], []
@@ -336,13 +340,16 @@ def measure(
         if set(servers) == {"stub"}:  # no Django, no database
             seeded = {"keys": ["stub.key"], "devices": max(device_counts)}
         else:
-            seeded = stack.create(devices=max(device_counts), keys=key_count, stock=20)
+            most = max([*device_counts, *(n for _server, n in then)])
+            seeded = stack.create(devices=most, keys=key_count, stock=20)
             log(f"seeded {seeded['devices']} machines in {time.monotonic() - started:.0f} s")
-        for server in servers:
-            age = conn_max_age if conn_max_age is not None else (60 if server == "gunicorn" else 0)
+        plan = [(server, device_counts) for server in servers]
+        plan += [(server, [devices]) for server, devices in then]
+        for server, counts in plan:
+            age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
             stack.start(server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
             try:
-                for devices in device_counts:
+                for devices in counts:
                     meters = (CpuMeter(stack.processes()), CpuMeter([psutil.Process()]))
                     stats = asyncio.run(
                         _load(
@@ -379,7 +386,10 @@ def measure(
     return {"scenario": NAME, "rows": rows, "notes": notes}
 
 
-COMPARED_AT = 300  # devices: where gunicorn and Daphne still both answer, so p99s compare
+# Each compared server at an N where it still answers beside granian, so p99s compare:
+# gunicorn (the production server before granian) at the target, Daphne where it still can.
+COMPARED = (("gunicorn", TARGET_DEVICES), ("daphne", 300))
+WSGI = ("granian", "gunicorn")  # CONN_MAX_AGE 60 by default, as deploy/web.py runs it
 
 
 def _server_trouble(label: str, logs: str) -> list[str]:
@@ -389,6 +399,7 @@ def _server_trouble(label: str, logs: str) -> list[str]:
         "Internal Server Error": "answers 500",
         "took too long to shut down and was killed": "requests killed by the server's timeout",
         "WORKER TIMEOUT": "gunicorn killed a stuck worker",
+        "Unexpected exit from worker": "a granian worker died",
     }
     found = [f"{what}: {logs.count(sign)}x" for sign, what in signs.items() if sign in logs]
     return [f"{label} log: " + "; ".join(found)] if found else []
@@ -401,6 +412,8 @@ def describe(server: str, gunicorn_worker: str) -> str:
         "gunicorn": f"gunicorn WSGI, {os.environ.get('WEB_WORKERS', '2')} {gunicorn_worker} "
         f"workers x {os.environ.get('WEB_THREADS', '8')} threads, one port",
         "gunicorn-asgi": "gunicorn 27 native ASGI worker (-k asgi), 2 workers, one port",
+        "granian": f"granian WSGI as shipped (deploy/web.py), {os.environ.get('WEB_WORKERS', '2')} "
+        f"workers x {os.environ.get('WEB_THREADS', '8')} threads, one port",
         "stub": "2 stub processes without Django (the generator's own floor and ceiling)",
     }[server]
 
@@ -431,14 +444,15 @@ def _knees(rows: list[dict]) -> list[str]:
 
 
 def run(quick: bool) -> dict:
-    """The scenario as the harness calls it: the shipped web tier (gunicorn) over N, then
-    Daphne at one N for comparison; quick is gunicorn at 100 and 500 for 5 s."""
+    """The scenario as the harness calls it: the shipped web tier (granian) over N, then
+    gunicorn (the previous one) and Daphne each at one N for comparison; quick is granian at
+    100 and 1000 for 5 s."""
     if quick:
-        return measure(servers=["gunicorn"], device_counts=[100, 500], seconds=5)
-    result = measure(servers=["gunicorn"], device_counts=[100, 300, 500, 1000, 2000], seconds=20)
-    comparison = measure(servers=["daphne"], device_counts=[COMPARED_AT], seconds=20)
-    result["rows"] += comparison["rows"]
-    result["notes"] += comparison["notes"] + _comparison(result["rows"], COMPARED_AT)
+        return measure(servers=["granian"], device_counts=[100, 1000], seconds=5)
+    counts = [100, 300, 500, 1000, 1500, 2000]
+    result = measure(servers=["granian"], device_counts=counts, seconds=20, then=COMPARED)
+    for _server, devices in COMPARED:
+        result["notes"] += _comparison(result["rows"], devices)
     return result
 
 
@@ -475,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", default=str(TARGET_DEVICES), help="N, or N1,N2,...")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per N")
-    parser.add_argument("--server", default="daphne", help=f"one or more of {', '.join(SERVERS)}")
+    parser.add_argument("--server", default="granian", help=f"one or more of {', '.join(SERVERS)}")
     parser.add_argument(
         "--vend-rate", type=float, default=20.0, help="vend requests per second (0: polls only)"
     )

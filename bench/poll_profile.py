@@ -5,10 +5,10 @@
 Creates a throwaway test database (SQLite by default; ``DATABASE_URL`` picks PostgreSQL),
 ``--devices`` known online devices with nothing queued, each at its own address (so the
 throttles keep the per-device history a real fleet has), then runs ``--polls`` idle polls,
-round-robin over the devices, straight into the WSGI application (what gunicorn calls; no
+round-robin over the devices, straight into the WSGI application (what granian calls; no
 network and no test client, so the figures are the server's own cost per poll), once timed
-and once under cProfile, with persistent database connections as gunicorn runs them
-(``CONN_MAX_AGE=60``). Prints µs per poll, the queries of one poll, and the top functions by
+and once under cProfile, with persistent database connections as ``deploy/web.py`` runs
+them (``CONN_MAX_AGE=60``). Prints µs per poll, the queries of one poll, and the top functions by
 own time and by cumulative time. Bounded: at most 20 000 polls.
 """
 
@@ -25,7 +25,7 @@ from bench.profiling import print_top, profiled, timed_rounds
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
-# As gunicorn runs it: persistent connections (a connect per poll would dwarf the poll).
+# As deploy/web.py runs it: persistent connections (a connect per poll would dwarf the poll).
 os.environ.setdefault("CONN_MAX_AGE", "60")
 
 
@@ -55,7 +55,7 @@ def main() -> None:
             Device(device_id="ESP32_" + mac.replace(":", ""), last_seen=timezone.now())
             for mac in macs
         )
-        from vending_site.wsgi import application as handler  # what gunicorn calls
+        from vending_site.wsgi import application as handler  # what granian calls
 
         turn = iter(range(10**9))
         statuses = []

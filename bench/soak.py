@@ -6,17 +6,17 @@ connections sampled, a verdict per process (flat or growing) and an accounting c
     .venv/bin/python bench/soak.py --minutes 3 --devices 500 --server daphne
 
 The stack is a scratch PostgreSQL database ``soak_<pid>_<hex>`` on 127.0.0.1:5432 and Redis
-database 11, the web tier under test (``--server``, default gunicorn: WSGI, 2 gthread
-workers x 8 threads, ``CONN_MAX_AGE=60``), the sweeper (``sweep_commands --every 5``) and
-the UDP discovery listener on a free loopback port. The load is the fleet benchmark's own
-generator (``bench/fleet_polling.py``): ``--devices`` WiFi machines polling every 2 s on
-their own clocks, confirming each VEND as the firmware does, while REST clients vend at
-``--vend-rate`` per second, open-loop.
+database 11, the web tier under test (``--server``, default granian as ``deploy/web.py``
+runs it: WSGI, 2 workers x 8 threads, ``CONN_MAX_AGE=60``), the sweeper
+(``sweep_commands --every 5``) and the UDP discovery listener on a free loopback port. The
+load is the fleet benchmark's own generator (``bench/fleet_polling.py``): ``--devices`` WiFi
+machines polling every 2 s on their own clocks, confirming each VEND as the firmware does,
+while REST clients vend at ``--vend-rate`` per second, open-loop.
 
 Every ``--every`` seconds (default 10) it samples, in a thread beside the load:
 
-- each server process (gunicorn master and workers, respawned ones included, the sweeper,
-  discovery): RSS, open file descriptors, inet sockets, threads (psutil);
+- each server process (granian's main process and its workers, respawned ones included,
+  the sweeper, discovery): RSS, open file descriptors, inet sockets, threads (psutil);
 - the scratch database's connections (``pg_stat_activity``, by state);
 - Redis clients on database 11 (``CLIENT LIST``; the server-wide count is shown beside it);
 - the interval's polls, vends and confirmations: counts, latencies, errors.
@@ -55,7 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._fleet_load import PG_ADMIN, SERVERS, FleetStack, summary
-from bench.fleet_polling import POLL_INTERVAL, _load
+from bench.fleet_polling import POLL_INTERVAL, WSGI, _load
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -84,7 +84,7 @@ class Threshold:
     unit: str
 
 
-# Why these: Python's allocator and gunicorn's keep-alive sockets move a few MB and a few
+# Why these: Python's allocator and the server's keep-alive sockets move a few MB and a few
 # dozen sockets up and down at steady load; a leak of 1 KB per request at the fleet target
 # (500 polls/s) is 30 MB/min, and a leaked connection per second is 60/min, far beyond.
 THRESHOLDS = {
@@ -96,10 +96,13 @@ THRESHOLDS = {
 }
 MIN_POINTS = 3  # fewer samples in the second half: no verdict
 # A slope is judged only over at least this many seconds (a 10-minute soak's second half is
-# 300): over less, warm-up still shows (a gunicorn worker's RSS climbs a few MB in its first
+# 300): over less, warm-up still shows (a gunicorn worker's RSS climbed a few MB in its first
 # minute) and only the growth limit applies.
 MIN_SPAN = 120.0
 PROCESS_METRICS = ("rss_mb", "fds", "sockets")
+# What a server's parent process is called beside its workers: granian's "main" process,
+# gunicorn's "master".
+PARENT_NAMES = {"granian": "main"}
 
 
 # --- the verdict (pure) -------------------------------------------------------------------
@@ -215,7 +218,8 @@ class Sampler:
                 kids = root.children(recursive=True)
             except psutil.NoSuchProcess:
                 continue
-            found[f"{label}{' master' if kids else ''} [{root.pid}]"] = root
+            parent = f" {PARENT_NAMES.get(label, 'master')}" if kids else ""
+            found[f"{label}{parent} [{root.pid}]"] = root
             for kid in kids:
                 found[f"{label} worker [{kid.pid}]"] = kid
                 self.workers_seen.add(kid.pid)
@@ -387,7 +391,7 @@ def _account_child(path: str) -> dict:
 
 def run(
     *,
-    server: str = "gunicorn",
+    server: str = "granian",
     devices: int = TARGET_DEVICES,
     seconds: float = 600.0,
     vend_rate: float = TARGET_VEND_RATE,
@@ -402,7 +406,7 @@ def run(
     """Set up, soak for ``seconds`` (less if set-up ate into the bound), sample every
     ``every`` seconds, settle, account; everything within ``seconds + OVERRUN``."""
     deadline = time.monotonic() + seconds + OVERRUN
-    age = conn_max_age if conn_max_age is not None else (60 if server == "gunicorn" else 0)
+    age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
     stack = FleetStack(db_prefix=DB_PREFIX, redis_url=REDIS_URL)
     stack.env.update(env or {})
     sampler = None
@@ -481,7 +485,14 @@ def run(
 
 
 def _server_trouble(stack: FleetStack) -> list[str]:
-    signs = ("Traceback", "WORKER TIMEOUT", "too many clients", "Internal Server Error")
+    signs = (
+        "Traceback",
+        "WORKER TIMEOUT",
+        "Unexpected exit from worker",
+        "Worker crash loop detected",
+        "too many clients",
+        "Internal Server Error",
+    )
     logs = stack.logs()
     return [f"server logs: {sign!r} {logs.count(sign)}x" for sign in signs if sign in logs]
 
@@ -549,9 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=TARGET_DEVICES)
     parser.add_argument("--vend-rate", type=float, default=TARGET_VEND_RATE)
     parser.add_argument("--keys", type=int, default=20, help="API keys the vend clients use")
-    parser.add_argument("--server", choices=SERVERS[:-1], default="gunicorn")
+    parser.add_argument("--server", choices=SERVERS[:-1], default="granian")
     parser.add_argument("--gunicorn-worker", choices=("gthread", "sync"), default="gthread")
-    parser.add_argument("--conn-max-age", type=int, default=None, help="default 60 for gunicorn")
+    parser.add_argument(
+        "--conn-max-age", type=int, default=None, help="default 60 for granian and gunicorn"
+    )
     parser.add_argument("--every", type=float, default=SAMPLE_EVERY, help="seconds per sample")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = parser.parse_args(argv)

@@ -1,12 +1,13 @@
 """Vend API under load: ``POST /api/v1/vend/{slot}`` from 50 concurrent kiosk clients.
 
-The production web tier (gunicorn as shipped: 2 workers x 8 threads) on PostgreSQL + Redis,
-with the sweeper, the discovery listener (on a free loopback port) and the serial bridge (no
-ports) running beside them; the requests arrive open-loop at a fixed rate (at most 50 in
-flight, one keep-alive connection per client), each with its own Idempotency-Key, over 10
-machines x 5 slots stocked so none runs out (an out-of-stock 409 would be counted apart).
-The machines do not poll: the commands stay queued (the queue TTL is an hour), so only the
-request path is measured. BENCH_VEND_RATE changes the rate (default 50 a second).
+The production web tier (granian as shipped, deploy/web.py: 2 workers x 8 threads, access log
+off) on PostgreSQL + Redis, with the sweeper, the discovery listener (on a free loopback port)
+and the serial bridge (no ports) running beside them; the requests arrive open-loop at a fixed
+rate (at most 50 in flight, one keep-alive connection per client), each with its own
+Idempotency-Key, over 10 machines x 5 slots stocked so none runs out (an out-of-stock 409 would
+be counted apart). The machines do not poll: the commands stay queued (the queue TTL is an
+hour), so only the request path is measured. BENCH_VEND_RATE changes the rate (default 50 a
+second).
 """
 
 import os
@@ -85,16 +86,17 @@ def run(quick: bool) -> dict:
                 stat="p99",
                 rate_per_s=rate,
                 clients=CLIENTS,
-                server="gunicorn, 2 workers x 8 threads",
+                server="granian as shipped (deploy/web.py), 2 workers x 8 threads",
                 out_of_stock=out_of_stock,
                 achieved_per_s=round(len(load.outcomes) / max(load.elapsed, 1e-9), 1),
                 generator_lag_ms=round(load.max_start_lag * 1000, 2),
             )
         ],
         "notes": [
-            f"{count} vends at {rate}/s open-loop, at most {CLIENTS} in flight, gunicorn "
-            f"(2 workers x 8 threads), {stack.database_label}; {len(accepted)} accepted, "
-            f"{out_of_stock} out of stock, {queued[0][0]} queued in the database at the end",
+            f"{count} vends at {rate}/s open-loop, at most {CLIENTS} in flight, granian as "
+            f"shipped (deploy/web.py, 2 workers x 8 threads), {stack.database_label}; "
+            f"{len(accepted)} accepted, {out_of_stock} out of stock, {queued[0][0]} queued in "
+            "the database at the end",
             *(f"failure sample: {failure}" for failure in failures),
         ],
     }

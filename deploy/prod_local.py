@@ -5,7 +5,7 @@
 database if it is missing, migrates, collects static files, bootstraps the staff account,
 makes a self-signed certificate on first run, renders nginx's configuration into the var
 dir, then hands over to honcho with ``Procfile.prod-local``: nginx (unprivileged, in the
-foreground), gunicorn (one master, ``WEB_WORKERS`` WSGI workers: every HTTP request) and
+foreground), granian (``deploy/web.py``: ``WEB_WORKERS`` WSGI workers, every HTTP request) and
 Daphne (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial bridge and the
 sweeper. ``prepare`` does everything but the last step. ``render-compose`` writes
 ``deploy/nginx/vending.conf``, the same template rendered for docker-compose.yml.
@@ -30,7 +30,7 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "vending.conf.template"
 COMPOSE_CONF = ROOT / "deploy" / "nginx" / "vending.conf"
 PROCFILE = ROOT / "Procfile.prod-local"
 
-# What docker-compose.yml runs: two gunicorn services (web1, web2), one Daphne service (ws),
+# What docker-compose.yml runs: two granian services (web1, web2), one Daphne service (ws),
 # all on port 8000 of their containers, and nginx's ports inside its container.
 COMPOSE_WEB_SERVICES = ("web1", "web2")
 COMPOSE_WS_SERVICES = ("ws",)
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--discovery-port", type=int, default=12346, help="run_discovery (UDP, loopback)"
     )
     parser.add_argument(
-        "--web-port", type=int, default=8001, help="gunicorn's port (every HTTP request)"
+        "--web-port", type=int, default=8001, help="granian's port (every HTTP request)"
     )
     parser.add_argument("--ws-port", type=int, default=8002, help="Daphne's port (/ws/ only)")
     parser.add_argument("--cert", help="certificate to use instead of the generated one")

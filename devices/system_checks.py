@@ -207,10 +207,14 @@ def check_discovery(
 
 
 LONG_POLL_UNDER_WSGI = (
-    "gunicorn answers every poll at once (a WSGI thread cannot wait without being held), so "
-    "long-poll has no effect there; set DEVICE_LONG_POLL_SECONDS=0, or send the firmware's "
-    'poll paths to Daphne (README "Production")'
+    "the WSGI server (granian) answers every poll at once (a WSGI thread cannot wait "
+    "without being held), so long-poll has no effect there; set DEVICE_LONG_POLL_SECONDS=0, "
+    'or send the firmware\'s poll paths to Daphne (README "Production")'
 )
+
+
+# Server headers of the WSGI servers: the production one (deploy/web.py), and gunicorn.
+WSGI_SERVERS = ("granian", "gunicorn")
 
 
 def default_web_url() -> str:
@@ -248,7 +252,7 @@ def check_web(*, url: str, timeout: float = WEB_TIMEOUT) -> CheckResult:
                 "web", Status.FAIL, f"{url}: HTTP {status}, not a health report", hint
             )
         if status == 200 and body.get("status") == "healthy":
-            if server.startswith("gunicorn") and settings.DEVICE_LONG_POLL_SECONDS > 0:
+            if server.startswith(WSGI_SERVERS) and settings.DEVICE_LONG_POLL_SECONDS > 0:
                 return CheckResult(
                     "web",
                     Status.WARN,

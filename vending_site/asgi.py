@@ -1,6 +1,6 @@
 """ASGI entry point: Daphne serves HTTP and the dashboard's WebSocket from here under
-``make run``; in production (behind nginx) only the WebSocket, gunicorn serving HTTP
-(``wsgi.py``)."""
+``make run``; in production (behind nginx) only the WebSocket, granian serving HTTP
+(``wsgi.py``, ``deploy/web.py``)."""
 
 import os
 

@@ -1,6 +1,6 @@
 """Sending to the channel layer from synchronous code, on one event loop per process.
 
-asgiref's ``async_to_sync``, called from a thread with no event loop (a gunicorn request
+asgiref's ``async_to_sync``, called from a thread with no event loop (a WSGI request
 thread, the serial bridge, a cron command), starts a new thread and a new event loop for
 every call, and channels_redis opens a new Redis connection for every loop: milliseconds of
 CPU for every live event and every wake-up, several per vend. Here one daemon thread per

@@ -1,6 +1,6 @@
 """Prometheus metrics at ``GET /metrics``, correct across the server's several processes.
 
-The stack is several processes (the Daphne web server, ``run_serial_bridge``,
+The stack is several processes (granian's web workers, Daphne, ``run_serial_bridge``,
 ``run_discovery``, ``sweep_commands``, possibly one-shot commands from cron), and a vend can
 reach its final state in any of them. Two kinds of numbers, two designs:
 
@@ -10,21 +10,21 @@ awaiting staff (``unconfirmed``) — are computed when Prometheus scrapes, by
 changed the rows, and nothing to keep in sync.
 
 **Events** — vends by outcome, vend latency, device polls — are counters and histograms in
-prometheus_client's *multiprocess mode*: every process writes its own memory-mapped file
-under ``PROMETHEUS_MULTIPROC_DIR`` (default ``DATA_DIR/metrics``; settings export it before
+prometheus_client's *multiprocess mode*: every process writes its own memory-mapped file under
+``PROMETHEUS_MULTIPROC_DIR`` (default ``DATA_DIR/metrics``; settings export it before
 prometheus_client is imported) and ``/metrics`` sums all files. Files of dead processes are
 kept, because their counts are history (dropping them would make a counter go backwards); so
-they do not pile up (cron runs a one-shot sweep every minute), the first process to import
-this module after a restart folds the counter/histogram files of processes that are gone
-into one ``*_archive.db`` file per kind, under a file lock, and removes their gauge files. A
-scrape holds the same lock shared while it lists and reads the files, so it never sees a
-count both in the archive and in the file it came from; the archive is rewritten in a
-temporary file and swapped in with one rename, so no reader ever sees half an archive.
-The file handling is :mod:`vending_site.metrics_files` (no Django, so gunicorn's master
-compacts too, each time it reaps a worker: ``deploy/gunicorn.conf.py``). Limitation: the
-liveness check is ``kill(pid, 0)``, so all processes sharing a directory
-must share a PID namespace (one host or one container; not a volume shared by containers):
-in docker-compose.yml each service writes to its own subdirectory of the shared volume, and
+they do not pile up (cron runs a one-shot sweep every minute), each process that imports this
+module (a web worker granian starts in place of a dead one included) folds the counter/histogram
+files of processes that are gone into one ``*_archive.db`` file per kind, under a file lock, and
+removes their gauge files. A scrape holds the same lock shared while it lists and reads the
+files, so it never sees a count both in the archive and in the file it came from; the archive is
+rewritten in a temporary file and swapped in with one rename, so no reader ever sees half an
+archive. The file handling is :mod:`vending_site.metrics_files` (no Django, so granian's main
+process folds its last workers' files too, once they have stopped: ``deploy/web.py``).
+Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a directory must
+share a PID namespace (one host or one container; not a volume shared by containers): in
+docker-compose.yml each service writes to its own subdirectory of the shared volume, and
 ``METRICS_COLLECT_DIR`` (the volume's root) is where ``/metrics`` reads them all. Wipe the
 directory only when the whole stack is stopped.
 

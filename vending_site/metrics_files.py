@@ -1,13 +1,14 @@
 """The files of prometheus_client's multiprocess mode: folding dead processes' counts into an
 archive, and the lock a scrape shares with that folding. No Django here, so a process that
-never loads the application (gunicorn's master, see ``deploy/gunicorn.conf.py``) can compact
-a directory when one of its workers exits.
+never loads the application (granian's main process, see ``deploy/web.py``) can compact a
+directory when its workers have stopped.
 
 Each process writes ``<kind>_<pid>.db`` (``counter``, ``histogram``, ``gauge_all``, ...). A
 process is dead when ``kill(pid, 0)`` says there is no such process: a child that exited but
 was not yet reaped (a zombie) still counts as alive, so its files wait for the next
-compaction; gunicorn's master calls :func:`compact_dead_processes` from ``child_exit``, right
-after it reaped the worker. Writes go to a shared file mapping, so a process killed with
+compaction: a worker granian starts in place of a dead one folds them as it loads
+:mod:`vending_site.metrics`, and ``deploy/web.py`` calls :func:`compact_dead_processes` once
+granian has stopped its workers. Writes go to a shared file mapping, so a process killed with
 SIGKILL loses nothing it had counted.
 
 Importing this module imports prometheus_client, which reads ``PROMETHEUS_MULTIPROC_DIR``

@@ -76,19 +76,23 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 HOST = env.str("HOST", default="0.0.0.0")
 PORT = env.int("PORT", default=5000)
 
-# gunicorn, the production server for HTTP (deploy/gunicorn.conf.py reads these; Daphne serves
-# only the WebSocket there). Threads share a worker's CPU, so two workers of eight threads
-# suit two cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), so workers x
-# threads per node must fit max_connections beside the other processes. A worker is replaced
-# after WEB_MAX_REQUESTS requests (plus up to 10 % jitter, so workers do not all restart at
-# once), which bounds any slow growth of its memory. Not too often: a fleet of 1000 machines
-# polling every 2 s sends 500 requests a second, and each replacement starts Django anew.
+# granian, the production server for HTTP (deploy/web.py reads these; Daphne serves only the
+# WebSocket there). Threads share a worker's CPU, so two workers of eight threads suit two
+# cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), so workers x threads
+# per node must fit max_connections beside the other processes. WEB_MAX_RSS_MB (0: off)
+# replaces a worker whose memory stays above it, which bounds any slow growth; off by
+# default because the soak measured flat memory, and on Linux without the
+# net.ipv4.tcp_migrate_req sysctl a connection queued to the replaced worker may be reset.
+# WEB_ACCESS_LOG: one line per request from vending_site.wsgi (nginx logs them too).
 WEB_WORKERS = env.int("WEB_WORKERS", default=2)
 WEB_THREADS = env.int("WEB_THREADS", default=8)
-WEB_MAX_REQUESTS = env.int("WEB_MAX_REQUESTS", default=100_000)
-for _name in ("WEB_WORKERS", "WEB_THREADS", "WEB_MAX_REQUESTS"):
+WEB_MAX_RSS_MB = env.int("WEB_MAX_RSS_MB", default=0)
+WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=True)
+for _name in ("WEB_WORKERS", "WEB_THREADS"):
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name} must be at least 1, not {globals()[_name]}")
+if WEB_MAX_RSS_MB < 0:
+    raise ImproperlyConfigured(f"WEB_MAX_RSS_MB must be 0 (off) or more, not {WEB_MAX_RSS_MB}")
 
 INSTALLED_APPS = [
     "daphne",
@@ -188,8 +192,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # Persistent connections: 0 (a connection per request) is Django's advice under ASGI,
     # where they leak (measured: Daphne exhausted max_connections with 60), and stays the
-    # default for Daphne and commands. gunicorn's threads serve one request after another
-    # and reuse theirs: deploy/gunicorn.conf.py defaults CONN_MAX_AGE to 60 for its workers.
+    # default for Daphne and commands. granian's threads serve one request after another
+    # and reuse theirs: deploy/web.py defaults CONN_MAX_AGE to 60 for its workers.
     # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used;
     # vending_site.postgresql (Django's backend otherwise) checks a quiet connection by its
     # socket instead of a SELECT 1 round trip.

@@ -89,7 +89,7 @@ dashboard_api = [
 
 
 def build(*, asgi: bool) -> list:
-    """The routes, with the views for an ASGI server (Daphne) or a WSGI one (gunicorn).
+    """The routes, with the views for an ASGI server (Daphne) or a WSGI one (granian).
 
     The vend's wait and the long-poll hold a request without a thread under ASGI, so their
     views are async there. A WSGI thread is held either way, and Django would run an async

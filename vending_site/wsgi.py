@@ -1,6 +1,6 @@
-"""WSGI entry point: gunicorn serves every HTTP request from here in production
-(``deploy/gunicorn.conf.py``); Daphne (``asgi.py``) serves the WebSocket there, and everything
-under ``make run``.
+"""WSGI entry point: granian serves every HTTP request from here in production
+(``deploy/web.py``); Daphne (``asgi.py``) serves the WebSocket there, and everything under
+``make run``.
 
 The firmware's requests (register, poll, confirm: :data:`DEVICE_PATH`) go through a handler of
 their own with ``DEVICE_MIDDLEWARE``, the project's middleware without what serves browsers
@@ -9,10 +9,14 @@ endpoints under ``/esp32/devices/`` included, goes through ``MIDDLEWARE``. Both 
 resolve with ``vending_site.urls_wsgi``: the same routes, with synchronous views where the
 ASGI URLconf has async ones (Django would run those through ``async_to_sync``: a thread and
 an event loop per request).
+
+The access log is written here (``WEB_ACCESS_LOG``, logger ``vending.access``), not by the
+server, so each line carries the ``X-Request-ID`` the response went out with.
 """
 
 import os
 import re
+import time
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
@@ -51,17 +55,50 @@ class DeviceHandler(Handler):
 
 
 class Application:
-    """Sends each request to the handler for its path."""
+    """Sends each request to the handler for its path, and logs it."""
 
     def __init__(self) -> None:
         get_wsgi_application()  # sets Django up
+        from vending_site.logging import get_logger
+
         self.handler = Handler()
         self.device_handler = DeviceHandler()
+        self.access = get_logger("vending.access") if settings.WEB_ACCESS_LOG else None
 
     def __call__(self, environ, start_response):
-        if DEVICE_PATH.fullmatch(environ.get("PATH_INFO", "")):
-            return self.device_handler(environ, start_response)
-        return self.handler(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        handler = self.device_handler if DEVICE_PATH.fullmatch(path) else self.handler
+        if self.access is None:
+            return handler(environ, start_response)
+        started = time.perf_counter()
+        answered = []
+
+        def recording_start_response(status, headers, exc_info=None):
+            answered[:] = [status, headers]
+            return start_response(status, headers, exc_info)
+
+        response = handler(environ, start_response=recording_start_response)
+        status, headers = answered or ("500", [])
+        request_id = length = None
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "x-request-id":
+                request_id = value
+            elif lowered == "content-length":
+                length = int(value) if value.isdigit() else None
+        self.access.info(
+            "request",
+            method=environ.get("REQUEST_METHOD"),
+            path=path,
+            query=environ.get("QUERY_STRING") or None,
+            status=int(status.split(None, 1)[0]),
+            bytes=length,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            remote_addr=environ.get("REMOTE_ADDR"),
+            request_id=request_id,
+            user_agent=environ.get("HTTP_USER_AGENT"),
+        )
+        return response
 
 
 application = Application()

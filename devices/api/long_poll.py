@@ -20,14 +20,15 @@ disconnects meanwhile cancels the view (Django's ASGI handler does so on
 the request is not an ``ASGIRequest`` and the poll is answered at once, as without
 long-poll: a sync worker would be blocked for the whole hold.
 
-Production serves HTTP with gunicorn (WSGI threads, ``deploy/gunicorn.conf.py``) and Daphne
-only for ``/ws/``, so there the polls are answered at once whatever this setting says. That
-is the decision, not an accident: a held poll would occupy one of a node's
+Production serves HTTP with granian (WSGI threads, ``deploy/web.py``) and Daphne only for
+``/ws/``, so there the polls are answered at once whatever this setting says. That is the
+decision, not an accident: a held poll would occupy one of a node's
 ``WEB_WORKERS x WEB_THREADS`` threads (16 by default) for up to 2 s, and a fleet polling every
-2 s would hold them all. gunicorn logs a warning at start and ``check_system`` warns when
-long-poll is set and the web server is gunicorn; an operator who wants long-poll there
-routes the firmware's poll paths to the Daphne upstream in nginx, knowing that Daphne served
-polls at a third of gunicorn's rate in ``bench/fleet_polling.py``.
+2 s would hold them all. ``deploy/web.py`` logs a warning at start and ``check_system`` warns
+when long-poll is set and the web server is a WSGI one (granian or gunicorn); an operator who
+wants long-poll there routes the firmware's poll paths to the Daphne upstream in nginx,
+knowing that Daphne fails polls at a fleet size the WSGI servers still answer
+(``bench/fleet_polling.py``, README "Measured").
 
 The hold never goes past ``DEVICE_LONG_POLL_SECONDS`` (at most 2 s, checked in settings)
 from the moment the request reached the view, inside the firmware's 3 s read timeout.

@@ -3,9 +3,10 @@ construction (no Docker engine here): whatever they run must exist and accept it
 whatever they set must be read by the settings, whatever they point at must be there.
 
 Two kinds of commands run: ``python manage.py NAME ...`` (checked with the command's own
-parser) and the production web server, ``python -m gunicorn --config deploy/gunicorn.conf.py
---bind ...`` (checked with gunicorn's own parser, and ``gunicorn --check-config``, which runs
-the configuration file and loads the application)."""
+parser) and the production web server, ``python deploy/web.py --bind ...`` (checked with its
+own parser, and run in a child up to the point where granian would bind and fork: the
+settings, the server object with every option, granian's checks of them, and the WSGI
+application loaded as a worker loads it)."""
 
 import ast
 import ipaddress
@@ -14,7 +15,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import yaml
 from django.core.management import get_commands, load_command_class
 from django.urls import Resolver404, resolve
 
-from tests.deploy import load_prod_local
+from tests.deploy import dry_run_web, load_prod_local, load_web
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -77,31 +77,29 @@ def assert_manage_py_command(argv: list[str], where: str) -> None:
     parser.parse_args(args)  # CommandError on an unknown or malformed argument
 
 
-GUNICORN_CONFIG = "deploy/gunicorn.conf.py"
+WEB_SERVER = "deploy/web.py"
+WEB = load_web()
 
 
-def is_gunicorn(argv: list[str]) -> bool:
-    return argv[1:3] == ["-m", "gunicorn"]
+def is_web(argv: list[str]) -> bool:
+    return len(argv) > 1 and argv[1] == WEB_SERVER
 
 
-def assert_gunicorn_command(argv: list[str], where: str) -> None:
-    """``argv`` is ``python -m gunicorn ARGS...``: gunicorn's own parser takes ARGS, the
-    configuration is the project's one file and the address to bind is given."""
-    from gunicorn.config import Config
-
-    assert Path(argv[0]).name.startswith("python") and is_gunicorn(argv), f"{where}: {argv}"
+def assert_web_command(argv: list[str], where: str) -> None:
+    """``argv`` is ``python deploy/web.py ARGS...`` (relative to the working directory, which
+    is the project's in every launcher) and deploy/web.py's own parser takes ARGS."""
+    assert Path(argv[0]).name.startswith("python"), f"{where}: {argv}"
+    assert is_web(argv), f"{where}: not python {WEB_SERVER}: {argv}"
+    assert (ROOT / argv[1]).is_file(), f"{where}: no {argv[1]}"
     try:
-        parsed = Config().parser().parse_args(argv[3:])
+        WEB.parse(argv[2:])
     except SystemExit as exc:  # argparse's way of refusing
-        raise AssertionError(f"{where}: gunicorn refuses {argv[3:]}") from exc
-    assert parsed.config == GUNICORN_CONFIG, f"{where}: not {GUNICORN_CONFIG}: {argv}"
-    assert parsed.bind, f"{where}: no --bind"
-    assert not parsed.args, f"{where}: the application comes from the configuration"
+        raise AssertionError(f"{where}: deploy/web.py refuses {argv[2:]}") from exc
 
 
 def assert_real_command(argv: list[str], where: str) -> None:
-    if is_gunicorn(argv):
-        assert_gunicorn_command(argv, where)
+    if is_web(argv):
+        assert_web_command(argv, where)
     else:
         assert_manage_py_command(argv, where)
 
@@ -121,10 +119,13 @@ def test_every_service_built_from_our_image_runs_a_real_command():
         assert_real_command(SERVICES[name]["command"], f"service {name}")
 
 
-def test_http_is_served_by_gunicorn_and_the_websocket_by_daphne():
+def test_http_is_served_by_granian_and_the_websocket_by_daphne():
     for name in ("web1", "web2"):
-        assert is_gunicorn(SERVICES[name]["command"]), name
-        assert SERVICES[name]["stop_grace_period"] == "25s"  # graceful_timeout 20 s, then KILL
+        assert is_web(SERVICES[name]["command"]), name
+        # Docker waits this long after SIGTERM before its SIGKILL: longer than deploy/web.py
+        # gives its workers to finish their requests.
+        grace = SERVICES[name]["stop_grace_period"]
+        assert grace == "25s" and int(grace[:-1]) > WEB.STOP_TIMEOUT, name
     assert SERVICES["ws"]["command"][:3] == ["python", "manage.py", "serve"]
 
 
@@ -135,14 +136,22 @@ def test_a_bad_argument_is_caught_by_the_command_check():
         )
     with pytest.raises(AssertionError, match="no management command"):
         assert_manage_py_command(["python", "manage.py", "runserver_plus"], "probe")
-    good = ["python", "-m", "gunicorn", "--config", GUNICORN_CONFIG, "--bind", "0.0.0.0:8000"]
-    assert_gunicorn_command(good, "probe")
-    with pytest.raises(AssertionError, match="refuses"):
-        assert_gunicorn_command([*good, "--workerz", "2"], "probe")
-    with pytest.raises(AssertionError, match="no --bind"):
-        assert_gunicorn_command(good[:5], "probe")
-    with pytest.raises(AssertionError, match=r"not deploy/gunicorn\.conf\.py"):
-        assert_gunicorn_command([*good[:4], "other.py", *good[5:]], "probe")
+    good = ["python", WEB_SERVER, "--bind", "0.0.0.0:8000"]
+    assert_web_command(good, "probe")
+    assert_web_command([*good, "--workers", "3", "--threads", "4"], "probe")
+    assert_web_command(["python", WEB_SERVER, "--bind", "[::1]:8000"], "probe")
+    for bad in (
+        [*good, "--workerz", "2"],  # unknown flag
+        good[:2],  # no --bind
+        ["python", WEB_SERVER, "--bind", "8000"],  # no host
+        ["python", WEB_SERVER, "--bind", "0.0.0.0:http"],  # not a port number
+        ["python", WEB_SERVER, "--bind", "0.0.0.0:70000"],
+        [*good, "--threads", "0"],
+    ):
+        with pytest.raises(AssertionError, match="refuses"):
+            assert_web_command(bad, "probe")
+    with pytest.raises(AssertionError, match=r"not python deploy/web\.py"):
+        assert_web_command(["python", "deploy/other.py", *good[2:]], "probe")
 
 
 def test_every_variable_compose_sets_is_read_by_the_settings():
@@ -243,15 +252,16 @@ def upstream_servers(conf: str, name: str) -> list[tuple[str, str]]:
 
 
 def test_nginx_upstreams_are_the_compose_services_on_their_ports():
-    """vending_web: the gunicorn services, on the port they bind; vending_ws: Daphne's, on
-    the port it serves; nginx waits for each to be healthy; /ws/ alone goes to Daphne."""
+    """vending_web: the granian services (deploy/web.py), on the port they bind;
+    vending_ws: Daphne's, on the port it serves; nginx waits for each to be healthy; /ws/
+    alone goes to Daphne."""
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     web, ws = upstream_servers(conf, "vending_web"), upstream_servers(conf, "vending_ws")
     assert len(web) >= 2 and len(ws) >= 1
     for host, port in web:
         assert host in SERVICES, f"nginx upstream {host} is not a compose service"
         command = SERVICES[host]["command"]
-        assert is_gunicorn(command), f"{host} does not run gunicorn"
+        assert is_web(command), f"{host} does not run deploy/web.py"
         assert command[command.index("--bind") + 1] == f"0.0.0.0:{port}"
     for host, port in ws:
         assert host in SERVICES, f"nginx upstream {host} is not a compose service"
@@ -272,6 +282,21 @@ def test_nginx_upstreams_are_the_compose_services_on_their_ports():
         assert path.startswith(cert_dir + "/")
     static = re.search(r"alias (\S+);", conf).group(1).rstrip("/")
     assert mounted["static"] == static
+
+
+def test_nginx_closes_idle_upstream_connections_before_granian_does(tmp_path):
+    """granian closes a keep-alive connection idle for its header-read timeout (its default
+    30 s was measured closing one nginx still kept, nginx's default being 60 s); nginx must
+    close first, or a vend POST sent on a connection granian is closing becomes a 502."""
+    for name in ("vending.conf.template", "vending.conf"):
+        conf = (ROOT / "deploy/nginx" / name).read_text()
+        block = re.search(r"upstream vending_web \{(.*?)\n\}", conf, re.S).group(1)
+        found = re.search(r"^\s*keepalive_timeout (\d+)s;", block, re.M)
+        assert found, f"{name}: vending_web sets no keepalive_timeout (nginx's default is 60 s)"
+        env = dict(os.environ, DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        built = dry_run_web(["--bind", "127.0.0.1:8001"], env)
+        assert int(found.group(1)) * 1000 < built["idle_ms"], (name, built["idle_ms"])
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
@@ -340,7 +365,7 @@ def test_procfile_prod_local_runs_real_commands():
         argv = shlex.split(command.replace("$WEB_PORT", "8001").replace("$WS_PORT", "8002"))
         assert argv[0] == "exec"
         assert_real_command(argv[1:], f"Procfile.prod-local {name}")
-    assert is_gunicorn(shlex.split(processes["web"])[1:])
+    assert is_web(shlex.split(processes["web"])[1:])
     assert shlex.split(processes["ws"])[2:4] == ["manage.py", "serve"]
 
 
@@ -387,8 +412,9 @@ def test_each_long_running_service_counts_metrics_in_a_directory_of_its_own():
     assert len(set(dirs.values())) == len(dirs), dirs
 
 
-def gunicorn_commands() -> dict[str, list[str]]:
-    """Every gunicorn command line the launchers run, by where it is written."""
+def web_commands() -> dict[str, list[str]]:
+    """Every command line of the production web server the launchers run, by where it is
+    written."""
     found = {f"service {n}": SERVICES[n]["command"] for n in OUR_IMAGE}
     cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     found["Dockerfile CMD"] = yaml.safe_load(cmd.group(1))
@@ -401,38 +427,84 @@ def gunicorn_commands() -> dict[str, list[str]]:
             found[f"Procfile.prod-local {name}"] = shlex.split(
                 command.replace("$WEB_PORT", "8001")
             )[1:]
-    return {where: argv for where, argv in found.items() if is_gunicorn(argv)}
+    return {where: argv for where, argv in found.items() if is_web(argv)}
 
 
-def test_every_launcher_runs_gunicorn_with_the_one_configuration():
-    found = gunicorn_commands()
-    assert {
+def test_every_launcher_runs_the_one_web_server_on_the_address_it_binds():
+    found = web_commands()
+    assert set(found) == {
         "service web1",
         "service web2",
         "Dockerfile CMD",
         "vending-web.service",
         "Procfile.prod-local web",
-    } <= set(found)
+    }
     for where, argv in found.items():
-        assert_gunicorn_command(argv, where)
+        assert_web_command(argv, where)
+        # --bind only: workers, threads and the rest come from the settings (WEB_*).
+        assert argv[2] == "--bind" and len(argv) == 4, f"{where}: {argv}"
+    assert found["vending-web.service"][3] == "127.0.0.1:8001"
+    assert found["Procfile.prod-local web"][3] == "127.0.0.1:8001"  # $WEB_PORT
+    assert found["Dockerfile CMD"][3] == "0.0.0.0:8000"
+    # systemd waits this long after SIGTERM before its SIGKILL.
+    unit = (SYSTEMD / "vending-web.service").read_text()
+    assert int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE).group(1)) > (
+        WEB.STOP_TIMEOUT
+    )
 
 
-@pytest.mark.parametrize("where", sorted(gunicorn_commands()))
-def test_gunicorn_check_config_accepts_each_launchers_command(where, tmp_path):
-    """``--check-config`` runs deploy/gunicorn.conf.py (settings included) and imports the
-    WSGI application, as the master and each worker will."""
-    argv = gunicorn_commands()[where]
+@pytest.mark.parametrize("where", sorted(web_commands()))
+def test_the_web_server_is_built_from_each_launchers_command(where, tmp_path):
+    """deploy/web.py with the launcher's arguments, in a child, up to serving: the settings,
+    the granian server with every option, granian's own checks of them and the WSGI
+    application loaded as each worker loads it; a wrong option fails here."""
+    argv = web_commands()[where]
     env = dict(
         os.environ,
         DATA_DIR=str(tmp_path),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        WEB_WORKERS="3",
+        WEB_THREADS="5",
     )
-    result = subprocess.run(
-        [sys.executable, *argv[1:], "--check-config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    built = dry_run_web(argv[2:], env)
+
+    host, port = argv[3].rsplit(":", 1)
+    assert (built["address"], built["port"]) == (host, int(port))
+    assert built["target"] == "vending_site.wsgi:application" and built["interface"] == "wsgi"
+    assert (built["workers"], built["threads"]) == (3, 5)  # the settings' WEB_*
+    assert built["kill_timeout"] == WEB.STOP_TIMEOUT and built["respawn"] is True
+    assert built["max_rss"] is None  # WEB_MAX_RSS_MB=0: off
+    assert built["application"] == "vending_site.wsgi.Application"
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        # granian's own check in serve(): its longest idle time is 600 s.
+        (
+            ("blocking_threads_idle_timeout=600", "blocking_threads_idle_timeout=601"),
+            "Blocking threads idle timeout must be between 5 and 600 seconds",
+        ),
+        (("workers_kill_timeout=", "workers_kill_timout="), "unexpected keyword argument"),
+        (
+            ('TARGET = "vending_site.wsgi:application"', 'TARGET = "vending_site.wsgi:app"'),
+            "has no attribute 'app'",
+        ),
+    ],
+    ids=["out-of-range", "misspelt-option", "wrong-application"],
+)
+def test_a_wrong_server_option_fails_the_build_check(change, refusal, tmp_path):
+    """The check above has teeth: deploy/web.py with one option wrong (a copy, its ROOT
+    pointed back at the project) fails it."""
+    text = (ROOT / WEB_SERVER).read_text()
+    root_line = "ROOT = Path(__file__).resolve().parent.parent"
+    assert root_line in text and change[0] in text
+    mutant = tmp_path / "web.py"
+    mutant.write_text(text.replace(root_line, f"ROOT = Path({str(ROOT)!r})").replace(*change))
+    env = dict(
+        os.environ, DATA_DIR=str(tmp_path), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics")
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    with pytest.raises(AssertionError, match=refusal):
+        dry_run_web(["--bind", "127.0.0.1:8001"], env, script=mutant)

@@ -1,11 +1,12 @@
 """Smoke test of the production topology through nginx, over real sockets on loopback.
 
 The stack is started the way ``make prod-local`` starts it (``deploy/prod_local.py run``:
-nginx, gunicorn for HTTP, Daphne for ``/ws/``, discovery, bridge, sweeper under honcho),
-with free ports, a throwaway PostgreSQL database, a Redis db of its own and a self-signed
-certificate this test makes with openssl. It does not use pytest-django's test database:
-the stack's processes own their database, as in production. ``SCRATCH_DATABASE_PREFIX`` and
-``SCRATCH_REDIS_URL`` pick the database name and the Redis database (shared servers).
+nginx, granian (``deploy/web.py``) for HTTP, Daphne for ``/ws/``, discovery, bridge, sweeper
+under honcho), with free ports, a throwaway PostgreSQL database, a Redis db of its own and a
+self-signed certificate this test makes with openssl. It does not use pytest-django's test
+database: the stack's processes own their database, as in production.
+``SCRATCH_DATABASE_PREFIX`` and ``SCRATCH_REDIS_URL`` pick the database name and the Redis
+database (shared servers).
 """
 
 import http.client
@@ -29,7 +30,7 @@ from tests.deploy import load_prod_local
 from tests.integration.processes import ROOT, free_port
 
 START_TIMEOUT = 180.0  # migrate + collectstatic on a fresh database, then the servers
-STOP_TIMEOUT = 40.0  # gunicorn lets its requests finish for up to 20 s
+STOP_TIMEOUT = 40.0  # deploy/web.py lets its requests finish for up to 20 s
 REDIS_URL = os.environ.get("SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 ADMIN_PASSWORD = "smoke-test-Passw0rd!"
 
@@ -179,7 +180,7 @@ def stack():
 
 
 def _wait_until_up(stack: Stack, process: subprocess.Popen, log_path: Path) -> None:
-    """gunicorn and Daphne listen and /health answers through nginx over HTTPS (bounded)."""
+    """granian and Daphne listen and /health answers through nginx over HTTPS (bounded)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -253,7 +254,7 @@ def test_device_port_serves_nothing_but_the_device_protocol(stack):
 
 
 def test_django_itself_redirects_plain_http_that_bypasses_nginx_only_off_the_device_paths(stack):
-    # Straight to gunicorn with nginx's "http" marker: SECURE_SSL_REDIRECT applies, except to
+    # Straight to granian with nginx's "http" marker: SECURE_SSL_REDIRECT applies, except to
     # the exempt device paths.
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["web"], timeout=15)
     headers = {"X-Forwarded-Proto": "http"}
@@ -379,7 +380,7 @@ def _logged_by(stack: Stack, needle: str) -> set[str]:
     return names
 
 
-def test_http_is_answered_by_gunicorn_and_the_websocket_by_daphne(stack):
+def test_http_is_answered_by_granian_and_the_websocket_by_daphne(stack):
     marker = f"route-{os.getpid()}-{time.monotonic_ns()}"
     assert stack.https("GET", "/health", headers={"X-Request-ID": marker}).status == 200
     device = stack.http(
@@ -389,19 +390,22 @@ def test_http_is_answered_by_gunicorn_and_the_websocket_by_daphne(stack):
         headers={"X-Request-ID": f"{marker}-device"},
     )
     assert device.status == 200
-    # gunicorn's access log (JSON lines on its stdout) names the request id it answered.
-    for request_id in (marker, f"{marker}-device"):
+    # The access log (the application's, JSON lines on the web process's stderr, which
+    # honcho merges into its output as "web.1 | ...") names the request id it answered with.
+    for request_id, path in ((marker, "/health"), (f"{marker}-device", "/esp32/commands/")):
         needle = f'"request_id": "{request_id}"'
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not _logged_by(stack, needle):
             time.sleep(0.1)
         assert _logged_by(stack, needle) == {"web"}, request_id
         lines = [x for x in stack.log.read_text().splitlines() if needle in x]
-        assert all('"logger": "gunicorn.access"' in line for line in lines), lines
+        access = [line for line in lines if '"logger": "vending.access"' in line]
+        assert len(access) == 1, lines
+        assert '"event": "request"' in access[0] and f'"path": "{path}' in access[0], access
 
     assert _websocket_handshake(stack, cookie=None) == 403
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _logged_by(stack, "/ws/events/"):
         time.sleep(0.1)
-    # Daphne's access log has the handshake (nginx's too); gunicorn never saw the path.
+    # Daphne's access log has the handshake (nginx's too); granian never saw the path.
     assert _logged_by(stack, "/ws/events/") - {"nginx"} == {"ws"}

@@ -1,11 +1,11 @@
-"""PostgreSQL restarted for real, under load, behind the gunicorn web tier.
+"""PostgreSQL restarted for real, under load, behind the granian web tier.
 
 A cluster of the test's own (``tests/faults/pg_cluster.py``: initdb, a free loopback port,
-trust auth), migrated and seeded; the production web tier (gunicorn WSGI, 2 gthread
-workers x 8 threads, ``CONN_MAX_AGE=60``) and the sweeper run against it. Three simulated
-machines poll and confirm and two kiosks vend to them with Idempotency-Keys (the load of
-``test_backend_faults.py``), while ``pg_ctl restart -m fast`` and then ``-m immediate``
-(every server process killed, crash recovery) run mid-load.
+trust auth), migrated and seeded; the production web tier (granian WSGI as
+``deploy/web.py`` runs it, 2 workers x 8 threads, ``CONN_MAX_AGE=60``) and the sweeper run
+against it. Three simulated machines poll and confirm and two kiosks vend to them with
+Idempotency-Keys (the load of ``test_backend_faults.py``), while ``pg_ctl restart -m fast``
+and then ``-m immediate`` (every server process killed, crash recovery) run mid-load.
 
 For every request: an answer within ``BOUND`` seconds (no hang), and never a 5xx other than
 503 with ``Retry-After`` naming the database; polls answer 200 again within 10 s of
@@ -77,7 +77,7 @@ def restart_stack():
         )
         try:
             setup = helper.seed(DEVICES, [60] * 5, "kiosk", PASSWORD)
-            web.start("gunicorn", conn_max_age=60)
+            web.start("granian", conn_max_age=60)
             sweeper = web.start_command("sweeper", "sweep_commands", "--every", "1")
             url = f"http://127.0.0.1:{web.ports[0]}"
             status, _, body = request(
@@ -94,7 +94,7 @@ def restart_stack():
                 "ledger_after_setup": setup["ledger_after_setup"],
             }
         finally:
-            web.close()  # the gunicorn master and workers, the sweeper (bounded)
+            web.close()  # granian's main process and workers, the sweeper (bounded)
             shutil.rmtree(web.workdir, ignore_errors=True)
 
 
@@ -160,7 +160,7 @@ def test_postgres_restarted_under_load_answers_503_never_hangs_and_loses_nothing
         check_answers(outcome)
         # The outage was seen (and answered as one), so the checks above had work to do.
         assert any(status == 503 for _kind, status in outcome["statuses"]), outcome["statuses"]
-    assert s["web"].children[0].poll() is None, "the gunicorn master died"
+    assert s["web"].children[0].poll() is None, "granian's main process died"
     assert s["sweeper"].poll() is None, s["web"].logs()[-3000:]
 
     # The accounting: stock, the server's vends against the kiosks', the machines' records.

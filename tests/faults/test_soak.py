@@ -1,5 +1,5 @@
 """The soak (``bench/soak.py``, ``make soak``): its verdict on synthetic series, and a short
-run of the real machinery (gunicorn, sweeper, discovery, PostgreSQL, Redis db 11, the fleet
+run of the real machinery (granian, sweeper, discovery, PostgreSQL, Redis db 11, the fleet
 generator) at a low rate, judged on its real samples.
 
 The verdict tests run everywhere; the short soak needs PostgreSQL and Redis (marked
@@ -80,21 +80,21 @@ def test_verdicts_judge_each_process_and_the_stacks_connections():
     samples = []
     for i in range(12):
         processes = {
-            "gunicorn master [1]": {"rss_mb": 26.0, "fds": 10, "sockets": 1},
-            "gunicorn worker [2]": {"rss_mb": 100.0 + 4 * i, "fds": 20, "sockets": 5},
+            "granian main [1]": {"rss_mb": 26.0, "fds": 10, "sockets": 1},
+            "granian worker [2]": {"rss_mb": 100.0 + 4 * i, "fds": 20, "sockets": 5},
         }
         if i >= 6:  # a respawned worker is a series of its own
-            processes["gunicorn worker [3]"] = {"rss_mb": 90.0, "fds": 20, "sockets": 5}
+            processes["granian worker [3]"] = {"rss_mb": 90.0, "fds": 20, "sockets": 5}
         samples.append(sample(10.0 * i, processes, pg=6 + i, redis=3))
     judged = soak.verdicts(samples)
-    assert judged["gunicorn master [1]"]["rss_mb"]["flat"] is True
-    assert judged["gunicorn worker [2]"]["rss_mb"]["flat"] is False
-    assert judged["gunicorn worker [2]"]["fds"]["flat"] is True
-    assert judged["gunicorn worker [3]"]["rss_mb"]["samples"] == 6
+    assert judged["granian main [1]"]["rss_mb"]["flat"] is True
+    assert judged["granian worker [2]"]["rss_mb"]["flat"] is False
+    assert judged["granian worker [2]"]["fds"]["flat"] is True
+    assert judged["granian worker [3]"]["rss_mb"]["samples"] == 6
     assert judged["stack"]["pg_connections"]["flat"] is False  # one more every 10 s
     assert judged["stack"]["redis_clients"]["flat"] is True
     assert soak.all_flat(judged) is False
-    del judged["gunicorn worker [2]"], judged["stack"]
+    del judged["granian worker [2]"], judged["stack"]
     assert soak.all_flat(judged) is True
 
 
@@ -111,10 +111,11 @@ def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
     )
 
     samples = result["samples"]
-    assert result["server"] == "gunicorn" and result["conn_max_age"] == 60
+    assert result["server"] == "granian" and result["conn_max_age"] == 60
     assert [s["t"] for s in samples[:3]] == [0.0, 4.0, 8.0]
     assert len(samples) >= 6  # 16 s of vends, the tail, one every 4 s
-    expected = ["discovery", "gunicorn master", "gunicorn worker", "gunicorn worker", "sweeper"]
+    # granian's main process and its two workers (deploy/web.py, WEB_WORKERS 2), by name.
+    expected = ["discovery", "granian main", "granian worker", "granian worker", "sweeper"]
     for s in samples:
         assert _labels(s["processes"]) == expected, s["processes"]
         for figures in s["processes"].values():
@@ -122,7 +123,7 @@ def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
     for s in samples[1:]:
         assert s["poll"]["count"] > 0, s
         assert s["poll"]["errors"] == s["vend"]["errors"] == s["confirm"]["errors"] == 0, s
-        # Persistent connections: at most one per gunicorn thread, and two each for the
+        # Persistent connections: at most one per granian thread, and two each for the
         # sweeper and discovery (their own and their heartbeat thread's).
         assert 1 <= s["pg_connections"] <= 2 * 8 + 4, s["pg_by_state"]
         assert s["redis_clients"] >= 1

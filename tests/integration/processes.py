@@ -122,9 +122,27 @@ def loopback_opener():
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+class Headers(dict):
+    """Response headers by name in any case, as HTTP means them (granian sends every name in
+    lower case, Daphne as the application wrote it)."""
+
+    def __init__(self, pairs) -> None:
+        super().__init__((name.lower(), value) for name, value in pairs)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name) -> bool:
+        return super().__contains__(name.lower())
+
+    def get(self, name: str, default=None):
+        return super().get(name.lower(), default)
+
+
 def request(url: str, method: str, path: str, body=None, headers=None, timeout=10.0):
     """A JSON request to ``http://host:port`` in one connection: ``(status, headers, parsed
-    body)``; connection errors propagate."""
+    body)``, the headers by name in any case (:class:`Headers`); connection errors
+    propagate."""
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
@@ -140,6 +158,6 @@ def request(url: str, method: str, path: str, body=None, headers=None, timeout=1
             parsed = json.loads(text) if text else None
         except ValueError:
             parsed = {"raw": text[:300]}
-        return response.status, dict(response.getheaders()), parsed
+        return response.status, Headers(response.getheaders()), parsed
     finally:
         connection.close()

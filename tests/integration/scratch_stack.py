@@ -20,28 +20,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GUNICORN_CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
+WEB_SERVER = ROOT / "deploy" / "web.py"
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 # Redis database 9: the events-consumer tests use 3, a developer's server usually 0.
 # SCRATCH_REDIS_URL: engineers sharing one Redis server tell their databases apart.
 REDIS_URL = os.environ.get("SCRATCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
-def gunicorn_argv(bind: str, *options: str) -> list[str]:
-    """The production web server's command line (``deploy/gunicorn.conf.py``, as the
-    Procfile, compose and systemd run it) bound to ``bind``; ``options`` override the config
-    (gunicorn's command line wins over its config file). Tests and the benchmark start
-    gunicorn only through this."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        str(GUNICORN_CONFIG),
-        "--bind",
-        bind,
-        *options,
-    ]
+def web_argv(bind: str, *options: str) -> list[str]:
+    """The production web server's command line (``deploy/web.py``, as the Procfile,
+    compose and systemd run it) bound to ``bind``; ``options`` are its other flags
+    (``--workers``, ``--threads``). Tests and the benchmarks start it only through this."""
+    return [sys.executable, str(WEB_SERVER), "--bind", bind, *options]
 
 
 def reachable(port: int, host: str = "127.0.0.1") -> bool:
@@ -155,9 +145,9 @@ class Stack:
         """``manage.py <args>`` in the background."""
         return self.start_argv(name, [sys.executable, "manage.py", *args])
 
-    def start_gunicorn(self, name: str, bind: str, *options: str) -> subprocess.Popen:
-        """The production web server (see :func:`gunicorn_argv`) in the background."""
-        return self.start_argv(name, gunicorn_argv(bind, *options))
+    def start_web(self, name: str, bind: str, *options: str) -> subprocess.Popen:
+        """The production web server (see :func:`web_argv`) in the background."""
+        return self.start_argv(name, web_argv(bind, *options))
 
     def start_argv(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")

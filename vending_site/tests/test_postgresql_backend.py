@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def persistent():
-    """The default connection as gunicorn's threads keep it: CONN_MAX_AGE 60, checked."""
+    """The default connection as granian's threads keep it (deploy/web.py): CONN_MAX_AGE 60,
+    checked."""
     connection = connections["default"]
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (DATABASE_URL)")

@@ -1,15 +1,18 @@
 """The WSGI application: the firmware's requests go through DEVICE_MIDDLEWARE, the rest
-through MIDDLEWARE (vending_site/wsgi.py)."""
+through MIDDLEWARE, and each request is logged once in the access log (vending_site/wsgi.py)."""
 
 import asyncio
 import io
 import json
+import logging
 import re
 import threading
 import time
+from contextlib import contextmanager
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+from django.test import override_settings
 from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 from django.urls.resolvers import RoutePattern
 from rest_framework_api_key.models import APIKey
@@ -17,7 +20,8 @@ from rest_framework_api_key.models import APIKey
 from devices.api.device_views import DeviceEndpoint
 from transactions.models import Transaction
 from transactions.tests.test_vend_api import DEVICE_ID, _confirm_when_delivered
-from vending_site.wsgi import DEVICE_PATH, application
+from vending_site.logging import make_formatter
+from vending_site.wsgi import DEVICE_PATH, Application, application
 
 # The firmware's requests leave no session, cookie or connection behind for the next test.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,11 +29,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MAC = "6C:C8:40:4F:E0:3C"
 
 
-def call(path: str, *, method: str = "GET", body: bytes = b"", **headers) -> tuple:
-    """One request into the application as gunicorn makes it: (status, headers, body)."""
+def call(
+    path: str, *, method: str = "GET", body: bytes = b"", query: str = "", app=None, **headers
+) -> tuple:
+    """One request into the application (``app``, default the module's) as a WSGI server
+    makes it: (status, headers, body)."""
     environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
+        "QUERY_STRING": query,
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.input": io.BytesIO(body),
         "CONTENT_LENGTH": str(len(body)),
@@ -43,7 +51,7 @@ def call(path: str, *, method: str = "GET", body: bytes = b"", **headers) -> tup
         answered["status"] = int(status.split()[0])
         answered["headers"] = {name.lower(): value for name, value in response_headers}
 
-    response = application(environ, start_response)
+    response = (app or application)(environ, start_response)
     try:
         content = b"".join(response)
     finally:
@@ -203,3 +211,76 @@ def test_under_wsgi_an_unknown_api_or_device_path_is_a_json_404(path):
     assert status == 404
     assert headers["content-type"] == "application/json"
     assert json.loads(content)["code"] == "not_found"
+
+
+# --- The access log -------------------------------------------------------------------------
+
+
+@contextmanager
+def access_log():
+    """The lines the ``vending.access`` logger writes meanwhile, rendered by the project's
+    JSON formatter, as dicts (the list fills when the block ends)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter("json"))
+    logger = logging.getLogger("vending.access")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    lines: list[dict] = []
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        lines.extend(json.loads(line) for line in stream.getvalue().splitlines() if line)
+
+
+def test_each_request_is_logged_once_with_the_request_id_it_was_answered_with(online_device):
+    with override_settings(WEB_ACCESS_LOG=True):
+        app = Application()  # reads WEB_ACCESS_LOG once, as each worker does
+    poll = f"/esp32/commands/{online_device.device_id}"
+    with access_log() as lines:
+        polled = call(poll, app=app, x_request_id="poll-1", user_agent="ESP32-test/2.1")
+        missing = call("/api/v1/nowhere", app=app, query="page=2")  # the id is generated
+
+    assert polled[0] == 200 and missing[0] == 404
+    assert len(lines) == 2, lines
+    first, second = lines
+    assert first == {
+        **first,
+        "logger": "vending.access",
+        "level": "info",
+        "event": "request",
+        "method": "GET",
+        "path": poll,
+        "status": 200,
+        "remote_addr": "127.0.0.1",
+        "request_id": "poll-1",
+        "user_agent": "ESP32-test/2.1",
+    }
+    assert polled[1]["x-request-id"] == "poll-1"
+    assert first["duration_ms"] >= 0 and "timestamp" in first
+    assert (second["method"], second["path"], second["query"]) == (
+        "GET",
+        "/api/v1/nowhere",
+        "page=2",
+    )
+    assert second["status"] == 404
+    assert second["request_id"] == missing[1]["x-request-id"]  # the one Django made up
+    assert re.fullmatch(r"[0-9a-f]{32}", second["request_id"])
+    assert second["bytes"] == len(missing[2]) == int(missing[1]["content-length"])
+
+
+def test_with_web_access_log_off_no_request_is_logged():
+    with override_settings(WEB_ACCESS_LOG=False):
+        quiet = Application()
+    with override_settings(WEB_ACCESS_LOG=True):
+        logging_app = Application()
+    with access_log() as lines:
+        assert call("/api/v1/nowhere", app=quiet, x_request_id="off-1")[0] == 404
+    with access_log() as control:
+        assert call("/api/v1/nowhere", app=logging_app, x_request_id="on-1")[0] == 404
+
+    assert lines == []
+    assert [line["request_id"] for line in control] == ["on-1"]  # the same request, logged
