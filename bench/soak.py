@@ -100,6 +100,12 @@ MIN_POINTS = 3  # fewer samples in the second half: no verdict
 # minute) and only the growth limit applies.
 MIN_SPAN = 120.0
 PROCESS_METRICS = ("rss_mb", "fds", "sockets")
+# Judged over a server's workers together, not per worker: the clients' keep-alive
+# connections live in whichever worker the kernel handed them to, and move when a client
+# reconnects, so one worker's sockets rise as another's fall (measured in a 10-minute soak
+# at the fleet target: 176 -> 192 in one worker, 161 -> 140 in the other). A leak in any
+# worker still raises the sum; memory stays judged per process.
+POOLED_METRICS = ("fds", "sockets")
 # What a server's parent process is called beside its workers: granian's "main" process,
 # gunicorn's "master".
 PARENT_NAMES = {"granian": "main"}
@@ -148,20 +154,31 @@ def judge(points: list[tuple[float, float]], threshold: Threshold, *, since: flo
 
 
 def verdicts(samples: list[dict], thresholds: dict[str, Threshold] = THRESHOLDS) -> dict:
-    """A verdict per process and metric, and for the stack's PostgreSQL and Redis
-    connections, over the second half of the sampled time."""
+    """A verdict per process and metric (workers' descriptors and sockets summed per server,
+    :data:`POOLED_METRICS`), and for the stack's PostgreSQL and Redis connections, over the
+    second half of the sampled time."""
     if not samples:
         return {}
     times = [s["t"] for s in samples]
     since = (min(times) + max(times)) / 2
     series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for sample in samples:
+        pooled: dict[str, dict[str, float]] = {}
         for name, figures in sample["processes"].items():
+            server, is_worker, _pid = name.partition(" worker [")
             for metric in PROCESS_METRICS:
-                if figures.get(metric) is not None:
+                if figures.get(metric) is None:
+                    continue
+                if is_worker and metric in POOLED_METRICS:
+                    together = pooled.setdefault(f"{server} workers together", {})
+                    together[metric] = together.get(metric, 0) + figures[metric]
+                else:
                     series.setdefault(name, {}).setdefault(metric, []).append(
                         (sample["t"], figures[metric])
                     )
+        for name, figures in pooled.items():
+            for metric, value in figures.items():
+                series.setdefault(name, {}).setdefault(metric, []).append((sample["t"], value))
         for metric in ("pg_connections", "redis_clients"):
             if sample.get(metric) is not None:
                 series.setdefault("stack", {}).setdefault(metric, []).append(

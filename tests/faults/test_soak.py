@@ -89,13 +89,45 @@ def test_verdicts_judge_each_process_and_the_stacks_connections():
     judged = soak.verdicts(samples)
     assert judged["granian main [1]"]["rss_mb"]["flat"] is True
     assert judged["granian worker [2]"]["rss_mb"]["flat"] is False
-    assert judged["granian worker [2]"]["fds"]["flat"] is True
     assert judged["granian worker [3]"]["rss_mb"]["samples"] == 6
     assert judged["stack"]["pg_connections"]["flat"] is False  # one more every 10 s
     assert judged["stack"]["redis_clients"]["flat"] is True
     assert soak.all_flat(judged) is False
     del judged["granian worker [2]"], judged["stack"]
     assert soak.all_flat(judged) is True
+
+
+def test_workers_sockets_are_judged_together_so_connections_moving_between_them_are_flat():
+    """Keep-alive clients that reconnect land on either worker: one worker's sockets rise
+    while the other's fall, the sum stays; a leak in one worker still raises the sum."""
+
+    def run(leak: int) -> dict:
+        samples = []
+        for i in range(30):  # 5 minutes: the second half is long enough to judge a slope
+            moved = 3 * i  # connections that went from worker 3 to worker 2
+            processes = {
+                "granian main [1]": {"rss_mb": 26.0, "fds": 10, "sockets": 0},
+                "granian worker [2]": {"rss_mb": 110.0, "fds": 150 + moved, "sockets": 130 + moved},
+                "granian worker [3]": {
+                    "rss_mb": 110.0,
+                    "fds": 150 - moved + leak * i,
+                    "sockets": 130 - moved + leak * i,
+                },
+            }
+            samples.append(sample(10.0 * i, processes, pg=19, redis=31))
+        return soak.verdicts(samples)
+
+    moving = run(leak=0)
+    assert (
+        "fds" not in moving["granian worker [2]"] and "sockets" not in moving["granian worker [3]"]
+    )
+    assert moving["granian workers together"]["sockets"]["flat"] is True
+    assert moving["granian workers together"]["fds"]["flat"] is True
+    assert moving["granian worker [2]"]["rss_mb"]["flat"] is True
+    assert soak.all_flat(moving) is True
+    leaking = run(leak=2)  # 2 sockets more every 10 s in worker 3: 12/min
+    assert leaking["granian workers together"]["sockets"]["flat"] is False
+    assert soak.all_flat(leaking) is False
 
 
 def _labels(processes: dict) -> list[str]:
