@@ -9,9 +9,9 @@ Procfile.prod-local, deploy/systemd/vending-web.service, the tests, the benchmar
 Why granian: its HTTP/1.1 parsing, keep-alive and socket work are Rust, outside the GIL; the
 worker's Python threads run Django only. ``bench/fleet_polling.py`` measured it against
 gunicorn's gthread workers (whose parser, poller and access log are Python sharing the GIL
-with the requests) with the same workers and threads: at 1000 machines polling every 2 s
-plus 20 vends/s, poll p99 61 ms and 90 % server CPU against 518 ms and 118 % (README
-"Production").
+with the requests) with the same workers and threads, at 1000 machines polling every 2 s
+plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-514 ms, with
+12-17 % less server CPU (README "Measured").
 
 - **Workers and threads**: ``WEB_WORKERS`` (default 2) processes, each running requests on
   ``WEB_THREADS`` (default 8) blocking threads. Each thread may keep one PostgreSQL

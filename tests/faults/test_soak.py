@@ -168,10 +168,18 @@ def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
     assert accounting["lost"] == accounting["duplicated"] == accounting["still_open"] == 0
 
     judged = result["verdicts"]
-    assert set(judged) == set(samples[-1]["processes"]) | {"stack"}
+    # Each process, the workers' descriptors and sockets together, and the stack.
+    assert set(judged) == set(samples[-1]["processes"]) | {"granian workers together", "stack"}
     for name, metrics in judged.items():
-        wanted = {"pg_connections", "redis_clients"} if name == "stack" else soak.PROCESS_METRICS
-        assert set(metrics) == set(wanted), name
+        if name == "stack":
+            wanted = {"pg_connections", "redis_clients"}
+        elif name == "granian workers together":
+            wanted = set(soak.POOLED_METRICS)
+        elif " worker [" in name:
+            wanted = set(soak.PROCESS_METRICS) - set(soak.POOLED_METRICS)
+        else:
+            wanted = set(soak.PROCESS_METRICS)
+        assert set(metrics) == wanted, name
         for verdict in metrics.values():
             assert verdict["samples"] >= soak.MIN_POINTS and verdict["flat"] is True, (
                 name,
