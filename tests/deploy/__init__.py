@@ -1,28 +1,30 @@
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.integration.processes import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_SERVER = ROOT / "deploy" / "web.py"
 
 
-def load_prod_local():
-    """``deploy/prod_local.py`` (a script, not a package) as a module."""
-    spec = importlib.util.spec_from_file_location("prod_local", ROOT / "deploy" / "prod_local.py")
+def _load_script(name: str, path: Path):
+    """A script of ``deploy/`` (not a package) as a module named ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_prod_local():
+    """``deploy/prod_local.py`` as a module."""
+    return _load_script("prod_local", ROOT / "deploy" / "prod_local.py")
 
 
 def load_web():
     """``deploy/web.py`` (a script, not a package) as a module: its ``parse``, ``build``,
     ``STOP_TIMEOUT``. Importing it loads neither Django nor granian."""
-    spec = importlib.util.spec_from_file_location("deploy_web", WEB_SERVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_script("deploy_web", WEB_SERVER)
 
 
 # Run in a child: deploy/web.py's main() with the launcher's arguments, everything it does
@@ -65,13 +67,5 @@ def dry_run_web(args: list[str], env: dict[str, str], script: Path = WEB_SERVER)
     """``deploy/web.py ARGS`` (or another ``script``) run in a child up to serving (see
     ``_DRY_RUN``): what granian would serve with. Fails with the child's stderr when it exits
     non-zero."""
-    result = subprocess.run(
-        [sys.executable, "-c", _DRY_RUN, str(script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_python(["-c", _DRY_RUN, str(script), *args], env)
+    return json.loads(out.strip().splitlines()[-1])

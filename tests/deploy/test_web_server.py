@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -29,6 +28,7 @@ from tests.integration.processes import (
     free_port,
     loopback_opener,
     request,
+    run_python,
     wait_for,
     wait_for_http,
 )
@@ -302,19 +302,13 @@ def test_granian_workers_keep_database_connections_and_daphne_does_not(tmp_path)
     built = dry_run_web(["--bind", "127.0.0.1:8001"], dict(env, CONN_MAX_AGE="0"))
     assert (built["conn_max_age"], built["conn_health_checks"]) == (0, True)
 
-    daphne = subprocess.run(
+    daphne = run_python(
         [
-            sys.executable,
             "-c",
             "import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'vending_site.settings';"
             "from django.conf import settings; d = settings.DATABASES['default'];"
             "print(d.get('CONN_MAX_AGE', 0), d.get('CONN_HEALTH_CHECKS', False))",
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        env,
     )
-    assert daphne.returncode == 0, daphne.stderr[-2000:]
-    assert daphne.stdout.split() == ["0", "True"]
+    assert daphne.split() == ["0", "True"]

@@ -8,8 +8,6 @@ accepts and never answers. The real network faults are in ``test_backend_faults.
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from unittest import mock
 
@@ -23,7 +21,7 @@ from redis.exceptions import RedisError
 
 from devices.models import CommunicationLog
 from tests.factories import UserFactory
-from tests.integration.processes import ROOT, free_port
+from tests.integration.processes import free_port, run_python
 from vending_site import events
 from vending_site.cache import FailOpenRedisCache
 from vending_site.permissions import VEND_CLIENT_GROUP
@@ -189,16 +187,8 @@ def test_postgres_timeouts_come_from_the_environment():
         DATABASE_STATEMENT_TIMEOUT="1.5",
         DJANGO_SETTINGS_MODULE="vending_site.settings",
     )
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    options = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_python(["-c", f"import django; django.setup(); {code}"], env)
+    options = json.loads(out.strip().splitlines()[-1])
     assert options["connect_timeout"] == 3
     assert options["options"] == "-c work_mem=4MB -c statement_timeout=1500"
 

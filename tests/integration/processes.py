@@ -34,6 +34,21 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_python(args: list[str], env: dict[str, str], timeout: float = 60.0) -> str:
+    """``python ARGS`` in a child in the project's directory; its stdout. Fails with the
+    child's stderr when it exits non-zero."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def start_command(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "manage.py", *args],
