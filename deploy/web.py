@@ -124,9 +124,11 @@ def load_application(target: str):
     process; granian's worker installs its own once the application is loaded. Without this,
     a SIGTERM during the second or so a worker spends importing Django was lost, and stopping
     granian then waited ``STOP_TIMEOUT`` to kill that worker. A worker still loading serves
-    nothing, so ending it at once loses nothing."""
+    nothing, so ending it at once loses nothing. The window between the fork and this call
+    (granian configuring the worker's logging) is still the main process' handlers'."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    logging.getLogger("_granian").info("Worker %d loading the application", os.getpid())
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 

@@ -133,9 +133,9 @@ def test_a_stop_while_workers_still_load_the_application_is_prompt(tmp_path):
     server = WebServer(tmp_path / "early", WEB_WORKERS="2", WEB_THREADS="2")
     try:
         wait_for(
-            lambda: sum(e.startswith("Spawning worker-") for e in server.events()) == 2,
+            lambda: sum(e.startswith("Worker ") and "loading" in e for e in server.events()) == 2,
             30,
-            "both workers forked",
+            "both workers loading the application",
         )
         if server.started():  # Django loaded faster than we looked: nothing to test
             pytest.skip("a worker was ready before the stop could be sent")
