@@ -24,6 +24,7 @@ from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
 from vending_site.statements import Insert, Select, Update
 
+from . import presence
 from .choices import (
     CommandKind,
     CommandState,
@@ -221,12 +222,21 @@ def auto_select_active_device() -> Device | None:
 
 
 def mark_seen(device: Device, *, now: datetime | None = None) -> None:
-    """Refresh ``last_seen``, writing only when the stored value is older than
-    ``DEVICE_SEEN_WRITE_INTERVAL`` (an idle fleet then costs reads, not writes)."""
+    """Refresh ``last_seen`` when the stored value is older than
+    ``DEVICE_SEEN_WRITE_INTERVAL`` (an idle fleet then costs reads, not writes).
+
+    A device that comes online is written at once and published. An online device's
+    refresh is left to the process's writer (``devices.presence``), which writes every
+    refresh of the last ``DEVICE_SEEN_FLUSH_SECONDS`` in one statement; with that setting at
+    0 it is written here."""
     now = now or timezone.now()
     threshold = now - timedelta(seconds=settings.DEVICE_SEEN_WRITE_INTERVAL)
     was_online = device.is_online
     if was_online and device.last_seen > threshold:
+        return
+    if was_online and settings.DEVICE_SEEN_FLUSH_SECONDS > 0:
+        presence.buffer.note(device.pk, now)
+        device.last_seen = now
         return
     Device.objects.filter(pk=device.pk).update(last_seen=now)
     device.last_seen = now
@@ -341,8 +351,8 @@ def poll(
     """A WiFi device asks for work: register it if unknown, note it was seen, and hand it
     the oldest queued command it can act on, claimed so no other poll can get it.
 
-    An idle poll with a known device is one indexed read and, at most every few seconds,
-    one write.
+    An idle poll with a known device is one indexed read; its ``last_seen`` refresh is
+    written by the process's writer, not by the poll (:func:`mark_seen`).
     """
     device_id = canonical_id(raw_id)
     device = device_for_poll(device_id)

@@ -36,9 +36,17 @@ def client_ip(request) -> str:
     """The client's address: ``REMOTE_ADDR``, or the nearest untrusted hop of
     ``X-Forwarded-For`` when the request came through a trusted proxy."""
     meta = getattr(request, "META", {})
-    peer = meta.get("REMOTE_ADDR", "") or ""
-    trusted = settings.TRUSTED_PROXIES
-    forwarded = meta.get("HTTP_X_FORWARDED_FOR", "")
+    return _client_ip(
+        meta.get("REMOTE_ADDR", "") or "",
+        meta.get("HTTP_X_FORWARDED_FOR", ""),
+        tuple(settings.TRUSTED_PROXIES),
+    )
+
+
+# A request asks this more than once (the throttles, the view, the network check), and every
+# machine sends the same pair on every poll: parsing addresses was ~3 % of a worker's CPU.
+@lru_cache(maxsize=4096)
+def _client_ip(peer: str, forwarded: str, trusted: tuple[str, ...]) -> str:
     if not forwarded or not in_networks(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]

@@ -53,9 +53,11 @@ def test_an_idle_poll_within_the_write_interval_is_one_query_and_writes_nothing(
     assert writes(captured.captured_queries) == []
 
 
-def test_an_idle_poll_after_the_write_interval_writes_last_seen_once(
+def test_an_idle_poll_after_the_write_interval_writes_last_seen_once_without_the_writer(
     api_client, online_device, settings, dialect
 ):
+    # With the writer (devices/presence.py, test_presence.py) the poll writes nothing.
+    settings.DEVICE_SEEN_FLUSH_SECONDS = 0
     settings.DEVICE_SEEN_WRITE_INTERVAL = 3
     seen(online_device, 4)  # still online (10 s), but the stored last_seen is stale
     send, idle_body = dialect
