@@ -107,6 +107,9 @@ def main() -> None:
                     print(f"  {function}: {row[3] / stats.total_tt:.0%} of the profiled time")
         print_top(profiler, args.top)
     finally:
+        from devices import presence
+
+        presence.buffer.stop()  # its thread's connection would keep the database from dropping
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
 

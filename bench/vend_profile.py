@@ -121,6 +121,9 @@ def main() -> None:
             print(f"  {own / stats.total_tt:6.1%}  {package}")
         print_top(profiler, args.top)
     finally:
+        from devices import presence
+
+        presence.buffer.stop()  # its thread's connection would keep the database from dropping
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
