@@ -479,6 +479,39 @@ def has_deliverable_command(*, device_pk: int, kinds: frozenset[str] | None = No
     return queued.exists()
 
 
+def _next_command(device: int, now: datetime, **only):
+    """The oldest deliverable queued command of ``device`` (of those ``only`` selects),
+    row-locked with SKIP LOCKED where the database can (SQLite has no row locks; Django
+    leaves them out there)."""
+    return (
+        Command.objects.filter(device=device, state=CommandState.QUEUED, expires_at__gt=now, **only)
+        .order_by("created_at", "id")
+        .select_for_update(skip_locked=True, of=("self",))[:1]
+    )
+
+
+# Every poll that delivers a vend runs these: compiled once (vending_site.statements).
+_NEXT_COMMAND = Select(
+    _next_command,
+    device=Command._meta.get_field("device"),
+    now=Command._meta.get_field("expires_at"),
+)
+_NEXT_COMMAND_OF_KIND = Select(
+    lambda device, now, kind: _next_command(device, now, kind=kind),
+    device=Command._meta.get_field("device"),
+    now=Command._meta.get_field("expires_at"),
+    kind=Command._meta.get_field("kind"),
+)
+_CLAIM_COMMAND = Update(
+    lambda pk, sent_at: (
+        Command.objects.filter(pk=pk, state=CommandState.QUEUED),
+        {"state": CommandState.SENT, "sent_at": sent_at},
+    ),
+    pk=Command._meta.pk,
+    sent_at=Command._meta.get_field("sent_at"),
+)
+
+
 def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -> Command | None:
     """Mark the oldest deliverable queued command of ``device`` as sent, and return it.
 
@@ -492,34 +525,30 @@ def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -
         # A vend queued in the instant a revoke committed is not handed over; it expires.
         return None
     with transaction.atomic():
-        candidates = Command.objects.filter(
-            device=device, state=CommandState.QUEUED, expires_at__gt=now
-        )
-        if kinds is not None:
-            candidates = candidates.filter(kind__in=kinds)
-        candidates = candidates.order_by("created_at", "id")
-        if transaction.get_connection().features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-        command = candidates.first()
+        if kinds is None:
+            command = _NEXT_COMMAND.first(device=device.pk, now=now)
+        elif len(kinds) == 1:
+            (kind,) = kinds
+            command = _NEXT_COMMAND_OF_KIND.first(device=device.pk, now=now, kind=kind)
+        else:
+            command = _next_command(device.pk, now, kind__in=kinds).first()
         if command is not None:
-            claimed = Command.objects.filter(pk=command.pk, state=CommandState.QUEUED).update(
-                state=CommandState.SENT, sent_at=now
-            )
-            if claimed != 1:
+            if _CLAIM_COMMAND.run(pk=command.pk, sent_at=now) != 1:
                 command = None
             else:
                 command.state, command.sent_at = CommandState.SENT, now
                 if command.kind != CommandKind.VEND:
                     # Nothing confirms STATUS or RESET over WiFi: delivery completes them.
-                    Command.objects.filter(pk=command.pk).update(
-                        state=CommandState.COMPLETED, completed_at=now
-                    )
+                    _COMPLETE_COMMAND.run(pk=command.pk, completed_at=now)
                     command.state = CommandState.COMPLETED
                 if command.transaction_id is not None:
-                    txn = Transaction.objects.select_related("device", "slot").get(
-                        pk=command.transaction_id
+                    # Locked as every decider of a vend's state locks it (after its command,
+                    # as the confirmation and the sweep do); the move below would lock it.
+                    txn = lock_transaction(command.transaction_id)
+                    # No savepoint: a refused move rolls the whole claim back.
+                    transition(
+                        txn, TransactionState.SENT, note="delivered to device", savepoint=False
                     )
-                    transition(txn, TransactionState.SENT, note="delivered to device")
     if command is None:
         expire_due_commands(device=device, now=now)
     return command

@@ -257,7 +257,10 @@ def test_a_held_poll_answers_soon_after_a_vend_is_queued(server, device):
         f"after the vend committed ({(answered - requested_at) * 1000:.0f} ms after it was "
         "requested)"
     )
-    assert answered - committed_at < 0.5  # ~0.3 s: a database look every 0.25 s at worst
+    # Answered by the wake-up or a database look (every 0.25 s; ~20 and ~120 ms on a quiet
+    # machine), well before the hold would have ended (1.1 s after the commit): the bound
+    # leaves room for a loaded CI machine (616 ms seen once, with a second suite running).
+    assert answered - committed_at < 0.9
     assert Command.objects.get(transaction=txn).state == CommandState.SENT
 
 

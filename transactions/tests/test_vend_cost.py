@@ -71,6 +71,23 @@ CONFIRMATION = [
     "COMMIT",
 ]
 
+# The machine's poll that is handed the vend (GET /esp32/commands/<id>, v2.1).
+DELIVERY = [
+    # The machine, with whether a command awaits it: one read (labelled by the table of its
+    # EXISTS, which comes first in the SQL).
+    "SELECT devices_command",
+    "BEGIN",  # the claim: all of the rest commits, or none of it
+    "SELECT devices_command",  # the oldest queued VEND, row-locked, SKIP LOCKED
+    "UPDATE devices_command",  # ... claimed: sent, conditional on still being queued
+    "SELECT transactions_transaction",  # its vend, row-locked as every decider locks it
+    "UPDATE transactions_transaction",  # queued -> sent, conditional on the state read
+    "INSERT transactions_transactionevent",  # history: queued -> sent
+    "INSERT vending_site_liveevent",  # the transaction's live event
+    "COMMIT",
+    "INSERT devices_communicationlog",  # what went out on the wire
+    "INSERT vending_site_liveevent",  # ... shown live
+]
+
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"(\w+)"')
 
 
@@ -192,6 +209,28 @@ def test_a_confirmation_costs_these_statements_and_no_more(machine, kiosk, setti
         ("sent", "succeeded", "dispensed"),
     ]
     assert txn.slot.quantity == 4  # the unit stays sold
+
+
+def test_the_poll_that_delivers_a_vend_costs_these_statements_and_no_more(machine, kiosk, settings):
+    settings.DEVICE_SEEN_WRITE_INTERVAL = 3600  # the machine was just seen: no presence write
+    txn_id = vend(kiosk, 2, None).json()["id"]
+
+    with CaptureQueriesContext(connection) as captured:
+        response = APIClient().get(f"/esp32/commands/{DEVICE_ID}")
+
+    assert response.json()["command"] == "VEND" and response.json()["slot"] == 2
+    assert [label(q["sql"]) for q in captured.captured_queries] == DELIVERY
+    if connection.vendor == "postgresql":  # the concurrency guards are still row locks
+        locked = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+        assert [label(sql) for sql in locked] == [
+            "SELECT devices_command",
+            "SELECT transactions_transaction",
+        ]
+        assert "SKIP LOCKED" in locked[0]
+    txn = Transaction.objects.get(pk=txn_id)
+    assert txn.state == "sent" and txn.command.state == "sent"
+    assert txn.command.sent_at is not None
+    assert APIClient().get(f"/esp32/commands/{DEVICE_ID}").content == b"null"  # handed once
 
 
 # --- Live events ------------------------------------------------------------------------
