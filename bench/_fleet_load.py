@@ -69,6 +69,17 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
         self.used = 0  # requests answered on the current socket
 
+    async def open(self, timeout: float) -> None:
+        """Connect now, if not connected (a request would otherwise connect when first sent)."""
+        if self.writer is None:
+            try:
+                self.reader, self.writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), timeout
+                )
+            except (TimeoutError, OSError) as exc:
+                raise HttpError(f"{type(exc).__name__}: {exc}") from None
+            self.used = 0
+
     async def request(self, raw: bytes, timeout: float) -> tuple[int, bytes]:
         """Send one request (bytes as on the wire) and read the answer; closes on any error.
 
@@ -133,13 +144,21 @@ class Connection:
 
 
 class Pool:
-    """At most ``size`` connections, spread round-robin over ``ports``; LIFO reuse."""
+    """At most ``size`` connections, spread round-robin over ``ports``.
 
-    def __init__(self, ports: list[int], size: int, host: str = "127.0.0.1") -> None:
+    By default a connection opens when it is first needed and the last one returned is
+    reused first (LIFO), so the open connections follow the load's peak concurrency.
+    ``steady``: every connection takes its turn (FIFO), so once :meth:`open_all` has run the
+    same ``size`` stay open and busy, whatever the latency: the server's socket count then
+    moves only if the server itself opens or drops connections (``bench/soak.py``)."""
+
+    def __init__(
+        self, ports: list[int], size: int, host: str = "127.0.0.1", *, steady: bool = False
+    ) -> None:
         self.connections: list[Connection] = [
             Connection(host, ports[i % len(ports)]) for i in range(size)
         ]
-        self.waiters: asyncio.Queue[Connection] = asyncio.LifoQueue()
+        self.waiters: asyncio.Queue[Connection] = asyncio.Queue() if steady else asyncio.LifoQueue()
         for connection in self.connections:
             self.waiters.put_nowait(connection)
 
@@ -164,6 +183,9 @@ class Pool:
             return await connection.request(raw, timeout)
         finally:
             self.waiters.put_nowait(connection)
+
+    async def open_all(self, timeout: float = 5.0) -> None:
+        await asyncio.gather(*(connection.open(timeout) for connection in self.connections))
 
     def close(self) -> None:
         for connection in self.connections:

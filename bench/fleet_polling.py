@@ -76,6 +76,7 @@ async def _load(
     tail: float = 0.0,
     interval: float = 0.0,
     on_interval=None,
+    steady_connections: bool = False,
 ) -> dict:
     """Drive the fleet; returns the figures of the measured window.
 
@@ -85,10 +86,15 @@ async def _load(
     figures of that interval, which are then reset (the result holds only the last part).
     ``accepted`` (transaction ids answered 202) and ``dispensed`` (``[device, slot,
     transaction id]`` of every VEND a machine acted on: its own record) cover the whole run.
+    ``steady_connections``: every connection of the pools is opened before the first request
+    and they take turns (:class:`Pool`'s ``steady``).
     """
     loop = asyncio.get_running_loop()
-    device_pool = Pool(ports, min(MAX_CONNECTIONS, max(devices // 5, 10)))
-    vend_pool = Pool(ports, 20)
+    size = min(MAX_CONNECTIONS, max(devices // 5, 10))
+    device_pool = Pool(ports, size, steady=steady_connections)
+    vend_pool = Pool(ports, 20, steady=steady_connections)
+    if steady_connections:
+        await asyncio.gather(device_pool.open_all(), vend_pool.open_all())
     t0 = loop.time() + 0.5
     measure_from = t0 + WARMUP
     t_end = measure_from + seconds

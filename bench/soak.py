@@ -11,7 +11,9 @@ runs it: WSGI, 2 workers x 8 threads, ``CONN_MAX_AGE=60``), the sweeper
 (``sweep_commands --every 5``) and the UDP discovery listener on a free loopback port. The
 load is the fleet benchmark's own generator (``bench/fleet_polling.py``): ``--devices`` WiFi
 machines polling every 2 s on their own clocks, confirming each VEND as the firmware does,
-while REST clients vend at ``--vend-rate`` per second, open-loop.
+while REST clients vend at ``--vend-rate`` per second, open-loop. Its keep-alive connections
+(one per five machines, at most 200, and 20 for the vend clients) are all opened before the
+load starts and used in turn, so the server's socket counts stay flat unless it leaks.
 
 Every ``--every`` seconds (default 10) it samples, in a thread beside the load:
 
@@ -459,6 +461,10 @@ def run(
                 tail=TAIL,
                 interval=every,
                 on_interval=sampler,
+                # The generator's connections all open and all in use from the start: a
+                # lazily grown pool follows the latency (its peak concurrency), and the
+                # workers' socket counts would follow it too, leak or no leak.
+                steady_connections=True,
             )
         )
         settle_until = min(time.monotonic() + SETTLE_MAX, deadline - TEARDOWN)

@@ -102,6 +102,15 @@ def label(sql: str) -> str:
     return f"{verb} {table.group(1) if table else '?'}"
 
 
+# Whoever settles a vend locks its command first, then the vend (never the other way round).
+LOCKED_COMMAND_THEN_VEND = ["SELECT devices_command", "SELECT transactions_transaction"]
+
+
+def row_locks(captured) -> list[str]:
+    """The captured statements that take row locks (``FOR UPDATE``), in order."""
+    return [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
+
+
 def expected(statements: list[str]) -> list[str]:
     if connection.vendor == "postgresql":
         return statements
@@ -195,11 +204,7 @@ def test_a_confirmation_costs_these_statements_and_no_more(machine, kiosk, setti
     assert response.json() == {"status": "ok", "transaction_id": txn_id, "state": "succeeded"}
     assert [label(q["sql"]) for q in captured.captured_queries] == CONFIRMATION
     if connection.vendor == "postgresql":  # the concurrency guards are still row locks
-        locked = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
-        assert [label(sql) for sql in locked] == [
-            "SELECT devices_command",
-            "SELECT transactions_transaction",
-        ]
+        assert [label(sql) for sql in row_locks(captured)] == LOCKED_COMMAND_THEN_VEND
     txn = Transaction.objects.get(pk=txn_id)
     assert txn.state == "succeeded" and txn.completed_at is not None
     assert txn.command.state == "completed"
@@ -221,12 +226,9 @@ def test_the_poll_that_delivers_a_vend_costs_these_statements_and_no_more(machin
     assert response.json()["command"] == "VEND" and response.json()["slot"] == 2
     assert [label(q["sql"]) for q in captured.captured_queries] == DELIVERY
     if connection.vendor == "postgresql":  # the concurrency guards are still row locks
-        locked = [q["sql"] for q in captured.captured_queries if "FOR UPDATE" in q["sql"]]
-        assert [label(sql) for sql in locked] == [
-            "SELECT devices_command",
-            "SELECT transactions_transaction",
-        ]
-        assert "SKIP LOCKED" in locked[0]
+        locked = row_locks(captured)
+        assert [label(sql) for sql in locked] == LOCKED_COMMAND_THEN_VEND
+        assert "SKIP LOCKED" in locked[0]  # concurrent pollers do not queue behind each other
     txn = Transaction.objects.get(pk=txn_id)
     assert txn.state == "sent" and txn.command.state == "sent"
     assert txn.command.sent_at is not None
