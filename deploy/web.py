@@ -15,7 +15,8 @@ plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-51
 
 - **Workers and threads**: ``WEB_WORKERS`` (default 2) processes, each running requests on
   ``WEB_THREADS`` (default 8) blocking threads. Each thread may keep one PostgreSQL
-  connection, so a node holds up to workers x threads of them.
+  connection, and the worker's ``last_seen`` writer (``devices/presence.py``) one more, so a
+  node holds up to workers x (threads + 1) of them.
 - **Persistent connections**: ``CONN_MAX_AGE`` defaults to 60 s here (0 for Daphne and the
   commands, see settings); an explicit ``CONN_MAX_AGE`` in the environment wins.
 - **No preload**: this process (granian's main process) loads the settings module only

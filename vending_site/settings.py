@@ -78,8 +78,9 @@ PORT = env.int("PORT", default=5000)
 
 # granian, the production server for HTTP (deploy/web.py reads these; Daphne serves only the
 # WebSocket there). Threads share a worker's CPU, so two workers of eight threads suit two
-# cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), so workers x threads
-# per node must fit max_connections beside the other processes. WEB_MAX_RSS_MB (0: off)
+# cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), and each worker's
+# last_seen writer one more, so workers x (threads + 1) per node must fit max_connections
+# beside the other processes. WEB_MAX_RSS_MB (0: off)
 # replaces a worker whose memory stays above it, which bounds any slow growth; off by
 # default because the soak measured flat memory, and on Linux without the
 # net.ipv4.tcp_migrate_req sysctl a connection queued to the replaced worker may be reset.
