@@ -18,11 +18,13 @@ What it guarantees:
   number of machines.
 - A machine that comes online is written in the request as before (:func:`mark_seen` in
   ``devices.services`` does that and publishes it): only refreshes of online machines wait.
-  The stored value is then at most ``DEVICE_SEEN_WRITE_INTERVAL`` + one poll +
-  ``DEVICE_SEEN_FLUSH_SECONDS`` old, under ``DEVICE_OFFLINE_AFTER`` (settings keep it so).
+  The stored value is then at most ``DEVICE_SEEN_WRITE_INTERVAL`` + one poll gap (2 s, 4 s
+  with a long-poll hold) + ``DEVICE_SEEN_FLUSH_SECONDS`` old, under ``DEVICE_OFFLINE_AFTER``:
+  settings turn the writer off where that would not hold.
 - A process that ends loses at most its unwritten refreshes, which the machines' next polls
   note again; the process writes them on a normal exit.
-- A forked child starts with an empty buffer and a thread of its own.
+- A forked child starts with an empty buffer and a thread of its own; a thread that died
+  (it should not: every failure of a flush is caught) is started again by the next note.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import threading
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 
 from .models import Device
 
 logger = logging.getLogger(__name__)
 
 MIN_PAUSE = 0.05  # seconds between flushes, whatever the setting says
+LOCK_TIMEOUT_MS = 500  # a device row held longer than this fails the flush (retried)
 
 
 def write_seen(seen: dict[int, datetime]) -> int:
@@ -57,13 +60,21 @@ def write_seen(seen: dict[int, datetime]) -> int:
     pk = ops.quote_name(Device._meta.pk.column)
     last_seen = ops.quote_name(Device._meta.get_field("last_seen").column)
     newer = f"({table}.{last_seen} IS NULL OR {table}.{last_seen} < %s)"
-    items = sorted(seen.items())  # a fixed order: two writers never lock rows crosswise
+    items = sorted(seen.items())
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        # The rows are locked in id order first, so two writers never wait for each other
+        # crosswise; a row another transaction holds fails the flush after LOCK_TIMEOUT (its
+        # refreshes are kept for the next one) instead of holding them all for the
+        # statement timeout.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
             cursor.execute(
-                f"UPDATE {table} SET {last_seen} = v.seen "
-                f"FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, seen) "
-                f"WHERE {table}.{pk} = v.id AND {newer.replace('%s', 'v.seen')}",
+                f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, seen)),"
+                f" rows AS (SELECT {table}.{pk} FROM {table} JOIN v ON {table}.{pk} = v.id"
+                f" ORDER BY {table}.{pk} FOR UPDATE OF {table})"
+                f" UPDATE {table} SET {last_seen} = v.seen FROM v, rows"
+                f" WHERE {table}.{pk} = v.id AND {table}.{pk} = rows.{pk}"
+                f" AND {newer.replace('%s', 'v.seen')}",
                 [[key for key, _ in items], [moment for _, moment in items]],
             )
             return cursor.rowcount
@@ -99,11 +110,16 @@ class SeenBuffer:
             known = self._due.get(pk)
             if known is None or moment > known:
                 self._due[pk] = moment
-            if self._writer and self._thread is None:
-                self._thread = threading.Thread(
+            if self._writer and (self._thread is None or not self._thread.is_alive()):
+                thread = threading.Thread(
                     target=self._run, args=(self._stopping,), name="last-seen-writer", daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: the next note tries again
+                    logger.exception("could not start the last_seen writer")
+                    return
+                self._thread = thread
 
     @property
     def writing(self) -> bool:
@@ -136,14 +152,15 @@ class SeenBuffer:
             while not stopping.wait(max(settings.DEVICE_SEEN_FLUSH_SECONDS, MIN_PAUSE)):
                 self._flush_logged()
         finally:
-            connection.close()  # this thread's own connection
+            _close_quietly()  # this thread's own connection
 
     def _flush_logged(self) -> None:
-        close_old_connections()  # CONN_MAX_AGE and health checks, as a request would
+        # The thread keeps its connection whatever CONN_MAX_AGE says (Daphne and the bridge
+        # run with 0: a connection every flush); one that failed is closed and made anew.
         try:
             self.flush()
         except Exception:
-            connection.close()
+            _close_quietly()
             if not self._failing:  # once per outage, not every fraction of a second
                 logger.warning("could not write last_seen; kept for the next try", exc_info=True)
             self._failing = True
@@ -167,6 +184,13 @@ class SeenBuffer:
             self.flush()
         except Exception:
             logger.warning("could not write last_seen at exit", exc_info=True)
+
+
+def _close_quietly() -> None:
+    try:
+        connection.close()
+    except Exception:  # a connection that is already broken may fail to close
+        logger.debug("closing the last_seen writer's connection failed", exc_info=True)
 
 
 buffer = SeenBuffer()

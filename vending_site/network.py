@@ -36,17 +36,18 @@ def client_ip(request) -> str:
     """The client's address: ``REMOTE_ADDR``, or the nearest untrusted hop of
     ``X-Forwarded-For`` when the request came through a trusted proxy."""
     meta = getattr(request, "META", {})
-    return _client_ip(
-        meta.get("REMOTE_ADDR", "") or "",
-        meta.get("HTTP_X_FORWARDED_FOR", ""),
-        tuple(settings.TRUSTED_PROXIES),
-    )
+    peer = meta.get("REMOTE_ADDR", "") or ""
+    forwarded = meta.get("HTTP_X_FORWARDED_FOR", "")
+    trusted = tuple(settings.TRUSTED_PROXIES)
+    if len(forwarded) > MAX_REMEMBERED_HEADER:  # the sender writes it: keep the cache small
+        return _find_client_ip(peer, forwarded, trusted)
+    return _client_ip(peer, forwarded, trusted)
 
 
-# A request asks this more than once (the throttles, the view, the network check), and every
-# machine sends the same pair on every poll: parsing addresses was ~3 % of a worker's CPU.
-@lru_cache(maxsize=4096)
-def _client_ip(peer: str, forwarded: str, trusted: tuple[str, ...]) -> str:
+MAX_REMEMBERED_HEADER = 256  # characters of X-Forwarded-For that a cached answer may key on
+
+
+def _find_client_ip(peer: str, forwarded: str, trusted: tuple[str, ...]) -> str:
     if not forwarded or not in_networks(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
@@ -60,3 +61,8 @@ def _client_ip(peer: str, forwarded: str, trusted: tuple[str, ...]) -> str:
         if not in_networks(hop, trusted):
             return hop
     return hops[0] if hops else peer
+
+
+# A request asks this more than once (the throttles, the view, the network check), and every
+# machine sends the same pair on every poll: parsing addresses was ~3 % of a worker's CPU.
+_client_ip = lru_cache(maxsize=4096)(_find_client_ip)

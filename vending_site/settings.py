@@ -353,8 +353,14 @@ DEVICE_SEEN_WRITE_INTERVAL = min(
 )
 # An online device's refresh is not written by its poll: each process writes the refreshes
 # of the last this-many seconds in one statement (devices/presence.py). 0 writes each in its
-# request. At most 2 s, so a device polling every 2 s stays online in the stored value.
-DEVICE_SEEN_FLUSH_SECONDS = min(max(env.float("DEVICE_SEEN_FLUSH_SECONDS", default=0.5), 0.0), 2.0)
+# request. A refresh then waits up to this long, so it is capped where a device polling on
+# time (every 2 s, 4 s with a long-poll hold) could look offline: write interval + 4 s +
+# this stays under DEVICE_OFFLINE_AFTER (0, the writer off, when there is no room).
+DEVICE_SEEN_FLUSH_SECONDS = min(
+    max(env.float("DEVICE_SEEN_FLUSH_SECONDS", default=0.5), 0.0),
+    2.0,
+    max(DEVICE_OFFLINE_AFTER - DEVICE_SEEN_WRITE_INTERVAL - 4 - 0.5, 0.0),
+)
 # Hold an idle WiFi poll open up to this many seconds, answering as soon as a command is
 # queued (0: answer at once, as always). The firmware gives up on an answer after 3 s, and a
 # command handed to a poll it gave up on is lost, so more than 2 s is refused.
