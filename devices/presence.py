@@ -107,9 +107,7 @@ class SeenBuffer:
     def note(self, pk: int, moment: datetime) -> None:
         """Remember that machine ``pk`` was seen at ``moment``; written by the next flush."""
         with self._lock:
-            known = self._due.get(pk)
-            if known is None or moment > known:
-                self._due[pk] = moment
+            self._keep_latest(pk, moment)
             if self._writer and (self._thread is None or not self._thread.is_alive()):
                 thread = threading.Thread(
                     target=self._run, args=(self._stopping,), name="last-seen-writer", daemon=True
@@ -142,10 +140,14 @@ class SeenBuffer:
         except BaseException:
             with self._lock:
                 for pk, moment in due.items():
-                    known = self._due.get(pk)
-                    if known is None or moment > known:
-                        self._due[pk] = moment
+                    self._keep_latest(pk, moment)
             raise
+
+    def _keep_latest(self, pk: int, moment: datetime) -> None:
+        """Per machine only its latest refresh is kept (the caller holds the lock)."""
+        known = self._due.get(pk)
+        if known is None or moment > known:
+            self._due[pk] = moment
 
     def _run(self, stopping: threading.Event) -> None:
         try:
