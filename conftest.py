@@ -21,6 +21,15 @@ def last_seen_written_in_the_request(settings):
     settings.DEVICE_SEEN_FLUSH_SECONDS = 0
 
 
+@pytest.fixture(autouse=True)
+def fresh_default_cache():
+    """Rate counts (throttles, the communication log's budget) live in the default cache;
+    each test starts with none spent by the tests before it."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

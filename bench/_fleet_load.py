@@ -553,7 +553,11 @@ def _seed(devices: int, keys: int, stock: int) -> dict:
         for n in range(1, 6)
     ]
     first, _ = register_device(
-        raw_id=device_id(0), transport=Transport.WIFI, protocol=Protocol.WIFI_V2, slot_count=5
+        raw_id=device_id(0),
+        transport=Transport.WIFI,
+        protocol=Protocol.WIFI_V2,
+        slot_count=5,
+        admitted=True,  # the operator's fleet; each machine is bound by its first poll
     )
     for slot in Slot.objects.filter(device=first).order_by("number"):
         Slot.objects.filter(pk=slot.pk).update(

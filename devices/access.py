@@ -1,32 +1,43 @@
 """Who may talk to the device endpoints, and which devices may receive commands.
 
-The deployed firmware sends no credentials, so by default every device endpoint is open.
-An operator can close it in three independent ways (all off by default):
+The deployed firmware sends no credentials, so whoever reaches port 5000 can send what a
+machine sends. What stands between such a sender and the money (docs/security.md):
 
+- **Admission** (``DEVICE_APPROVAL_REQUIRED``, on by default): a WiFi machine that
+  registers or first polls is *pending*: listed, its ``last_seen`` moves, but it has no
+  slots and no command can be queued for it until staff approve it (a vend for it is 409
+  ``device_not_approved``). At most ``DEVICE_PENDING_LIMIT`` wait at once; beyond that a new
+  id is refused without a write. Never-approved machines are pruned. A machine on a USB
+  serial link needs no approval: someone plugged its cable into this server.
+- **Binding** (``DEVICE_ADDRESS_BINDING``, on by default): an approved WiFi machine is bound
+  to the address it was approved from (or, approved with none known, to the address of its
+  next request). A request for it from any other address is refused (403) and changes
+  nothing; the machine is marked *moved* for staff, who accept the move or not.
+- **Sticky transport**: nothing arriving over HTTP acts for a machine linked by USB serial.
+- **No browser drive-by**: a request carrying what only browsers send (``Origin``, a
+  cross-site ``Sec-Fetch-Site``, cookies) or a form-encoded body is refused before it is
+  parsed: a web page open on the LAN cannot make a visitor's browser play a machine.
 - ``DEVICE_ALLOWED_NETWORKS``: device HTTP endpoints and UDP discovery answer only senders
-  inside these networks. Others get 403 over HTTP (before anything is parsed, recorded or
-  claimed) and silence over UDP. The address is the client's, through ``TRUSTED_PROXIES``
-  (see ``vending_site.network``).
-- ``DEVICE_APPROVAL_REQUIRED``: a new WiFi device registers and polls (it is listed, its
-  ``last_seen`` moves) but no command can be queued for it until staff approve it; a vend
-  for it is 409 ``device_not_approved``. A device on a USB serial link needs no approval:
-  someone plugged its cable into this server, which is the approval.
+  inside these networks (403 over HTTP before anything is parsed, silence over UDP).
 - ``DEVICE_TOKEN_REQUIRED``: every device request carries ``X-Device-Token``, the token
-  issued for that device (``manage.py issue_device_token`` or the admin action). Only its
-  SHA-256 is stored; a check is one hash and a constant-time compare, no password hashing,
-  so the 2-second poll stays cheap. For future firmware: today's firmware sends no header.
+  issued for that device. Only its SHA-256 is stored. For future firmware: today's sends no
+  header, so it is off by default.
 
-The firmware treats any status but 200 as "no answer" and retries on its schedule, so a
-refused device simply never gets work; nothing on it breaks.
+The address is the client's, through ``TRUSTED_PROXIES`` (``vending_site.network``). The
+firmware treats any status but 200 as "no answer" and retries on its schedule, so a refused
+sender simply never gets work; nothing on a real machine breaks.
 """
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
+from django.utils import timezone
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
@@ -39,6 +50,26 @@ TOKEN_HEADER = "X-Device-Token"
 
 class DeviceNotApproved(DomainError):
     code = "device_not_approved"
+
+
+class DeviceBoundElsewhere(DomainError):
+    status_code = 403
+    code = "device_bound_elsewhere"
+
+
+class LinkedBySerial(DomainError):
+    status_code = 403
+    code = "device_linked_by_serial"
+
+
+class TooManyPending(DomainError):
+    status_code = 403
+    code = "too_many_pending"
+
+
+class BrowserRequestRefused(DomainError):
+    status_code = 403
+    code = "browser_request_refused"
 
 
 def claimed_device_ids(request, view=None) -> list[str]:
@@ -108,23 +139,174 @@ def approval_message(device) -> str:
     )
 
 
+def pending_devices():
+    """WiFi machines that wait for approval (the ones ``DEVICE_PENDING_LIMIT`` counts)."""
+    from .choices import Transport
+    from .models import Device
+
+    return Device.objects.filter(approved=False).exclude(transport=Transport.SERIAL)
+
+
+def check_room_for_pending(device_id: str) -> None:
+    """Refuse a new WiFi machine when ``DEVICE_PENDING_LIMIT`` machines already wait.
+
+    Called before the row is written, so a flood of invented ids writes nothing once the
+    limit is reached. Two registrations racing at the limit may both pass (one over)."""
+    if not settings.DEVICE_APPROVAL_REQUIRED:
+        return
+    limit = settings.DEVICE_PENDING_LIMIT
+    if pending_devices().count() >= limit:
+        raise TooManyPending(
+            f"{device_id} is not admitted: {limit} machines already await staff approval "
+            "(DEVICE_PENDING_LIMIT). Approve or delete some in the admin.",
+            device_id=device_id,
+        )
+
+
 def set_approved(*, devices, approved: bool) -> int:
-    """Approve or revoke ``devices`` (a queryset). Revoking also expires their queued
-    commands (returning any reserved unit), so nothing waiting is delivered later."""
+    """Approve or revoke ``devices`` (a queryset).
+
+    Approving binds each WiFi machine to the address its last request came from (it binds
+    to its next request's when none is known), clears a pending move, creates its slots and
+    makes it the active machine when none is. Revoking forgets the binding and expires its
+    queued commands (returning any reserved unit), so nothing waiting is delivered later."""
+    from inventory.services import ensure_slots
+
     from .choices import CommandState
     from .models import Command, Device
-    from .services import expire_command
+    from .services import activate_if_none_active, expire_command
 
     # The ids first: ``devices`` may be filtered on ``approved`` itself (the admin's list
     # filter), and would match nothing once updated.
     pks = list(devices.values_list("pk", flat=True))
+    now = timezone.now()
     with transaction.atomic():
-        changed = Device.objects.filter(pk__in=pks).update(approved=approved)
-        if not approved:
+        rows = Device.objects.filter(pk__in=pks)
+        if approved:
+            changed = 0
+            # An approved machine stays as it is: approving it again must not bind it to
+            # whatever address last asked to act as it (that is accept_move, a choice).
+            for device in rows.filter(approved=False).select_for_update():
+                device.approved, device.approved_at = True, now
+                device.bound_address = device.last_address
+                device.moved_to, device.moved_at = None, None
+                device.save(
+                    update_fields=[
+                        "approved",
+                        "approved_at",
+                        "bound_address",
+                        "moved_to",
+                        "moved_at",
+                    ]
+                )
+                ensure_slots(device=device, count=device.slot_count)
+                activate_if_none_active(device)
+                changed += 1
+        else:
+            changed = rows.update(approved=False, bound_address=None, moved_to=None, moved_at=None)
             queued = Command.objects.filter(device__in=pks, state=CommandState.QUEUED)
             for command_id in list(queued.values_list("pk", flat=True)):
                 expire_command(command_id=command_id)
     return changed
+
+
+def accept_move(*, devices) -> int:
+    """Bind each of ``devices`` that asked from a new address to that address."""
+    from .models import Device
+
+    moved = list(devices.filter(moved_to__isnull=False).values_list("pk", "moved_to"))
+    with transaction.atomic():
+        for pk, address in moved:
+            Device.objects.filter(pk=pk).update(bound_address=address, moved_to=None, moved_at=None)
+    return len(moved)
+
+
+# --- Binding -------------------------------------------------------------------------------
+
+
+def _canonical_address(address: str | None) -> str:
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return (address or "").strip()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed
+
+
+def ip_or_none(address: str) -> str | None:
+    canonical = _canonical_address(address)
+    try:
+        ipaddress.ip_address(canonical)
+    except ValueError:
+        return None
+    return canonical
+
+
+MOVE_NOTE_EVERY = timedelta(seconds=60)  # a stranger's requests rewrite the mark this often
+
+
+def check_wifi_request(device, *, address: str) -> None:
+    """May an HTTP request from ``address`` act for ``device``? Raise if not.
+
+    Refusals write at most one row update a minute (the *moved* mark); acceptances write
+    only when something changed (the address a pending machine speaks from, the first
+    binding), so an idle fleet's polls stay reads."""
+    from .choices import Transport
+    from .models import Device
+
+    if device.transport == Transport.SERIAL:
+        raise LinkedBySerial(
+            f"{device.device_id} is linked by USB serial; requests over HTTP cannot act for it.",
+            device_id=device.device_id,
+        )
+    here = ip_or_none(address)
+    if not settings.DEVICE_ADDRESS_BINDING or device.awaiting_approval:
+        if here and here != _canonical_address(device.last_address):
+            Device.objects.filter(pk=device.pk).update(last_address=here)
+            device.last_address = here
+        return
+    if not device.bound_address:
+        if here:  # approved with no address known: the first request binds it
+            Device.objects.filter(pk=device.pk).update(bound_address=here, last_address=here)
+            device.bound_address = device.last_address = here
+        return
+    if here and here == _canonical_address(device.bound_address):
+        return
+    now = timezone.now()
+    if here and (
+        _canonical_address(device.moved_to) != here
+        or device.moved_at is None
+        or now - device.moved_at >= MOVE_NOTE_EVERY
+    ):
+        Device.objects.filter(pk=device.pk).update(moved_to=here, moved_at=now)
+    raise DeviceBoundElsewhere(
+        f"{device.device_id} is bound to another address; requests for it from "
+        f"{address or 'an unknown address'} are refused until staff accept the move.",
+        device_id=device.device_id,
+    )
+
+
+# --- Browsers ------------------------------------------------------------------------------
+
+# Content types an HTML form can send without a script: the firmware posts JSON.
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+BROWSER_FETCH_SITES = ("cross-site", "same-site", "same-origin")
+
+
+def browser_request_reason(request) -> str | None:
+    """Why ``request`` looks like a browser's (the firmware sends none of this), or None."""
+    headers = request.headers
+    if "Origin" in headers:
+        return "it carries an Origin header"
+    if headers.get("Sec-Fetch-Site", "").lower() in BROWSER_FETCH_SITES:
+        return "it was sent by a browser from a web page (Sec-Fetch-Site)"
+    if headers.get("Cookie", "").strip():
+        return "it carries cookies"
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type in FORM_TYPES:
+        return f"its body is {content_type}, not the firmware's JSON"
+    return None
 
 
 # --- Tokens --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from inventory.models import Slot
 from inventory.services import ensure_slots
 from vending_site.errors import DomainError
 
-from .access import issue_device_token, set_approved
+from .access import accept_move, issue_device_token, set_approved
 from .choices import CommandKind, PortRequest
 from .models import Command, CommunicationLog, Device, SerialPort
 from .protocol import mac_from_device_id
@@ -110,7 +110,7 @@ class DeviceAdmin(admin.ModelAdmin):
         "firmware_version",
         "address",
         "last_seen",
-        "approved",
+        "admission",
     )
     list_filter = (OnlineFilter, "transport", "protocol", "is_active", "approved")
     search_fields = ("device_id", "name", "mac_address")
@@ -119,6 +119,7 @@ class DeviceAdmin(admin.ModelAdmin):
         "queue_status",
         "queue_reset",
         "approve",
+        "accept_move",
         "revoke_approval",
         "issue_token",
     )
@@ -129,7 +130,13 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "last_seen",
         "registered_at",
+        "admission",
         "approved",
+        "approved_at",
+        "last_address",
+        "bound_address",
+        "moved_to",
+        "moved_at",
         "has_token",
     )
 
@@ -137,8 +144,18 @@ class DeviceAdmin(admin.ModelAdmin):
         # The active flag has its own action (the database allows one active device);
         # presence is what the device reports, not what staff type.
         readonly = ["reported_status", "is_active", "online", "last_seen", "registered_at"]
-        # Approval has its actions (revoking also expires queued commands).
-        readonly += ["approved", "has_token"]
+        # Approval and binding have their actions (revoking also expires queued commands);
+        # the addresses are what the server saw, not what staff type.
+        readonly += [
+            "admission",
+            "approved",
+            "approved_at",
+            "last_address",
+            "bound_address",
+            "moved_to",
+            "moved_at",
+            "has_token",
+        ]
         if obj is not None:
             readonly.insert(0, "device_id")  # the firmware knows the device by it
         return readonly
@@ -151,10 +168,22 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_token(self, obj: Device) -> bool:
         return bool(obj.token_hash)
 
-    @admin.action(description="Approve (may receive commands)", permissions=["change"])
+    @admin.display(description="Admission")
+    def admission(self, obj: Device) -> str:
+        return obj.admission
+
+    @admin.action(
+        description="Approve (may receive commands, bound to its last address)",
+        permissions=["change"],
+    )
     def approve(self, request: HttpRequest, queryset) -> None:
         count = set_approved(devices=queryset, approved=True)
         self.message_user(request, f"{count} device(s) approved.")
+
+    @admin.action(description="Accept the move to its new address", permissions=["change"])
+    def accept_move(self, request: HttpRequest, queryset) -> None:
+        count = accept_move(devices=queryset)
+        self.message_user(request, f"{count} device(s) now served at their new address.")
 
     @admin.action(description="Revoke approval (no more commands)", permissions=["change"])
     def revoke_approval(self, request: HttpRequest, queryset) -> None:
@@ -180,7 +209,7 @@ class DeviceAdmin(admin.ModelAdmin):
 
     @admin.display(description="Address", ordering="ip_address")
     def address(self, obj: Device) -> str:
-        return obj.ip_address or obj.serial_port or "-"
+        return obj.last_address or obj.ip_address or obj.serial_port or "-"
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Slot:

@@ -1,4 +1,5 @@
-"""Housekeeping of data that grows without bound: the communication log, idempotency keys.
+"""Housekeeping of data that grows without bound: the communication log, idempotency keys,
+machines that announced themselves and were never approved.
 
 Run from cron (``manage.py prune_logs``) beside the live server: every delete is by
 primary key in bounded batches, so no long lock is held and two runs may overlap.
@@ -14,7 +15,8 @@ from django.utils import timezone
 
 from transactions.models import IdempotencyKey
 
-from .models import CommunicationLog
+from .access import pending_devices
+from .models import CommunicationLog, Device
 
 DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 10_000
@@ -77,3 +79,19 @@ def expired_idempotency_keys(*, now: datetime | None = None) -> QuerySet[Idempot
     # Mirrors the cutoff in prune_idempotency_keys, which offers no count of its own.
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
     return IdempotencyKey.objects.filter(created_at__lt=cutoff)
+
+
+def prune_pending_devices(*, now: datetime | None = None) -> int:
+    """Delete WiFi machines that were never approved and have not been heard from for
+    ``DEVICE_PENDING_PRUNE_HOURS``; returns how many. A machine with slots or commands (one
+    approved once, then revoked) is history and is kept."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.DEVICE_PENDING_PRUNE_HOURS)
+    stale = (
+        pending_devices()
+        .filter(approved_at__isnull=True, slots__isnull=True, commands__isnull=True)
+        .exclude(last_seen__gte=cutoff)
+        .exclude(registered_at__gte=cutoff)
+    )
+    ids = list(stale.values_list("pk", flat=True)[:MAX_BATCH_SIZE])
+    deleted, _ = Device.objects.filter(pk__in=ids).delete()
+    return min(deleted, len(ids))

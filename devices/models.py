@@ -21,7 +21,10 @@ MAX_SLOTS = 64
 
 
 def approved_by_default() -> bool:
-    """New devices start approved unless the operator requires approval."""
+    """Kept for migration 0005, which names it; new rows default to approved (see
+    ``Device.approved``): a machine that staff, a fixture or the demo creates is admitted by
+    whoever created it, and ``services.register_device`` sets a WiFi machine that announces
+    itself pending when ``DEVICE_APPROVAL_REQUIRED``."""
     return not settings.DEVICE_APPROVAL_REQUIRED
 
 
@@ -56,9 +59,34 @@ class Device(models.Model):
     )
     registered_at = models.DateTimeField(default=timezone.now)
     approved = models.BooleanField(
-        default=approved_by_default,
-        help_text="With DEVICE_APPROVAL_REQUIRED, only approved WiFi devices receive commands.",
+        default=True,
+        help_text=(
+            "With DEVICE_APPROVAL_REQUIRED (the default), a WiFi machine that announces "
+            "itself waits for staff approval and receives no commands until then."
+        ),
     )
+    approved_at = models.DateTimeField(
+        null=True, blank=True, help_text="When staff last approved it (empty: never)."
+    )
+    last_address = models.GenericIPAddressField(
+        null=True,
+        blank=True,
+        help_text="The address its last accepted WiFi request came from, as the server saw it.",
+    )
+    bound_address = models.GenericIPAddressField(
+        null=True,
+        blank=True,
+        help_text=(
+            "With DEVICE_ADDRESS_BINDING (the default), requests for this WiFi machine are "
+            "served only from this address (set on approval; empty: the next request's)."
+        ),
+    )
+    moved_to = models.GenericIPAddressField(
+        null=True,
+        blank=True,
+        help_text="Another address that asked to act as this machine, awaiting staff.",
+    )
+    moved_at = models.DateTimeField(null=True, blank=True)
     token_hash = models.CharField(
         max_length=64,
         blank=True,
@@ -92,6 +120,17 @@ class Device(models.Model):
 
     def supports(self, kind: str) -> bool:
         return kind in SUPPORTED_COMMANDS[self.protocol]
+
+    @property
+    def admission(self) -> str:
+        """What staff need to know about its admission, in their words."""
+        if self.transport == Transport.SERIAL:
+            return "linked by USB"
+        if self.awaiting_approval:
+            return "awaiting approval"
+        if self.moved_to:
+            return f"moved to {self.moved_to}, awaiting approval"
+        return "approved"
 
     @property
     def awaiting_approval(self) -> bool:

@@ -6,10 +6,13 @@ back to bytes; the rules live here.
 
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
@@ -23,8 +26,10 @@ from transactions.models import Transaction
 from vending_site.events import publish, publish_many
 from vending_site.outages import Breaker
 from vending_site.statements import Insert, Select, Update
+from vending_site.throttling import count_hits
 
 from . import presence
+from .access import check_room_for_pending, check_wifi_request, ip_or_none
 from .choices import (
     CommandKind,
     CommandState,
@@ -86,12 +91,63 @@ def log_exchange(
     endpoint: str = "",
     level: LogLevel = LogLevel.INFO,
     remote_addr: str = "",
-) -> CommunicationLog:
-    """Record one message that crossed the wire, and show it on live pages."""
+    limited: bool = False,
+) -> CommunicationLog | None:
+    """Record one message that crossed the wire, and show it on live pages.
+
+    ``limited``: the message is what an unauthenticated sender made us say (a request over
+    HTTP, a refusal of one), so it is written only within ``DEVICE_LOG_RATE`` rows a minute
+    per sending address and per machine; past that it is counted, not written, and the
+    first row of the next minute says how many were left out. Returns None then."""
+    key = device_key or (device.device_id if device else "")
+    if limited:
+        admitted = _log_budget(remote_addr, key)
+        if admitted is None:
+            return None
+        for note in admitted:
+            _write_log_entry(
+                Exchange(
+                    direction, transport, note, device, key, endpoint, LogLevel.WARNING, remote_addr
+                )
+            )
     fields = (direction, transport, message, device, device_key, endpoint, level, remote_addr)
-    entry = _NEW_LOG_ENTRY.insert(Exchange(*fields).entry())
+    return _write_log_entry(Exchange(*fields))
+
+
+def _write_log_entry(exchange: Exchange) -> CommunicationLog:
+    entry = _NEW_LOG_ENTRY.insert(exchange.entry())
     publish("log", log_entry_payload(entry))
     return entry
+
+
+_LOG_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_.]")
+
+
+def _log_budget(remote_addr: str, device_key: str) -> list[str] | None:
+    """None when this minute's rows for the address or the machine are spent; else the
+    notes to write first about the rows the previous minute left out (usually none)."""
+    rate = settings.DEVICE_LOG_RATE
+    if rate <= 0:
+        return []
+    window = int(time.time() // 60)
+    scopes = [("address", remote_addr or "unknown"), ("machine", device_key or "none")]
+    counters = [
+        (f"devlog.{scope}.{_LOG_KEY_CHARACTERS.sub('_', who)[:80]}", window, 60)
+        for scope, who in scopes
+    ]
+    counts = count_hits(cache, counters)
+    if counts is None:  # the cache is unreachable: write, as the throttles let requests by
+        return []
+    if any(hits > rate for hits, _before in counts):
+        return None
+    notes = []
+    for (scope, who), (hits, before) in zip(scopes, counts, strict=True):
+        if hits == 1 and before > rate:
+            notes.append(
+                f"{before - rate} more entries for this {scope} ({who}) in the previous minute "
+                f"were not written (DEVICE_LOG_RATE={rate}/min)"
+            )
+    return notes
 
 
 @transaction.atomic
@@ -128,7 +184,45 @@ def device_payload(device: Device) -> dict:
         "online": device.is_online,
         "last_seen": device.last_seen.isoformat() if device.last_seen else None,
         "is_active": device.is_active,
+        "admission": device.admission,
     }
+
+
+def publish_device(device: Device) -> None:
+    """Show ``device`` as it is now on live pages (after staff changed it)."""
+    publish("device", device_payload(device))
+
+
+def register_over_wifi(
+    *,
+    raw_id: str,
+    protocol: Protocol,
+    address: str,
+    ip_address: str | None = None,
+    slot_count: int | None = None,
+    firmware_version: str = "",
+    reported_status: str = "",
+) -> tuple[Device, bool]:
+    """A WiFi machine announces itself over HTTP from ``address``: admitted as
+    :func:`devices.access.check_wifi_request` says (a machine bound elsewhere or linked by
+    USB is refused and changes nothing; a new one is pending and counts against
+    ``DEVICE_PENDING_LIMIT``), then registered as :func:`register_device` does."""
+    device_id = canonical_id(raw_id)
+    known = DEVICE_BY_ID.first(device_id=device_id)
+    if known is not None:
+        check_wifi_request(known, address=address)
+    else:
+        check_room_for_pending(device_id)
+    return register_device(
+        raw_id=device_id,
+        transport=Transport.WIFI,
+        protocol=protocol,
+        ip_address=ip_address,
+        address=address,
+        slot_count=slot_count,
+        firmware_version=firmware_version,
+        reported_status=reported_status,
+    )
 
 
 @transaction.atomic
@@ -138,15 +232,23 @@ def register_device(
     transport: Transport = Transport.WIFI,
     protocol: Protocol = Protocol.WIFI_V2,
     ip_address: str | None = None,
+    address: str = "",
     serial_port: str = "",
     slot_count: int | None = None,
     firmware_version: str = "",
     reported_status: str = "",
+    admitted: bool = False,
 ) -> tuple[Device, bool]:
     """Create or refresh a device from what it said about itself; mark it seen now.
 
-    Creates its missing slot rows, and makes it the active device when none is, so a
-    single-machine install works without any selection. Returns ``(device, created)``.
+    A new WiFi machine is pending when ``DEVICE_APPROVAL_REQUIRED``: it gets no slots and
+    is not made active until staff approve it (``devices.access.set_approved``). Otherwise
+    its missing slot rows are created, and it becomes the active device when none is, so a
+    single-machine install works without any selection. ``address`` is where the request
+    came from (the address approval binds to). ``admitted``: the caller is the operator's
+    own setup (a benchmark's or a test stack's machines), so a new machine starts approved.
+    Returns ``(device, created)``. Admission is the caller's (:func:`register_over_wifi`;
+    a serial cable is its own admission).
     """
     device_id = canonical_id(raw_id)
     now = timezone.now()
@@ -159,6 +261,10 @@ def register_device(
             "slot_count": count or settings.DEVICE_DEFAULT_SLOTS,
             "mac_address": mac_from_device_id(device_id),
             "registered_at": now,
+            "approved": admitted
+            or transport == Transport.SERIAL
+            or not settings.DEVICE_APPROVAL_REQUIRED,
+            "last_address": ip_or_none(address),
         },
     )
     device.transport = transport
@@ -175,8 +281,9 @@ def register_device(
     if reported_status:
         device.reported_status = reported_status[:50]
     device.save()
-    ensure_slots(device=device, count=device.slot_count)
-    activate_if_none_active(device)
+    if not device.awaiting_approval:
+        ensure_slots(device=device, count=device.slot_count)
+        activate_if_none_active(device)
     publish("device", device_payload(device))
     return device, created
 
@@ -363,18 +470,24 @@ def poll(
             raise UnknownDevice(
                 f"No device {device_id} is registered; register it first.", device_id=device_id
             )
+        check_room_for_pending(device_id)
         device, _created = register_device(
             raw_id=device_id,
             protocol=protocol,
             ip_address=remote_addr or None,
+            address=remote_addr,
         )
         has_pending, registered_now = False, True
     else:
+        # Refused before anything is written: a stranger neither takes a command nor keeps
+        # an absent machine looking online.
+        check_wifi_request(device, address=remote_addr)
         has_pending, registered_now = device.has_pending, False
         mark_seen(device)
 
     def log(message: str, direction: Direction = Direction.IN, level=LogLevel.INFO) -> None:
         log_exchange(
+            limited=True,
             direction=direction,
             transport=Transport.WIFI,
             device=device,
@@ -384,13 +497,6 @@ def poll(
             level=level,
         )
 
-    if device.transport == Transport.SERIAL and not registered_now:
-        # Its commands go over its USB link; one handed to an HTTP client would be lost.
-        log(
-            "poll over HTTP for a device linked by USB serial: nothing delivered",
-            level=LogLevel.WARNING,
-        )
-        return device, None
     if registered_now:
         log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
     command = (
@@ -419,21 +525,27 @@ def deliver_next_command(
     lost (a worker killed mid-answer, a reply after the firmware's 3 s timeout). It is
     flagged ``unconfirmed`` for staff here, at once, because a confirmation names only a
     slot: left ``sent``, it would be the oldest candidate and take the confirmation of the
-    vend the machine really dispensed. Off by default, as PROTOCOL.md's rule is "the oldest
-    delivered, not yet confirmed".
+    vend the machine really dispensed (or, when its confirmation was lost, never settled
+    it). On by default; off, PROTOCOL.md's literal rule applies: "the oldest delivered, not
+    yet confirmed".
     """
-    command = claim_next_command(device=device, kinds=kinds)
-    if command is not None:
-        log_exchange(
-            direction=Direction.OUT,
-            transport=Transport.WIFI,
-            device=device,
-            endpoint=endpoint,
-            remote_addr=remote_addr,
-            message=json.dumps(command.as_wire()),
-        )
-        if command.kind == CommandKind.VEND and settings.WIFI_ONE_VEND_AT_A_TIME:
-            _flag_vends_the_machine_never_got(device=device, delivered=command)
+    # One transaction for the claim and everything written about it: if any of it fails
+    # (the database goes away between the claim and its log row), the claim rolls back and
+    # the command stays queued for the next poll; it is never `sent` in an answer that
+    # became an error. After the commit only the answer's bytes are left to send.
+    with transaction.atomic():
+        command = claim_next_command(device=device, kinds=kinds)
+        if command is not None:
+            log_exchange(
+                direction=Direction.OUT,
+                transport=Transport.WIFI,
+                device=device,
+                endpoint=endpoint,
+                remote_addr=remote_addr,
+                message=json.dumps(command.as_wire()),
+            )
+            if command.kind == CommandKind.VEND and settings.WIFI_ONE_VEND_AT_A_TIME:
+                _flag_vends_the_machine_never_got(device=device, delivered=command)
     return command
 
 
@@ -524,7 +636,8 @@ def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -
     if device.awaiting_approval:
         # A vend queued in the instant a revoke committed is not handed over; it expires.
         return None
-    with transaction.atomic():
+    # No savepoint: inside deliver_next_command's transaction a failure rolls it all back.
+    with transaction.atomic(savepoint=False):
         if kinds is None:
             command = _NEXT_COMMAND.first(device=device.pk, now=now)
         elif len(kinds) == 1:
@@ -669,7 +782,10 @@ def confirm_vend(
     """
     device_id = canonical_id(raw_id)
     device = DEVICE_BY_ID.first(device_id=device_id)
+    if device is not None and transport == Transport.WIFI:
+        check_wifi_request(device, address=remote_addr)
     log_exchange(
+        limited=True,
         direction=Direction.IN,
         transport=transport,
         device=device,
@@ -718,6 +834,7 @@ def _log_unmatched(
 ) -> None:
     logger.warning("confirmation from %s ignored: %s", device_id, why)
     log_exchange(
+        limited=True,
         direction=Direction.IN,
         transport=transport,
         device=Device.objects.filter(device_id=device_id).first(),

@@ -37,6 +37,9 @@ class DeviceFactory(factory.django.DjangoModelFactory):
 
     device_id = factory.Sequence(lambda n: f"ESP32_{n:012X}")
     slot_count = 5
+    # Approved (the model's default) and bound to the Django test client's own address.
+    bound_address = "127.0.0.1"
+    last_address = "127.0.0.1"
 
 
 class ProductFactory(factory.django.DjangoModelFactory):

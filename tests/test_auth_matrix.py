@@ -12,6 +12,7 @@ from transactions.models import Transaction
 
 MISSING = "00000000-0000-4000-8000-000000000000"  # fixed: xdist workers must agree on ids
 V, C = {"device_id": DEVICE_ID}, {"command": "STATUS"}
+A = {"action": "approve"}
 ROLES = ("anonymous", "plain", "vend_client", "api_key", "staff")
 
 # method, path, body, expected status per role in ROLES order.
@@ -27,6 +28,8 @@ MATRIX = [
     ("post", "/esp32/devices/auto-select", {}, (401, 403, 403, 403, 200)),
     # Staff pass the permission; firmware v2.1 acts on no STATUS, hence 409.
     ("post", f"/api/v1/devices/{DEVICE_ID}/commands", C, (401, 403, 403, 403, 409)),
+    # Staff only; approving an approved machine changes nothing and answers it as it is.
+    ("post", f"/api/v1/devices/{DEVICE_ID}/admission", A, (401, 403, 403, 403, 200)),
     ("get", "/status", None, (200, 200, 200, 200, 200)),
 ]
 

@@ -3,6 +3,7 @@ tokens, object-level checks between devices, and request size limits."""
 
 import hashlib
 import io
+import json
 
 import pytest
 from django.core.management import call_command
@@ -51,9 +52,235 @@ def vend(client, device_id: str, slot: int = 1):
 # --- Approval --------------------------------------------------------------------------------
 
 
-def test_without_approval_required_a_new_device_is_approved(db):
+def test_without_approval_required_a_new_device_is_approved(db, settings):
+    settings.DEVICE_APPROVAL_REQUIRED = False
+
     assert APIClient().get(f"/esp32/commands/{OTHER_ID}").status_code == 200
     assert Device.objects.get(device_id=OTHER_ID).approved is True
+
+
+STRANGER = {"REMOTE_ADDR": "127.0.0.2"}  # another host on the machines' network
+
+
+def test_by_default_a_machine_that_registers_is_pending_without_slots_and_gets_idle_answers(
+    db, staff_client
+):
+    client = APIClient()
+
+    registered = post_json(client, "/esp32/register", register_body(device_id=OTHER_ID))
+    polled = poll(client, OTHER_ID)
+    refused = vend(staff_client, OTHER_ID)
+
+    assert registered.status_code == polled.status_code == 200
+    assert polled.content == b"null"
+    device = Device.objects.get(device_id=OTHER_ID)
+    assert (device.approved, device.admission) == (False, "awaiting approval")
+    assert device.last_address == "127.0.0.1"
+    assert not device.slots.exists()
+    assert not device.is_active
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "device_not_approved"
+
+
+def test_pending_machines_are_capped_and_a_new_one_beyond_is_refused_without_a_write(db, settings):
+    settings.DEVICE_PENDING_LIMIT = 3
+    client = APIClient()
+    for n in range(3):
+        assert poll(client, f"ESP32_00000000000{n}").status_code == 200
+    rows_before = (Device.objects.count(), Slot.objects.count(), CommunicationLog.objects.count())
+
+    polled = poll(client, "ESP32_0000000000AA")
+    registered = post_json(client, "/esp32/register", register_body(device_id="ESP32_0000000000AB"))
+
+    assert polled.status_code == registered.status_code == 403
+    assert polled.json()["code"] == "too_many_pending"
+    assert "DEVICE_PENDING_LIMIT" in polled.json()["detail"]
+    assert Device.objects.count() == rows_before[0]
+    assert Slot.objects.count() == rows_before[1] == 0
+
+
+def test_approval_binds_the_machine_to_its_address_and_gives_it_slots(db, staff_client):
+    client = APIClient()
+    post_json(client, "/esp32/register", register_body(device_id=OTHER_ID), **STRANGER)
+
+    set_approved(devices=Device.objects.filter(device_id=OTHER_ID), approved=True)
+
+    device = Device.objects.get(device_id=OTHER_ID)
+    assert device.bound_address == "127.0.0.2"
+    assert device.approved_at is not None
+    assert list(device.slots.values_list("number", flat=True)) == [1, 2, 3, 4, 5]
+    assert device.is_active
+
+
+def test_a_bound_machine_is_refused_from_another_address_and_nothing_changes(db, staff_client):
+    """Finding 1 of the device-trust review: anyone on the LAN took a queued vend with one
+    GET and faked its outcome with one POST; a register shrank the machine's slots."""
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    txn_id = vend(staff_client, OTHER_ID).json()["id"]
+    stranger = APIClient()
+
+    stolen = poll(stranger, OTHER_ID, **STRANGER)
+    faked = post_json(
+        stranger, "/esp32/confirm", confirm_body(device_id=OTHER_ID, slot=1), **STRANGER
+    )
+    shrunk = post_json(
+        stranger,
+        "/esp32/register",
+        register_body(device_id=OTHER_ID, slots_available=1),
+        **STRANGER,
+    )
+
+    assert stolen.status_code == faked.status_code == shrunk.status_code == 403
+    assert stolen.json()["code"] == "device_bound_elsewhere"
+    assert Command.objects.get().state == CommandState.QUEUED
+    assert Transaction.objects.get(pk=txn_id).state == "queued"
+    device.refresh_from_db()
+    assert (device.slot_count, device.bound_address) == (5, "127.0.0.1")
+    assert (device.moved_to, device.admission) == (
+        "127.0.0.2",
+        "moved to 127.0.0.2, awaiting approval",
+    )
+    # The real machine is served as ever.
+    assert poll(APIClient(), OTHER_ID).json()["slot"] == 1
+
+
+def test_a_stranger_does_not_keep_an_absent_machine_online(db):
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    Device.objects.filter(pk=device.pk).update(last_seen=None)
+
+    poll(APIClient(), OTHER_ID, **STRANGER)
+
+    assert Device.objects.get(pk=device.pk).last_seen is None
+
+
+def test_staff_accept_a_move_and_the_machine_is_served_from_its_new_address(db, client):
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    poll(APIClient(), OTHER_ID, **STRANGER)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    client.post(
+        "/admin/devices/device/", {"action": "accept_move", "_selected_action": [device.pk]}
+    )
+
+    device.refresh_from_db()
+    assert (device.bound_address, device.moved_to) == ("127.0.0.2", None)
+    assert poll(APIClient(), OTHER_ID, **STRANGER).status_code == 200
+    assert poll(APIClient(), OTHER_ID).status_code == 403
+
+
+def test_an_approved_machine_with_no_known_address_is_bound_by_its_next_request(db):
+    device = stocked(OTHER_ID)  # approved before binding existed: no address
+
+    assert poll(APIClient(), OTHER_ID, **STRANGER).status_code == 200
+    assert poll(APIClient(), OTHER_ID).status_code == 403
+    assert Device.objects.get(pk=device.pk).bound_address == "127.0.0.2"
+
+
+def test_with_binding_off_any_address_acts_for_an_approved_machine(db, settings, staff_client):
+    settings.DEVICE_ADDRESS_BINDING = False
+    stocked(OTHER_ID, bound_address="127.0.0.1")
+    vend(staff_client, OTHER_ID)
+
+    assert poll(APIClient(), OTHER_ID, **STRANGER).json()["slot"] == 1
+
+
+def test_approving_an_approved_machine_again_does_not_bind_it_to_a_stranger(db):
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    poll(APIClient(), OTHER_ID, **STRANGER)  # marks it moved
+
+    set_approved(devices=Device.objects.filter(pk=device.pk), approved=True)
+
+    assert Device.objects.get(pk=device.pk).bound_address == "127.0.0.1"
+
+
+def test_never_approved_machines_are_pruned_and_approved_ones_kept(db, settings):
+    from datetime import timedelta
+
+    from devices.maintenance import prune_pending_devices
+
+    old = timezone.now() - timedelta(hours=settings.DEVICE_PENDING_PRUNE_HOURS + 1)
+    Device.objects.create(
+        device_id="ESP32_00000000000A", approved=False, registered_at=old, last_seen=old
+    )
+    Device.objects.create(device_id="ESP32_00000000000B", approved=False, last_seen=timezone.now())
+    Device.objects.create(device_id="ESP32_00000000000C", registered_at=old, last_seen=old)
+
+    assert prune_pending_devices() == 1
+
+    assert sorted(Device.objects.values_list("device_id", flat=True)) == [
+        "ESP32_00000000000B",
+        "ESP32_00000000000C",
+    ]
+
+
+# --- Browsers --------------------------------------------------------------------------------
+
+
+BROWSER_MARKS = [
+    {"HTTP_ORIGIN": "http://evil.example"},
+    {"HTTP_SEC_FETCH_SITE": "cross-site"},
+    {"HTTP_SEC_FETCH_SITE": "same-site"},
+    {"HTTP_COOKIE": "sessionid=abc"},
+]
+
+
+@pytest.mark.parametrize("marks", BROWSER_MARKS, ids=lambda marks: next(iter(marks)))
+@pytest.mark.parametrize(
+    ("method", "path", "extra"),
+    [
+        ("get", f"/esp32/commands/{OTHER_ID}", {}),
+        ("get", "/esp32/wifi/command", {"HTTP_DEVICE_ID": OTHER_ID}),
+        ("post", "/esp32/register", {}),
+        ("post", "/esp32/confirm", {}),
+        ("post", "/esp32/wifi/confirm", {}),
+    ],
+)
+def test_what_only_a_browser_sends_is_refused_before_anything_happens(
+    db, staff_client, marks, method, path, extra
+):
+    stocked(OTHER_ID, bound_address="127.0.0.1")
+    vend(staff_client, OTHER_ID)
+    body = confirm_body(device_id=OTHER_ID, slot=1) if "confirm" in path else register_body()
+    logged = CommunicationLog.objects.count()
+    client = APIClient()
+
+    if method == "get":
+        response = client.get(path, **extra, **marks)
+    else:
+        response = post_json(client, path, body, **marks)
+
+    assert response.status_code == 403
+    assert response.json()["code"] == "browser_request_refused"
+    assert Command.objects.get().state == CommandState.QUEUED
+    assert CommunicationLog.objects.count() <= logged + 1  # the refusal, within its budget
+
+
+def test_a_flood_of_anonymous_confirmations_writes_a_bounded_log(db, settings):
+    """Finding 5: 2,000 confirmations from one address in 30 s wrote 6,000 log rows."""
+    settings.DEVICE_LOG_RATE = 20
+    client = APIClient()
+
+    answers = {
+        post_json(client, "/esp32/confirm", confirm_body(device_id=f"ESP32_{n:012X}")).status_code
+        for n in range(200)
+    }
+
+    assert answers == {200}
+    # At most the per-address budget; a window change mid-test adds one more budget.
+    assert CommunicationLog.objects.count() <= 2 * 20 + 2
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_a_form_encoded_body_is_refused(db, content_type):
+    response = APIClient().generic(
+        "POST", "/esp32/register", json.dumps(register_body()), content_type=content_type
+    )
+
+    assert response.status_code == 403
+    assert "not the firmware's JSON" in response.json()["detail"]
+    assert not Device.objects.exists()
 
 
 def test_a_new_device_registers_and_polls_but_is_not_approved(db, settings):
@@ -426,3 +653,47 @@ def test_a_command_queued_before_a_revoke_is_not_handed_to_the_revoked_device(
 
     assert poll(APIClient(), OTHER_ID).content == b"null"
     assert Command.objects.get(device=device).state == CommandState.QUEUED
+
+
+# --- Admission over REST -------------------------------------------------------------------
+
+
+def test_staff_approve_a_pending_machine_over_rest_and_it_is_bound_and_gets_slots(db, staff_client):
+    post_json(APIClient(), "/esp32/register", register_body(device_id=OTHER_ID), **STRANGER)
+
+    response = staff_client.post(
+        f"/api/v1/devices/{OTHER_ID}/admission", {"action": "approve"}, format="json"
+    )
+
+    assert response.status_code == 200, response.content
+    assert response.json()["admission"] == "approved"
+    assert response.json()["bound_address"] == "127.0.0.2"
+    assert Device.objects.get(device_id=OTHER_ID).slots.count() == 5
+
+
+def test_accepting_a_move_that_nobody_asked_for_is_409(db, staff_client):
+    stocked(OTHER_ID, bound_address="127.0.0.1")
+
+    response = staff_client.post(
+        f"/api/v1/devices/{OTHER_ID}/admission", {"action": "accept_move"}, format="json"
+    )
+
+    assert response.status_code == 409
+    assert "nothing to accept" in response.json()["detail"]
+
+
+def test_admission_is_for_staff_only(db, client_for):
+    from django.contrib.auth.models import Group
+
+    from vending_site.permissions import VEND_CLIENT_GROUP
+
+    stocked(OTHER_ID, approved=False)
+    kiosk = UserFactory()
+    kiosk.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])
+
+    response = client_for(kiosk).post(
+        f"/api/v1/devices/{OTHER_ID}/admission", {"action": "approve"}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert Device.objects.get(device_id=OTHER_ID).approved is False

@@ -169,6 +169,30 @@ def test_device_throttle_keys_on_the_claimed_device(online_device, settings):
     assert_throttled(poll(client, DEVICE_ID))
 
 
+def test_a_stranger_claiming_a_machines_id_does_not_spend_its_allowance(online_device, settings):
+    """Finding 4 of the device-trust review: ~47 requests/s claiming a machine's id made
+    26 of its 28 polls 429; it went offline and its vends were refused."""
+    settings.DEVICE_THROTTLE = "5/min"
+    stranger = APIClient(REMOTE_ADDR="127.0.0.2")
+
+    flood = [poll(stranger).status_code for _ in range(20)]
+    heads = [stranger.head(f"/esp32/commands/{DEVICE_ID}").status_code for _ in range(20)]
+
+    assert set(flood) == {403, 429}  # bound elsewhere, then its own limit
+    assert set(heads) == {405}
+    assert [poll(APIClient()).status_code for _ in range(5)] == [200] * 5
+
+
+def test_head_requests_do_not_count_against_a_machine(online_device, settings):
+    settings.DEVICE_THROTTLE = "3/min"
+    client = APIClient()
+
+    heads = {client.head(f"/esp32/commands/{DEVICE_ID}").status_code for _ in range(10)}
+
+    assert heads == {405}
+    assert [poll(client).status_code for _ in range(3)] == [200] * 3
+
+
 def test_a_machine_is_one_count_however_it_spells_its_id(online_device, settings):
     settings.DEVICE_THROTTLE = "2/min"
     client = APIClient()

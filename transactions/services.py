@@ -10,6 +10,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from devices.access import DeviceNotApproved, approval_message
 from devices.choices import FIRMWARE_MAX_SLOT, CommandKind, CommandState
 from devices.exceptions import DeviceOffline
 from devices.models import Command, Device
@@ -62,6 +63,9 @@ def request_vend(
             f"slots 1 to {firmware_max}; slot {slot_number} would never be dispensed.",
             slot_id=slot_number,
         )
+    if device.awaiting_approval:
+        # Before the slots: a pending machine has none yet, and this is the reason to give.
+        raise DeviceNotApproved(approval_message(device), device_id=device.device_id)
     if not device.is_online:
         raise DeviceOffline(
             f"{device.device_id} is offline; it was last seen {_describe(device.last_seen)}.",

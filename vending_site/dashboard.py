@@ -36,6 +36,7 @@ from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from devices.access import set_approved
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
 from devices.selectors import get_device
@@ -43,6 +44,7 @@ from devices.services import (
     LOG_EVENT_MESSAGE_LIMIT,
     device_payload,
     log_entry_payload,
+    publish_device,
     request_port,
     select_active_device,
 )
@@ -389,6 +391,20 @@ def select_device(request: Request) -> Response:
     """``POST /dashboard/api/machines/select`` with ``{"device_id"}``: make it the active one."""
     data = _valid(SelectSerializer, request)
     device = select_active_device(device=get_device(data["device_id"]))
+    return Response(machine_payload(device))
+
+
+@api_view(["POST"])
+@authentication_classes(PAGE_AUTHENTICATION)
+@permission_classes([IsAdminUser])
+def approve_device(request: Request) -> Response:
+    """``POST /dashboard/api/machines/approve`` with ``{"device_id"}``: admit a machine that
+    awaits approval (the admin's *Approve*: bound to its last address, slots created)."""
+    data = _valid(SelectSerializer, request)
+    device = get_device(data["device_id"])
+    set_approved(devices=Device.objects.filter(pk=device.pk), approved=True)
+    device.refresh_from_db()
+    publish_device(device)
     return Response(machine_payload(device))
 
 

@@ -42,6 +42,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from devices.api.serializers import (
+    AdmissionRequestSerializer,
     CommandRequestSerializer,
     DeviceRegistrationSerializer,
     DeviceSelectionSerializer,
@@ -282,8 +283,13 @@ _VEND_COMMAND_EXAMPLE = OpenApiExample(
 DEVICE_REGISTER = extend_schema(
     tags=["device protocol"],
     summary="Register a machine (sent once after boot)",
-    description="Always 200 once the body is valid: the firmware treats any answer as success. "
-    "Unknown fields are ignored (and logged).",
+    description="200 once the body is valid: the firmware treats any answer as success. "
+    "Unknown fields are ignored (and logged). A new machine waits for staff approval "
+    "(`DEVICE_APPROVAL_REQUIRED`). A request is 403 when it may not act for the machine it "
+    "names: `device_bound_elsewhere` (an approved machine is served only from its own "
+    "address), `device_linked_by_serial`, `browser_request_refused` (an `Origin`, a "
+    "cross-site `Sec-Fetch-Site`, cookies or a form-encoded body), `too_many_pending` "
+    "(`DEVICE_PENDING_LIMIT` machines already await approval).",
     request=DeviceRegistrationSerializer,
     responses={
         200: inline_serializer(
@@ -296,7 +302,7 @@ DEVICE_REGISTER = extend_schema(
                 "message": serializers.CharField(),
             },
         ),
-        **errors(400),
+        **errors(400, 403),
     },
     examples=[
         OpenApiExample(
@@ -341,7 +347,8 @@ DEVICE_POLL = extend_schema(
     description="200 with the JSON `null` when there is nothing to do, else one command. Only "
     "VEND is delivered on this path (this firmware ignores everything else). A device that "
     "polls without having registered is registered on its first poll; an unknown id that does "
-    "not start with `ESP32_` is 404 `unknown_device`.",
+    "not start with `ESP32_` is 404 `unknown_device`. 403 as for registration (a machine bound "
+    "to another address, linked by USB serial, a browser's request, too many pending).",
     parameters=[
         OpenApiParameter(
             "device_id",
@@ -359,7 +366,7 @@ DEVICE_POLL = extend_schema(
                 _VEND_COMMAND_EXAMPLE,
             ],
         ),
-        **errors(400, 404),
+        **errors(400, 403, 404),
     },
 )
 
@@ -368,7 +375,7 @@ DEVICE_POLL_DOCUMENTED = extend_schema(
     summary="Poll for the next command (documented WiFi variant)",
     description="The plain-text body `NO_COMMAND` when idle, else one JSON command "
     "(VEND, STATUS or RESET). An unknown id that does not start with `ESP32_` (or is not a "
-    "MAC) is 404 `unknown_device`.",
+    "MAC) is 404 `unknown_device`. 403 as for registration.",
     parameters=[
         OpenApiParameter(
             "Device-ID",
@@ -387,16 +394,17 @@ DEVICE_POLL_DOCUMENTED = extend_schema(
             description="Nothing to do.",
             examples=[OpenApiExample("idle", value="NO_COMMAND", response_only=True)],
         ),
-        **errors(400, 404),
+        **errors(400, 403, 404),
     },
 )
 
 DEVICE_CONFIRM = extend_schema(
     tags=["device protocol"],
     summary="Confirm a vend (after the motor ran)",
-    description="Always 200 once the body is valid: the firmware cannot act on an error. The "
+    description="200 once the body is valid: the firmware cannot act on an error. The "
     "confirmation belongs to the oldest delivered, unconfirmed vend for that device and slot; "
-    "`status` says whether one matched.",
+    "`status` says whether one matched. 403 as for registration: only the machine's own "
+    "address may confirm its vends.",
     request=VendConfirmationSerializer,
     responses={
         200: inline_serializer(
@@ -409,7 +417,7 @@ DEVICE_CONFIRM = extend_schema(
                 "message": serializers.CharField(required=False),
             },
         ),
-        **errors(400),
+        **errors(400, 403),
     },
     examples=[
         OpenApiExample(
@@ -479,9 +487,11 @@ class StatusDeviceSerializer(DeviceSerializer):
 class StatusSerializer(serializers.Serializer):
     service = serializers.CharField()
     status = serializers.CharField()
-    active_device = serializers.CharField(allow_null=True)
-    devices_online = serializers.IntegerField()
-    devices = StatusDeviceSerializer(many=True)
+    # Only for a vend client (staff, a vend-client API key or user); anonymous callers,
+    # such as the firmware's probe, get the two fields above.
+    active_device = serializers.CharField(allow_null=True, required=False)
+    devices_online = serializers.IntegerField(required=False)
+    devices = StatusDeviceSerializer(many=True, required=False)
 
 
 class QueuedCommandSerializer(serializers.Serializer):
@@ -519,6 +529,16 @@ DEVICE_AUTO_SELECT = extend_schema(
     request=None,
     responses={200: ActiveDeviceSerializer, **errors(*AUTHENTICATED, 409)},
 )
+DEVICE_ADMISSION = extend_schema(
+    tags=["devices"],
+    summary="Approve a machine, revoke it, or accept its move to a new address (staff)",
+    description="`approve`: the machine may receive commands and is bound to the address its "
+    "last request came from; its slots are created. `revoke`: no more commands, queued ones "
+    "expire. `accept_move`: an approved machine is served from the address it asked from "
+    "(409 when it asked from none). See docs/security.md.",
+    request=AdmissionRequestSerializer,
+    responses={200: DeviceSerializer, **errors(400, 404, 409)},
+)
 DEVICE_COMMAND = extend_schema(
     tags=["devices"],
     summary="Queue a STATUS or RESET command for a device (staff)",
@@ -531,7 +551,8 @@ STATUS = extend_schema(
     tags=["status"],
     summary="The firmware's server probe, and a summary of the fleet",
     description="The firmware accepts a server only if this answers 200 with a body "
-    "containing `vending` or `status`.",
+    "containing `vending` or `status`. Anonymous callers get `service` and `status` only; "
+    "the fleet (machines, their slots and stock) needs vend-client credentials.",
     responses={200: StatusSerializer},
 )
 HEALTH = extend_schema(

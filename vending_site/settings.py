@@ -336,8 +336,17 @@ TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"
 DEVICE_ALLOWED_NETWORKS = env.list("DEVICE_ALLOWED_NETWORKS", default=[])
 for _cidr in [*TRUSTED_PROXIES, *DEVICE_ALLOWED_NETWORKS]:
     ipaddress.ip_network(_cidr.strip(), strict=False)  # a typo fails at start, not silently
-# New WiFi devices receive no commands until staff approve them (serial devices need not).
-DEVICE_APPROVAL_REQUIRED = env.bool("DEVICE_APPROVAL_REQUIRED", default=False)
+# A WiFi machine that announces itself waits for staff approval and receives no commands
+# until then (USB serial machines need none: their cable is in this server). docs/security.md.
+DEVICE_APPROVAL_REQUIRED = env.bool("DEVICE_APPROVAL_REQUIRED", default=True)
+# An approved WiFi machine is served only from the address it was approved from; requests
+# for it from any other address are refused. Off: anyone on the network can act as it.
+DEVICE_ADDRESS_BINDING = env.bool("DEVICE_ADDRESS_BINDING", default=True)
+# At most this many WiFi machines await approval at once; a new one beyond is refused
+# without a write (a flood of invented ids cannot fill the database).
+DEVICE_PENDING_LIMIT = max(env.int("DEVICE_PENDING_LIMIT", default=20), 0)
+# A machine that was never approved and not heard from for this many hours is deleted.
+DEVICE_PENDING_PRUNE_HOURS = max(env.int("DEVICE_PENDING_PRUNE_HOURS", default=24), 1)
 # Device requests must carry the device's X-Device-Token (future firmware; off by default).
 DEVICE_TOKEN_REQUIRED = env.bool("DEVICE_TOKEN_REQUIRED", default=False)
 # The largest request body accepted (bytes); larger is 413. Our JSON bodies are < 1 KiB.
@@ -366,11 +375,16 @@ DEVICE_SEEN_FLUSH_SECONDS = min(
 # command handed to a poll it gave up on is lost, so more than 2 s is refused.
 DEVICE_LONG_POLL_SECONDS = long_poll_seconds(env.float("DEVICE_LONG_POLL_SECONDS", default=0.0))
 # A WiFi machine handed its next vend while an earlier one still awaits confirmation never
-# got the earlier one: flag that one `unconfirmed` at once, so it cannot take the next vend's
-# confirmation. Off by default: PROTOCOL.md gives a confirmation to the oldest delivered vend.
-WIFI_ONE_VEND_AT_A_TIME = env.bool("WIFI_ONE_VEND_AT_A_TIME", default=False)
+# got the earlier one (the firmware polls only after confirming): flag that one `unconfirmed`
+# at once, so it cannot take the next vend's confirmation. Off: PROTOCOL.md's literal rule,
+# a confirmation goes to the oldest delivered vend of the slot.
+WIFI_ONE_VEND_AT_A_TIME = env.bool("WIFI_ONE_VEND_AT_A_TIME", default=True)
 # Slots created for a device that polls without having registered.
 DEVICE_DEFAULT_SLOTS = env.int("DEVICE_DEFAULT_SLOTS", default=5)
+# Rows a minute the communication log takes for what unauthenticated senders make the
+# device endpoints say (requests, refusals), per sending address and per machine; the rest
+# are counted and summed up in one row. 0: no limit.
+DEVICE_LOG_RATE = max(env.int("DEVICE_LOG_RATE", default=60), 0)
 # Write idle polls (no command delivered) to the communication log. Off by default: a
 # 1000-machine fleet polls 500 times a second, and `last_seen` already records them.
 LOG_IDLE_POLLS = env.bool("LOG_IDLE_POLLS", default=False)

@@ -56,6 +56,13 @@ def _hit_windows(cache: BaseCache, counters: list[tuple[str, int, int]]):
     return counts
 
 
+def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
+    """One hit in each ``(key, window, period)`` fixed window, in one round trip where the
+    cache can (Redis): per counter ``(hits in this window, hits in the one before)``, or None
+    when the cache is unreachable."""
+    return _hit_windows(cache, counters)
+
+
 def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
     if hasattr(cache, "unhit_window"):
         cache.unhit_window(key, window=window)
@@ -158,7 +165,11 @@ class VendThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
 
 
 class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
-    """Device endpoints, per claimed device id (else per address).
+    """Device endpoints, per claimed device id and sending address (else per address).
+
+    Keyed on the address too, so a sender claiming a machine's id spends its own allowance,
+    never the machine's: only requests from the machine's own address count against the
+    machine (and a bound machine is served from that address alone, devices/access.py).
 
     The firmware polls every 2 s and sends a register and a confirm now and then, so the
     default leaves it a wide margin; only a runaway or hostile sender meets the limit. The
@@ -182,7 +193,9 @@ class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
         except InvalidDeviceId:
             pass  # the view refuses it; still counted, under what it claimed
         # Only id characters in the key (a hostile id must not shape the cache key).
-        ident = _NOT_ID.sub("", claimed.upper())[:64] or self.get_ident(request)
+        device = _NOT_ID.sub("", claimed.upper())[:64]
+        address = _NOT_ID.sub("_", self.get_ident(request).upper())[:64]
+        ident = f"{device}_AT_{address}" if device else address
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 

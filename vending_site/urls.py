@@ -10,6 +10,7 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from devices.api import device_views, long_poll
 from devices.api.views import (
+    DeviceAdmissionView,
     DeviceAutoSelectView,
     DeviceCommandView,
     DeviceListView,
@@ -50,6 +51,11 @@ def _api_v1(vend) -> list:
             DeviceCommandView.as_view(),
             name="device-commands",
         ),
+        re_path(
+            r"^devices/(?P<device_id>[^/]+)/admission/?$",
+            DeviceAdmissionView.as_view(),
+            name="device-admission",
+        ),
     ]
 
 
@@ -80,6 +86,7 @@ dashboard_api = [
     path("state", dashboard.state, name="state"),
     path("machines", dashboard.machines, name="machines"),
     path("machines/select", dashboard.select_device, name="select"),
+    path("machines/approve", dashboard.approve_device, name="approve"),
     path("vend", dashboard.vend, name="vend"),
     path("ports/request", dashboard.port_request, name="port-request"),
     path("transactions", dashboard.transactions, name="transactions"),

@@ -10,17 +10,23 @@ import json
 from dataclasses import dataclass
 
 from django.http import HttpResponse
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import MethodNotAllowed, Throttled
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.access import DeviceTokenValid
+from devices.access import BrowserRequestRefused, DeviceTokenValid, browser_request_reason
 from devices.choices import CommandKind, Direction, LogLevel, Protocol, Transport
 from devices.models import Command, Device
 from devices.selectors import canonical_id
-from devices.services import confirm_vend, log_exchange, may_hold_poll, poll, register_device
+from devices.services import (
+    confirm_vend,
+    log_exchange,
+    may_hold_poll,
+    poll,
+    register_over_wifi,
+)
 from vending_site import logging as vlog
 from vending_site import metrics, outages
 from vending_site import openapi as docs
@@ -54,6 +60,20 @@ class DeviceEndpoint(APIView):
     throttle_classes = (DeviceThrottle,)
 
     def initial(self, request: Request, *args, **kwargs) -> None:
+        # What only a browser sends is refused before the body is even read: a web page on
+        # the LAN must not make its visitors' browsers play a machine (devices/access.py).
+        self.raw_body = ""
+        reason = browser_request_reason(request)
+        if reason is not None:
+            raise BrowserRequestRefused(
+                f"Device endpoints serve the machines' firmware only; this request is refused "
+                f"because {reason}."
+            )
+        method = request.method.lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            # Refused before any limit counts it: a HEAD flood must not spend a machine's
+            # allowance (finding 4 of the device-trust review).
+            raise MethodNotAllowed(request.method)
         # Read the raw body before DRF parses it, so a rejected payload can be logged as sent.
         self.raw_body = request._request.body.decode("utf-8", errors="replace")
         vlog.bind(device_id=self._claimed_id()[:64])  # cleared when the request finishes
@@ -94,6 +114,7 @@ class DeviceEndpoint(APIView):
             and outages.unavailable_backend(exc) is None
         ):
             log_exchange(
+                limited=True,
                 direction=Direction.IN,
                 transport=Transport.WIFI,
                 device_key=self._claimed_id()[:64],
@@ -130,6 +151,7 @@ class DeviceEndpoint(APIView):
         unknown = sorted(set(request.data) - set(serializer.fields))
         if unknown:
             log_exchange(
+                limited=True,
                 direction=Direction.IN,
                 transport=Transport.WIFI,
                 device_key=str(data.get("device_id", ""))[:64],
@@ -149,16 +171,17 @@ class RegisterView(DeviceEndpoint):
     @docs.DEVICE_REGISTER
     def post(self, request: Request) -> Response:
         data = self.validated(DeviceRegistrationSerializer, request)
-        device, created = register_device(
+        device, created = register_over_wifi(
             raw_id=data["device_id"],
-            transport=Transport.WIFI,
             protocol=self.protocol,
+            address=self.remote_addr,
             ip_address=data.get("ip_address") or self.remote_addr or None,
             slot_count=data.get("slots_available"),
             firmware_version=data.get("firmware_version", ""),
             reported_status=data.get("status", ""),
         )
         log_exchange(
+            limited=True,
             direction=Direction.IN,
             transport=Transport.WIFI,
             device=device,

@@ -68,6 +68,7 @@ def _whole(value, maximum: int) -> bool:
 class DeviceSerializer(serializers.ModelSerializer):
     online = serializers.BooleanField(source="is_online", read_only=True)
     slots = serializers.IntegerField(source="slot_count", read_only=True)
+    admission = serializers.CharField(read_only=True)
 
     class Meta:
         model = Device
@@ -85,12 +86,25 @@ class DeviceSerializer(serializers.ModelSerializer):
             "is_active",
             "last_seen",
             "registered_at",
+            "approved",
+            "admission",
+            "last_address",
+            "bound_address",
+            "moved_to",
         ]
         read_only_fields = fields
 
 
 class DeviceSelectionSerializer(serializers.Serializer):
     device_id = serializers.CharField(max_length=64)
+
+
+class AdmissionRequestSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(
+        choices=["approve", "revoke", "accept_move"],
+        help_text="approve: may receive commands, bound to its last address; revoke: no more "
+        "commands (queued ones expire); accept_move: serve it from the address it moved to.",
+    )
 
 
 class CommandRequestSerializer(serializers.Serializer):

@@ -6,19 +6,31 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from devices.access import accept_move, set_approved
 from devices.choices import CommandKind
 from devices.models import Device
 from devices.selectors import get_device
-from devices.services import auto_select_active_device, queue_command, select_active_device
+from devices.services import (
+    auto_select_active_device,
+    publish_device,
+    queue_command,
+    select_active_device,
+)
 from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.services import sweep_if_due
 from vending_site import openapi as docs
-from vending_site.permissions import IsStaff, IsVendClient
+from vending_site.errors import DomainError
+from vending_site.permissions import IsStaff, IsVendClient, is_vend_client
 from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
 
 from .device_views import FirstRenderer
-from .serializers import CommandRequestSerializer, DeviceSelectionSerializer, DeviceSerializer
+from .serializers import (
+    AdmissionRequestSerializer,
+    CommandRequestSerializer,
+    DeviceSelectionSerializer,
+    DeviceSerializer,
+)
 
 
 def _devices_with_slots():
@@ -70,6 +82,32 @@ class DeviceAutoSelectView(APIView):
         return Response({"status": "selected", "active_device": device.device_id})
 
 
+class DeviceAdmissionView(APIView):
+    """``POST /api/v1/devices/<id>/admission`` with ``{"action": "approve" | "revoke" |
+    "accept_move"}`` (staff): the admin's actions, for apps and scripts."""
+
+    permission_classes = (IsStaff,)
+
+    @docs.DEVICE_ADMISSION
+    def post(self, request: Request, device_id: str) -> Response:
+        serializer = AdmissionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        device = get_device(device_id)
+        one = Device.objects.filter(pk=device.pk)
+        action = serializer.validated_data["action"]
+        if action == "accept_move":
+            if not accept_move(devices=one):
+                raise DomainError(
+                    f"{device.device_id} has not asked from a new address; nothing to accept.",
+                    device_id=device.device_id,
+                )
+        else:
+            set_approved(devices=one, approved=action == "approve")
+        device.refresh_from_db()
+        publish_device(device)
+        return Response(DeviceSerializer(device).data)
+
+
 class DeviceCommandView(APIView):
     """``POST /api/v1/devices/<id>/commands`` with ``{"command": "STATUS"|"RESET"}`` (staff)."""
 
@@ -97,18 +135,21 @@ class DeviceCommandView(APIView):
 class StatusView(APIView):
     """``GET /status``: the firmware's server probe, and a summary of the fleet.
 
-    The probe needs HTTP 200 and a body containing ``vending`` or ``status``.
+    The probe needs HTTP 200 and a body containing ``vending`` or ``status``; it sends no
+    credentials and gets a short constant answer that reads nothing from the database, so
+    anonymous callers cannot make it grow with the fleet. A vend client (a JWT, a
+    vend-client API key, a staff session) gets every machine with its slots.
     """
 
     permission_classes = (AllowAny,)
-    authentication_classes = ()
     # The firmware's probe: limited like a device (generous), never like an anonymous client.
-    # /status is the costly read (every device with its slots): per claimed id and per address.
     throttle_classes = (DeviceThrottle, DeviceAddressThrottle)
     content_negotiation_class = FirstRenderer  # a 406 would fail the probe
 
     @docs.STATUS
     def get(self, request: Request) -> Response:
+        if not is_vend_client(request):
+            return Response({"service": "vending", "status": "ok"})
         sweep_if_due()
         devices = list(_devices_with_slots())
         active = next((d.device_id for d in devices if d.is_active), None)

@@ -58,9 +58,9 @@ def post_raw(client: APIClient, path: str, raw: str | bytes, **extra: Any) -> Ht
     return client.generic("POST", path, raw, content_type="application/json", **extra)
 
 
-def poll(client: APIClient, device_id: str = DEVICE_ID) -> HttpResponse:
+def poll(client: APIClient, device_id: str = DEVICE_ID, **extra: Any) -> HttpResponse:
     """One v2.1 poll: ``GET /esp32/commands/<device_id>``."""
-    return client.get(f"/esp32/commands/{device_id}")
+    return client.get(f"/esp32/commands/{device_id}", **extra)
 
 
 def poll_documented(client: APIClient, device_id: str = MAC) -> HttpResponse:

@@ -99,8 +99,18 @@ def test_device_filters_and_search_pages_load(staff_client, online_device):
 
 
 def test_the_device_list_shows_online_state_as_an_icon_and_the_address(staff_client):
-    DeviceFactory(device_id="ESP32_AAAAAAAAAAAA", last_seen=timezone.now(), ip_address="10.0.0.7")
-    DeviceFactory(device_id="ESP32_BBBBBBBBBBBB", last_seen=None, serial_port="/dev/ttyUSB0")
+    DeviceFactory(
+        device_id="ESP32_AAAAAAAAAAAA",
+        last_seen=timezone.now(),
+        ip_address="10.0.0.9",  # what it said; the list shows what the server saw
+        last_address="10.0.0.7",
+    )
+    DeviceFactory(
+        device_id="ESP32_BBBBBBBBBBBB",
+        last_seen=None,
+        serial_port="/dev/ttyUSB0",
+        last_address=None,
+    )
     response = staff_client.get(reverse("admin:devices_device_changelist"))
     body = response.content.decode()
     assert 'alt="True"' in body  # the online one

@@ -36,6 +36,14 @@ from .helpers import (
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def admission_open(settings):
+    """These tests pin the wire protocol: a machine that registers is admitted at once, as
+    with DEVICE_APPROVAL_REQUIRED=false. Admission and binding have their own tests
+    (tests/test_device_access.py)."""
+    settings.DEVICE_APPROVAL_REQUIRED = False
+
+
 def slot(device: Device, number: int) -> Slot:
     return Slot.objects.get(device=device, number=number)
 
@@ -221,9 +229,10 @@ def test_one_vend_at_a_time_a_lost_answer_does_not_take_the_next_vends_confirmat
     assert slot(online_device, 3).quantity == 3
 
 
-def test_by_default_a_confirmation_settles_the_oldest_delivered_vend_as_the_protocol_says(
-    api_client, online_device
+def test_without_one_vend_at_a_time_a_confirmation_settles_the_oldest_delivered_vend(
+    api_client, online_device, settings
 ):
+    settings.WIFI_ONE_VEND_AT_A_TIME = False
     older = request_vend(device=online_device, slot_number=3)
     poll(api_client)
     newer = request_vend(device=online_device, slot_number=3)
@@ -401,16 +410,23 @@ def test_device_endpoint_answers_200_at_its_slash_free_path_without_credentials_
     assert response.status_code == 200, response.content
 
 
-@pytest.mark.parametrize(("method", "path", "body", "headers"), DEVICE_CALLS, ids=CALL_IDS)
-def test_device_endpoint_ignores_a_session_cookie_that_comes_without_a_csrf_token(
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers"), DEVICE_CALLS[:-1], ids=CALL_IDS[:-1]
+)
+def test_a_device_endpoint_refuses_a_request_with_cookies_and_takes_nothing(
     online_device, staff, method, path, body, headers
 ):
+    """The firmware sends no cookies; a browser on the LAN does (devices/access.py)."""
+    request_vend(device=online_device, slot_number=3)
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(staff)
 
     response = call(client, method, path, body, headers)
 
-    assert response.status_code == 200, response.content
+    assert response.status_code == 403, response.content
+    assert response.json()["code"] == "browser_request_refused"
+    assert "cookies" in response.json()["detail"]
+    assert Command.objects.get().state == CommandState.QUEUED
 
 
 @pytest.mark.parametrize(("method", "path", "body", "headers"), DEVICE_CALLS, ids=CALL_IDS)
@@ -552,3 +568,51 @@ def test_last_seen_is_written_again_only_after_the_write_interval(
 
     assert len(writes(captured.captured_queries)) == 1
     assert Device.objects.get(pk=online_device.pk).last_seen > a_while_ago
+
+
+# --- A claim is never half-done (device-trust finding 3) ------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_that_fails_after_its_claim_leaves_the_vend_queued_for_the_next_poll(
+    online_device, monkeypatch
+):
+    """Under PostgreSQL connection kills, polls committed their claim and then answered 503:
+    the machine never saw those vends, and later confirmations settled the wrong ones. Here
+    the database fails on the row that records the delivery, after the claim."""
+    from django.db import OperationalError
+
+    from devices import services
+
+    txn = request_vend(device=online_device, slot_number=3)
+    write = services._write_log_entry
+
+    def failing(exchange):
+        if exchange.direction == Direction.OUT:
+            raise OperationalError("server closed the connection unexpectedly")
+        return write(exchange)
+
+    monkeypatch.setattr(services, "_write_log_entry", failing)
+    client = APIClient()
+
+    failed = poll(client)
+
+    assert failed.status_code == 503
+    assert Command.objects.get().state == CommandState.QUEUED
+    assert Transaction.objects.get(pk=txn.pk).state == TransactionState.QUEUED
+    monkeypatch.setattr(services, "_write_log_entry", write)
+    delivered = poll(client)
+    assert delivered.json()["transaction_id"] == str(txn.pk)
+    assert confirm(client).json()["transaction_id"] == str(txn.pk)
+
+
+def test_by_default_a_vend_whose_answer_was_lost_is_flagged_not_credited(api_client, online_device):
+    """One vend at a time is the default: a machine handed its next vend never got the one
+    still waiting, so the confirmation goes to the vend it really dispensed."""
+    lost = request_vend(device=online_device, slot_number=3)
+    poll(api_client)  # the answer never reached the machine
+    dispensed = request_vend(device=online_device, slot_number=3)
+    poll(api_client)
+
+    assert confirm(api_client, slot=3).json()["transaction_id"] == str(dispensed.pk)
+    assert Transaction.objects.get(pk=lost.pk).state == TransactionState.UNCONFIRMED

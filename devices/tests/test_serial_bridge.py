@@ -429,8 +429,34 @@ def test_an_http_poll_never_takes_a_command_meant_for_the_usb_link(client):
 
     response = client.get(f"/esp32/commands/{DEVICE_ID}")
 
-    assert response.content == b"null"
+    assert response.status_code == 403
+    assert response.json()["code"] == "device_linked_by_serial"
     assert Command.objects.get().state == CommandState.QUEUED
+
+
+def test_nothing_over_http_changes_a_usb_machines_transport_slots_or_vends(client):
+    """Finding 2 of the device-trust review: one anonymous register turned a USB machine
+    into a WiFi one, whose vends HTTP polls then took and confirmed."""
+    device = stocked_device()
+    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now())
+    txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+    Command.objects.filter(transaction=txn).update(state=CommandState.SENT)
+    body = {"device_id": DEVICE_ID, "ip_address": "10.0.0.9", "slots_available": 1}
+
+    registered = client.post("/esp32/register", body, content_type="application/json")
+    confirmed = client.post(
+        "/esp32/confirm",
+        {"device_id": DEVICE_ID, "slot": 1, "success": True},
+        content_type="application/json",
+    )
+
+    assert registered.status_code == confirmed.status_code == 403
+    device.refresh_from_db()
+    assert (device.transport, device.protocol) == (Transport.SERIAL, Protocol.SERIAL)
+    assert device.slot_count == 5
+    txn.refresh_from_db()
+    assert txn.state == TransactionState.QUEUED  # not settled by what HTTP said
+    assert Command.objects.get().state == CommandState.SENT
 
 
 def test_a_board_that_boots_late_is_asked_again_and_named_by_its_answer():

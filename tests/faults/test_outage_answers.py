@@ -312,3 +312,43 @@ def connection_vendor() -> str:
     from django.db import connection
 
     return connection.vendor
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_whose_connection_is_killed_after_the_claim_leaves_the_vend_queued(
+    online_device,
+):
+    """Device-trust finding 3, as it was reproduced: PostgreSQL ends the poll's connection
+    between the claim and the row that records the delivery (here a trigger terminates its
+    own backend on that INSERT). The answer is 503, and the vend must still be queued, not
+    `sent` to a machine that never saw it."""
+    from django.db import connection
+    from rest_framework.test import APIClient
+
+    from devices.choices import CommandState
+    from devices.models import Command
+    from transactions.services import request_vend
+
+    txn = request_vend(device=online_device, slot_number=3)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION kill_on_delivery() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.direction = 'out' THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER kill_on_delivery BEFORE INSERT ON devices_communicationlog "
+            "FOR EACH ROW EXECUTE FUNCTION kill_on_delivery()"
+        )
+    try:
+        response = APIClient().get(f"/esp32/commands/{online_device.device_id}")
+    finally:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER kill_on_delivery ON devices_communicationlog")
+            cursor.execute("DROP FUNCTION kill_on_delivery()")
+
+    assert response.status_code == 503
+    assert Command.objects.get(transaction=txn).state == CommandState.QUEUED
+    assert APIClient().get(f"/esp32/commands/{online_device.device_id}").json()["slot"] == 3

@@ -78,8 +78,9 @@ def age_delivery(txn: Transaction, settings) -> None:
 
 
 def test_wifi_vend_goes_register_vend_poll_confirm_to_succeeded_with_its_trail_and_ledger(
-    api_client, client_for, user
+    api_client, client_for, user, settings
 ):
+    settings.DEVICE_APPROVAL_REQUIRED = False  # admitted as it registers (admission: elsewhere)
     assert post_json(api_client, "/esp32/register", register_body()).status_code == 200
     device = Device.objects.get(device_id=DEVICE_ID)
     slot_3 = slot(device, 3)
@@ -266,8 +267,9 @@ def test_only_an_unconfirmed_vend_can_be_resolved_by_staff(api_client, online_de
 
 
 def test_with_two_delivered_vends_on_one_slot_the_first_confirmation_settles_the_oldest(
-    api_client, online_device
+    api_client, online_device, settings
 ):
+    settings.WIFI_ONE_VEND_AT_A_TIME = False  # PROTOCOL.md's literal rule
     older = deliver(api_client, online_device)
     newer = deliver(api_client, online_device)
 

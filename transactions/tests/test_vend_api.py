@@ -382,7 +382,8 @@ def _confirm_when_delivered(errors: list, delay: float = 0.3, deadline: float = 
             if time.monotonic() > give_up:
                 raise AssertionError("no vend was queued")
             time.sleep(0.05)
-        if confirm_vend(raw_id=DEVICE_MAC, slot=3, success=True) is None:
+        # From the machine's own address, as its firmware's confirmation comes.
+        if confirm_vend(raw_id=DEVICE_MAC, slot=3, success=True, remote_addr="127.0.0.1") is None:
             raise AssertionError("the confirmation matched no vend")
     except Exception as exc:  # noqa: BLE001 - reported by the test below
         errors.append(exc)

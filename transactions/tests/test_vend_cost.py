@@ -83,9 +83,10 @@ DELIVERY = [
     "UPDATE transactions_transaction",  # queued -> sent, conditional on the state read
     "INSERT transactions_transactionevent",  # history: queued -> sent
     "INSERT vending_site_liveevent",  # the transaction's live event
-    "COMMIT",
     "INSERT devices_communicationlog",  # what went out on the wire
     "INSERT vending_site_liveevent",  # ... shown live
+    "SELECT devices_command",  # one vend at a time: earlier vends it never got, to flag
+    "COMMIT",  # only now is the vend `sent`: a failure before this leaves it queued
 ]
 
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"(\w+)"')

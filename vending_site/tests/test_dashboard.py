@@ -359,6 +359,36 @@ def test_make_active_selects_the_machine_through_the_service(staff, online_devic
     assert LiveEvent.objects.filter(kind="device", payload__device_id=other.device_id).exists()
 
 
+def test_the_page_shows_a_pending_machine_and_staff_approve_it(staff, online_device):
+    pending = DeviceFactory(device_id="ESP32_FFFFFFFFFFFF", approved=False, bound_address=None)
+    client = logged_in(staff)
+
+    machines = {m["device_id"]: m for m in page_state(client.get("/"))["machines"]}
+    response = post_json(
+        client, "/dashboard/api/machines/approve", {"device_id": pending.device_id}
+    )
+
+    assert machines[pending.device_id]["admission"] == "awaiting approval"
+    assert machines[DEVICE_ID]["admission"] == "approved"
+    assert response.status_code == 200
+    assert response.json()["admission"] == "approved"
+    assert Device.objects.get(pk=pending.pk).approved is True
+    assert Device.objects.get(pk=pending.pk).slots.count() == 5
+
+
+def test_approving_from_the_page_refuses_a_non_staff_user(online_device):
+    pending = DeviceFactory(device_id="ESP32_FFFFFFFFFFFF", approved=False)
+
+    response = post_json(
+        logged_in(UserFactory()),
+        "/dashboard/api/machines/approve",
+        {"device_id": pending.device_id},
+    )
+
+    assert response.status_code == 403
+    assert Device.objects.get(pk=pending.pk).approved is False
+
+
 def test_make_active_refuses_a_non_staff_user(online_device):
     other = DeviceFactory(device_id="ESP32_FFFFFFFFFFFF")
 

@@ -10,6 +10,7 @@ from devices.maintenance import (
     old_communication_log,
     parse_age,
     prune_communication_log,
+    prune_pending_devices,
 )
 from transactions.services import prune_idempotency_keys
 from vending_site.events import prune_live_events
@@ -64,8 +65,10 @@ class Command(BaseCommand):
         logs = prune_communication_log(before=before, batch_size=batch_size, time_limit=max_seconds)
         keys = prune_idempotency_keys()
         events = prune_live_events()
+        machines = prune_pending_devices()
         self.stdout.write(
             f"deleted {logs} communication log entries older than "
             f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys "
-            f"({events} live events past LIVE_EVENT_RETENTION)"
+            f"({events} live events past LIVE_EVENT_RETENTION, {machines} machines never "
+            "approved)"
         )

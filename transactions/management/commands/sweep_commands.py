@@ -5,6 +5,7 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 
+from devices.maintenance import prune_pending_devices
 from transactions.services import sweep
 from vending_site.events import prune_live_events
 from vending_site.heartbeat import SWEEPER, Heartbeat
@@ -53,6 +54,7 @@ class Command(BaseCommand):
                 expired, unconfirmed = self.sweep_all()
                 # Inside the try too: the server may go away between the two.
                 prune_live_events()
+                prune_pending_devices()
             except DatabaseError as exc:  # the database restarts: try again next round
                 self.stderr.write(f"sweep failed: {exc}")
                 connection.close()

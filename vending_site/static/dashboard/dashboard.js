@@ -14,6 +14,7 @@
     machinesUrl: body.dataset.machinesUrl,
     vendUrl: body.dataset.vendUrl,
     selectUrl: body.dataset.selectUrl,
+    approveUrl: body.dataset.approveUrl,
     portUrl: body.dataset.portUrl,
     transactionsUrl: body.dataset.transactionsUrl,
     logsUrl: body.dataset.logsUrl,
@@ -389,6 +390,7 @@
       online: payload.online,
       last_seen: payload.last_seen,
       is_active: payload.is_active,
+      admission: payload.admission,
     });
     if (payload.is_active) {
       for (const other of model.machines) if (other !== machine) other.is_active = false;
@@ -441,6 +443,8 @@
         find(node, ".machine__show").addEventListener("click", () => selectMachine(id));
         const activate = find(node, ".machine__activate");
         if (activate) activate.addEventListener("click", () => makeActive(id, activate));
+        const approve = find(node, ".machine__approve");
+        if (approve) approve.addEventListener("click", () => approveMachine(id, approve));
         ui.machineNodes.set(id, node);
       }
       fillMachine(node, machine);
@@ -471,11 +475,36 @@
     const show = find(node, ".machine__show");
     show.hidden = machine.device_id === model.selected;
     show.setAttribute("aria-label", `Show slots of ${machineLabel(machine)}`);
+    // "awaiting approval" or "moved to <address>, awaiting approval": staff must act.
+    const waiting = Boolean(machine.admission && machine.admission.includes("awaiting approval"));
+    const admission = find(node, ".badge--admission");
+    admission.hidden = !waiting;
+    admission.textContent = waiting ? machine.admission : "";
+    const pending = machine.admission === "awaiting approval";
     const activate = find(node, ".machine__activate");
     if (activate) {
-      activate.hidden = machine.is_active;
+      activate.hidden = machine.is_active || pending;
       activate.setAttribute("aria-label", `Make ${machineLabel(machine)} the active machine`);
     }
+    const approve = find(node, ".machine__approve");
+    if (approve) {
+      approve.hidden = !pending;
+      approve.setAttribute("aria-label", `Approve ${machineLabel(machine)}`);
+    }
+  }
+
+  async function approveMachine(deviceId, button) {
+    showNotice("machines-notice", "");
+    button.disabled = true;
+    const result = await request(config.approveUrl, { method: "POST", data: { device_id: deviceId } });
+    button.disabled = false;
+    if (!result.ok) {
+      showNotice("machines-notice", result.body.detail);
+      return;
+    }
+    const machine = model.machines.find((m) => m.device_id === deviceId);
+    if (machine) Object.assign(machine, result.body);
+    renderMachines();
   }
 
   async function selectMachine(deviceId) {
