@@ -4,10 +4,6 @@ The handshakes go through the whole ASGI application (origin check, session cook
 consumer), as Daphne hands them over; one goes to a real Daphne process over a socket.
 """
 
-import base64
-import os
-import socket
-
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
@@ -16,6 +12,7 @@ from django.test import Client
 
 from tests.factories import UserFactory
 from tests.integration.processes import free_port, start_command, stop, wait_for_http
+from tests.integration.websocket import WebSocket
 from vending_site.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,24 +91,10 @@ def test_with_named_hosts_only_their_pages_open_the_feed(any_host, settings):
     assert not handshake(host="evil.example", origin="https://evil.example", cookie=cookie)
 
 
-def raw_handshake(port: int, *, host: str, origin: str) -> str:
-    """The status line Daphne answers a WebSocket upgrade with."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        "GET /ws/events/ HTTP/1.1\r\n"
-        f"Host: {host}\r\nOrigin: {origin}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request.encode())
-        answer = b""
-        while b"\r\n" not in answer:
-            chunk = sock.recv(1024)
-            if not chunk:
-                break
-            answer += chunk
-    return answer.split(b"\r\n", 1)[0].decode()
+def handshake_status(port: int, origin: str) -> int:
+    socket = WebSocket(port, headers={"Origin": origin})
+    socket.close()
+    return socket.status
 
 
 def test_daphne_refuses_the_handshake_of_another_sites_page():
@@ -129,9 +112,8 @@ def test_daphne_refuses_the_handshake_of_another_sites_page():
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
-        here = f"127.0.0.1:{port}"
-        assert raw_handshake(port, host=here, origin="https://evil.example").split()[1] == "403"
-        assert raw_handshake(port, host=here, origin=f"http://{here}").split()[1] == "101"
+        assert handshake_status(port, "https://evil.example") == 403
+        assert handshake_status(port, f"http://127.0.0.1:{port}") == 101
     finally:
         code, output = stop(server)
     assert code == 0, output
