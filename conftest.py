@@ -1,5 +1,7 @@
 """Fixtures shared by every test module."""
 
+import uuid
+
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -11,6 +13,21 @@ from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFact
 def fast_password_hashing(settings):
     """Tests log users in often; production hashing would make that the slowest thing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def throttle_counts_start_at_zero(settings):
+    """Throttle counts live in the default cache, which in process memory would outlive the
+    test: AUTH_THROTTLE (10/min per address) would refuse the eleventh token request of a
+    whole run. Each test gets its own cache (a Redis cache, configured by REDIS_URL, is kept:
+    its tests use their own key prefixes)."""
+    if settings.CACHES["default"]["BACKEND"].endswith("LocMemCache"):
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": f"test-{uuid.uuid4()}",
+            }
+        }
 
 
 @pytest.fixture(autouse=True)

@@ -616,7 +616,7 @@ TRANSACTION_LIST = extend_schema(
 class TokenObtainDocs(OpenApiViewExtension):
     """simplejwt's views: their 400 (a missing field) and 401 (wrong credentials) too."""
 
-    target_class = "rest_framework_simplejwt.views.TokenObtainPairView"
+    target_class = "vending_site.logins.TokenObtainView"
 
     def view_replacement(self):
         @extend_schema(
@@ -636,7 +636,7 @@ class TokenObtainDocs(OpenApiViewExtension):
 
 
 class TokenRefreshDocs(OpenApiViewExtension):
-    target_class = "rest_framework_simplejwt.views.TokenRefreshView"
+    target_class = "vending_site.logins.TokenRefreshThrottledView"
 
     def view_replacement(self):
         # Refresh tokens are rotated (SIMPLE_JWT): a new pair comes back, and the refresh
