@@ -32,9 +32,9 @@ def revoke_tokens_of(user) -> int:
     return len(created)
 
 
-def _note_credential_change(sender, instance, update_fields=None, **kwargs) -> None:
+def _note_credential_change(sender, instance, update_fields=None, raw=False, **kwargs) -> None:
     instance._revoke_tokens = False
-    if instance.pk is None:
+    if instance.pk is None or raw:  # a new user, or loaddata: no tokens to end
         return
     if update_fields is not None and not _CREDENTIAL_FIELDS & set(update_fields):
         return  # e.g. last_login on every login: no read
