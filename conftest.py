@@ -1,5 +1,7 @@
 """Fixtures shared by every test module."""
 
+import uuid
+
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -14,20 +16,26 @@ def fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def throttle_counts_start_at_zero(settings):
+    """Throttle counts and the communication log's budget live in the default cache, which
+    in process memory would outlive the test: AUTH_THROTTLE (10/min per address) would refuse
+    the eleventh token request of a whole run. Each test gets its own cache (a Redis cache, configured by REDIS_URL, is kept:
+    its tests use their own key prefixes)."""
+    if settings.CACHES["default"]["BACKEND"].endswith("LocMemCache"):
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": f"test-{uuid.uuid4()}",
+            }
+        }
+
+
+@pytest.fixture(autouse=True)
 def last_seen_written_in_the_request(settings):
     """In-process tests run inside a transaction that a writer thread's own connection cannot
     see: there every refresh is written by its request (devices/presence.py has its tests).
     The servers that tests start as processes keep the default, the writer thread."""
     settings.DEVICE_SEEN_FLUSH_SECONDS = 0
-
-
-@pytest.fixture(autouse=True)
-def fresh_default_cache():
-    """Rate counts (throttles, the communication log's budget) live in the default cache;
-    each test starts with none spent by the tests before it."""
-    from django.core.cache import cache
-
-    cache.clear()
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ class VendingSiteConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
+        from . import tokens
+
+        tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
+
         if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
             from . import database
 

@@ -7,9 +7,15 @@ missed (at most ``CATCH_UP_LIMIT``; it reloads its state from the API when told
 it (the in-memory layer reaches no other process), the consumer tails the outbox every
 ``TAIL_SECONDS`` instead, so an event from the serial bridge or a cron job still arrives
 within a second.
+
+A frame the consumer cannot read (binary, larger than ``MAX_FRAME_BYTES``, nested deeper than
+``MAX_DEPTH``, not JSON) is answered ``{"type": "error", "detail": ...}`` and the socket
+stays open; its ``MAX_BAD_FRAMES``-th such frame closes it with ``CLOSE_ABUSE`` (1008,
+policy violation). Nothing of it is logged as an error.
 """
 
 import asyncio
+import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -21,6 +27,54 @@ from .models import LiveEvent
 TAIL_SECONDS = 0.25
 CATCH_UP_LIMIT = 500
 CLOSE_FORBIDDEN = 4403
+# The page sends only {"type": "catch_up", "since": <id>}: a few dozen bytes, depth 1.
+MAX_FRAME_BYTES = 4096
+MAX_DEPTH = 8
+MAX_BAD_FRAMES = 20
+CLOSE_ABUSE = 1008
+
+
+class BadFrame(ValueError):
+    """A frame that is not a message of ours; ``str()`` says why, for the sender."""
+
+
+def nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in ``text`` (brackets inside strings ignored).
+
+    Read before ``json.loads``, whose recursion a deep enough frame exhausts.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def decode_frame(text_data: str | None, bytes_data: bytes | None) -> object:
+    """The JSON value of a text frame; :class:`BadFrame` for anything else."""
+    if text_data is None:
+        raise BadFrame("send text frames of JSON, not binary ones")
+    if len(text_data) > MAX_FRAME_BYTES or len(text_data.encode()) > MAX_FRAME_BYTES:
+        raise BadFrame(f"frames are at most {MAX_FRAME_BYTES} bytes")
+    if nesting_depth(text_data) > MAX_DEPTH:
+        raise BadFrame(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text_data)
+    except ValueError:  # JSONDecodeError, and a lone surrogate's UnicodeError
+        raise BadFrame("a frame must be one JSON value") from None
 
 
 @database_sync_to_async
@@ -52,6 +106,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.last_id = await latest_event_id()
         self.tail = None
+        self.bad_frames = 0
         if self.channel_layer is not None:
             await self.channel_layer.group_add(EVENTS_GROUP, self.channel_name)
         await self.accept()
@@ -63,6 +118,21 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             self.tail.cancel()
         if self.channel_layer is not None:
             await self.channel_layer.group_discard(EVENTS_GROUP, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        try:
+            content = decode_frame(text_data, bytes_data)
+        except BadFrame as bad:
+            await self._refuse(str(bad))
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def _refuse(self, detail: str) -> None:
+        """Answer an unreadable frame; close the socket of a sender that keeps at it."""
+        self.bad_frames += 1
+        await self.send_json({"type": "error", "detail": detail})
+        if self.bad_frames >= MAX_BAD_FRAMES:
+            await self.close(code=CLOSE_ABUSE)
 
     async def receive_json(self, content, **kwargs) -> None:
         if not isinstance(content, dict) or content.get("type") != "catch_up":

@@ -637,7 +637,7 @@ TRANSACTION_LIST = extend_schema(
 class TokenObtainDocs(OpenApiViewExtension):
     """simplejwt's views: their 400 (a missing field) and 401 (wrong credentials) too."""
 
-    target_class = "rest_framework_simplejwt.views.TokenObtainPairView"
+    target_class = "vending_site.logins.TokenObtainView"
 
     def view_replacement(self):
         @extend_schema(
@@ -657,14 +657,23 @@ class TokenObtainDocs(OpenApiViewExtension):
 
 
 class TokenRefreshDocs(OpenApiViewExtension):
-    target_class = "rest_framework_simplejwt.views.TokenRefreshView"
+    target_class = "vending_site.logins.TokenRefreshThrottledView"
 
     def view_replacement(self):
-        # Only `access` comes back: refresh tokens are not rotated (SIMPLE_JWT).
+        # Refresh tokens are rotated (SIMPLE_JWT): a new pair comes back, and the refresh
+        # token sent is blacklisted (a second use is 401).
         @extend_schema(
             tags=["auth"],
+            description=(
+                "A new access token and a new refresh token. The refresh token sent is "
+                "spent: using it again is 401, as is any refresh token of a user whose "
+                "password changed or who was deactivated since."
+            ),
             responses={
-                200: inline_serializer("AccessToken", {"access": serializers.CharField()}),
+                200: inline_serializer(
+                    "RotatedTokenPair",
+                    {"access": serializers.CharField(), "refresh": serializers.CharField()},
+                ),
                 **errors(400, 401),
             },
         )

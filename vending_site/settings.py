@@ -106,6 +106,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_api_key",
+    "rest_framework_simplejwt.token_blacklist",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -127,6 +129,8 @@ _BROWSER_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last (django-axes): turns the admin login it refused into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 MIDDLEWARE = [
     # First and last, so the request metrics time the whole stack (django-prometheus).
@@ -220,6 +224,13 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes first: a locked-out username or address is refused before any password is
+# hashed (vending_site/logins.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -297,9 +308,18 @@ if DEBUG:
         "rest_framework.renderers.BrowsableAPIRenderer"
     )
 
+# Tokens end with their credentials (vending_site/tokens.py): each carries a hash of the
+# password hash (CHECK_REVOKE_TOKEN), so a password change ends access tokens at once; refresh
+# tokens are single-use (rotated, the used one blacklisted), and a password change or a
+# deactivation blacklists every refresh token the user still holds.
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=1)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "CHECK_REVOKE_TOKEN": True,
+    "CHECK_USER_IS_ACTIVE": True,
+    "TOKEN_REFRESH_SERIALIZER": "vending_site.tokens.RefreshSerializer",
 }
 
 # --- Access control ------------------------------------------------------------------------
@@ -311,6 +331,30 @@ API_KEY_CACHE_SECONDS = max(env.float("API_KEY_CACHE_SECONDS", default=5.0), 0.0
 API_THROTTLE_ANON = env.str("API_THROTTLE_ANON", default="300/min")
 API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
 API_THROTTLE_VEND = env.str("API_THROTTLE_VEND", default="120/min")
+# Per client address on the token and token-refresh endpoints: each password check is a
+# hash, and a sustained stream of them takes the CPU the device polls need.
+AUTH_THROTTLE = env.str("AUTH_THROTTLE", default="10/min")
+# Failed password logins (admin and token endpoint, django-axes): after AXES_FAILURE_LIMIT
+# failures for one username (from any address) or from one address (any username), both
+# are refused until AXES_COOLOFF_MINUTES have passed since the last failure. Either alone
+# would leave a gap: per address only, a botnet guesses one password from many addresses;
+# per username only, one address guesses every username. Anyone can therefore lock a known
+# username for that long (staff unlock: `manage.py axes_reset_username NAME`).
+AXES_FAILURE_LIMIT = max(env.int("AXES_FAILURE_LIMIT", default=10), 1)
+AXES_COOLOFF_TIME = timedelta(minutes=max(env.float("AXES_COOLOFF_MINUTES", default=15.0), 0.1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# A locked-out client that keeps trying does not push the end of its lockout further away,
+# so the "refused for N more minutes" it is told stays true.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success does not clear the failures: it would clear its address's count too, so one
+# account of one's own would reset the per-address limit between guesses at others.
+AXES_RESET_ON_SUCCESS = False
+# The same client address as the throttles (X-Forwarded-For believed only from TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "vending_site.network.client_ip"
+AXES_LOCKOUT_CALLABLE = "vending_site.logins.lockout_response"
+# Axes still logs each failure (WARNING) with the lockout parameters, masked; not verbose,
+# so no "AXES: BEGIN" line at every process start.
+AXES_VERBOSE = False
 # Per device: the firmware polls every 2 s (30/min); a device must never meet this.
 DEVICE_THROTTLE = env.str("DEVICE_THROTTLE", default="600/min")
 # Per client address on the device endpoints, whatever device id the requests claim.

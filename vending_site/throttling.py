@@ -164,6 +164,17 @@ class VendThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
     rate_setting = "API_THROTTLE_VEND"
 
 
+class AuthThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
+    """The token and token-refresh endpoints, per client address, authenticated or not:
+    each request there may cost a password hash (``vending_site.logins``)."""
+
+    scope = "auth"
+    rate_setting = "AUTH_THROTTLE"
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
 class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
     """Device endpoints, per claimed device id and sending address (else per address).
 

@@ -6,7 +6,6 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from devices.api import device_views, long_poll
 from devices.api.views import (
@@ -21,6 +20,7 @@ from transactions.api import views as txn_views
 
 from . import dashboard, metrics
 from .health import HealthView
+from .logins import TokenObtainView, TokenRefreshThrottledView
 
 handler404 = "vending_site.errors.page_not_found"
 
@@ -29,8 +29,10 @@ UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
 
 def _api_v1(vend) -> list:
     return [
-        re_path(r"^auth/token/?$", TokenObtainPairView.as_view(), name="token"),
-        re_path(r"^auth/token/refresh/?$", TokenRefreshView.as_view(), name="token-refresh"),
+        re_path(r"^auth/token/?$", TokenObtainView.as_view(), name="token"),
+        re_path(
+            r"^auth/token/refresh/?$", TokenRefreshThrottledView.as_view(), name="token-refresh"
+        ),
         re_path(r"^vend/(?P<slot_id>[^/]+)/?$", vend, name="vend"),
         re_path(
             r"^transactions/?$", txn_views.TransactionListView.as_view(), name="transaction-list"

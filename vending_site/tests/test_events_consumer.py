@@ -1,6 +1,8 @@
 """``/ws/events/``: who may listen, and that every event reaches the page, from any process."""
 
 import asyncio
+import json
+import logging
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -9,8 +11,15 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
 from tests.factories import UserFactory
-from tests.integration.processes import start_command, stop
-from vending_site.consumers import CATCH_UP_LIMIT, CLOSE_FORBIDDEN, EventsConsumer
+from tests.integration.processes import free_port, start_command, stop, wait_for_http
+from tests.integration.websocket import OP_CLOSE, OP_TEXT, WebSocket
+from vending_site.consumers import (
+    CATCH_UP_LIMIT,
+    CLOSE_ABUSE,
+    CLOSE_FORBIDDEN,
+    MAX_BAD_FRAMES,
+    EventsConsumer,
+)
 from vending_site.events import layer_crosses_processes, publish
 from vending_site.models import LiveEvent
 
@@ -187,6 +196,86 @@ def test_a_malformed_message_gets_an_error_not_a_dropped_socket(sent):
         return message
 
     assert run(scenario())["type"] == "error"
+
+
+UNREADABLE_FRAMES = {
+    "not JSON": {"text_data": "catch up please"},
+    "a huge frame": {"text_data": json.dumps({"type": "catch_up", "pad": "x" * 100_000})},
+    "a deeply nested array": {"text_data": "[" * 100_000},
+    "a nested array under the size bound": {"text_data": "[" * 2000 + "]" * 2000},
+    "a binary frame": {"bytes_data": b"\x00\x01"},
+}
+
+
+@pytest.mark.parametrize("frame", UNREADABLE_FRAMES.values(), ids=UNREADABLE_FRAMES.keys())
+def test_an_unreadable_frame_gets_an_error_and_the_socket_stays_open(frame, caplog):
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        await communicator.send_to(**frame)
+        refused = await communicator.receive_json_from(timeout=2)
+        await communicator.send_json_to({"type": "nonsense"})
+        still_answered = await communicator.receive_json_from(timeout=2)
+        await communicator.disconnect()
+        return refused, still_answered
+
+    with caplog.at_level(logging.WARNING):
+        refused, still_answered = run(scenario())
+    assert refused["type"] == "error"
+    assert refused["detail"]
+    assert still_answered["type"] == "error"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_sender_that_keeps_sending_unreadable_frames_is_closed_with_1008():
+    staff = UserFactory(is_staff=True)
+
+    async def scenario():
+        communicator = listen(staff)
+        await communicator.connect()
+        for _ in range(MAX_BAD_FRAMES):
+            await communicator.send_to(text_data="{")
+            assert (await communicator.receive_json_from(timeout=2))["type"] == "error"
+        closed = await communicator.receive_output(timeout=2)
+        await communicator.disconnect()
+        return closed
+
+    assert run(scenario()) == {"type": "websocket.close", "code": CLOSE_ABUSE}
+
+
+def test_daphne_answers_unreadable_frames_without_logging_a_traceback():
+    port = free_port()
+    server = start_command(
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--access-log",
+        "/dev/null",
+        DASHBOARD_PUBLIC="true",
+        LOG_LEVEL="INFO",
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
+        socket = WebSocket(port)
+        assert socket.status == 101
+        answers = []
+        for text in ("not json", "[" * 100_000, "[" * 2000 + "]" * 2000):
+            socket.send(text)
+            answers.append(socket.receive())
+        socket.send(json.dumps({"type": "catch_up", "since": 0}))
+        socket.send(b"\x03\xe8", opcode=OP_CLOSE)
+        socket.close()
+    finally:
+        code, output = stop(server)
+    assert [opcode for opcode, _ in answers] == [OP_TEXT] * 3
+    assert all(json.loads(payload)["type"] == "error" for _, payload in answers)
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert '"level": "error"' not in output, output
 
 
 def publish_committed(kind: str, payload: dict) -> None:
