@@ -127,6 +127,7 @@ _BROWSER_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "vending_site.csp.ContentSecurityPolicyMiddleware",
 ]
 MIDDLEWARE = [
     # First and last, so the request metrics time the whole stack (django-prometheus).
