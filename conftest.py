@@ -19,8 +19,8 @@ def fast_password_hashing(settings):
 def throttle_counts_start_at_zero(settings):
     """Throttle counts and the communication log's budget live in the default cache, which
     in process memory would outlive the test: AUTH_THROTTLE (10/min per address) would refuse
-    the eleventh token request of a whole run. Each test gets its own cache (a Redis cache, configured by REDIS_URL, is kept:
-    its tests use their own key prefixes)."""
+    the eleventh token request of a whole run. Each test gets its own cache (a Redis cache,
+    configured by REDIS_URL, is kept: its tests use their own key prefixes)."""
     if settings.CACHES["default"]["BACKEND"].endswith("LocMemCache"):
         settings.CACHES = {
             "default": {

@@ -26,6 +26,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # a script: vending_site is importable from the checkout
+
+from vending_site.csp import POLICY as CONTENT_SECURITY_POLICY  # noqa: E402
+
 TEMPLATE = ROOT / "deploy" / "nginx" / "vending.conf.template"
 COMPOSE_CONF = ROOT / "deploy" / "nginx" / "vending.conf"
 PROCFILE = ROOT / "Procfile.prod-local"
@@ -35,6 +39,10 @@ PROCFILE = ROOT / "Procfile.prod-local"
 COMPOSE_WEB_SERVICES = ("web1", "web2")
 COMPOSE_WS_SERVICES = ("ws",)
 COMPOSE_VALUES = {
+    # The nginx image fills ${VENDING_*} from its environment when it starts (its
+    # templates mechanism, limited to those names by NGINX_ENVSUBST_FILTER in compose).
+    "SERVER_NAME": "${VENDING_SERVER_NAME}",
+    "CONTENT_SECURITY_POLICY": CONTENT_SECURITY_POLICY,
     "HTTPS_PORT": "443",
     "HTTP_PORT": "80",
     "DEVICE_PORT": "5000",
@@ -87,6 +95,8 @@ def render_compose() -> str:
 
 def loopback_values(args: argparse.Namespace, var: Path, static_root: Path) -> dict[str, str]:
     return {
+        "SERVER_NAME": "127.0.0.1",  # everything here is on loopback, the certificate too
+        "CONTENT_SECURITY_POLICY": CONTENT_SECURITY_POLICY,
         "HTTPS_PORT": f"127.0.0.1:{args.https_port}",
         "HTTP_PORT": f"127.0.0.1:{args.http_port}",
         "DEVICE_PORT": f"127.0.0.1:{args.device_port}",

@@ -107,11 +107,38 @@ class ParsedLine:
     slot: int | None = None
     value: str = ""
     field: str = ""
+    # A numeric banner field's value (SLOTS_AVAILABLE, SLOTS, UPTIME) when it is a number
+    # this module accepts (see ascii_int); None when the board sent anything else.
+    number: int | None = None
 
+
+def ascii_int(text: str, max_digits: int) -> int | None:
+    """The value of ``text`` if it is 1 to ``max_digits`` ASCII digits, else ``None``.
+
+    Text from a device is never given to ``int()`` unchecked: ``str.isdigit()`` is true for
+    ``"²"`` (which ``int()`` refuses) and for other scripts' digits, ``int()`` itself accepts
+    signs, spaces and underscores, and a run of more than 4300 digits makes it raise. This
+    never raises.
+    """
+    if not isinstance(text, str) or not 0 < len(text) <= max_digits:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+SLOT_DIGITS = 6  # a vend result's slot number: "VEND_SUCCESS:3"
+SLOT_COUNT_DIGITS = 3  # a banner's slot count: "SLOTS_AVAILABLE:5" (the server keeps <= 64)
+UPTIME_DIGITS = 10  # seconds since boot
+_NUMERIC_FIELDS = {
+    "SLOTS_AVAILABLE": SLOT_COUNT_DIGITS,
+    "SLOTS": SLOT_COUNT_DIGITS,
+    "UPTIME": UPTIME_DIGITS,
+}
 
 # A slot number: ASCII digits, at most six. A longer run is not a slot (and more than 4300
 # digits would make int() raise), so such a line is not a vend result.
-_SLOT = r"([0-9]{1,6})(?![0-9])"
+_SLOT = rf"([0-9]{{1,{SLOT_DIGITS}}})(?![0-9])"
 
 _TOKENS: list[tuple[re.Pattern, SerialLine]] = [
     (re.compile(rf"VEND_SUCCESS:{_SLOT}"), SerialLine.VEND_SUCCESS),
@@ -146,12 +173,15 @@ def parse_serial_line(text: str) -> ParsedLine:
         if match is None:
             continue
         if kind in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED):
-            return ParsedLine(kind, text, slot=int(match.group(1)))
+            return ParsedLine(kind, text, slot=ascii_int(match.group(1), SLOT_DIGITS))
         if kind is SerialLine.SLOT_EMPTY:
-            slot = int(match.group(1)) if match.group(1) else None
+            slot = ascii_int(match.group(1) or "", SLOT_DIGITS)
             return ParsedLine(kind, text, slot=slot)
         if kind is SerialLine.BANNER_FIELD:
-            return ParsedLine(kind, text, field=match.group(1), value=match.group(2))
+            field, value = match.group(1), match.group(2)
+            digits = _NUMERIC_FIELDS.get(field)
+            number = ascii_int(value, digits) if digits else None
+            return ParsedLine(kind, text, field=field, value=value, number=number)
         if kind in (
             SerialLine.DEVICE_ID,
             SerialLine.DEVICE_RESPONSE,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import serial
@@ -40,8 +40,13 @@ from .choices import CommandKind, Direction, LogLevel, Protocol, Transport
 from .models import Device, SerialPort
 from .protocol import (
     SERIAL_BAUD,
+    SLOT_COUNT_DIGITS,
+    InvalidDeviceId,
+    ParsedLine,
     SerialLine,
+    ascii_int,
     decode_serial_line,
+    normalize_device_id,
     parse_serial_line,
     serial_command,
 )
@@ -71,6 +76,27 @@ class InFlight:
     slot: int | None
     deadline: float
     written_at: float
+
+
+@dataclass
+class _Introduction:
+    """What a board said about itself while the link was set up."""
+
+    identified: str | None = None  # the id in its IDENTIFY answer
+    fields: dict[str, ParsedLine] = field(default_factory=dict)  # banner fields, by name
+
+
+def _shorten(value: str, keep: int = 24) -> str:
+    """``value`` quoted for a log line, cut to ``keep`` characters (a banner may be huge)."""
+    return repr(value[:keep]) + (f" (+{len(value) - keep} characters)" if len(value) > keep else "")
+
+
+def is_device_id(text: str) -> bool:
+    try:
+        normalize_device_id(text)
+    except InvalidDeviceId:
+        return False
+    return True
 
 
 def port_device_id(path: str) -> str:
@@ -108,6 +134,7 @@ class SerialLink:
         self._buffer = b""
         self._writes: deque[Callable[[], None]] = deque()
         self._last_traffic = 0.0
+        self._noted: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -142,6 +169,7 @@ class SerialLink:
         try:
             self.connected.set()
             self._buffer = b""
+            self._noted.clear()
             self.late, self.resync_sent = None, None
             self.device = self._handshake(port)
             # This link's own thread (its own contextvars): every line it logs names the device.
@@ -174,33 +202,44 @@ class SerialLink:
         be the same on every board. A board still booting misses the first IDENTIFY, so it is
         asked up to three times. A port given explicitly whose device never answers gets an
         id from its path; a port found by its USB id is not linked at all (it is some other
-        USB-serial gadget)."""
-        facts: dict[str, str] = {}
-        self._collect(port, self.config.banner_wait, facts, identify=False)
+        USB-serial gadget).
+
+        Nothing the board says can make this raise: an id that is not a device id is ignored
+        like a missing one, and a slot count that is not 1-3 ASCII digits leaves the default
+        (each noted once in the communication log), so a board with a corrupt banner still
+        links instead of being reopened every few seconds."""
+        heard = _Introduction()
+        self._collect(port, self.config.banner_wait, heard, identify=False)
         for _attempt in range(IDENTIFY_ATTEMPTS):
             self._send_line(port, serial_command("IDENTIFY"), device=None)
-            if self._collect(port, self.config.identify_timeout, facts, identify=True):
+            if self._collect(port, self.config.identify_timeout, heard, identify=True):
                 break
-        raw_id = facts.get("identified")
+        raw_id = heard.identified
         if raw_id is None:
             if not self.explicit:
                 raise serial.SerialException("no ESP32 vending firmware answered IDENTIFY")
             raw_id = port_device_id(self.path)
-        slots = facts.get("SLOTS_AVAILABLE", "")
+        slots = heard.fields.get("SLOTS_AVAILABLE")
+        if slots is not None and slots.number is None:
+            self._note_once(
+                f"SLOTS_AVAILABLE value {_shorten(slots.value)} is not a slot count "
+                f"(1-{SLOT_COUNT_DIGITS} ASCII digits); the default slot count is kept"
+            )
+        firmware = heard.fields.get("FIRMWARE_VERSION")
         device, _created = self._db(
             lambda: services.register_device(
                 raw_id=raw_id,
                 transport=Transport.SERIAL,
                 protocol=Protocol.SERIAL,
                 serial_port=self.path,
-                firmware_version=facts.get("FIRMWARE_VERSION", ""),
-                slot_count=int(slots) if slots.isdigit() else None,
+                firmware_version=firmware.value if firmware else "",
+                slot_count=slots.number if slots else None,
                 reported_status="online",
             )
         )
         return device
 
-    def _collect(self, port, seconds: float, facts: dict, identify: bool) -> bool:
+    def _collect(self, port, seconds: float, heard: "_Introduction", identify: bool) -> bool:
         """Read banner or IDENTIFY lines for up to ``seconds``; True once identified."""
         answering = False
         deadline = time.monotonic() + seconds
@@ -211,14 +250,29 @@ class SerialLink:
                 if parsed.kind is SerialLine.DEVICE_RESPONSE:
                     answering = identify
                 elif parsed.kind is SerialLine.DEVICE_ID and answering:
-                    facts["identified"] = parsed.value
+                    if is_device_id(parsed.value):
+                        heard.identified = parsed.value
+                    else:
+                        self._note_once(
+                            f"IDENTIFY answered {_shorten(parsed.value)}, which is not a "
+                            "device id; ignored"
+                        )
                 elif parsed.kind is SerialLine.BANNER_FIELD:
-                    facts[parsed.field] = parsed.value
-                elif parsed.kind is SerialLine.STATUS and "identified" in facts:
+                    heard.fields[parsed.field] = parsed
+                elif parsed.kind is SerialLine.STATUS and heard.identified is not None:
                     return True  # STATUS:READY closes the IDENTIFY answer
-            if "identified" in facts and "SLOTS_AVAILABLE" in facts:
+            if heard.identified is not None and "SLOTS_AVAILABLE" in heard.fields:
                 return True
-        return "identified" in facts
+        return heard.identified is not None
+
+    def _note_once(self, text: str) -> None:
+        """A warning about what the board said, in the log and the communication log, once
+        per link session however often the board repeats it."""
+        if text in self._noted:
+            return
+        self._noted.add(text)
+        logger.warning("%s: %s", self.path, text)
+        self._log_note(text, LogLevel.WARNING)
 
     def _serve_once(self, port: serial.SerialBase) -> None:
         for text in self._read_lines(port, self.config.poll_interval):
@@ -512,7 +566,9 @@ class CommandWaker:
 
     def _wake(self, payload: str) -> None:
         with self._lock:
-            event = self._events.get(int(payload)) if payload.isdigit() else None
+            # Our own NOTIFY sends a device's primary key (a bigint: at most 19 digits).
+            device_pk = ascii_int(payload, 19)
+            event = self._events.get(device_pk) if device_pk is not None else None
         if event is not None:
             event.set()
 

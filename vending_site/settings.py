@@ -129,6 +129,7 @@ _BROWSER_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "vending_site.csp.ContentSecurityPolicyMiddleware",
     # Last (django-axes): turns the admin login it refused into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

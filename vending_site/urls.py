@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from devices.api import device_views, long_poll
 from devices.api.views import (
@@ -129,7 +129,11 @@ def build(*, asgi: bool) -> list:
         # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/metrics.py).
         path("metrics", metrics.metrics_view, name="metrics"),
         path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-        path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+        # The split view serves its start-up script from a URL, not inline: the pages'
+        # Content-Security-Policy (vending_site/csp.py) allows no inline script.
+        path(
+            "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"
+        ),
     ]
 
 

@@ -28,6 +28,9 @@ class SerialFirmware:
     device_id: str = DEFAULT_ID
     plain: bool = False  # the documented variant: undecorated lines
     slots: int = 5
+    # What the banner and the IDENTIFY answer say after SLOTS_AVAILABLE: (None: ``slots``);
+    # for tests of a board whose banner is corrupt.
+    slots_text: str | None = None
     stock: dict[int, int] | None = None  # None: never runs out
     failure_rate: float = 0.0
     latency: float = 0.0  # seconds between the command and its result line
@@ -81,7 +84,7 @@ class SerialFirmware:
                 f"DEVICE_ID:{DEFAULT_ID}",  # the firmware's banner is generic
                 "DEVICE_TYPE:USB",
                 "FIRMWARE_VERSION:1.1",
-                f"SLOTS_AVAILABLE:{self.slots}",
+                f"SLOTS_AVAILABLE:{self._slots_said()}",
                 f"STATUS_OK:READY:{self.slots}_SLOTS",
             ]
         else:
@@ -91,11 +94,14 @@ class SerialFirmware:
                 "DEVICE_TYPE:USB",
                 "COMM_METHOD:SERIAL",
                 "FIRMWARE_VERSION:1.1",
-                f"SLOTS_AVAILABLE:{self.slots}",
+                f"SLOTS_AVAILABLE:{self._slots_said()}",
                 "✅ System ready - send HELP for commands",
             ]
         for line in lines:
             self.write_line(line)
+
+    def _slots_said(self) -> str:
+        return str(self.slots) if self.slots_text is None else self.slots_text
 
     def handle(self, line: str) -> None:
         command = line.strip()
@@ -145,7 +151,7 @@ class SerialFirmware:
             "DEVICE_TYPE:USB",
             "COMM_METHOD:SERIAL",
             "FIRMWARE_VERSION:1.1",
-            f"SLOTS_AVAILABLE:{self.slots}",
+            f"SLOTS_AVAILABLE:{self._slots_said()}",
             "STATUS:READY",
         ]
         if not self.plain:

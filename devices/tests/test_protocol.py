@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from devices.protocol import (
     InvalidDeviceId,
     SerialLine,
+    ascii_int,
     mac_from_device_id,
     normalize_device_id,
     parse_serial_line,
@@ -94,3 +95,51 @@ def test_a_slot_number_longer_than_int_converts_is_not_a_vend_result_and_no_cras
     assert parsed.kind not in (SerialLine.VEND_SUCCESS, SerialLine.VEND_FAILED)
     assert parsed.slot is None
     assert parse_serial_line("VEND_SUCCESS:1234567").kind is SerialLine.UNKNOWN
+
+
+# --- Numbers a device sends ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("5", 5), ("064", 64), ("999", 999)],
+)
+def test_ascii_digits_within_the_bound_are_a_number(text, value):
+    assert ascii_int(text, 3) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "²",  # superscript two: str.isdigit() is true, int() raises
+        "٣",  # Arabic-Indic three: int() would take it as 3
+        "\uff15",  # fullwidth five
+        "1000",  # one digit too many
+        "9" * 5000,  # more digits than int() converts
+        "",
+        " 5",
+        "+5",
+        "-1",
+        "1_0",
+        "5\n",
+    ],
+)
+def test_anything_but_a_few_ascii_digits_is_no_number_and_no_error(text):
+    assert ascii_int(text, 3) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["SLOTS_AVAILABLE:²", "SLOTS_AVAILABLE:" + "7" * 5000, "SLOTS_AVAILABLE:1000", "SLOTS:٣"],
+)
+def test_a_banner_slot_count_that_is_not_one_to_three_ascii_digits_has_no_number(line):
+    parsed = parse_serial_line(line)
+    assert parsed.kind is SerialLine.BANNER_FIELD
+    assert parsed.number is None
+
+
+def test_a_banner_slot_count_of_ascii_digits_is_its_number():
+    parsed = parse_serial_line("SLOTS_AVAILABLE:5")
+    assert (parsed.field, parsed.value, parsed.number) == ("SLOTS_AVAILABLE", "5", 5)
+    assert parse_serial_line("UPTIME:86400").number == 86400
+    assert parse_serial_line("FIRMWARE_VERSION:1.1").number is None  # not a numeric field

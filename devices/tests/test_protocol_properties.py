@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from devices.protocol import (
     MAX_DEVICE_ID_LENGTH,
     MAX_SERIAL_COMMAND,
+    SLOT_COUNT_DIGITS,
     InvalidDeviceId,
     ParsedLine,
     SerialLine,
+    ascii_int,
     decode_serial_line,
     mac_from_device_id,
     normalize_device_id,
@@ -85,6 +87,40 @@ def test_a_vend_result_round_trips_through_the_wire(decoration, kind, slot, endi
 def test_a_slot_number_too_long_to_be_a_slot_is_not_a_vend_result(decoration, digits):
     parsed = parse_serial_line(f"{decoration}VEND_SUCCESS:{digits}")
     assert parsed.kind is not SerialLine.VEND_SUCCESS
+
+
+# Digits of every kind: ASCII, other scripts' (Nd), superscripts and fractions (No).
+ANY_DIGITS = st.text(
+    alphabet=st.one_of(st.sampled_from("0123456789"), st.characters(categories=["Nd", "No"])),
+    min_size=1,
+    max_size=6000,
+)
+
+
+@given(
+    st.sampled_from(DECORATIONS),
+    st.sampled_from(["SLOTS_AVAILABLE", "SLOTS", "UPTIME", "FIRMWARE_VERSION"]),
+    st.one_of(ANY_DIGITS, st.text(min_size=1, max_size=60)),
+)
+@example("", "SLOTS_AVAILABLE", "²")
+@example("", "SLOTS_AVAILABLE", "9" * 5000)
+def test_a_banner_field_with_any_value_parses_without_error(decoration, name, value):
+    line = f"{decoration}{name}:{value}"
+    parsed = parse_serial_line(line)  # never raises
+    assert parsed.kind in SerialLine
+    if parsed.kind is SerialLine.BANNER_FIELD and parsed.number is not None:
+        assert re.fullmatch(r"[0-9]{1,10}", parsed.value)
+        assert parsed.number == int(parsed.value)
+    if name.startswith("SLOTS") and parsed.number is not None:
+        assert parsed.number < 10**SLOT_COUNT_DIGITS
+
+
+@given(st.one_of(ANY_DIGITS, st.text(max_size=40)), st.integers(min_value=0, max_value=30))
+@example("²", 3)
+@example("9" * 5000, 3)
+def test_ascii_int_is_a_number_only_for_a_few_ascii_digits_and_never_raises(text, max_digits):
+    plain = max_digits > 0 and re.fullmatch(rf"[0-9]{{1,{max_digits}}}", text)
+    assert ascii_int(text, max_digits) == (int(text) if plain else None)
 
 
 SERVER_COMMANDS = st.one_of(

@@ -31,7 +31,7 @@ class Rig:
     """A simulator and a bridge link, both in threads, torn down in order."""
 
     def __init__(self, config: LinkConfig = FAST, **firmware):
-        self.firmware = SerialFirmware(device_id=DEVICE_ID, **firmware)
+        self.firmware = SerialFirmware(**{"device_id": DEVICE_ID, **firmware})
         self.sim_stop = self.firmware.start()
         self.stop = threading.Event()
         self.said: list[str] = []
@@ -46,7 +46,11 @@ class Rig:
 
     def __enter__(self):
         self.thread.start()
-        wait_for(lambda: any("connected to" in line for line in self.said), what="handshake")
+        try:
+            wait_for(lambda: any("connected to" in line for line in self.said), what="handshake")
+        except BaseException:
+            self.__exit__()  # a link that never connects must not outlive its test
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -258,7 +262,7 @@ class BridgeRig:
     """The whole bridge (supervisor + links) in a thread, with a simulator on a pty."""
 
     def __init__(self, explicit=True, usb_id=None, config=FAST, **firmware):
-        self.firmware = SerialFirmware(device_id=DEVICE_ID, **firmware)
+        self.firmware = SerialFirmware(**{"device_id": DEVICE_ID, **firmware})
         self.sim_stop = self.firmware.start()
         self.stop = threading.Event()
         self.said: list[str] = []
@@ -464,6 +468,33 @@ def test_a_board_that_boots_late_is_asked_again_and_named_by_its_answer():
         assert Device.objects.filter(device_id=DEVICE_ID).exists()
         assert rig.firmware.received.count("IDENTIFY") >= 1
     assert not Device.objects.filter(device_id="ESP32_USB_VENDING").exists()  # the banner's id
+
+
+@pytest.mark.parametrize("slots_text", ["²", "7" * 5000], ids=["superscript", "5000-digits"])
+def test_a_board_whose_banner_slot_count_is_not_a_number_links_and_vends(slots_text, settings):
+    # '²'.isdigit() is true but int('²') raises, and int() refuses 5000 digits: the link
+    # used to fail its handshake and reopen the port every few seconds, never linking.
+    settings.DEVICE_DEFAULT_SLOTS = 4
+    with Rig(slots_text=slots_text) as rig:
+        device = Device.objects.get(device_id=DEVICE_ID)
+        assert device.slot_count == 4  # the default, not whatever the banner said
+        stocked_device()
+        txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=3)
+        wait_for(settled(txn, TransactionState.SUCCEEDED), what="success")
+        assert rig.firmware.received.count("VEND:3") == 1
+    assert not any("unexpected error" in line for line in rig.said)
+    assert sum("connected to" in line for line in rig.said) == 1  # linked once, never again
+    notes = CommunicationLog.objects.filter(message__contains="is not a slot count")
+    assert notes.count() == 1  # the banner and the IDENTIFY answer both said it: noted once
+    assert len(notes.get().message) < 200
+
+
+def test_an_identify_answer_that_is_not_a_device_id_is_ignored_and_the_port_still_links():
+    with Rig(device_id="ESP32_" + "Ä" * 80) as rig:  # not an id: letters beyond ASCII, too long
+        assert Device.objects.filter(device_id=port_device_id(rig.firmware.path)).exists()
+    assert not any("unexpected error" in line for line in rig.said)
+    assert sum("connected to" in line for line in rig.said) == 1
+    assert CommunicationLog.objects.filter(message__contains="not a device id").count() == 1
 
 
 def test_an_auto_detected_port_whose_device_never_answers_is_not_linked():

@@ -173,7 +173,7 @@ def test_every_variable_an_example_env_file_sets_is_read_by_the_settings(path):
 
 
 def test_secrets_compose_interpolates_have_no_default():
-    for name in ("SECRET_KEY", "POSTGRES_PASSWORD"):
+    for name in ("SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "SERVER_NAME"):
         uses = re.findall(r"\$\{" + name + r"(:?[-?])?", COMPOSE_TEXT)
         assert uses, name
         assert set(uses) == {":?"}, f"{name} must be required (${{{name}:?...}}), not defaulted"
@@ -275,7 +275,8 @@ def test_nginx_upstreams_are_the_compose_services_on_their_ports():
     assert set(proxied.values()) == {"vending_web"}, proxied
     nginx = SERVICES["nginx"]
     mounted = {v.split(":")[0]: v.split(":")[1] for v in nginx["volumes"]}
-    assert mounted["./deploy/nginx/vending.conf"].startswith("/etc/nginx/conf.d/")
+    # The image renders /etc/nginx/templates/NAME.template into /etc/nginx/conf.d/NAME.
+    assert mounted["./deploy/nginx/vending.conf"] == "/etc/nginx/templates/default.conf.template"
     cert_dir = mounted["./deploy/certs"]
     for directive in ("ssl_certificate", "ssl_certificate_key"):
         path = re.search(rf"{directive}\s+(\S+);", conf).group(1)
@@ -305,6 +306,7 @@ def test_nginx_accepts_the_compose_configuration(tmp_path):
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     cert, key = tmp_path / "vending.crt", tmp_path / "vending.key"
     load_prod_local().ensure_certificate(cert, key)
+    conf = as_the_nginx_image_renders_it(conf)
     conf = conf.replace("/etc/nginx/certs", str(tmp_path)).replace("/srv/static", str(tmp_path))
     conf = re.sub(r"server (web\d+|ws):", "server 127.0.0.1:", conf)
     (tmp_path / "vending.conf").write_text(conf)
@@ -508,3 +510,90 @@ def test_a_wrong_server_option_fails_the_build_check(change, refusal, tmp_path):
     env.pop("DJANGO_SETTINGS_MODULE", None)
     with pytest.raises(AssertionError, match=refusal):
         dry_run_web(["--bind", "127.0.0.1:8001"], env, script=mutant)
+
+
+# --- The network edge ---------------------------------------------------------------------
+
+
+def with_defaults(text: str) -> str:
+    """``text`` as compose reads it when ``.env`` sets none of the optional variables."""
+    return re.sub(r"\$\{[A-Z][A-Z0-9_]*:-([^}]*)\}", r"\1", text)
+
+
+def as_the_nginx_image_renders_it(conf: str, server_name: str = "vending.example.com") -> str:
+    """What the nginx image writes to conf.d: ``${VENDING_*}`` filled from its environment."""
+    return conf.replace("${VENDING_SERVER_NAME}", server_name)
+
+
+def published(service: str) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each port a service publishes."""
+    found = []
+    for entry in SERVICES[service].get("ports", []):
+        parts = with_defaults(str(entry)).rsplit(":", 2)
+        address = parts[0] if len(parts) == 3 else ""
+        found.append((address, *parts[-2:]))
+    return found
+
+
+def test_the_device_port_is_published_on_loopback_unless_an_address_is_configured():
+    device = [entry for entry in published("nginx") if entry[2] == "5000"]
+    assert device == [("127.0.0.1", "5000", "5000")]
+    entry = next(e for e in SERVICES["nginx"]["ports"] if str(e).endswith(":5000:5000"))
+    assert entry.startswith("${DEVICE_BIND:-"), "the address must be configurable"
+    assert "DEVICE_BIND" in env_file_names(ROOT / "deploy/production.env.example")
+
+
+def test_redis_is_published_nowhere_and_asks_for_a_password():
+    redis = SERVICES["redis"]
+    assert "ports" not in redis
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")  # healthcheck
+
+
+def test_every_redis_url_carries_the_password():
+    urls = {
+        name: service["environment"]["REDIS_URL"]
+        for name, service in SERVICES.items()
+        if "REDIS_URL" in service.get("environment", {})
+    }
+    assert set(OUR_IMAGE) <= set(urls)
+    for name, url in urls.items():
+        assert url.startswith("redis://:${REDIS_PASSWORD:?"), name
+    # The host-network discovery service reaches Redis at its fixed address.
+    address = SERVICES["redis"]["networks"]["default"]["ipv4_address"]
+    assert f"@{address}:6379/" in urls["discovery"]
+
+
+def test_the_nginx_image_fills_in_only_our_variables():
+    conf = (ROOT / "deploy/nginx/vending.conf").read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", conf)) == {"VENDING_SERVER_NAME"}
+    nginx = SERVICES["nginx"]["environment"]
+    assert nginx["NGINX_ENVSUBST_FILTER"] == "^VENDING_"
+    assert nginx["VENDING_SERVER_NAME"].startswith("${SERVER_NAME:?")
+
+
+def test_plain_http_is_redirected_to_the_configured_name_not_the_clients_host():
+    for name in ("vending.conf.template", "vending.conf"):
+        conf = (ROOT / "deploy/nginx" / name).read_text()
+        redirect = re.search(r"return 301 (\S+);", conf).group(1)
+        assert "$host" not in redirect and "$http_host" not in redirect, (name, redirect)
+
+
+def test_nginx_names_no_version_and_speaks_only_forward_secret_aead_tls():
+    conf = (ROOT / "deploy/nginx/vending.conf").read_text()
+    assert re.search(r"^server_tokens off;", conf, re.M)
+    assert re.search(r"ssl_protocols\s+TLSv1\.2 TLSv1\.3;", conf)
+    assert re.search(r"ssl_prefer_server_ciphers off;", conf)
+    ciphers = re.search(r"ssl_ciphers\s+(\S+);", conf).group(1).split(":")
+    for cipher in ciphers:
+        assert cipher.startswith(("ECDHE-", "DHE-")), cipher  # forward secret
+        assert cipher.endswith(("GCM-SHA256", "GCM-SHA384", "CHACHA20-POLY1305")), cipher
+
+
+def test_nginx_sends_the_same_content_security_policy_as_django():
+    from vending_site.csp import POLICY
+
+    conf = (ROOT / "deploy/nginx/vending.conf").read_text()
+    sent = re.search(r'add_header Content-Security-Policy "([^"]+)" always;', conf).group(1)
+    assert sent == POLICY

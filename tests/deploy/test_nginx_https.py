@@ -295,7 +295,13 @@ def test_static_files_are_served_by_nginx(stack):
     assert response.getheader("X-Content-Type-Options") == "nosniff"
 
 
-def test_a_body_over_the_limit_is_refused_with_413(stack):
+TOO_LARGE = {
+    "detail": "The request body is too large: at most 65536 bytes are accepted.",
+    "code": "request_too_large",
+}
+
+
+def test_a_body_over_the_limit_is_refused_with_the_json_413(stack):
     response = stack.https(
         "POST",
         "/api/v1/vend/1",
@@ -303,6 +309,93 @@ def test_a_body_over_the_limit_is_refused_with_413(stack):
         headers={"Content-Type": "application/json"},
     )
     assert response.status == 413
+    assert json.loads(response.body) == TOO_LARGE  # nginx's answer says what Django's says
+
+
+@pytest.mark.parametrize(
+    ("port_name", "path"), [("https", "/api/v1/vend/1"), ("device", "/esp32/confirm")]
+)
+def test_a_chunked_body_over_the_limit_is_refused_with_the_json_413(stack, port_name, path):
+    if port_name == "https":
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", stack.ports["https"], context=stack.tls, timeout=15
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", stack.ports["device"], timeout=15)
+    try:
+        # No Content-Length: http.client frames the parts as chunks.
+        parts = (b"x" * 1024 for _ in range(100))
+        headers = {"Content-Type": "application/json"}
+        try:
+            conn.request("POST", path, body=parts, headers=headers, encode_chunked=True)
+        except OSError:
+            pass  # nginx may answer and close before the last chunk
+        response = conn.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read()) == TOO_LARGE
+    finally:
+        conn.close()
+
+
+# --- The edge: what nginx tells and accepts ------------------------------------------------
+
+
+def test_nginx_names_no_version(stack):
+    answers = [
+        stack.https("GET", "/health"),
+        stack.https("GET", "/static/no-such-file.css"),  # nginx's own error page
+        stack.http("http", "GET", "/"),
+        stack.http("device", "GET", "/admin/"),
+    ]
+    for response in answers:
+        assert response.getheader("Server") == "nginx", response.getheader("Server")
+        assert b"nginx/" not in response.body
+
+
+def _handshake(stack: Stack, ciphers: str) -> str:
+    """Handshake TLS 1.2 offering only ``ciphers``; the suite agreed (ssl.SSLError if none)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(stack.cert))
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", stack.ports["https"]), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.cipher()[0]
+
+
+def test_tls_1_2_agrees_on_a_forward_secret_aead_suite(stack):
+    assert _handshake(stack, "ECDHE-RSA-AES128-GCM-SHA256") == "ECDHE-RSA-AES128-GCM-SHA256"
+
+
+@pytest.mark.parametrize(
+    "ciphers",
+    [
+        "AES128-SHA",  # RSA key exchange: no forward secrecy
+        "AES128-GCM-SHA256",  # RSA key exchange, even with an AEAD cipher
+        "ECDHE-RSA-AES128-SHA",  # forward secret, but CBC with a SHA-1 MAC
+        "ECDHE-RSA-AES256-SHA384",  # CBC
+    ],
+)
+def test_tls_1_2_refuses_suites_without_forward_secrecy_or_with_cbc(stack, ciphers):
+    with pytest.raises(ssl.SSLError):
+        _handshake(stack, ciphers)
+
+
+def test_pages_carry_the_content_security_policy_once(stack):
+    from vending_site.csp import POLICY
+
+    for path in ("/admin/login/", "/"):
+        response = stack.https("GET", path)
+        assert response.headers.get_all("Content-Security-Policy") == [POLICY], path
+
+
+def test_the_plain_http_redirect_ignores_a_forged_host(stack):
+    for host in ("evil.example", "evil.example:8443", "127.0.0.1.evil.example"):
+        response = stack.http("http", "GET", "/admin/", headers={"Host": host})
+        assert response.status == 301
+        assert response.getheader("Location") == (
+            f"https://127.0.0.1:{stack.ports['https']}/admin/"
+        ), host
 
 
 def _websocket_handshake(stack: Stack, cookie: str | None) -> int:

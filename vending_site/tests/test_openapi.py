@@ -177,9 +177,14 @@ def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypa
                 page = browser.new_page()
                 page.set_default_timeout(10_000)
                 page.route("**/*", only_loopback)
+                # A script or style the Content-Security-Policy refuses is a console error.
+                errors: list[str] = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else 0)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(f"http://127.0.0.1:{port}/api/docs/")
                 page.get_by_text("/esp32/wifi/command", exact=True).first.wait_for()
                 assert page.get_by_text("/esp32/commands/{device_id}", exact=True).count() >= 1
+                assert errors == []
             finally:
                 browser.close()
     finally:
