@@ -557,7 +557,8 @@ def _seed(devices: int, keys: int, stock: int) -> dict:
         transport=Transport.WIFI,
         protocol=Protocol.WIFI_V2,
         slot_count=5,
-        admitted=True,  # the operator's fleet; each machine is bound by its first poll
+        admitted=True,  # the operator's own machines, played on this host
+        address="127.0.0.1",
     )
     for slot in Slot.objects.filter(device=first).order_by("number"):
         Slot.objects.filter(pk=slot.pk).update(

@@ -140,18 +140,22 @@ def approval_message(device) -> str:
 
 
 def pending_devices():
-    """WiFi machines that wait for approval (the ones ``DEVICE_PENDING_LIMIT`` counts)."""
+    """WiFi machines never approved (the ones ``DEVICE_PENDING_LIMIT`` counts)."""
     from .choices import Transport
     from .models import Device
 
-    return Device.objects.filter(approved=False).exclude(transport=Transport.SERIAL)
+    # A revoked machine (approved once) is history staff chose to keep, not a newcomer.
+    return Device.objects.filter(approved=False, approved_at__isnull=True).exclude(
+        transport=Transport.SERIAL
+    )
 
 
 def check_room_for_pending(device_id: str) -> None:
     """Refuse a new WiFi machine when ``DEVICE_PENDING_LIMIT`` machines already wait.
 
     Called before the row is written, so a flood of invented ids writes nothing once the
-    limit is reached. Two registrations racing at the limit may both pass (one over)."""
+    limit is reached. Registrations racing at the limit may all pass: the cap can be
+    exceeded by as many as the server handles at once."""
     if not settings.DEVICE_APPROVAL_REQUIRED:
         return
     limit = settings.DEVICE_PENDING_LIMIT
@@ -163,13 +167,20 @@ def check_room_for_pending(device_id: str) -> None:
         )
 
 
-def set_approved(*, devices, approved: bool) -> int:
+class AddressChanged(DomainError):
+    code = "address_changed"
+
+
+def set_approved(*, devices, approved: bool, expected_address: str | None = None) -> int:
     """Approve or revoke ``devices`` (a queryset).
 
-    Approving binds each WiFi machine to the address its last request came from (it binds
-    to its next request's when none is known), clears a pending move, creates its slots and
-    makes it the active machine when none is. Revoking forgets the binding and expires its
-    queued commands (returning any reserved unit), so nothing waiting is delivered later."""
+    Approving binds each WiFi machine to the address that asks for it (shown to staff as
+    *asks from*; it stays put while its sender keeps asking), or keeps the address it was
+    bound to before a revoke; it creates its slots and makes it the active machine when none
+    is. With ``expected_address`` (the address staff were shown), a machine asking from
+    another one by now is refused with :class:`AddressChanged`. Revoking keeps the binding
+    (nobody else may settle a vend it still has in hand) and expires its queued commands,
+    returning any reserved unit, so nothing waiting is delivered later."""
     from inventory.services import ensure_slots
 
     from .choices import CommandState
@@ -187,8 +198,18 @@ def set_approved(*, devices, approved: bool) -> int:
             # An approved machine stays as it is: approving it again must not bind it to
             # whatever address last asked to act as it (that is accept_move, a choice).
             for device in rows.filter(approved=False).select_for_update():
+                asks_from = _canonical_address(device.moved_to or device.last_address) or None
+                if expected_address is not None and asks_from != _canonical_address(
+                    expected_address
+                ):
+                    raise AddressChanged(
+                        f"{device.device_id} now asks from {asks_from or 'no address'}, not "
+                        f"{expected_address}; look again before approving it.",
+                        device_id=device.device_id,
+                    )
                 device.approved, device.approved_at = True, now
-                device.bound_address = device.last_address
+                if not device.bound_address:
+                    device.bound_address = asks_from
                 device.moved_to, device.moved_at = None, None
                 device.save(
                     update_fields=[
@@ -203,21 +224,27 @@ def set_approved(*, devices, approved: bool) -> int:
                 activate_if_none_active(device)
                 changed += 1
         else:
-            changed = rows.update(approved=False, bound_address=None, moved_to=None, moved_at=None)
+            changed = rows.update(approved=False)
             queued = Command.objects.filter(device__in=pks, state=CommandState.QUEUED)
             for command_id in list(queued.values_list("pk", flat=True)):
                 expire_command(command_id=command_id)
     return changed
 
 
-def accept_move(*, devices) -> int:
-    """Bind each of ``devices`` that asked from a new address to that address."""
+def accept_move(*, devices, expected_address: str | None = None) -> int:
+    """Bind each of ``devices`` that asks from a new address to that address (with
+    ``expected_address``: only to that one, the address staff were shown)."""
     from .models import Device
 
-    moved = list(devices.filter(moved_to__isnull=False).values_list("pk", "moved_to"))
+    asking = devices.filter(moved_to__isnull=False)
+    if expected_address is not None:
+        asking = asking.filter(moved_to=_canonical_address(expected_address))
+    moved = list(asking.values_list("pk", "moved_to"))
     with transaction.atomic():
         for pk, address in moved:
-            Device.objects.filter(pk=pk).update(bound_address=address, moved_to=None, moved_at=None)
+            Device.objects.filter(pk=pk, moved_to=address).update(
+                bound_address=address, last_address=address, moved_to=None, moved_at=None
+            )
     return len(moved)
 
 
@@ -243,46 +270,70 @@ def ip_or_none(address: str) -> str | None:
     return canonical
 
 
-MOVE_NOTE_EVERY = timedelta(seconds=60)  # a stranger's requests rewrite the mark this often
+# The address that asks to act as a machine staff have not bound to it (a pending machine's,
+# or a bound machine's new one) is kept while its sender keeps asking: another address
+# replaces it only after this long without a word from it, so the address staff approve is
+# the one they were shown, not whichever request came last. Its time is refreshed at most
+# every CANDIDATE_REFRESH, so a machine that keeps polling writes twice a minute at most.
+CANDIDATE_KEPT_FOR = timedelta(seconds=60)
+CANDIDATE_REFRESH = timedelta(seconds=30)
+
+
+def _note_candidate(device, here: str | None) -> None:
+    from .models import Device
+
+    if not here:
+        return
+    now = timezone.now()
+    same = _canonical_address(device.moved_to) == here
+    age = now - device.moved_at if device.moved_at else None
+    if same and age is not None and age < CANDIDATE_REFRESH:
+        return
+    if not same and device.moved_to and age is not None and age < CANDIDATE_KEPT_FOR:
+        return  # another address still asks: it keeps its place in front of staff
+    Device.objects.filter(pk=device.pk).update(moved_to=here, moved_at=now)
+    device.moved_to, device.moved_at = here, now
 
 
 def check_wifi_request(device, *, address: str) -> None:
     """May an HTTP request from ``address`` act for ``device``? Raise if not.
 
-    Refusals write at most one row update a minute (the *moved* mark); acceptances write
-    only when something changed (the address a pending machine speaks from, the first
-    binding), so an idle fleet's polls stay reads."""
+    - A machine linked by USB serial: never over HTTP.
+    - A bound machine: only from its bound address (also while revoked: nobody else may
+      settle a vend it still had in hand).
+    - A pending machine (never approved): from any address, so it can announce itself;
+      it gets no commands. The address it asks from is noted for staff.
+    - An approved machine with no address bound (made by staff, or approved before binding
+      existed and left unbound by the migration): refused like a moved machine until staff
+      accept the address it asks from; nobody binds it by speaking first.
+
+    Refusals and acceptances write only the candidate address, at most twice a minute per
+    machine, so an idle fleet's polls stay reads."""
     from .choices import Transport
-    from .models import Device
 
     if device.transport == Transport.SERIAL:
         raise LinkedBySerial(
             f"{device.device_id} is linked by USB serial; requests over HTTP cannot act for it.",
             device_id=device.device_id,
         )
+    if not settings.DEVICE_ADDRESS_BINDING:
+        return
     here = ip_or_none(address)
-    if not settings.DEVICE_ADDRESS_BINDING or device.awaiting_approval:
-        if here and here != _canonical_address(device.last_address):
-            Device.objects.filter(pk=device.pk).update(last_address=here)
-            device.last_address = here
+    if device.bound_address:
+        if here and here == _canonical_address(device.bound_address):
+            return
+        _note_candidate(device, here)
+        raise DeviceBoundElsewhere(
+            f"{device.device_id} is bound to another address; requests for it from "
+            f"{address or 'an unknown address'} are refused until staff accept the move.",
+            device_id=device.device_id,
+        )
+    _note_candidate(device, here)
+    if device.awaiting_approval:
         return
-    if not device.bound_address:
-        if here:  # approved with no address known: the first request binds it
-            Device.objects.filter(pk=device.pk).update(bound_address=here, last_address=here)
-            device.bound_address = device.last_address = here
-        return
-    if here and here == _canonical_address(device.bound_address):
-        return
-    now = timezone.now()
-    if here and (
-        _canonical_address(device.moved_to) != here
-        or device.moved_at is None
-        or now - device.moved_at >= MOVE_NOTE_EVERY
-    ):
-        Device.objects.filter(pk=device.pk).update(moved_to=here, moved_at=now)
     raise DeviceBoundElsewhere(
-        f"{device.device_id} is bound to another address; requests for it from "
-        f"{address or 'an unknown address'} are refused until staff accept the move.",
+        f"{device.device_id} has no address bound yet; requests for it from "
+        f"{address or 'an unknown address'} are refused until staff accept that address.",
         device_id=device.device_id,
     )
 
@@ -303,6 +354,11 @@ def browser_request_reason(request) -> str | None:
         return "it was sent by a browser from a web page (Sec-Fetch-Site)"
     if headers.get("Cookie", "").strip():
         return "it carries cookies"
+    # Every browser names itself "Mozilla/5.0 ..." and a page cannot change it; browsers
+    # send Fetch Metadata and Origin only to trustworthy origins (loopback, HTTPS), not to a
+    # machine port on a LAN address over plain HTTP, so this is what catches an <img> there.
+    if headers.get("User-Agent", "").startswith("Mozilla/"):
+        return "it was sent by a web browser (User-Agent)"
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type in FORM_TYPES:
         return f"its body is {content_type}, not the firmware's JSON"

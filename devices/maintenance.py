@@ -93,5 +93,7 @@ def prune_pending_devices(*, now: datetime | None = None) -> int:
         .exclude(registered_at__gte=cutoff)
     )
     ids = list(stale.values_list("pk", flat=True)[:MAX_BATCH_SIZE])
-    deleted, _ = Device.objects.filter(pk__in=ids).delete()
-    return min(deleted, len(ids))
+    # The filter again at the delete: a machine approved (or given slots) since the read
+    # is no longer stale and must survive.
+    deleted = stale.filter(pk__in=ids).delete()[1].get(Device._meta.label, 0)
+    return deleted

@@ -84,7 +84,11 @@ class Device(models.Model):
     moved_to = models.GenericIPAddressField(
         null=True,
         blank=True,
-        help_text="Another address that asked to act as this machine, awaiting staff.",
+        help_text=(
+            "The address that asks to act as this machine and is not bound to it (a new "
+            "machine's, or a bound one's new address), awaiting staff; kept while it keeps "
+            "asking."
+        ),
     )
     moved_at = models.DateTimeField(null=True, blank=True)
     token_hash = models.CharField(
@@ -130,6 +134,8 @@ class Device(models.Model):
             return "awaiting approval"
         if self.moved_to:
             return f"moved to {self.moved_to}, awaiting approval"
+        if settings.DEVICE_ADDRESS_BINDING and not self.bound_address:
+            return "approved, no address bound yet"
         return "approved"
 
     @property

@@ -130,7 +130,10 @@ def _log_budget(remote_addr: str, device_key: str) -> list[str] | None:
     if rate <= 0:
         return []
     window = int(time.time() // 60)
-    scopes = [("address", remote_addr or "unknown"), ("machine", device_key or "none")]
+    # The machine's budget is per sending address too: a stranger's refused requests must
+    # not use up the rows of the machine's own reports.
+    address = remote_addr or "unknown"
+    scopes = [("address", address), ("machine", f"{device_key or 'none'} from {address}")]
     counters = [
         (f"devlog.{scope}.{_LOG_KEY_CHARACTERS.sub('_', who)[:80]}", window, 60)
         for scope, who in scopes
@@ -185,6 +188,7 @@ def device_payload(device: Device) -> dict:
         "last_seen": device.last_seen.isoformat() if device.last_seen else None,
         "is_active": device.is_active,
         "admission": device.admission,
+        "asks_from": device.moved_to,
     }
 
 
@@ -261,10 +265,7 @@ def register_device(
             "slot_count": count or settings.DEVICE_DEFAULT_SLOTS,
             "mac_address": mac_from_device_id(device_id),
             "registered_at": now,
-            "approved": admitted
-            or transport == Transport.SERIAL
-            or not settings.DEVICE_APPROVAL_REQUIRED,
-            "last_address": ip_or_none(address),
+            **_admission_at_creation(transport, address, admitted=admitted, now=now),
         },
     )
     device.transport = transport
@@ -286,6 +287,25 @@ def register_device(
         activate_if_none_active(device)
     publish("device", device_payload(device))
     return device, created
+
+
+def _admission_at_creation(
+    transport: Transport, address: str, *, admitted: bool, now: datetime
+) -> dict:
+    """A new machine's admission fields: approved and bound to the address it spoke from
+    when it needs no approval (serial, ``DEVICE_APPROVAL_REQUIRED`` off, or the operator's
+    own setup); else pending, with that address noted for staff."""
+    here = ip_or_none(address)
+    if transport == Transport.SERIAL:
+        return {"approved": True}
+    if admitted or not settings.DEVICE_APPROVAL_REQUIRED:
+        return {"approved": True, "bound_address": here, "last_address": here}
+    return {
+        "approved": False,
+        "last_address": here,
+        "moved_to": here,
+        "moved_at": now if here else None,
+    }
 
 
 def activate_if_none_active(device: Device) -> None:

@@ -12,6 +12,8 @@ from inventory.models import Product, Slot
 from inventory.services import ensure_slots, set_stock
 
 DEMO_DEVICE_ID = "ESP32_DEMO"
+# The demo's WiFi machines are played on this host (simulators, curl), so they are bound here.
+DEMO_ADDRESS = "127.0.0.1"
 DEMO_PRODUCTS = [
     ("Sparkling water 0.5 l", "WATER-05", "1.20", 8),
     ("Cola 0.33 l", "COLA-033", "1.80", 6),
@@ -35,6 +37,8 @@ def load_demo_data() -> Device:
             "transport": Transport.WIFI,
             "protocol": Protocol.WIFI_DOCUMENTED,
             "slot_count": len(DEMO_PRODUCTS),
+            # Approved and bound to this host: the walkthrough (README) plays it with curl.
+            "bound_address": DEMO_ADDRESS,
         },
     )
     # Not in the insert: a machine registering meanwhile may take the one active place.
@@ -68,6 +72,12 @@ def load_demo_fleet() -> list[Device]:
             device_id=device_id,
             defaults={"name": name, "transport": transport, "protocol": protocol},
         )
+        if transport == Transport.WIFI and not (device.approved and device.bound_address):
+            # Its simulator runs on this host; it may have announced itself (pending) first.
+            Device.objects.filter(pk=device.pk).update(
+                approved=True, bound_address=DEMO_ADDRESS, moved_to=None, moved_at=None
+            )
+            device.refresh_from_db()
         ensure_slots(device=device, count=device.slot_count)
         for number, (product_name, sku, price, _quantity) in enumerate(DEMO_PRODUCTS, start=1):
             product, _ = Product.objects.get_or_create(

@@ -34,6 +34,7 @@ OTHER_ID = "ESP32_AAAAAAAAAAAA"
 
 
 def stocked(device_id: str, **fields) -> Device:
+    """A stocked machine; approved but bound to no address unless ``fields`` say so."""
     device = Device.objects.create(device_id=device_id, last_seen=timezone.now(), **fields)
     for number in (1, 2):
         SlotFactory(device=device, number=number, product=ProductFactory(), quantity=3)
@@ -116,12 +117,19 @@ def test_a_bound_machine_is_refused_from_another_address_and_nothing_changes(db,
     """Finding 1 of the device-trust review: anyone on the LAN took a queued vend with one
     GET and faked its outcome with one POST; a register shrank the machine's slots."""
     device = stocked(OTHER_ID, bound_address="127.0.0.1")
-    txn_id = vend(staff_client, OTHER_ID).json()["id"]
+    queued_id = vend(staff_client, OTHER_ID).json()["id"]
     stranger = APIClient()
 
     stolen = poll(stranger, OTHER_ID, **STRANGER)
+    assert poll(APIClient(), OTHER_ID).json()["transaction_id"] == queued_id  # the machine
     faked = post_json(
         stranger, "/esp32/confirm", confirm_body(device_id=OTHER_ID, slot=1), **STRANGER
+    )
+    failed = post_json(
+        stranger,
+        "/esp32/wifi/confirm",
+        confirm_body(device_id=OTHER_ID, slot=1, success=False),
+        **STRANGER,
     )
     shrunk = post_json(
         stranger,
@@ -130,18 +138,65 @@ def test_a_bound_machine_is_refused_from_another_address_and_nothing_changes(db,
         **STRANGER,
     )
 
-    assert stolen.status_code == faked.status_code == shrunk.status_code == 403
+    assert {r.status_code for r in (stolen, faked, failed, shrunk)} == {403}
     assert stolen.json()["code"] == "device_bound_elsewhere"
-    assert Command.objects.get().state == CommandState.QUEUED
-    assert Transaction.objects.get(pk=txn_id).state == "queued"
+    assert Transaction.objects.get(pk=queued_id).state == "sent"  # only the machine settles it
     device.refresh_from_db()
     assert (device.slot_count, device.bound_address) == (5, "127.0.0.1")
     assert (device.moved_to, device.admission) == (
         "127.0.0.2",
         "moved to 127.0.0.2, awaiting approval",
     )
-    # The real machine is served as ever.
-    assert poll(APIClient(), OTHER_ID).json()["slot"] == 1
+    assert confirm(APIClient(), slot=1, device_id=OTHER_ID).json()["state"] == "succeeded"
+
+
+def test_the_address_staff_see_is_kept_while_it_keeps_asking(db):
+    """Approving binds to the address shown; a second stranger cannot swap it underneath."""
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    poll(APIClient(), OTHER_ID, REMOTE_ADDR="127.0.0.5")  # the machine's new lease
+
+    for _ in range(5):
+        poll(APIClient(), OTHER_ID, **STRANGER)
+
+    assert Device.objects.get(pk=device.pk).moved_to == "127.0.0.5"
+
+
+def test_approving_an_address_that_changed_meanwhile_is_409(db, staff_client):
+    post_json(APIClient(), "/esp32/register", register_body(device_id=OTHER_ID), **STRANGER)
+
+    response = staff_client.post(
+        f"/api/v1/devices/{OTHER_ID}/admission",
+        {"action": "approve", "address": "127.0.0.9"},
+        format="json",
+    )
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "address_changed"
+    assert Device.objects.get(device_id=OTHER_ID).approved is False
+
+
+def test_a_revoked_machine_stays_bound_so_nobody_else_settles_its_vend(db, staff_client):
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    txn_id = vend(staff_client, OTHER_ID).json()["id"]
+    poll(APIClient(), OTHER_ID)  # delivered to the machine
+
+    set_approved(devices=Device.objects.filter(pk=device.pk), approved=False)
+    faked = post_json(
+        APIClient(), "/esp32/confirm", confirm_body(device_id=OTHER_ID, slot=1), **STRANGER
+    )
+
+    assert faked.status_code == 403
+    assert Transaction.objects.get(pk=txn_id).state == "sent"
+    assert Device.objects.get(pk=device.pk).bound_address == "127.0.0.1"
+
+
+def test_revoked_machines_do_not_fill_the_pending_list(db, settings):
+    settings.DEVICE_PENDING_LIMIT = 1
+    device = stocked(OTHER_ID, bound_address="127.0.0.1")
+    set_approved(devices=Device.objects.filter(pk=device.pk), approved=True)  # no-op
+    Device.objects.filter(pk=device.pk).update(approved=False, approved_at=timezone.now())
+
+    assert poll(APIClient(), "ESP32_0000000000A1").status_code == 200
 
 
 def test_a_stranger_does_not_keep_an_absent_machine_online(db):
@@ -168,12 +223,21 @@ def test_staff_accept_a_move_and_the_machine_is_served_from_its_new_address(db, 
     assert poll(APIClient(), OTHER_ID).status_code == 403
 
 
-def test_an_approved_machine_with_no_known_address_is_bound_by_its_next_request(db):
-    device = stocked(OTHER_ID)  # approved before binding existed: no address
+def test_an_approved_machine_with_no_address_is_bound_by_staff_not_by_who_speaks_first(
+    db, staff_client
+):
+    """A machine staff added by hand has no address: the first stranger to speak must not
+    become it (it is refused, and the address it asks from awaits staff)."""
+    device = stocked(OTHER_ID)
+    vend(staff_client, OTHER_ID)
 
-    assert poll(APIClient(), OTHER_ID, **STRANGER).status_code == 200
-    assert poll(APIClient(), OTHER_ID).status_code == 403
-    assert Device.objects.get(pk=device.pk).bound_address == "127.0.0.2"
+    first = poll(APIClient(), OTHER_ID, **STRANGER)
+
+    assert first.status_code == 403
+    assert Command.objects.get().state == CommandState.QUEUED
+    device.refresh_from_db()
+    assert device.bound_address is None
+    assert device.admission == "moved to 127.0.0.2, awaiting approval"
 
 
 def test_with_binding_off_any_address_acts_for_an_approved_machine(db, settings, staff_client):
@@ -222,6 +286,9 @@ BROWSER_MARKS = [
     {"HTTP_SEC_FETCH_SITE": "same-site"},
     {"HTTP_COOKIE": "sessionid=abc"},
 ]
+
+
+BROWSER_MARKS.append({"HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0"})
 
 
 @pytest.mark.parametrize("marks", BROWSER_MARKS, ids=lambda marks: next(iter(marks)))
@@ -313,7 +380,7 @@ def test_a_vend_for_an_unapproved_device_is_409_and_reserves_nothing(db, setting
 
 def test_after_approval_the_device_gets_the_vend(db, settings, staff_client):
     settings.DEVICE_APPROVAL_REQUIRED = True
-    stocked(OTHER_ID, approved=False)
+    stocked(OTHER_ID, approved=False, moved_to="127.0.0.1")
 
     set_approved(devices=Device.objects.filter(device_id=OTHER_ID), approved=True)
     response = vend(staff_client, OTHER_ID)
@@ -324,7 +391,7 @@ def test_after_approval_the_device_gets_the_vend(db, settings, staff_client):
 
 def test_revoking_expires_queued_commands_so_nothing_is_delivered(db, settings, staff_client):
     settings.DEVICE_APPROVAL_REQUIRED = True
-    device = stocked(OTHER_ID, approved=True)
+    device = stocked(OTHER_ID, approved=True, bound_address="127.0.0.1")
     txn_id = vend(staff_client, OTHER_ID).json()["id"]
 
     set_approved(devices=Device.objects.filter(pk=device.pk), approved=False)
@@ -513,7 +580,7 @@ def test_issue_device_token_command_prints_a_working_token(online_device, capsys
 
 
 def test_a_device_cannot_fetch_or_confirm_another_devices_command(online_device, staff_client):
-    stocked(OTHER_ID)
+    stocked(OTHER_ID, bound_address="127.0.0.1")
     txn_id = vend(staff_client, DEVICE_ID, slot=3).json()["id"]
     intruder = APIClient()
 

@@ -32,3 +32,32 @@ def test_existing_devices_migrate_as_approved_and_the_group_exists(settings):
 
     assert Device.objects.get(device_id="ESP32_0000000000AA").approved is True
     assert Device.objects.create(device_id="ESP32_0000000000BB").approved is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_machines_approved_before_binding_are_bound_to_the_address_they_reported():
+    """The upgrade keeps a fleet running: each approved WiFi machine is bound to the address
+    it reported; one with none stays unbound (staff accept the address it asks from)."""
+    before, after = (
+        [("devices", "0006_device_admission")],
+        [("devices", "0007_bind_approved_machines")],
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    Device = executor.loader.project_state(before).apps.get_model("devices", "Device")
+    Device.objects.create(device_id="ESP32_0000000000A1", ip_address="192.168.1.105")
+    Device.objects.create(device_id="ESP32_0000000000A2")
+    Device.objects.create(device_id="ESP32_0000000000A3", ip_address="10.0.0.3", approved=False)
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(after)
+    Device = executor.loader.project_state(after).apps.get_model("devices", "Device")
+    bound = dict(Device.objects.values_list("device_id", "bound_address"))
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert bound == {
+        "ESP32_0000000000A1": "192.168.1.105",
+        "ESP32_0000000000A2": None,
+        "ESP32_0000000000A3": None,  # pending: staff approve the address it asks from
+    }

@@ -36,7 +36,7 @@ from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from devices.access import set_approved
+from devices.access import AddressChanged, accept_move, set_approved
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
 from devices.selectors import get_device
@@ -394,15 +394,30 @@ def select_device(request: Request) -> Response:
     return Response(machine_payload(device))
 
 
+class ApproveSerializer(serializers.Serializer):
+    device_id = serializers.CharField(max_length=64)
+    address = serializers.IPAddressField()
+
+
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
 @permission_classes([IsAdminUser])
 def approve_device(request: Request) -> Response:
-    """``POST /dashboard/api/machines/approve`` with ``{"device_id"}``: admit a machine that
-    awaits approval (the admin's *Approve*: bound to its last address, slots created)."""
-    data = _valid(SelectSerializer, request)
+    """``POST /dashboard/api/machines/approve`` with ``{"device_id", "address"}``: admit a
+    machine that awaits approval, or accept the address an approved one asks from now, bound
+    to ``address`` (the one the page showed; 409 ``address_changed`` when it asks from
+    another by now)."""
+    data = _valid(ApproveSerializer, request)
     device = get_device(data["device_id"])
-    set_approved(devices=Device.objects.filter(pk=device.pk), approved=True)
+    one = Device.objects.filter(pk=device.pk)
+    if device.awaiting_approval:
+        set_approved(devices=one, approved=True, expected_address=data["address"])
+    elif not accept_move(devices=one, expected_address=data["address"]):
+        raise AddressChanged(
+            f"{device.device_id} does not ask from {data['address']} (any more); nothing "
+            "to accept.",
+            device_id=device.device_id,
+        )
     device.refresh_from_db()
     publish_device(device)
     return Response(machine_payload(device))

@@ -69,6 +69,7 @@ class DeviceSerializer(serializers.ModelSerializer):
     online = serializers.BooleanField(source="is_online", read_only=True)
     slots = serializers.IntegerField(source="slot_count", read_only=True)
     admission = serializers.CharField(read_only=True)
+    asks_from = serializers.IPAddressField(source="moved_to", read_only=True, allow_null=True)
 
     class Meta:
         model = Device
@@ -90,7 +91,7 @@ class DeviceSerializer(serializers.ModelSerializer):
             "admission",
             "last_address",
             "bound_address",
-            "moved_to",
+            "asks_from",
         ]
         read_only_fields = fields
 
@@ -102,8 +103,14 @@ class DeviceSelectionSerializer(serializers.Serializer):
 class AdmissionRequestSerializer(serializers.Serializer):
     action = serializers.ChoiceField(
         choices=["approve", "revoke", "accept_move"],
-        help_text="approve: may receive commands, bound to its last address; revoke: no more "
-        "commands (queued ones expire); accept_move: serve it from the address it moved to.",
+        help_text="approve: may receive commands, bound to the address it asks from; revoke: "
+        "no more commands (queued ones expire); accept_move: serve it from the address it "
+        "asks from now.",
+    )
+    address = serializers.IPAddressField(
+        required=False,
+        help_text="The address you were shown (`asks_from`): with it, the action is refused "
+        "(409 `address_changed`) when the machine asks from another address by now.",
     )
 
 

@@ -95,14 +95,16 @@ class DeviceAdmissionView(APIView):
         device = get_device(device_id)
         one = Device.objects.filter(pk=device.pk)
         action = serializer.validated_data["action"]
+        expected = serializer.validated_data.get("address")
         if action == "accept_move":
-            if not accept_move(devices=one):
+            if not accept_move(devices=one, expected_address=expected):
                 raise DomainError(
-                    f"{device.device_id} has not asked from a new address; nothing to accept.",
+                    f"{device.device_id} does not ask from "
+                    f"{expected or 'a new address'}; nothing to accept.",
                     device_id=device.device_id,
                 )
         else:
-            set_approved(devices=one, approved=action == "approve")
+            set_approved(devices=one, approved=action == "approve", expected_address=expected)
         device.refresh_from_db()
         publish_device(device)
         return Response(DeviceSerializer(device).data)

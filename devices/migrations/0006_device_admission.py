@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='device',
             name='moved_to',
-            field=models.GenericIPAddressField(blank=True, help_text='Another address that asked to act as this machine, awaiting staff.', null=True),
+            field=models.GenericIPAddressField(blank=True, help_text="The address that asks to act as this machine and is not bound to it (a new machine's, or a bound one's new address), awaiting staff; kept while it keeps asking.", null=True),
         ),
         migrations.AlterField(
             model_name='device',

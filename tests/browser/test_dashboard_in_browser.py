@@ -91,3 +91,36 @@ def test_the_dashboard_fits_a_phone_screen(live_server_url, staff_user, page, sc
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px wide)"
     screenshot("dashboard-phone")
+
+
+def test_a_new_machine_shows_awaiting_approval_and_staff_approve_it_from_the_page(
+    live_server_url, staff_user, page, screenshot
+):
+    """With default settings a machine that announces itself waits for staff; the page
+    shows it live and its Approve button admits it (bound to its address, slots created)."""
+    load_demo_data()
+    log_in(page, live_server_url, staff_user.username, STAFF_PASSWORD, next_path="/")
+    expect(page.locator('#connection[data-state="live"]')).to_be_visible(timeout=10_000)
+    newcomer = WifiFirmware(index=9, server_url=live_server_url, poll_interval=0.3, max_polls=40)
+    stop_newcomer = newcomer.start()
+    try:
+        wait_for(
+            lambda: Device.objects.filter(device_id=newcomer.device_id).exists(),
+            what="the new machine registered",
+        )
+        machine = page.locator(".machine", has_text=newcomer.device_id)
+        expect(machine.locator(".badge--admission")).to_have_text(
+            "awaiting approval", timeout=10_000
+        )
+        screenshot("dashboard-machine-awaiting-approval")
+
+        machine.locator(".machine__approve").click()
+
+        expect(machine.locator(".badge--admission")).to_be_hidden()
+        expect(machine.locator(".machine__approve")).to_be_hidden()
+    finally:
+        stop_newcomer.set()
+        newcomer.thread.join(10)
+    device = Device.objects.get(device_id=newcomer.device_id)
+    assert device.approved and device.bound_address == "127.0.0.1"
+    assert device.slots.count() == 5

@@ -99,8 +99,9 @@ def fleet(transactional_db, settings):
     settings.API_THROTTLE_VEND = "100000/min"
     settings.DEVICE_THROTTLE = "100000/min"
     settings.VEND_MAX_WAIT = 1
-    # Not bound to an address: schemathesis' WSGI requests carry none, and the device cases
-    # must reach the device logic (binding has its own tests).
+    # Binding off: schemathesis' WSGI requests carry no address, and the device cases must
+    # reach the device logic (binding has its own tests, tests/test_device_access.py).
+    settings.DEVICE_ADDRESS_BINDING = False
     stocked_device(
         DEVICE,
         is_active=True,

@@ -204,7 +204,8 @@ def _setup(devices: list[str], stock: list[int], username: str, password: str) -
             transport=Transport.WIFI,
             protocol=Protocol.WIFI_V2,
             slot_count=len(stock),
-            admitted=True,  # the operator's own machines; bound by their first request
+            admitted=True,  # the operator's own machines, played on this host
+            address="127.0.0.1",
         )
         for number, quantity in enumerate(stock, start=1):
             product, _ = Product.objects.get_or_create(

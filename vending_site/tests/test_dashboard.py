@@ -359,21 +359,36 @@ def test_make_active_selects_the_machine_through_the_service(staff, online_devic
     assert LiveEvent.objects.filter(kind="device", payload__device_id=other.device_id).exists()
 
 
-def test_the_page_shows_a_pending_machine_and_staff_approve_it(staff, online_device):
-    pending = DeviceFactory(device_id="ESP32_FFFFFFFFFFFF", approved=False, bound_address=None)
+def test_the_page_shows_a_pending_machine_and_staff_approve_the_address_they_saw(
+    staff, online_device
+):
+    pending = DeviceFactory(
+        device_id="ESP32_FFFFFFFFFFFF", approved=False, bound_address=None, moved_to="10.0.0.7"
+    )
     client = logged_in(staff)
 
     machines = {m["device_id"]: m for m in page_state(client.get("/"))["machines"]}
+    changed = post_json(
+        client,
+        "/dashboard/api/machines/approve",
+        {"device_id": pending.device_id, "address": "10.0.0.8"},
+    )
     response = post_json(
-        client, "/dashboard/api/machines/approve", {"device_id": pending.device_id}
+        client,
+        "/dashboard/api/machines/approve",
+        {"device_id": pending.device_id, "address": "10.0.0.7"},
     )
 
     assert machines[pending.device_id]["admission"] == "awaiting approval"
+    assert machines[pending.device_id]["asks_from"] == "10.0.0.7"
     assert machines[DEVICE_ID]["admission"] == "approved"
+    assert changed.status_code == 409
+    assert changed.json()["code"] == "address_changed"
     assert response.status_code == 200
     assert response.json()["admission"] == "approved"
-    assert Device.objects.get(pk=pending.pk).approved is True
-    assert Device.objects.get(pk=pending.pk).slots.count() == 5
+    device = Device.objects.get(pk=pending.pk)
+    assert (device.approved, device.bound_address) == (True, "10.0.0.7")
+    assert device.slots.count() == 5
 
 
 def test_approving_from_the_page_refuses_a_non_staff_user(online_device):

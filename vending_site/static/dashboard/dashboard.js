@@ -391,6 +391,7 @@
       last_seen: payload.last_seen,
       is_active: payload.is_active,
       admission: payload.admission,
+      asks_from: payload.asks_from,
     });
     if (payload.is_active) {
       for (const other of model.machines) if (other !== machine) other.is_active = false;
@@ -486,17 +487,21 @@
       activate.hidden = machine.is_active || pending;
       activate.setAttribute("aria-label", `Make ${machineLabel(machine)} the active machine`);
     }
+    // Staff approve the address they see: the server refuses if it changed meanwhile.
     const approve = find(node, ".machine__approve");
     if (approve) {
-      approve.hidden = !pending;
-      approve.setAttribute("aria-label", `Approve ${machineLabel(machine)}`);
+      approve.hidden = !(waiting && machine.asks_from);
+      approve.dataset.address = machine.asks_from || "";
+      approve.textContent = pending ? `Approve ${machine.asks_from || ""}` : `Accept ${machine.asks_from || ""}`;
+      approve.setAttribute("aria-label", `${pending ? "Approve" : "Accept the new address of"} ${machineLabel(machine)} at ${machine.asks_from}`);
     }
   }
 
   async function approveMachine(deviceId, button) {
     showNotice("machines-notice", "");
     button.disabled = true;
-    const result = await request(config.approveUrl, { method: "POST", data: { device_id: deviceId } });
+    const data = { device_id: deviceId, address: button.dataset.address };
+    const result = await request(config.approveUrl, { method: "POST", data });
     button.disabled = false;
     if (!result.ok) {
       showNotice("machines-notice", result.body.detail);
