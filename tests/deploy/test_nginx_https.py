@@ -502,3 +502,26 @@ def test_http_is_answered_by_granian_and_the_websocket_by_daphne(stack):
         time.sleep(0.1)
     # Daphne's access log has the handshake (nginx's too); granian never saw the path.
     assert _logged_by(stack, "/ws/events/") - {"nginx"} == {"ws"}
+
+
+def test_a_login_flood_is_refused_by_nginx_before_django_hashes_anything(stack):
+    """Each password check costs a slow hash and even Django's own refusal costs a worker a
+    few milliseconds (docs/security.md, "Measured"): past its burst nginx answers itself."""
+    body = json.dumps({"username": "nobody", "password": "wrong"}).encode()
+    answers = [
+        stack.https(
+            "POST", "/api/v1/auth/token/", body=body, headers={"Content-Type": "application/json"}
+        )
+        for _ in range(25)
+    ]
+
+    by_nginx = [
+        answer
+        for answer in answers
+        if answer.status == 429 and b"Too many login attempts" in answer.body
+    ]
+    assert len(by_nginx) >= 10, [(a.status, a.body[:80]) for a in answers]
+    assert json.loads(by_nginx[0].body)["code"] == "throttled"
+    assert by_nginx[0].getheader("Retry-After") == "3"
+    assert answers[0].status in (401, 429)  # the first ones reach Django, which decides
+    assert b"Too many login attempts" not in answers[0].body
