@@ -33,6 +33,7 @@ import hmac
 import ipaddress
 import secrets
 from datetime import timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import transaction
@@ -251,6 +252,7 @@ def accept_move(*, devices, expected_address: str | None = None) -> int:
 # --- Binding -------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)  # every poll compares its address: parse each one once
 def _canonical_address(address: str | None) -> str:
     try:
         ip = ipaddress.ip_address((address or "").strip())

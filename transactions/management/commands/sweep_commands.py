@@ -1,6 +1,7 @@
 """``manage.py sweep_commands``: expire undelivered vends and flag unconfirmed ones."""
 
 import threading
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
@@ -12,6 +13,7 @@ from vending_site.heartbeat import SWEEPER, Heartbeat
 from vending_site.shutdown import stop_on_signals
 
 BATCH = 500  # sweep() handles up to this many of each kind per call
+PRUNE_EVERY = 60.0  # seconds between looks for never-approved machines to delete
 
 
 class Command(BaseCommand):
@@ -49,12 +51,15 @@ class Command(BaseCommand):
         self.stdout.write("sweeper stopped")
 
     def sweep_until(self, stop: threading.Event, every: float) -> None:
+        prune_due = time.monotonic()
         while not stop.is_set():
             try:
                 expired, unconfirmed = self.sweep_all()
                 # Inside the try too: the server may go away between the two.
                 prune_live_events()
-                prune_pending_devices()
+                if time.monotonic() >= prune_due:  # hours-old machines: once a minute is plenty
+                    prune_pending_devices()
+                    prune_due = time.monotonic() + PRUNE_EVERY
             except DatabaseError as exc:  # the database restarts: try again next round
                 self.stderr.write(f"sweep failed: {exc}")
                 connection.close()
