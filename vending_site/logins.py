@@ -21,7 +21,7 @@ import math
 from datetime import timedelta
 
 from axes.helpers import get_client_username, get_cool_off
-from axes.models import AccessAttempt
+from axes.models import AccessAttempt, AccessLog
 from django.contrib import admin
 from django.db.models import Max, Q
 from django.shortcuts import render
@@ -102,3 +102,11 @@ class TokenObtainView(_Throttled, TokenObtainPairView):
 
 class TokenRefreshThrottledView(_Throttled, TokenRefreshView):
     """``POST /api/v1/auth/token/refresh/``, under :class:`AuthThrottle`."""
+
+
+def prune_login_records(*, before) -> int:
+    """Delete django-axes' records of logins (one per successful login, admin or token)
+    older than ``before``; failed attempts are forgotten by axes itself after the cool-off.
+    ``prune_logs`` runs it with its ``--older-than``."""
+    deleted, _ = AccessLog.objects.filter(attempt_time__lt=before).delete()
+    return deleted

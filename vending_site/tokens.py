@@ -32,6 +32,13 @@ def revoke_tokens_of(user) -> int:
     return len(created)
 
 
+def prune_expired_tokens() -> int:
+    """Forget refresh tokens past their expiry (with their blacklist rows): an expired token
+    is refused on its own, so its record only grows the tables. ``prune_logs`` runs it."""
+    deleted, _ = OutstandingToken.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted
+
+
 def _note_credential_change(sender, instance, update_fields=None, raw=False, **kwargs) -> None:
     instance._revoke_tokens = False
     if instance.pk is None or raw:  # a new user, or loaddata: no tokens to end

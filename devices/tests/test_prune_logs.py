@@ -107,6 +107,27 @@ def test_the_command_prunes_old_log_entries_and_expired_idempotency_keys():
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["fresh"]
 
 
+def test_the_command_forgets_expired_refresh_tokens_and_old_login_records():
+    from axes.models import AccessLog
+    from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+
+    user = UserFactory()
+    now = timezone.now()
+    for jti, expires in (("gone", now - timedelta(hours=1)), ("live", now + timedelta(hours=1))):
+        OutstandingToken.objects.create(
+            user=user, jti=jti, token=jti, created_at=now - timedelta(days=1), expires_at=expires
+        )
+    old_login = AccessLog.objects.create(username="u", ip_address="10.0.0.1", user_agent="x")
+    AccessLog.objects.filter(pk=old_login.pk).update(attempt_time=now - timedelta(days=31))
+    AccessLog.objects.create(username="u", ip_address="10.0.0.1", user_agent="x")
+
+    output = prune("--older-than", "30d")
+
+    assert "1 expired refresh tokens, 1 login records older than that" in output
+    assert list(OutstandingToken.objects.values_list("jti", flat=True)) == ["live"]
+    assert AccessLog.objects.count() == 1
+
+
 def test_older_than_accepts_hours_minutes_and_seconds():
     make_log(2, age=timedelta(hours=13))
     make_log(1, age=timedelta(hours=11))

@@ -1,4 +1,6 @@
-"""``manage.py prune_logs``: delete old communication log entries and expired idempotency keys."""
+"""``manage.py prune_logs``: delete old communication log entries and expired idempotency keys,
+and the other records that grow without bound (never-approved machines, expired refresh
+tokens, login records)."""
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -14,6 +16,8 @@ from devices.maintenance import (
 )
 from transactions.services import prune_idempotency_keys
 from vending_site.events import prune_live_events
+from vending_site.logins import prune_login_records
+from vending_site.tokens import prune_expired_tokens
 
 
 class Command(BaseCommand):
@@ -66,9 +70,12 @@ class Command(BaseCommand):
         keys = prune_idempotency_keys()
         events = prune_live_events()
         machines = prune_pending_devices()
+        tokens = prune_expired_tokens()
+        logins = prune_login_records(before=before)
         self.stdout.write(
             f"deleted {logs} communication log entries older than "
             f"{before:%Y-%m-%d %H:%M:%S %Z} and {keys} expired idempotency keys "
             f"({events} live events past LIVE_EVENT_RETENTION, {machines} machines never "
-            "approved)"
+            f"approved, {tokens} expired refresh tokens, {logins} login records older than "
+            "that)"
         )
