@@ -268,6 +268,9 @@ def register_device(
             **_admission_at_creation(transport, address, admitted=admitted, now=now),
         },
     )
+    # Live pages hear of a registration that shows them something new (a machine, one back
+    # online, a changed link), not of every repeat: re-registering is no way to flood them.
+    news = created or not device.is_online or device.transport != transport
     device.transport = transport
     device.protocol = protocol
     device.last_seen = now
@@ -281,12 +284,27 @@ def register_device(
         device.firmware_version = firmware_version[:50]
     if reported_status:
         device.reported_status = reported_status[:50]
-    device.save()
+    # Only what the machine said: a whole-row save could undo an approval or a move that
+    # staff committed meanwhile (SQLite has no row lock to keep them out).
+    device.save(update_fields=_REGISTERED_FIELDS)
     if not device.awaiting_approval:
         ensure_slots(device=device, count=device.slot_count)
         activate_if_none_active(device)
-    publish("device", device_payload(device))
+    if news:
+        publish("device", device_payload(device))
     return device, created
+
+
+_REGISTERED_FIELDS = [
+    "transport",
+    "protocol",
+    "last_seen",
+    "slot_count",
+    "ip_address",
+    "serial_port",
+    "firmware_version",
+    "reported_status",
+]
 
 
 def _admission_at_creation(

@@ -764,3 +764,15 @@ def test_admission_is_for_staff_only(db, client_for):
 
     assert response.status_code == 403
     assert Device.objects.get(device_id=OTHER_ID).approved is False
+
+
+def test_re_registering_again_and_again_does_not_flood_live_pages(db):
+    """A stranger's own pending machine registered over and over: one live event, not one
+    per request (each is kept for LIVE_EVENT_RETENTION)."""
+    from vending_site.models import LiveEvent
+
+    client = APIClient()
+    for _ in range(20):
+        post_json(client, "/esp32/register", register_body(device_id=OTHER_ID), **STRANGER)
+
+    assert LiveEvent.objects.filter(kind="device").count() == 1
