@@ -9,14 +9,21 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What each command needs: running the server needs requirements/base.txt only (a Raspberry
+# Pi need not carry the test and benchmark tools); tests, lint and benchmarks add dev.txt.
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 
 .PHONY: run demo serve test lint format migrate clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt requirements/prod.txt
+$(STAMP): requirements/base.txt requirements/prod.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/base.txt
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	touch $(DEV_STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
@@ -44,14 +51,14 @@ serve: migrate
 prod-local: $(STAMP)
 	$(BIN)/python deploy/prod_local.py run
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -59,11 +66,11 @@ format: $(STAMP)
 # postgres://postgres@127.0.0.1:5432) and Redis database 14 on REDIS_URL's server (default
 # 127.0.0.1:6379). BENCH_ARGS passes options, e.g. BENCH_ARGS="--only vend_api".
 .PHONY: bench bench-quick
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # The same scenarios, smaller (under 2 minutes): a smoke run, not figures to publish.
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # The fleet target (1000 machines polling every 2 s, 20 vends/s) for 10 minutes on the
@@ -71,11 +78,11 @@ bench-quick: $(STAMP)
 # Redis database 11. A table, bench/results/soak.json, exit 1 on growth or failed accounting.
 # SOAK_ARGS passes options, e.g. SOAK_ARGS="--minutes 30 --server daphne".
 .PHONY: soak soak-quick
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # One minute at 200 machines and 4 vends/s: proves the machinery, not figures to publish.
-soak-quick: $(STAMP)
+soak-quick: $(DEV_STAMP)
 	$(BIN)/python bench/soak.py --minutes 1 --devices 200 --vend-rate 4 --out /tmp/soak-quick.json $(SOAK_ARGS)
 
 clean:
