@@ -11,7 +11,7 @@ worker's Python threads run Django only. ``bench/fleet_polling.py`` measured it 
 gunicorn's gthread workers (whose parser, poller and access log are Python sharing the GIL
 with the requests) with the same workers and threads, at 1000 machines polling every 2 s
 plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-514 ms, with
-12-17 % less server CPU (README "Measured").
+12-17 % less server CPU (docs/benchmarks.md).
 
 - **Workers and threads**: ``WEB_WORKERS`` (default 2) processes, each running requests on
   ``WEB_THREADS`` (default 8) blocking threads. Each thread may keep one PostgreSQL

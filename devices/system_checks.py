@@ -209,7 +209,7 @@ def check_discovery(
 LONG_POLL_UNDER_WSGI = (
     "the WSGI server (granian) answers every poll at once (a WSGI thread cannot wait "
     "without being held), so long-poll has no effect there; set DEVICE_LONG_POLL_SECONDS=0, "
-    'or send the firmware\'s poll paths to Daphne (README "Production")'
+    "or send the firmware's poll paths to Daphne (docs/production.md)"
 )
 
 

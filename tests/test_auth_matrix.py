@@ -1,5 +1,5 @@
 """Who may call which REST endpoint: anonymous, a user with no role, a vend-client user, a
-vend-client API key and staff, against every REST endpoint (see README "Security")."""
+vend-client API key and staff, against every REST endpoint (see docs/security.md)."""
 
 import pytest
 from django.core.management import call_command

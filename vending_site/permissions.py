@@ -1,6 +1,6 @@
 """Who may call the REST API, and as whom.
 
-Roles (the README's "Security" section has the full table):
+Roles (docs/security.md has the full table):
 
 - **staff** (``is_staff``): everything, including device management.
 - **vend-client**: a user in the ``vend-client`` group, or an API key

@@ -3,7 +3,7 @@
 Every setting comes from an environment variable with a safe default, so that a fresh
 checkout runs with no configuration at all (SQLite file, in-memory channel layer) and a
 fleet install switches to PostgreSQL and Redis by setting ``DATABASE_URL`` and
-``REDIS_URL``. Each variable is listed in the README's configuration table.
+``REDIS_URL``. Each variable is listed in docs/configuration.md.
 """
 
 import ipaddress
@@ -290,7 +290,7 @@ REST_FRAMEWORK = {
         "vending_site.permissions.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    # Roles: see vending_site/permissions.py and the README's "Security" section.
+    # Roles: see vending_site/permissions.py and docs/security.md.
     "DEFAULT_PERMISSION_CLASSES": ["vending_site.permissions.IsVendClient"],
     "DEFAULT_THROTTLE_CLASSES": [
         "vending_site.throttling.AnonThrottle",

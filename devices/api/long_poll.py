@@ -28,7 +28,7 @@ decision, not an accident: a held poll would occupy one of a node's
 when long-poll is set and the web server is a WSGI one (granian or gunicorn); an operator who
 wants long-poll there routes the firmware's poll paths to the Daphne upstream in nginx,
 knowing that Daphne fails polls at a fleet size the WSGI servers still answer
-(``bench/fleet_polling.py``, README "Measured").
+(``bench/fleet_polling.py``, docs/benchmarks.md).
 
 The hold never goes past ``DEVICE_LONG_POLL_SECONDS`` (at most 2 s, checked in settings)
 from the moment the request reached the view, inside the firmware's 3 s read timeout.

@@ -1,5 +1,5 @@
 """The benchmark suite: its figures are honest (open-loop, nearest-rank percentiles) and
-`bench/run.py` runs a scenario end to end and writes the results the README embeds.
+`bench/run.py` runs a scenario end to end and writes the results docs/benchmarks.md embeds.
 
 The smoke run uses the discovery scenario (a few seconds of UDP on loopback); it writes to
 a temporary directory so the committed results are never overwritten.
