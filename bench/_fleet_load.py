@@ -531,6 +531,13 @@ def mac(index: int) -> str:
     return "02:F1:EE:" + ":".join(f"{(index >> s) & 0xFF:02X}" for s in (16, 8, 0))
 
 
+def machine_address(index: int) -> str:
+    """The LAN address a simulated machine speaks from: its requests carry it in
+    ``X-Forwarded-For`` (as nginx adds it; loopback is a trusted proxy), and it is the
+    address the machine is bound to (devices/access.py)."""
+    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
+
+
 def _seed(devices: int, keys: int, stock: int) -> dict:
     """The first machine through the services (register, stock through the ledger); the
     others copied from it in bulk, ledger rows included, so every quantity is explained.
@@ -557,8 +564,8 @@ def _seed(devices: int, keys: int, stock: int) -> dict:
         transport=Transport.WIFI,
         protocol=Protocol.WIFI_V2,
         slot_count=5,
-        admitted=True,  # the operator's own machines, played on this host
-        address="127.0.0.1",
+        admitted=True,  # the operator's own machines
+        address=machine_address(0),
     )
     for slot in Slot.objects.filter(device=first).order_by("number"):
         Slot.objects.filter(pk=slot.pk).update(
@@ -578,7 +585,11 @@ def _seed(devices: int, keys: int, stock: int) -> dict:
         made = Device.objects.bulk_create(
             [
                 Device(
-                    **template,
+                    **{
+                        **template,
+                        "bound_address": machine_address(index),
+                        "last_address": machine_address(index),
+                    },
                     device_id=device_id(index),
                     mac_address=mac(index),
                     is_active=False,

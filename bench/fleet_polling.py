@@ -48,6 +48,7 @@ from bench._fleet_load import (
     Pool,
     device_id,
     mac,
+    machine_address,
     summary,
 )
 
@@ -59,10 +60,6 @@ TARGET_DEVICES = 1000
 TARGET_P99_MS = 100.0
 WARMUP = POLL_INTERVAL  # every machine polls once (and is marked online) before measuring
 MAX_CONNECTIONS = 200  # device connections; the vend clients have their own few
-
-
-def _forwarded_for(index: int) -> str:
-    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
 
 
 async def _load(
@@ -119,7 +116,7 @@ async def _load(
             stats[kind][what] = stats[kind].get(what, 0) + 1
 
     async def machine(index: int) -> None:
-        ident, headers = device_id(index), {"X-Forwarded-For": _forwarded_for(index)}
+        ident, headers = device_id(index), {"X-Forwarded-For": machine_address(index)}
         sched = t0 + POLL_INTERVAL * index / devices
         while sched < t_end + tail:
             await asyncio.sleep(max(sched - loop.time(), 0))
@@ -173,7 +170,7 @@ async def _load(
                 "/esp32/confirm",
                 body=body,
                 timeout=POLL_TIMEOUT,
-                headers={"X-Forwarded-For": _forwarded_for(index)},
+                headers={"X-Forwarded-For": machine_address(index)},
             )
         except HttpError as exc:
             error("confirm_errors", str(exc)[:60], started)
