@@ -50,10 +50,18 @@ def main() -> None:
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         count = max(1, min(args.devices, 1000))
+
+        def address(i: int) -> str:
+            return f"10.0.{i // 250}.{i % 250 + 1}"
+
         macs = [f"02:00:00:00:{i // 256:02X}:{i % 256:02X}" for i in range(count)]
         Device.objects.bulk_create(
-            Device(device_id="ESP32_" + mac.replace(":", ""), last_seen=timezone.now())
-            for mac in macs
+            Device(
+                device_id="ESP32_" + mac.replace(":", ""),
+                last_seen=timezone.now(),
+                bound_address=address(i),  # approved machines, each at its own address
+            )
+            for i, mac in enumerate(macs)
         )
         from vending_site.wsgi import application as handler  # what granian calls
 
@@ -72,7 +80,7 @@ def main() -> None:
                 "SERVER_NAME": "127.0.0.1",
                 "SERVER_PORT": "5000",
                 "HTTP_HOST": "127.0.0.1:5000",
-                "REMOTE_ADDR": f"10.0.{i // 250}.{i % 250 + 1}",
+                "REMOTE_ADDR": address(i),
                 "SERVER_PROTOCOL": "HTTP/1.1",
                 "wsgi.url_scheme": "http",
                 "wsgi.input": io.BytesIO(b""),

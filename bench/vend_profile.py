@@ -71,7 +71,11 @@ def main() -> None:
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         device = Device.objects.create(
-            device_id=DEVICE_ID, slot_count=SLOTS, last_seen=timezone.now(), is_active=True
+            device_id=DEVICE_ID,
+            slot_count=SLOTS,
+            last_seen=timezone.now(),
+            is_active=True,
+            bound_address="127.0.0.1",  # the test client's address: its confirmations are served
         )
         plenty = 5 * vends + 100  # four rounds and the warm-up, with room to spare
         for number in range(1, SLOTS + 1):
