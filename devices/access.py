@@ -186,7 +186,7 @@ def set_approved(*, devices, approved: bool, expected_address: str | None = None
 
     from .choices import CommandState
     from .models import Command, Device
-    from .services import activate_if_none_active, expire_command
+    from .services import activate_if_none_active, expire_command, publish_device
 
     # The ids first: ``devices`` may be filtered on ``approved`` itself (the admin's list
     # filter), and would match nothing once updated.
@@ -199,10 +199,8 @@ def set_approved(*, devices, approved: bool, expected_address: str | None = None
             # An approved machine stays as it is: approving it again must not bind it to
             # whatever address last asked to act as it (that is accept_move, a choice).
             for device in rows.filter(approved=False).select_for_update():
-                asks_from = _canonical_address(device.moved_to or device.last_address) or None
-                if expected_address is not None and asks_from != _canonical_address(
-                    expected_address
-                ):
+                asks_from = canonical_ip(device.moved_to or device.last_address)
+                if expected_address is not None and asks_from != canonical_ip(expected_address):
                     raise AddressChanged(
                         f"{device.device_id} now asks from {asks_from or 'no address'}, not "
                         f"{expected_address}; look again before approving it.",
@@ -223,12 +221,15 @@ def set_approved(*, devices, approved: bool, expected_address: str | None = None
                 )
                 ensure_slots(device=device, count=device.slot_count)
                 activate_if_none_active(device)
+                publish_device(device)
                 changed += 1
         else:
             changed = rows.update(approved=False)
             queued = Command.objects.filter(device__in=pks, state=CommandState.QUEUED)
             for command_id in list(queued.values_list("pk", flat=True)):
                 expire_command(command_id=command_id)
+            for device in rows:
+                publish_device(device)
     return changed
 
 
@@ -236,40 +237,51 @@ def accept_move(*, devices, expected_address: str | None = None) -> int:
     """Bind each of ``devices`` that asks from a new address to that address (with
     ``expected_address``: only to that one, the address staff were shown)."""
     from .models import Device
+    from .services import publish_device
 
     asking = devices.filter(moved_to__isnull=False)
     if expected_address is not None:
-        asking = asking.filter(moved_to=_canonical_address(expected_address))
+        asking = asking.filter(moved_to=canonical_ip(expected_address))
     moved = list(asking.values_list("pk", "moved_to"))
     with transaction.atomic():
         for pk, address in moved:
             Device.objects.filter(pk=pk, moved_to=address).update(
                 bound_address=address, last_address=address, moved_to=None, moved_at=None
             )
+        for device in Device.objects.filter(pk__in=[pk for pk, _address in moved]):
+            publish_device(device)
     return len(moved)
+
+
+def accept_address(*, device, expected_address: str | None = None) -> None:
+    """Serve ``device`` from the address it asks from (``expected_address``: the one staff
+    were shown); :class:`AddressChanged` when it asks from none, or from another by now."""
+    from .models import Device
+
+    if not accept_move(
+        devices=Device.objects.filter(pk=device.pk), expected_address=expected_address
+    ):
+        raise AddressChanged(
+            f"{device.device_id} does not ask from {expected_address or 'a new address'} "
+            "(any more); nothing to accept.",
+            device_id=device.device_id,
+        )
 
 
 # --- Binding -------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=4096)  # every poll compares its address: parse each one once
-def _canonical_address(address: str | None) -> str:
+def canonical_ip(address: str | None) -> str | None:
+    """``address`` as the database stores an IP (an IPv4-mapped IPv6 address as the IPv4
+    one), or None when it is not an IP address."""
     try:
         ip = ipaddress.ip_address((address or "").strip())
     except ValueError:
-        return (address or "").strip()
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.compressed
-
-
-def ip_or_none(address: str) -> str | None:
-    canonical = _canonical_address(address)
-    try:
-        ipaddress.ip_address(canonical)
-    except ValueError:
-        return None
-    return canonical
 
 
 # The address that asks to act as a machine staff have not bound to it (a pending machine's,
@@ -287,7 +299,7 @@ def _note_candidate(device, here: str | None) -> None:
     if not here:
         return
     now = timezone.now()
-    same = _canonical_address(device.moved_to) == here
+    same = canonical_ip(device.moved_to) == here
     age = now - device.moved_at if device.moved_at else None
     if same and age is not None and age < CANDIDATE_REFRESH:
         return
@@ -295,6 +307,16 @@ def _note_candidate(device, here: str | None) -> None:
         return  # another address still asks: it keeps its place in front of staff
     Device.objects.filter(pk=device.pk).update(moved_to=here, moved_at=now)
     device.moved_to, device.moved_at = here, now
+
+
+def admit_wifi_request(device, *, device_id: str, address: str) -> None:
+    """A register or a poll over HTTP names ``device_id`` (``device``: its row, or None when
+    it is new): refuse what may not act for a known machine, and a new one when
+    ``DEVICE_PENDING_LIMIT`` machines already wait. Raises before anything is written."""
+    if device is None:
+        check_room_for_pending(device_id)
+    else:
+        check_wifi_request(device, address=address)
 
 
 def check_wifi_request(device, *, address: str) -> None:
@@ -320,9 +342,9 @@ def check_wifi_request(device, *, address: str) -> None:
         )
     if not settings.DEVICE_ADDRESS_BINDING:
         return
-    here = ip_or_none(address)
+    here = canonical_ip(address)
     if device.bound_address:
-        if here and here == _canonical_address(device.bound_address):
+        if here and here == canonical_ip(device.bound_address):
             return
         _note_candidate(device, here)
         raise DeviceBoundElsewhere(

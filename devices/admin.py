@@ -96,6 +96,19 @@ class SlotInline(admin.TabularInline):
         return stock_badge(obj) if obj.pk else "-"
 
 
+# Shown to staff, changed only by the actions (approve, accept the move, revoke, token).
+ADMISSION_FIELDS = [
+    "admission",
+    "approved",
+    "approved_at",
+    "last_address",
+    "bound_address",
+    "moved_to",
+    "moved_at",
+    "has_token",
+]
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     form = DeviceForm
@@ -130,14 +143,7 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "last_seen",
         "registered_at",
-        "admission",
-        "approved",
-        "approved_at",
-        "last_address",
-        "bound_address",
-        "moved_to",
-        "moved_at",
-        "has_token",
+        *ADMISSION_FIELDS,
     )
 
     def get_readonly_fields(self, request, obj=None):
@@ -146,16 +152,7 @@ class DeviceAdmin(admin.ModelAdmin):
         readonly = ["reported_status", "is_active", "online", "last_seen", "registered_at"]
         # Approval and binding have their actions (revoking also expires queued commands);
         # the addresses are what the server saw, not what staff type.
-        readonly += [
-            "admission",
-            "approved",
-            "approved_at",
-            "last_address",
-            "bound_address",
-            "moved_to",
-            "moved_at",
-            "has_token",
-        ]
+        readonly += ADMISSION_FIELDS
         if obj is not None:
             readonly.insert(0, "device_id")  # the firmware knows the device by it
         return readonly

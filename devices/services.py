@@ -29,7 +29,7 @@ from vending_site.statements import Insert, Select, Update
 from vending_site.throttling import count_hits
 
 from . import presence
-from .access import check_room_for_pending, check_wifi_request, ip_or_none
+from .access import admit_wifi_request, canonical_ip, check_wifi_request
 from .choices import (
     CommandKind,
     CommandState,
@@ -208,15 +208,12 @@ def register_over_wifi(
     reported_status: str = "",
 ) -> tuple[Device, bool]:
     """A WiFi machine announces itself over HTTP from ``address``: admitted as
-    :func:`devices.access.check_wifi_request` says (a machine bound elsewhere or linked by
+    :func:`devices.access.admit_wifi_request` says (a machine bound elsewhere or linked by
     USB is refused and changes nothing; a new one is pending and counts against
     ``DEVICE_PENDING_LIMIT``), then registered as :func:`register_device` does."""
     device_id = canonical_id(raw_id)
     known = DEVICE_BY_ID.first(device_id=device_id)
-    if known is not None:
-        check_wifi_request(known, address=address)
-    else:
-        check_room_for_pending(device_id)
+    admit_wifi_request(known, device_id=device_id, address=address)
     return register_device(
         raw_id=device_id,
         transport=Transport.WIFI,
@@ -313,7 +310,7 @@ def _admission_at_creation(
     """A new machine's admission fields: approved and bound to the address it spoke from
     when it needs no approval (serial, ``DEVICE_APPROVAL_REQUIRED`` off, or the operator's
     own setup); else pending, with that address noted for staff."""
-    here = ip_or_none(address)
+    here = canonical_ip(address)
     if transport == Transport.SERIAL:
         return {"approved": True}
     if admitted or not settings.DEVICE_APPROVAL_REQUIRED:
@@ -501,14 +498,16 @@ def poll(
     """
     device_id = canonical_id(raw_id)
     device = device_for_poll(device_id)
+    if device is None and not device_id.startswith(DEVICE_ID_PREFIX):
+        # The firmware's ids all start ESP32_; anything else (a browser asking for
+        # favicon.ico) must not become a machine.
+        raise UnknownDevice(
+            f"No device {device_id} is registered; register it first.", device_id=device_id
+        )
+    # Refused before anything is written: a stranger neither takes a command nor keeps an
+    # absent machine looking online, and a flood of new ids stops at the pending cap.
+    admit_wifi_request(device, device_id=device_id, address=remote_addr)
     if device is None:
-        if not device_id.startswith(DEVICE_ID_PREFIX):
-            # The firmware's ids all start ESP32_; anything else (a browser asking for
-            # favicon.ico) must not become a machine.
-            raise UnknownDevice(
-                f"No device {device_id} is registered; register it first.", device_id=device_id
-            )
-        check_room_for_pending(device_id)
         device, _created = register_device(
             raw_id=device_id,
             protocol=protocol,
@@ -517,9 +516,6 @@ def poll(
         )
         has_pending, registered_now = False, True
     else:
-        # Refused before anything is written: a stranger neither takes a command nor keeps
-        # an absent machine looking online.
-        check_wifi_request(device, address=remote_addr)
         has_pending, registered_now = device.has_pending, False
         mark_seen(device)
 

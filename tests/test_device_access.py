@@ -776,3 +776,16 @@ def test_re_registering_again_and_again_does_not_flood_live_pages(db):
         post_json(client, "/esp32/register", register_body(device_id=OTHER_ID), **STRANGER)
 
     assert LiveEvent.objects.filter(kind="device").count() == 1
+
+
+def test_approving_in_the_admin_reaches_live_pages(db, client):
+    """Approval publishes where it happens (the service), not in one caller of it."""
+    from vending_site.models import LiveEvent
+
+    device = stocked(OTHER_ID, approved=False, moved_to="127.0.0.1")
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    client.post("/admin/devices/device/", {"action": "approve", "_selected_action": [device.pk]})
+
+    event = LiveEvent.objects.filter(kind="device", payload__device_id=OTHER_ID).last()
+    assert event is not None and event.payload["admission"] == "approved"

@@ -36,7 +36,7 @@ from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from devices.access import AddressChanged, accept_move, set_approved
+from devices.access import accept_address, set_approved
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
 from devices.selectors import get_device
@@ -44,7 +44,6 @@ from devices.services import (
     LOG_EVENT_MESSAGE_LIMIT,
     device_payload,
     log_entry_payload,
-    publish_device,
     request_port,
     select_active_device,
 )
@@ -409,17 +408,12 @@ def approve_device(request: Request) -> Response:
     another by now)."""
     data = _valid(ApproveSerializer, request)
     device = get_device(data["device_id"])
-    one = Device.objects.filter(pk=device.pk)
     if device.awaiting_approval:
+        one = Device.objects.filter(pk=device.pk)
         set_approved(devices=one, approved=True, expected_address=data["address"])
-    elif not accept_move(devices=one, expected_address=data["address"]):
-        raise AddressChanged(
-            f"{device.device_id} does not ask from {data['address']} (any more); nothing "
-            "to accept.",
-            device_id=device.device_id,
-        )
+    else:
+        accept_address(device=device, expected_address=data["address"])
     device.refresh_from_db()
-    publish_device(device)
     return Response(machine_payload(device))
 
 

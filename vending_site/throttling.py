@@ -40,7 +40,10 @@ class _RateFromSettings:
         return client_ip(request) or "unknown"
 
 
-def _hit_windows(cache: BaseCache, counters: list[tuple[str, int, int]]):
+def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
+    """One hit in each ``(key, window, period)`` fixed window, in one round trip where the
+    cache can (Redis): per counter ``(hits in this window, hits in the one before)``, or None
+    when the cache is unreachable. The throttles and the device log's budget count here."""
     if hasattr(cache, "hit_windows"):  # vending_site.cache: one Redis round trip for all
         return cache.hit_windows(counters)
     counts = []
@@ -54,13 +57,6 @@ def _hit_windows(cache: BaseCache, counters: list[tuple[str, int, int]]):
             hits = 1
         counts.append((hits, cache.get(f"{key}:{window - 1}", 0)))
     return counts
-
-
-def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
-    """One hit in each ``(key, window, period)`` fixed window, in one round trip where the
-    cache can (Redis): per counter ``(hits in this window, hits in the one before)``, or None
-    when the cache is unreachable."""
-    return _hit_windows(cache, counters)
 
 
 def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
@@ -83,7 +79,7 @@ def allow_requests(throttles: list, request, view) -> list:
     counted = [t for t in throttles if t._start(request, view, now)]
     if not counted:
         return []
-    counts = _hit_windows(throttles[0].cache, [(t.key, t._window, t.duration) for t in counted])
+    counts = count_hits(throttles[0].cache, [(t.key, t._window, t.duration) for t in counted])
     if counts is None:  # the cache is unreachable: fail open
         return []
     return [

@@ -6,13 +6,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.access import accept_move, set_approved
+from devices.access import accept_address, set_approved
 from devices.choices import CommandKind
 from devices.models import Device
 from devices.selectors import get_device
 from devices.services import (
     auto_select_active_device,
-    publish_device,
     queue_command,
     select_active_device,
 )
@@ -20,7 +19,6 @@ from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.services import sweep_if_due
 from vending_site import openapi as docs
-from vending_site.errors import DomainError
 from vending_site.permissions import IsStaff, IsVendClient, is_vend_client
 from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
 
@@ -93,20 +91,17 @@ class DeviceAdmissionView(APIView):
         serializer = AdmissionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         device = get_device(device_id)
-        one = Device.objects.filter(pk=device.pk)
         action = serializer.validated_data["action"]
         expected = serializer.validated_data.get("address")
         if action == "accept_move":
-            if not accept_move(devices=one, expected_address=expected):
-                raise DomainError(
-                    f"{device.device_id} does not ask from "
-                    f"{expected or 'a new address'}; nothing to accept.",
-                    device_id=device.device_id,
-                )
+            accept_address(device=device, expected_address=expected)
         else:
-            set_approved(devices=one, approved=action == "approve", expected_address=expected)
+            set_approved(
+                devices=Device.objects.filter(pk=device.pk),
+                approved=action == "approve",
+                expected_address=expected,
+            )
         device.refresh_from_db()
-        publish_device(device)
         return Response(DeviceSerializer(device).data)
 
 

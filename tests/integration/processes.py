@@ -60,6 +60,14 @@ def start_command(*args: str, **env: str) -> subprocess.Popen:
     )
 
 
+def start_server(port: int, **env: str) -> subprocess.Popen:
+    """The web server as ``make run`` starts it (``manage.py serve``: Daphne) on
+    127.0.0.1:``port``, without an access log; ``env`` adds settings."""
+    return start_command(
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null", **env
+    )
+
+
 def read_until(process: subprocess.Popen, needle: str, timeout: float = 15.0) -> str:
     """Lines of the child's output up to the first one containing ``needle``.
 

@@ -23,7 +23,7 @@ from devices.models import CommunicationLog, Device
 from devices.simulators.wifi_firmware import WifiFirmware, mac_for
 from tests.accounting import accepted_vends, count_outcomes, wifi_dispenses
 from tests.factories import stocked_device
-from tests.integration.processes import free_port, start_command, stop, wait_for_http
+from tests.integration.processes import free_port, start_server, stop, wait_for_http
 from transactions.models import Transaction
 from transactions.services import request_vend
 
@@ -123,14 +123,8 @@ def test_a_lan_attacker_takes_fakes_and_blocks_nothing_and_every_vend_comes_out_
     port = free_port()
     # A per-device limit the attacker's GETs for the machine's id alone pass several times
     # over, above the machine's own polls (one every 2 s, as the firmware polls).
-    web = start_command(
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--access-log",
-        "/dev/null",
+    web = start_server(
+        port,
         DEVICE_THROTTLE=DEVICE_THROTTLE,
     )
     firmware.server_url = f"http://127.0.0.1:{port}"

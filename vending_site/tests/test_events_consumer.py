@@ -11,7 +11,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
 from tests.factories import UserFactory
-from tests.integration.processes import free_port, start_command, stop, wait_for_http
+from tests.integration.processes import free_port, start_command, start_server, stop, wait_for_http
 from tests.integration.websocket import OP_CLOSE, OP_TEXT, WebSocket
 from vending_site.consumers import (
     CATCH_UP_LIMIT,
@@ -247,14 +247,8 @@ def test_a_sender_that_keeps_sending_unreadable_frames_is_closed_with_1008():
 
 def test_daphne_answers_unreadable_frames_without_logging_a_traceback():
     port = free_port()
-    server = start_command(
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--access-log",
-        "/dev/null",
+    server = start_server(
+        port,
         DASHBOARD_PUBLIC="true",
         LOG_LEVEL="INFO",
     )

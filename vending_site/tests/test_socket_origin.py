@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from tests.factories import UserFactory
-from tests.integration.processes import free_port, start_command, stop, wait_for_http
+from tests.integration.processes import free_port, start_server, stop, wait_for_http
 from tests.integration.websocket import WebSocket
 from vending_site.asgi import application
 
@@ -99,14 +99,8 @@ def handshake_status(port: int, origin: str) -> int:
 
 def test_daphne_refuses_the_handshake_of_another_sites_page():
     port = free_port()
-    server = start_command(
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--access-log",
-        "/dev/null",
+    server = start_server(
+        port,
         ALLOWED_HOSTS="*",
         DASHBOARD_PUBLIC="true",
     )
