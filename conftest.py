@@ -4,9 +4,15 @@ import uuid
 
 import pytest
 from django.utils import timezone
+from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
+
+# Property tests assert what is true, not how fast: hypothesis's default 200 ms deadline per
+# example failed them on a loaded two-core machine (speed targets live in bench/).
+hypothesis_settings.register_profile("vending", deadline=None)
+hypothesis_settings.load_profile("vending")
 
 
 @pytest.fixture(autouse=True)

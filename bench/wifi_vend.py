@@ -6,10 +6,6 @@ PostgreSQL + Redis with the sweeper running. Vends arrive open-loop: each machin
 every 7 s (longer than a whole vend cycle) at a jittered time, so requests land at every
 phase of the poll cycle; latencies run from the scheduled request time to the moment the
 machine holds the command, and to the moment its confirmation was answered.
-
-Run twice: ``DEVICE_LONG_POLL_SECONDS=0`` (plain polling) and ``=1.5`` (the poll view may
-hold an idle poll open up to 1.5 s and answer as soon as a vend is queued); the setting is
-passed to the server processes, which ignore it until the long-poll lands.
 """
 
 import random
@@ -25,7 +21,6 @@ NAME = "wifi_vend"
 PERIOD = 7.0  # seconds between two vends of one machine
 JITTER = 2.0  # the poll interval: vends land at every phase of it
 SETTLE_TIMEOUT = 20.0
-LONG_POLLS = ("0", "1.5")
 
 
 class Witness:
@@ -57,12 +52,12 @@ class Witness:
         return event.wait(timeout)
 
 
-def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
+def measure(quick: bool) -> tuple[list[dict], str]:
     # Quick: one vend per machine, spread over 4 s instead of a whole period.
     devices, per_device, spread = (4, 1, 4.0) if quick else (6, 4, PERIOD)
     witness = Witness()
     seed = secrets.randbelow(0xFFFF)
-    with ScratchStack({"DEVICE_LONG_POLL_SECONDS": long_poll}) as stack:
+    with ScratchStack({}) as stack:
         urls = stack.start_workers(2)
         stack.start("sweeper", "sweep_commands", "--every", "5")
         machines = [
@@ -128,27 +123,26 @@ def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
             delivered.append(witness.delivered[outcome.detail] - outcome.scheduled)
             succeeded.append(witness.confirmed[outcome.detail][0] - outcome.scheduled)
     errors = load.errors
-    label = "off" if float(long_poll) == 0 else f"{long_poll} s"
-    extra = {"long_poll_seconds": float(long_poll), "devices": devices}
+    extra = {"devices": devices}
     rows = [
         make_row(
-            f"request -> command delivered (long-poll {label})",
+            "request -> command delivered",
             delivered,
             errors=errors,
-            target="",  # no target: the figures compare the two settings
+            target="",
             **extra,
         ),
         make_row(
-            f"request -> succeeded (long-poll {label})",
+            "request -> succeeded",
             succeeded,
             errors=errors,
-            target="",  # no target: the figures compare the two settings
+            target="",
             **extra,
         ),
     ]
     failures = sorted({str(o.detail) for o in load.outcomes if not o.ok})[:3]
     note = (
-        f"DEVICE_LONG_POLL_SECONDS={long_poll}: {len(plan)} vends over {devices} machines "
+        f"{len(plan)} vends over {devices} machines "
         f"(2 s poll, 1.3 s motor), {stack.database_label}, 2 workers; states at the end: "
         + ", ".join(f"{state} {count}" for state, count in settled)
         + "".join(f"; failure: {failure}" for failure in failures)
@@ -157,9 +151,5 @@ def measure(long_poll: str, quick: bool) -> tuple[list[dict], str]:
 
 
 def run(quick: bool) -> dict:
-    rows, notes = [], []
-    for long_poll in LONG_POLLS:
-        setting_rows, note = measure(long_poll, quick)
-        rows.extend(setting_rows)
-        notes.append(note)
-    return {"scenario": NAME, "rows": rows, "notes": notes}
+    rows, note = measure(quick)
+    return {"scenario": NAME, "rows": rows, "notes": [note]}

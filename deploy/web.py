@@ -48,8 +48,6 @@ plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-51
 - **Logs**: granian's own lines on stderr in the project's shape (``LOG_FORMAT``); the
   access log is the application's (``vending_site.wsgi``, ``WEB_ACCESS_LOG``), so each line
   carries the ``request_id`` Django answered with.
-- **Long-poll** (``DEVICE_LONG_POLL_SECONDS``) needs Daphne: here polls are answered at
-  once, and a warning says so at start (see ``devices/api/long_poll.py``).
 - **Scheme**: granian never derives ``https`` from ``X-Forwarded-Proto`` itself; Django
   does, only with ``TRUST_X_FORWARDED_PROTO`` (as under Daphne).
 """
@@ -173,13 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     from django.conf import settings
 
     server = build(args, settings)
-    if settings.DEVICE_LONG_POLL_SECONDS > 0:
-        logging.getLogger("_granian").warning(
-            "DEVICE_LONG_POLL_SECONDS=%g has no effect under granian: polls are answered at "
-            "once (a WSGI thread cannot wait for a command without being held); route the "
-            "poll paths to Daphne to hold them",
-            settings.DEVICE_LONG_POLL_SECONDS,
-        )
     server.serve(target_loader=load_application)
 
 

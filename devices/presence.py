@@ -19,7 +19,7 @@ What it guarantees:
 - A machine that comes online is written in the request as before (:func:`mark_seen` in
   ``devices.services`` does that and publishes it): only refreshes of online machines wait.
   The stored value is then at most ``DEVICE_SEEN_WRITE_INTERVAL`` + one poll gap (2 s, 4 s
-  with a long-poll hold) + ``DEVICE_SEEN_FLUSH_SECONDS`` old, under ``DEVICE_OFFLINE_AFTER``:
+  with a slow answer) + ``DEVICE_SEEN_FLUSH_SECONDS`` old, under ``DEVICE_OFFLINE_AFTER``:
   settings turn the writer off where that would not hold.
 - A process that ends loses at most its unwritten refreshes, which the machines' next polls
   note again; the process writes them on a normal exit.

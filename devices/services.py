@@ -24,7 +24,6 @@ from transactions.choices import TransactionState
 from transactions.lifecycle import lock_transaction, transition
 from transactions.models import Transaction
 from vending_site.events import publish, publish_many
-from vending_site.outages import Breaker
 from vending_site.statements import Insert, Select, Update
 from vending_site.throttling import count_hits
 
@@ -434,45 +433,6 @@ def wake_links(device: Device) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [COMMANDS_CHANNEL, str(device.pk)])
-    if settings.DEVICE_LONG_POLL_SECONDS > 0:
-        device_pk = device.pk
-        transaction.on_commit(lambda: _wake_held_polls(device_pk))
-
-
-_wake_breaker = Breaker()
-
-
-def device_group(device_pk: int) -> str:
-    """The channel-layer group a held poll of this device listens on."""
-    return f"device.{device_pk}"
-
-
-def _wake_held_polls(device_pk: int) -> None:
-    """Tell the polls held open for this device (``DEVICE_LONG_POLL_SECONDS``) to look now.
-
-    Sent after the commit, so a woken poll finds the command. Best effort: a held poll also
-    looks in the database every few hundred milliseconds, so a lost wake-up (or the
-    in-memory layer, which does not cross processes) only costs a little latency.
-    """
-    from channels.layers import get_channel_layer
-
-    from vending_site import layer_sender
-
-    if not settings.DEVICE_LONG_POLL_SECONDS:
-        return  # no process of this deployment holds a poll (the setting is shared)
-    layer = get_channel_layer()
-    if layer is None or not _wake_breaker.allows():
-        return
-    try:
-        layer_sender.run(
-            layer.group_send(device_group(device_pk), {"type": "device.command"}),
-            timeout=settings.REDIS_TIMEOUT,
-        )
-    except Exception:  # a wake-up is never worth a failed vend
-        # Runs inside the vend request: a Redis that hangs must cost it REDIS_TIMEOUT once,
-        # not on every vend, so wake-ups pause for REDIS_RETRY_AFTER seconds.
-        _wake_breaker.trip(settings.REDIS_RETRY_AFTER)
-        logger.warning("could not wake the held polls of device %s", device_pk, exc_info=True)
 
 
 def _ago(moment: datetime | None) -> str:
@@ -551,7 +511,7 @@ def deliver_next_command(
     remote_addr: str = "",
 ) -> Command | None:
     """Claim the next command for a WiFi poll's answer (see :func:`claim_next_command`) and
-    log it as sent. Used by :func:`poll` and by a held poll when it is woken.
+    log it as sent.
 
     With ``WIFI_ONE_VEND_AT_A_TIME``: the deployed firmware works one vend at a time and
     confirms it before it polls again, so a vend still waiting for its confirmation when the
@@ -603,26 +563,6 @@ def _flag_vends_the_machine_never_got(*, device: Device, delivered: Command) -> 
                 "answer that carried it never reached it"
             ),
         )
-
-
-def may_hold_poll(device: Device) -> bool:
-    """Whether an idle poll of ``device`` may be held open for a command
-    (``DEVICE_LONG_POLL_SECONDS``): only a WiFi device that can be handed commands."""
-    return (
-        settings.DEVICE_LONG_POLL_SECONDS > 0
-        and device.transport == Transport.WIFI
-        and not device.awaiting_approval
-    )
-
-
-def has_deliverable_command(*, device_pk: int, kinds: frozenset[str] | None = None) -> bool:
-    """Whether a queued, unexpired command awaits ``device_pk`` (a held poll's look)."""
-    queued = Command.objects.filter(
-        device_id=device_pk, state=CommandState.QUEUED, expires_at__gt=timezone.now()
-    )
-    if kinds is not None:
-        queued = queued.filter(kind__in=kinds)
-    return queued.exists()
 
 
 def _next_command(device: int, now: datetime, **only):

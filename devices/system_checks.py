@@ -206,17 +206,6 @@ def check_discovery(
     return _guarded("discovery", hint, run)
 
 
-LONG_POLL_UNDER_WSGI = (
-    "the WSGI server (granian) answers every poll at once (a WSGI thread cannot wait "
-    "without being held), so long-poll has no effect there; set DEVICE_LONG_POLL_SECONDS=0, "
-    "or send the firmware's poll paths to Daphne (docs/production.md)"
-)
-
-
-# Server headers of the WSGI servers: the production one (deploy/web.py), and gunicorn.
-WSGI_SERVERS = ("granian", "gunicorn")
-
-
 def default_web_url() -> str:
     return f"http://127.0.0.1:{settings.PORT}/health"
 
@@ -236,10 +225,8 @@ def check_web(*, url: str, timeout: float = WEB_TIMEOUT) -> CheckResult:
         try:
             with opener.open(url, timeout=timeout) as response:
                 status, raw = response.status, response.read(64 * 1024)
-                server = response.headers.get("Server", "")
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read(64 * 1024)
-            server = exc.headers.get("Server", "")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             return CheckResult("web", Status.FAIL, f"{url}: {reason}", hint)
@@ -252,14 +239,6 @@ def check_web(*, url: str, timeout: float = WEB_TIMEOUT) -> CheckResult:
                 "web", Status.FAIL, f"{url}: HTTP {status}, not a health report", hint
             )
         if status == 200 and body.get("status") == "healthy":
-            if server.startswith(WSGI_SERVERS) and settings.DEVICE_LONG_POLL_SECONDS > 0:
-                return CheckResult(
-                    "web",
-                    Status.WARN,
-                    f"{url}: HTTP 200 healthy, served by {server} (WSGI) with "
-                    f"DEVICE_LONG_POLL_SECONDS={settings.DEVICE_LONG_POLL_SECONDS:g}",
-                    LONG_POLL_UNDER_WSGI,
-                )
             return CheckResult("web", Status.PASS, f"{url}: HTTP 200 healthy")
         failing = {
             name: value for name, value in (body.get("checks") or {}).items() if value != "ok"

@@ -45,20 +45,6 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 
-LONG_POLL_LIMIT = 2.0  # seconds; the firmware's HTTP read timeout is 3 s
-
-
-def long_poll_seconds(value: float) -> float:
-    """``DEVICE_LONG_POLL_SECONDS``, refused outside 0..2 s with a message saying why."""
-    if not 0 <= value <= LONG_POLL_LIMIT:
-        raise ImproperlyConfigured(
-            f"DEVICE_LONG_POLL_SECONDS={value:g} is outside 0..{LONG_POLL_LIMIT:g}: the "
-            "firmware waits at most 3 s for a poll's answer, and a command handed to an "
-            f"answer it gave up on is lost. Use at most {LONG_POLL_LIMIT:g} (0 turns "
-            "long-polling off)."
-        )
-    return value
-
 
 DEBUG = env.bool("DEBUG", default=False)
 # The firmware reaches the server by whatever LAN address it found, so the default accepts
@@ -408,17 +394,13 @@ DEVICE_SEEN_WRITE_INTERVAL = min(
 # An online device's refresh is not written by its poll: each process writes the refreshes
 # of the last this-many seconds in one statement (devices/presence.py). 0 writes each in its
 # request. A refresh then waits up to this long, so it is capped where a device polling on
-# time (every 2 s, 4 s with a long-poll hold) could look offline: write interval + 4 s +
+# time (every 2 s; 4 s leaves room for a slow answer) could look offline: write interval + 4 s +
 # this stays under DEVICE_OFFLINE_AFTER (0, the writer off, when there is no room).
 DEVICE_SEEN_FLUSH_SECONDS = min(
     max(env.float("DEVICE_SEEN_FLUSH_SECONDS", default=0.5), 0.0),
     2.0,
     max(DEVICE_OFFLINE_AFTER - DEVICE_SEEN_WRITE_INTERVAL - 4 - 0.5, 0.0),
 )
-# Hold an idle WiFi poll open up to this many seconds, answering as soon as a command is
-# queued (0: answer at once, as always). The firmware gives up on an answer after 3 s, and a
-# command handed to a poll it gave up on is lost, so more than 2 s is refused.
-DEVICE_LONG_POLL_SECONDS = long_poll_seconds(env.float("DEVICE_LONG_POLL_SECONDS", default=0.0))
 # A WiFi machine handed its next vend while an earlier one still awaits confirmation never
 # got the earlier one (the firmware polls only after confirming): flag that one `unconfirmed`
 # at once, so it cannot take the next vend's confirmation. Off: PROTOCOL.md's literal rule,

@@ -7,7 +7,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from devices.api import device_views, long_poll
+from devices.api import device_views
 from devices.api.views import (
     DeviceAdmissionView,
     DeviceAutoSelectView,
@@ -61,12 +61,12 @@ def _api_v1(vend) -> list:
     ]
 
 
-def _device_protocol(poll_view) -> list:
+def _device_protocol() -> list:
     return [
         path("esp32/register", device_views.RegisterView.as_view(), name="esp32-register"),
         path(
             "esp32/commands/<str:device_id>",
-            poll_view(device_views.PollView),
+            device_views.PollView.as_view(),
             name="esp32-poll",
         ),
         path("esp32/confirm", device_views.ConfirmView.as_view(), name="esp32-confirm"),
@@ -77,7 +77,7 @@ def _device_protocol(poll_view) -> list:
         ),
         path(
             "esp32/wifi/command",
-            poll_view(device_views.DocumentedPollView),
+            device_views.DocumentedPollView.as_view(),
             name="esp32-wifi-poll",
         ),
         path("esp32/wifi/confirm", device_views.ConfirmView.as_view(), name="esp32-wifi-confirm"),
@@ -100,13 +100,12 @@ dashboard_api = [
 def build(*, asgi: bool) -> list:
     """The routes, with the views for an ASGI server (Daphne) or a WSGI one (granian).
 
-    The vend's wait and the long-poll hold a request without a thread under ASGI, so their
-    views are async there. A WSGI thread is held either way, and Django would run an async
+    The vend's wait holds a request without a thread under ASGI, so its view is async
+    there. A WSGI thread is held either way, and Django would run an async
     view through ``async_to_sync`` (a new thread and event loop per request), so the WSGI
-    routes get the same views synchronous (``vending_site.urls_wsgi``).
+    routes get the same view synchronous (``vending_site.urls_wsgi``).
     """
     vend = txn_views.vend if asgi else txn_views.vend_sync
-    poll_view = long_poll.holding if asgi else long_poll.at_once
     return [
         path("", dashboard.index, name="dashboard"),
         path("dashboard/api/", include((dashboard_api, "dashboard-api"))),
@@ -114,7 +113,7 @@ def build(*, asgi: bool) -> list:
         path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
         path("admin/", admin.site.urls),
         path("api/v1/", include((_api_v1(vend), "api-v1"))),
-        *_device_protocol(poll_view),
+        *_device_protocol(),
         path("esp32/devices/list", DeviceListView.as_view(), name="esp32-devices-list"),
         path("esp32/devices/select", DeviceSelectView.as_view(), name="esp32-devices-select"),
         path(

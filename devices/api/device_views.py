@@ -7,7 +7,6 @@ slash. They translate bytes to service calls and back; the rules live in ``devic
 """
 
 import json
-from dataclasses import dataclass
 
 from django.http import HttpResponse
 from rest_framework.exceptions import MethodNotAllowed, Throttled
@@ -18,12 +17,11 @@ from rest_framework.views import APIView
 
 from devices.access import BrowserRequestRefused, DeviceTokenValid, browser_request_reason
 from devices.choices import CommandKind, Direction, LogLevel, Protocol, Transport
-from devices.models import Command, Device
+from devices.models import Command
 from devices.selectors import canonical_id
 from devices.services import (
     confirm_vend,
     log_exchange,
-    may_hold_poll,
     poll,
     register_over_wifi,
 )
@@ -205,8 +203,7 @@ class DocumentedRegisterView(RegisterView):
 
 
 class PollEndpoint(DeviceEndpoint):
-    """A poll's answer; idle, it may be held open (``DEVICE_LONG_POLL_SECONDS``, see
-    :mod:`devices.api.long_poll`, which serves these views at their URLs)."""
+    """A poll: answered at once, with the next command or idle."""
 
     kinds: frozenset[str] | None = None
     # DRF answers HEAD with get(): that would claim a command and drop it with the body.
@@ -215,28 +212,6 @@ class PollEndpoint(DeviceEndpoint):
     @staticmethod
     def answer(command: Command | None) -> HttpResponse:
         raise NotImplementedError
-
-    def held_or_answered(self, request: Request, device, command: Command | None):
-        response = self.answer(command)
-        if command is None and getattr(request._request, "may_hold", False):
-            if may_hold_poll(device):
-                response.hold = HeldPoll(
-                    device=device,
-                    kinds=self.kinds,
-                    endpoint=request.path,
-                    remote_addr=self.remote_addr,
-                )
-        return response
-
-
-@dataclass(frozen=True)
-class HeldPoll:
-    """What an idle poll needs to be answered later with a command."""
-
-    device: Device
-    kinds: frozenset[str] | None
-    endpoint: str
-    remote_addr: str
 
 
 class PollView(PollEndpoint):
@@ -250,7 +225,7 @@ class PollView(PollEndpoint):
     @docs.DEVICE_POLL
     def get(self, request: Request, device_id: str) -> HttpResponse:
         metrics.record_poll(dialect=Protocol.WIFI_V2)
-        device, command = poll(
+        _device, command = poll(
             raw_id=device_id,
             protocol=Protocol.WIFI_V2,
             remote_addr=self.remote_addr,
@@ -258,7 +233,7 @@ class PollView(PollEndpoint):
             endpoint=request.path,
         )
         log.debug("device_poll", delivered=command.pk if command else None)
-        return self.held_or_answered(request, device, command)
+        return self.answer(command)
 
     @staticmethod
     def answer(command: Command | None) -> HttpResponse:
@@ -275,14 +250,14 @@ class DocumentedPollView(PollEndpoint):
         raw_id = request.headers.get("Device-ID", "")
         if not raw_id.strip():
             raise InvalidRequest("The Device-ID header is missing.")
-        device, command = poll(
+        _device, command = poll(
             raw_id=raw_id,
             protocol=Protocol.WIFI_DOCUMENTED,
             remote_addr=self.remote_addr,
             endpoint=request.path,
         )
         log.debug("device_poll", delivered=command.pk if command else None)
-        return self.held_or_answered(request, device, command)
+        return self.answer(command)
 
     @staticmethod
     def answer(command: Command | None) -> HttpResponse:

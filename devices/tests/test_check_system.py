@@ -263,10 +263,6 @@ def test_a_udp_answer_that_is_not_a_discovery_reply_fails():
 class HealthStandIn(BaseHTTPRequestHandler):
     status = 503
     body = b""
-    software = ""  # the Server header; "" sends http.server's own
-
-    def version_string(self) -> str:
-        return self.software or super().version_string()
 
     def do_GET(self):
         self.send_response(self.status)
@@ -290,7 +286,6 @@ def health_stand_in():
         server.shutdown()
         server.server_close()
         thread.join(5)
-        HealthStandIn.software = ""
 
 
 def test_an_unhealthy_server_fails_naming_the_failing_checks(health_stand_in):
@@ -305,25 +300,6 @@ def test_an_unhealthy_server_fails_naming_the_failing_checks(health_stand_in):
     assert result.status == Status.FAIL
     assert "HTTP 503 unhealthy (channel_layer: error: boom)" in result.detail
     assert "database" not in result.detail
-
-
-def test_long_poll_behind_granian_is_a_warning_and_behind_daphne_is_not(health_stand_in, settings):
-    HealthStandIn.status = 200
-    HealthStandIn.body = json.dumps({"status": "healthy", "checks": {"database": "ok"}}).encode()
-    url = f"http://{LOOPBACK}:{health_stand_in.server_address[1]}/health"
-    settings.DEVICE_LONG_POLL_SECONDS = 1.5
-
-    HealthStandIn.software = "granian"  # what deploy/web.py's server answers with
-    result = check_web(url=url)
-
-    assert result.status == Status.WARN
-    assert "served by granian (WSGI) with DEVICE_LONG_POLL_SECONDS=1.5" in result.detail
-    assert "DEVICE_LONG_POLL_SECONDS=0" in result.hint and "Daphne" in result.hint
-    HealthStandIn.software = "daphne"  # holds polls: long-poll works there
-    assert check_web(url=url).status == Status.PASS
-    settings.DEVICE_LONG_POLL_SECONDS = 0  # long-poll off: nothing to warn about
-    HealthStandIn.software = "granian"
-    assert check_web(url=url).status == Status.PASS
 
 
 def test_a_200_that_is_not_a_health_report_fails(health_stand_in):

@@ -1,8 +1,8 @@
 """granian as production runs it (``deploy/web.py``), as a real process on a free loopback
 port against the test database: a SIGKILLed worker is replaced and every poll stays counted
 exactly once, SIGTERM ends it with 0 and leaves only the metrics archive, its logs (granian's
-own and the application's access log) are JSON lines on stderr, it says that long-poll does
-nothing under it, and its workers keep database connections where Daphne does not.
+own and the application's access log) are JSON lines on stderr, and its workers keep
+database connections where Daphne does not.
 
 granian exits when a worker dies again within 5.5 s of being replaced (a crash loop), so no
 test here kills a worker twice."""
@@ -20,7 +20,6 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from devices.system_checks import Status, check_web
 from tests.deploy import dry_run_web
 from tests.integration.processes import (
     ROOT,
@@ -266,21 +265,6 @@ def test_with_the_access_log_off_no_request_is_logged(start_web):
     logged = [x.get("request_id") for x in loud.lines() if x["logger"] == "vending.access"]
     # The same requests with the log on (after the start-up's own /health probes).
     assert logged[-3:] == ["q-0", "q-1", "q-2"], logged
-
-
-@pytest.mark.django_db(transaction=True)
-def test_long_poll_is_said_to_do_nothing_under_granian(start_web, settings):
-    server = start_web(DEVICE_LONG_POLL_SECONDS="1.5")
-    warned = [x for x in server.lines() if "DEVICE_LONG_POLL_SECONDS" in x["event"]]
-    assert len(warned) == 1 and warned[0]["level"] == "warning"
-    assert warned[0]["logger"] == "_granian" and "no effect under granian" in warned[0]["event"]
-
-    settings.DEVICE_LONG_POLL_SECONDS = 1.5
-    result = check_web(url=f"{server.url}/health")
-    assert result.status == Status.WARN
-    assert "served by granian (WSGI)" in result.detail and "Daphne" in result.hint
-    settings.DEVICE_LONG_POLL_SECONDS = 0
-    assert check_web(url=f"{server.url}/health").status == Status.PASS
 
 
 def test_granian_workers_keep_database_connections_and_daphne_does_not(tmp_path):

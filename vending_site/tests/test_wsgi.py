@@ -138,9 +138,7 @@ def every_route(patterns, prefix="", namespace=""):
             yield prefix + str(pattern.pattern), name, pattern.callback
 
 
-@pytest.mark.parametrize("long_poll", [0, 2])
-def test_the_wsgi_routes_are_the_asgi_routes_without_an_async_view(settings, long_poll):
-    settings.DEVICE_LONG_POLL_SECONDS = long_poll
+def test_the_wsgi_routes_are_the_asgi_routes_without_an_async_view():
     from vending_site.urls import build
 
     asgi_routes = list(every_route(build(asgi=True)))
@@ -148,10 +146,8 @@ def test_the_wsgi_routes_are_the_asgi_routes_without_an_async_view(settings, lon
 
     assert [r[:2] for r in wsgi_routes] == [r[:2] for r in asgi_routes]
     assert [r[1] for r in wsgi_routes if asyncio.iscoroutinefunction(r[2])] == []
-    # ... where the ASGI routes have async views: the vend, and the polls with long-poll on.
+    # ... where the ASGI routes have async views: the vend's.
     expected = {"api-v1:vend", "vend-legacy"}
-    if long_poll:
-        expected |= {"esp32-poll", "esp32-wifi-poll"}
     assert {r[1] for r in asgi_routes if asyncio.iscoroutinefunction(r[2])} == expected
 
 
