@@ -136,7 +136,7 @@ def _confirmations(device, vends: int):
     requesting and delivering (through the services) one vend for each call it will get."""
     from django.test import Client
 
-    from devices.services import claim_next_command
+    from transactions.delivery import claim_next_command
     from transactions.services import request_vend
 
     calls = 4 * vends + 21  # the warm-up, the query capture, three timed rounds, the profile

@@ -36,7 +36,6 @@ from datetime import timedelta
 from functools import lru_cache
 
 from django.conf import settings
-from django.db import transaction
 from django.http import JsonResponse
 from django.utils import timezone
 from django.utils.deprecation import MiddlewareMixin
@@ -113,10 +112,8 @@ class DeviceNetworkMiddleware(MiddlewareMixin):
     def process_view(self, request, view_func, view_args, view_kwargs):
         if not settings.DEVICE_ALLOWED_NETWORKS:
             return None
-        from devices.api.device_views import DeviceEndpoint
-
-        view_class = getattr(view_func, "view_class", None)
-        if not (isinstance(view_class, type) and issubclass(view_class, DeviceEndpoint)):
+        # Marked by devices.api.device_views.DeviceEndpoint (the firmware's endpoints).
+        if not getattr(getattr(view_func, "view_class", None), "serves_firmware", False):
             return None
         address = client_ip(request)
         if device_network_allowed(address):
@@ -165,106 +162,6 @@ def check_room_for_pending(device_id: str) -> None:
             f"{device_id} is not admitted: {limit} machines already await staff approval "
             "(DEVICE_PENDING_LIMIT). Approve or delete some in the admin.",
             device_id=device_id,
-        )
-
-
-class AddressChanged(DomainError):
-    code = "address_changed"
-
-
-def set_approved(*, devices, approved: bool, expected_address: str | None = None) -> int:
-    """Approve or revoke ``devices`` (a queryset).
-
-    Approving binds each WiFi machine to the address that asks for it (shown to staff as
-    *asks from*; it stays put while its sender keeps asking), or keeps the address it was
-    bound to before a revoke; it creates its slots and makes it the active machine when none
-    is. With ``expected_address`` (the address staff were shown), a machine asking from
-    another one by now is refused with :class:`AddressChanged`. Revoking keeps the binding
-    (nobody else may settle a vend it still has in hand) and expires its queued commands,
-    returning any reserved unit, so nothing waiting is delivered later."""
-    from inventory.services import ensure_slots
-
-    from .choices import CommandState
-    from .models import Command, Device
-    from .services import activate_if_none_active, expire_command, publish_device
-
-    # The ids first: ``devices`` may be filtered on ``approved`` itself (the admin's list
-    # filter), and would match nothing once updated.
-    pks = list(devices.values_list("pk", flat=True))
-    now = timezone.now()
-    with transaction.atomic():
-        rows = Device.objects.filter(pk__in=pks)
-        if approved:
-            changed = 0
-            # An approved machine stays as it is: approving it again must not bind it to
-            # whatever address last asked to act as it (that is accept_move, a choice).
-            for device in rows.filter(approved=False).select_for_update():
-                asks_from = canonical_ip(device.moved_to or device.last_address)
-                if expected_address is not None and asks_from != canonical_ip(expected_address):
-                    raise AddressChanged(
-                        f"{device.device_id} now asks from {asks_from or 'no address'}, not "
-                        f"{expected_address}; look again before approving it.",
-                        device_id=device.device_id,
-                    )
-                device.approved, device.approved_at = True, now
-                if not device.bound_address:
-                    device.bound_address = asks_from
-                device.moved_to, device.moved_at = None, None
-                device.save(
-                    update_fields=[
-                        "approved",
-                        "approved_at",
-                        "bound_address",
-                        "moved_to",
-                        "moved_at",
-                    ]
-                )
-                ensure_slots(device=device, count=device.slot_count)
-                activate_if_none_active(device)
-                publish_device(device)
-                changed += 1
-        else:
-            changed = rows.update(approved=False)
-            queued = Command.objects.filter(device__in=pks, state=CommandState.QUEUED)
-            for command_id in list(queued.values_list("pk", flat=True)):
-                expire_command(command_id=command_id)
-            for device in rows:
-                publish_device(device)
-    return changed
-
-
-def accept_move(*, devices, expected_address: str | None = None) -> int:
-    """Bind each of ``devices`` that asks from a new address to that address (with
-    ``expected_address``: only to that one, the address staff were shown)."""
-    from .models import Device
-    from .services import publish_device
-
-    asking = devices.filter(moved_to__isnull=False)
-    if expected_address is not None:
-        asking = asking.filter(moved_to=canonical_ip(expected_address))
-    moved = list(asking.values_list("pk", "moved_to"))
-    with transaction.atomic():
-        for pk, address in moved:
-            Device.objects.filter(pk=pk, moved_to=address).update(
-                bound_address=address, last_address=address, moved_to=None, moved_at=None
-            )
-        for device in Device.objects.filter(pk__in=[pk for pk, _address in moved]):
-            publish_device(device)
-    return len(moved)
-
-
-def accept_address(*, device, expected_address: str | None = None) -> None:
-    """Serve ``device`` from the address it asks from (``expected_address``: the one staff
-    were shown); :class:`AddressChanged` when it asks from none, or from another by now."""
-    from .models import Device
-
-    if not accept_move(
-        devices=Device.objects.filter(pk=device.pk), expected_address=expected_address
-    ):
-        raise AddressChanged(
-            f"{device.device_id} does not ask from {expected_address or 'a new address'} "
-            "(any more); nothing to accept.",
-            device_id=device.device_id,
         )
 
 

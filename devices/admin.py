@@ -13,14 +13,16 @@ from django.utils.text import Truncator
 from inventory.admin import ReadOnlyAdminMixin, SlotForm, save_slot_form, stock_badge
 from inventory.models import Slot
 from inventory.services import ensure_slots
+from transactions.commands import queue_command
 from vending_site.errors import DomainError
 
-from .access import accept_move, issue_device_token, set_approved
+from .access import issue_device_token
+from .approval import accept_move, set_approved
 from .choices import CommandKind, PortRequest
 from .models import Command, CommunicationLog, Device, SerialPort
 from .protocol import mac_from_device_id
 from .selectors import canonical_id, online_devices
-from .services import queue_command, request_port, select_active_device
+from .services import request_port, select_active_device
 
 
 class DeviceForm(forms.ModelForm):

@@ -1,5 +1,6 @@
-"""Housekeeping of data that grows without bound: the communication log, idempotency keys,
-machines that announced themselves and were never approved.
+"""Housekeeping of the machines' data that grows without bound: the communication log and
+machines that announced themselves and were never approved (idempotency keys are the vend
+layer's: ``transactions.services.prune_idempotency_keys``).
 
 Run from cron (``manage.py prune_logs``) beside the live server: every delete is by
 primary key in bounded batches, so no long lock is held and two runs may overlap.
@@ -12,8 +13,6 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
-
-from transactions.models import IdempotencyKey
 
 from .access import pending_devices
 from .models import CommunicationLog, Device
@@ -72,13 +71,6 @@ def prune_communication_log(
         if len(ids) < batch_size:
             break
     return deleted
-
-
-def expired_idempotency_keys(*, now: datetime | None = None) -> QuerySet[IdempotencyKey]:
-    """The keys ``transactions.services.prune_idempotency_keys`` deletes (for a dry run)."""
-    # Mirrors the cutoff in prune_idempotency_keys, which offers no count of its own.
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
-    return IdempotencyKey.objects.filter(created_at__lt=cutoff)
 
 
 def prune_pending_devices(*, now: datetime | None = None) -> int:

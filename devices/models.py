@@ -187,16 +187,6 @@ class Command(models.Model):
         target = f":{self.slot}" if self.slot else ""
         return f"{self.kind}{target} → {self.device.device_id} ({self.state})"
 
-    def save(self, *args, **kwargs) -> None:
-        # Every path that queues a command (REST, dashboard, admin, demo) creates it here, so
-        # this is the one place an unapproved device is refused; the vend it belongs to
-        # rolls back with it.
-        if self._state.adding and self.device.awaiting_approval:
-            from .access import DeviceNotApproved, approval_message
-
-            raise DeviceNotApproved(approval_message(self.device), device_id=self.device.device_id)
-        super().save(*args, **kwargs)
-
     def as_wire(self) -> dict:
         """The JSON object the WiFi firmware receives (extra keys are ignored by it)."""
         body: dict = {"command": self.kind, "command_id": self.pk}

@@ -1,10 +1,11 @@
-"""Writes about devices: registration, presence, the active device, and command delivery.
+"""Writes about machines: the communication log, registration and check-in, presence, the
+active machine, slots reported empty, and the serial ports the bridge sees.
 
-Transports (the HTTP device views, the serial bridge) call these and translate the result
-back to bytes; the rules live here.
+Transports (the HTTP device views, the serial bridge, discovery) call these and translate
+the result back to bytes. What happens to a vend (queueing, delivery, confirmation, expiry)
+is the ``transactions`` app's: see ``transactions.delivery`` and ``transactions.confirmation``.
 """
 
-import json
 import logging
 import re
 import time
@@ -14,32 +15,26 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 
 from inventory.choices import MovementReason
 from inventory.models import Slot
 from inventory.services import ensure_slots, set_stock
-from transactions.choices import TransactionState
-from transactions.lifecycle import lock_transaction, transition
-from transactions.models import Transaction
 from vending_site.events import publish, publish_many
-from vending_site.statements import Insert, Select, Update
+from vending_site.statements import Insert
 from vending_site.throttling import count_hits
 
 from . import presence
-from .access import admit_wifi_request, canonical_ip, check_wifi_request
+from .access import admit_wifi_request, canonical_ip
 from .choices import (
-    CommandKind,
-    CommandState,
     Direction,
     LogLevel,
     PortRequest,
     Protocol,
     Transport,
 )
-from .exceptions import CommandNotSupported, DeviceOffline, UnknownDevice
-from .models import MAX_SLOTS, Command, CommunicationLog, Device, SerialPort
+from .exceptions import UnknownDevice
+from .models import MAX_SLOTS, CommunicationLog, Device, SerialPort
 from .protocol import DEVICE_ID_PREFIX, likely_esp32, mac_from_device_id
 from .selectors import DEVICE_BY_ID, canonical_id, device_for_poll, online_devices
 
@@ -242,7 +237,7 @@ def register_device(
     """Create or refresh a device from what it said about itself; mark it seen now.
 
     A new WiFi machine is pending when ``DEVICE_APPROVAL_REQUIRED``: it gets no slots and
-    is not made active until staff approve it (``devices.access.set_approved``). Otherwise
+    is not made active until staff approve it (``devices.approval.set_approved``). Otherwise
     its missing slot rows are created, and it becomes the active device when none is, so a
     single-machine install works without any selection. ``address`` is where the request
     came from (the address approval binds to). ``admitted``: the caller is the operator's
@@ -385,76 +380,26 @@ def mark_seen(device: Device, *, now: datetime | None = None) -> None:
         publish("device", device_payload(device))
 
 
-def queue_command(
-    *,
-    device: Device,
-    kind: CommandKind,
-    slot: int | None = None,
-    txn: Transaction | None = None,
-    require_online: bool = True,
-) -> Command:
-    """Queue a command for delivery at the device's next poll (or by its serial link)."""
-    if not device.supports(kind):
-        raise CommandNotSupported(
-            f"{device.device_id} runs {device.get_protocol_display()}, "
-            f"which does not act on {kind}.",
-            device_id=device.device_id,
-        )
-    if require_online and not device.is_online:
-        raise DeviceOffline(
-            f"{device.device_id} is offline (last seen {_ago(device.last_seen)}).",
-            device_id=device.device_id,
-        )
-    now = timezone.now()
-    command = Command.objects.create(
-        device=device,
-        kind=kind,
-        slot=slot,
-        transaction=txn,
-        created_at=now,
-        expires_at=now + timedelta(seconds=settings.VEND_QUEUE_TTL),
-    )
-    publish("command", {"device_id": device.device_id, "id": command.pk, "kind": kind})
-    wake_links(device)
-    return command
+@dataclass(frozen=True)
+class CheckIn:
+    """A WiFi machine that asked for work, admitted: whether it has queued commands (read
+    with it) and whether this request registered it."""
+
+    device: Device
+    has_pending: bool
+    registered: bool
 
 
-COMMANDS_CHANNEL = "vending_commands"
+def check_in(
+    *, raw_id: str, protocol: Protocol, remote_addr: str = "", endpoint: str = ""
+) -> CheckIn:
+    """A WiFi machine polls: admit it, register it if unknown, note it was seen.
 
-
-def wake_links(device: Device) -> None:
-    """Wake whatever delivers this device's commands (the serial bridge), on PostgreSQL.
-
-    NOTIFY is delivered when the surrounding transaction commits, and not at all if it rolls
-    back, so a listener never hears of a command that does not exist. Elsewhere the bridge
-    finds new commands by looking every 50 ms.
-    """
-    connection = transaction.get_connection()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [COMMANDS_CHANNEL, str(device.pk)])
-
-
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "never"
-    seconds = int((timezone.now() - moment).total_seconds())
-    return f"{seconds} s ago"
-
-
-def poll(
-    *,
-    raw_id: str,
-    protocol: Protocol,
-    remote_addr: str = "",
-    kinds: frozenset[str] | None = None,
-    endpoint: str = "",
-) -> tuple[Device, Command | None]:
-    """A WiFi device asks for work: register it if unknown, note it was seen, and hand it
-    the oldest queued command it can act on, claimed so no other poll can get it.
-
-    An idle poll with a known device is one indexed read; its ``last_seen`` refresh is
-    written by the process's writer, not by the poll (:func:`mark_seen`).
+    Refused before anything is written (:func:`devices.access.admit_wifi_request`): a
+    stranger neither takes a command nor keeps an absent machine looking online, and a flood
+    of new ids stops at the pending cap. A known machine costs one indexed read (which also
+    says whether it has queued commands); its ``last_seen`` refresh is written by the
+    process's writer, not by the poll (:func:`mark_seen`).
     """
     device_id = canonical_id(raw_id)
     device = device_for_poll(device_id)
@@ -464,401 +409,24 @@ def poll(
         raise UnknownDevice(
             f"No device {device_id} is registered; register it first.", device_id=device_id
         )
-    # Refused before anything is written: a stranger neither takes a command nor keeps an
-    # absent machine looking online, and a flood of new ids stops at the pending cap.
     admit_wifi_request(device, device_id=device_id, address=remote_addr)
-    if device is None:
-        device, _created = register_device(
-            raw_id=device_id,
-            protocol=protocol,
-            ip_address=remote_addr or None,
-            address=remote_addr,
-        )
-        has_pending, registered_now = False, True
-    else:
-        has_pending, registered_now = device.has_pending, False
-        mark_seen(device)
-
-    def log(message: str, direction: Direction = Direction.IN, level=LogLevel.INFO) -> None:
-        log_exchange(
-            limited=True,
-            direction=direction,
-            transport=Transport.WIFI,
-            device=device,
-            endpoint=endpoint,
-            remote_addr=remote_addr,
-            message=message,
-            level=level,
-        )
-
-    if registered_now:
-        log("poll from an unregistered device: registered it", level=LogLevel.WARNING)
-    command = (
-        deliver_next_command(device=device, kinds=kinds, endpoint=endpoint, remote_addr=remote_addr)
-        if has_pending
-        else None
-    )
-    if command is None and settings.LOG_IDLE_POLLS:
-        log("poll: no command", level=LogLevel.DEBUG)
-    return device, command
-
-
-def deliver_next_command(
-    *,
-    device: Device,
-    kinds: frozenset[str] | None = None,
-    endpoint: str = "",
-    remote_addr: str = "",
-) -> Command | None:
-    """Claim the next command for a WiFi poll's answer (see :func:`claim_next_command`) and
-    log it as sent.
-
-    With ``WIFI_ONE_VEND_AT_A_TIME``: the deployed firmware works one vend at a time and
-    confirms it before it polls again, so a vend still waiting for its confirmation when the
-    machine is handed the next one was never in its hands: the answer that carried it was
-    lost (a worker killed mid-answer, a reply after the firmware's 3 s timeout). It is
-    flagged ``unconfirmed`` for staff here, at once, because a confirmation names only a
-    slot: left ``sent``, it would be the oldest candidate and take the confirmation of the
-    vend the machine really dispensed (or, when its confirmation was lost, never settled
-    it). On by default; off, PROTOCOL.md's literal rule applies: "the oldest delivered, not
-    yet confirmed".
-    """
-    # One transaction for the claim and everything written about it: if any of it fails
-    # (the database goes away between the claim and its log row), the claim rolls back and
-    # the command stays queued for the next poll; it is never `sent` in an answer that
-    # became an error. After the commit only the answer's bytes are left to send.
-    with transaction.atomic():
-        command = claim_next_command(device=device, kinds=kinds)
-        if command is not None:
-            log_exchange(
-                direction=Direction.OUT,
-                transport=Transport.WIFI,
-                device=device,
-                endpoint=endpoint,
-                remote_addr=remote_addr,
-                message=json.dumps(command.as_wire()),
-            )
-            if command.kind == CommandKind.VEND and settings.WIFI_ONE_VEND_AT_A_TIME:
-                _flag_vends_the_machine_never_got(device=device, delivered=command)
-    return command
-
-
-def _flag_vends_the_machine_never_got(*, device: Device, delivered: Command) -> None:
-    unanswered = (
-        Command.objects.filter(
-            device=device,
-            kind=CommandKind.VEND,
-            state=CommandState.SENT,
-            transaction__state=TransactionState.SENT,
-            sent_at__lte=delivered.sent_at,
-        )
-        .exclude(pk=delivered.pk)
-        .values_list("pk", flat=True)
-    )
-    for command_id in list(unanswered):
-        flag_unconfirmed(
-            command_id=command_id,
-            reason=(
-                "the machine asked for its next command without confirming this one: the "
-                "answer that carried it never reached it"
-            ),
-        )
-
-
-def _next_command(device: int, now: datetime, **only):
-    """The oldest deliverable queued command of ``device`` (of those ``only`` selects),
-    row-locked with SKIP LOCKED where the database can (SQLite has no row locks; Django
-    leaves them out there)."""
-    return (
-        Command.objects.filter(device=device, state=CommandState.QUEUED, expires_at__gt=now, **only)
-        .order_by("created_at", "id")
-        .select_for_update(skip_locked=True, of=("self",))[:1]
-    )
-
-
-# Every poll that delivers a vend runs these: compiled once (vending_site.statements).
-_NEXT_COMMAND = Select(
-    _next_command,
-    device=Command._meta.get_field("device"),
-    now=Command._meta.get_field("expires_at"),
-)
-_NEXT_COMMAND_OF_KIND = Select(
-    lambda device, now, kind: _next_command(device, now, kind=kind),
-    device=Command._meta.get_field("device"),
-    now=Command._meta.get_field("expires_at"),
-    kind=Command._meta.get_field("kind"),
-)
-_CLAIM_COMMAND = Update(
-    lambda pk, sent_at: (
-        Command.objects.filter(pk=pk, state=CommandState.QUEUED),
-        {"state": CommandState.SENT, "sent_at": sent_at},
-    ),
-    pk=Command._meta.pk,
-    sent_at=Command._meta.get_field("sent_at"),
-)
-
-
-def claim_next_command(*, device: Device, kinds: frozenset[str] | None = None) -> Command | None:
-    """Mark the oldest deliverable queued command of ``device`` as sent, and return it.
-
-    The claim is a conditional update (``state = queued``), so with any number of web
-    workers or bridges exactly one of them gets a command. On PostgreSQL the candidate row
-    is locked with SKIP LOCKED so concurrent pollers do not queue behind each other.
-    Expired commands are never delivered; they are expired here on the way.
-    """
-    now = timezone.now()
-    if device.awaiting_approval:
-        # A vend queued in the instant a revoke committed is not handed over; it expires.
-        return None
-    # No savepoint: inside deliver_next_command's transaction a failure rolls it all back.
-    with transaction.atomic(savepoint=False):
-        if kinds is None:
-            command = _NEXT_COMMAND.first(device=device.pk, now=now)
-        elif len(kinds) == 1:
-            (kind,) = kinds
-            command = _NEXT_COMMAND_OF_KIND.first(device=device.pk, now=now, kind=kind)
-        else:
-            command = _next_command(device.pk, now, kind__in=kinds).first()
-        if command is not None:
-            if _CLAIM_COMMAND.run(pk=command.pk, sent_at=now) != 1:
-                command = None
-            else:
-                command.state, command.sent_at = CommandState.SENT, now
-                if command.kind != CommandKind.VEND:
-                    # Nothing confirms STATUS or RESET over WiFi: delivery completes them.
-                    _COMPLETE_COMMAND.run(pk=command.pk, completed_at=now)
-                    command.state = CommandState.COMPLETED
-                if command.transaction_id is not None:
-                    # Locked as every decider of a vend's state locks it (after its command,
-                    # as the confirmation and the sweep do); the move below would lock it.
-                    txn = lock_transaction(command.transaction_id)
-                    # No savepoint: a refused move rolls the whole claim back.
-                    transition(
-                        txn, TransactionState.SENT, note="delivered to device", savepoint=False
-                    )
-    if command is None:
-        expire_due_commands(device=device, now=now)
-    return command
-
-
-EXPIRY_BATCH = 500  # commands expired per call; the next call (or sweep) takes the rest
-
-
-def _due_commands(now: datetime, device: int | None = None):
-    due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now)
     if device is not None:
-        due = due.filter(device=device)
-    return due.values_list("pk")[:EXPIRY_BATCH]
-
-
-# Every vend request looks for its machine's due commands first: compiled once.
-_DUE_COMMANDS_OF_DEVICE = Select(
-    _due_commands,
-    now=Command._meta.get_field("expires_at"),
-    device=Command._meta.get_field("device"),
-)
-
-
-def expire_due_commands(*, device: Device | None = None, now: datetime | None = None) -> int:
-    """Expire queued commands whose time to be delivered has passed; returns how many."""
-    now = now or timezone.now()
-    if device is None:
-        due = list(_due_commands(now))
-    else:
-        due = _DUE_COMMANDS_OF_DEVICE.all(now=now, device=device.pk)
-    count = 0
-    for (command_id,) in due:
-        count += expire_command(command_id=command_id, now=now)
-    return count
-
-
-@transaction.atomic
-def expire_command(*, command_id: int, now: datetime | None = None) -> int:
-    """Expire one queued command (and its vend, returning the unit). Returns 1 or 0."""
-    now = now or timezone.now()
-    expired = Command.objects.filter(pk=command_id, state=CommandState.QUEUED).update(
-        state=CommandState.EXPIRED, completed_at=now
+        mark_seen(device)
+        return CheckIn(device=device, has_pending=device.has_pending, registered=False)
+    device, _created = register_device(
+        raw_id=device_id, protocol=protocol, ip_address=remote_addr or None, address=remote_addr
     )
-    if expired:
-        command = Command.objects.select_related("transaction__device", "transaction__slot").get(
-            pk=command_id
-        )
-        if command.transaction is not None:
-            transition(
-                command.transaction,
-                TransactionState.EXPIRED,
-                failure_reason=f"not delivered within {settings.VEND_QUEUE_TTL} s",
-            )
-    return expired
-
-
-# A confirmation's reads and its command's completion, compiled once
-# (vending_site.statements); its device is read with selectors.DEVICE_BY_ID.
-
-
-def _confirmable_commands(device: int, slot: int):
-    """The delivered VEND commands of ``device`` for ``slot`` whose vend awaits its
-    confirmation: those still inside their window first, then those already flagged
-    ``unconfirmed``; oldest first. Row-locked where the database can."""
-    return (
-        Command.objects.filter(
-            device=device,
-            kind=CommandKind.VEND,
-            slot=slot,
-            state=CommandState.SENT,
-            transaction__state__in=[TransactionState.SENT, TransactionState.UNCONFIRMED],
-        )
-        .annotate(
-            late=Case(
-                When(transaction__state=TransactionState.SENT, then=Value(0)),
-                default=Value(1),
-                output_field=IntegerField(),
-            )
-        )
-        .order_by("late", "sent_at", "id")
-        .select_for_update(of=("self",))[:1]  # no FOR UPDATE where Django has none (SQLite)
-    )
-
-
-_CONFIRMABLE_COMMAND = Select(
-    _confirmable_commands,
-    device=Command._meta.get_field("device"),
-    slot=Command._meta.get_field("slot"),
-)
-_COMPLETE_COMMAND = Update(
-    lambda pk, completed_at: (
-        Command.objects.filter(pk=pk),
-        {"state": CommandState.COMPLETED, "completed_at": completed_at},
-    ),
-    pk=Command._meta.pk,
-    completed_at=Command._meta.get_field("completed_at"),
-)
-
-
-def confirm_vend(
-    *,
-    raw_id: str,
-    slot: int,
-    success: bool,
-    message: str = "",
-    device_timestamp: int | None = None,
-    transport: Transport = Transport.WIFI,
-    endpoint: str = "",
-    remote_addr: str = "",
-    raw_message: str = "",
-) -> Transaction | None:
-    """Settle the vend a device reports on, or log that nothing matched.
-
-    The confirmation carries no command id, so it belongs to the oldest delivered, not
-    yet confirmed vend for that device and slot: one still inside its confirmation window
-    first, else the oldest already flagged ``unconfirmed`` (a late confirmation settles it).
-    Returns the settled transaction, or ``None`` when nothing matched.
-    """
-    device_id = canonical_id(raw_id)
-    device = DEVICE_BY_ID.first(device_id=device_id)
-    if device is not None and transport == Transport.WIFI:
-        check_wifi_request(device, address=remote_addr)
     log_exchange(
         limited=True,
         direction=Direction.IN,
-        transport=transport,
+        transport=Transport.WIFI,
         device=device,
-        device_key=device_id,
         endpoint=endpoint,
         remote_addr=remote_addr,
-        message=raw_message or f"confirm slot {slot} success={success} {message}",
-    )
-    if device is None:
-        _log_unmatched(device_id, transport, endpoint, remote_addr, "unknown device")
-        return None
-    mark_seen(device)
-    with transaction.atomic():
-        command = _CONFIRMABLE_COMMAND.first(device=device.pk, slot=slot)
-        if command is None:
-            settled = None
-        else:
-            _COMPLETE_COMMAND.run(pk=command.pk, completed_at=timezone.now())
-            # Locked, so a sweep flagging it meanwhile waits; if the sweep got there first,
-            # the vend is `unconfirmed` now and the confirmation still settles it.
-            settled = lock_transaction(command.transaction_id)
-            stamp = f" (device clock {device_timestamp} ms)" if device_timestamp is not None else ""
-            # No savepoint: any failure rolls the whole confirmation back.
-            if success:
-                transition(
-                    settled,
-                    TransactionState.SUCCEEDED,
-                    note=f"{message}{stamp}".strip(),
-                    savepoint=False,
-                )
-            else:
-                transition(
-                    settled,
-                    TransactionState.FAILED,
-                    failure_reason=message or "the machine reported a failed vend",
-                    note=f"{message}{stamp}".strip(),
-                    savepoint=False,
-                )
-    if settled is None:
-        _log_unmatched(device_id, transport, endpoint, remote_addr, f"no vend awaits slot {slot}")
-    return settled
-
-
-def _log_unmatched(
-    device_id: str, transport: Transport, endpoint: str, remote_addr: str, why: str
-) -> None:
-    logger.warning("confirmation from %s ignored: %s", device_id, why)
-    log_exchange(
-        limited=True,
-        direction=Direction.IN,
-        transport=transport,
-        device=Device.objects.filter(device_id=device_id).first(),
-        device_key=device_id,
-        endpoint=endpoint,
-        remote_addr=remote_addr,
-        message=f"confirmation ignored: {why}",
+        message="poll from an unregistered device: registered it",
         level=LogLevel.WARNING,
     )
-
-
-# --- For links that know which command they sent (the serial bridge) ----------------------
-
-
-@transaction.atomic
-def settle_vend(*, command_id: int, success: bool, message: str = "") -> Transaction | None:
-    """Settle the vend of a command the caller delivered: succeeded, or failed (unit back).
-
-    A conditional update on the command (``sent`` → ``completed``) makes a second settlement
-    of the same command a no-op, which returns ``None``.
-    """
-    completed = Command.objects.filter(pk=command_id, state=CommandState.SENT).update(
-        state=CommandState.COMPLETED, completed_at=timezone.now()
-    )
-    if not completed:
-        return None
-    txn_id = Command.objects.values_list("transaction_id", flat=True).get(pk=command_id)
-    if txn_id is None:
-        return None
-    txn = lock_transaction(txn_id)
-    if txn.state not in (TransactionState.SENT, TransactionState.UNCONFIRMED):
-        return None
-    if success:
-        return transition(txn, TransactionState.SUCCEEDED, note=message)
-    return transition(
-        txn, TransactionState.FAILED, failure_reason=message or "the machine reported a failure"
-    )
-
-
-@transaction.atomic
-def flag_unconfirmed(*, command_id: int, reason: str) -> Transaction | None:
-    """The outcome of a delivered vend is unknown (no answer, link lost, device rebooted):
-    keep the unit reserved and flag the vend for staff. It is never sent again."""
-    txn_id = Command.objects.values_list("transaction_id", flat=True).get(pk=command_id)
-    if txn_id is None:
-        return None
-    txn = lock_transaction(txn_id)
-    if txn.state != TransactionState.SENT:
-        return None
-    return transition(txn, TransactionState.UNCONFIRMED, note=reason)
+    return CheckIn(device=device, has_pending=False, registered=True)
 
 
 @transaction.atomic

@@ -1,10 +1,15 @@
 """Reads of stock."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.db.models import F, QuerySet
 
-from devices.models import Device
-
 from .models import Slot
+
+if TYPE_CHECKING:
+    from devices.models import Device
 
 
 def low_stock_slots(*, device: Device | None = None) -> QuerySet[Slot]:

@@ -10,10 +10,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from devices.access import issue_device_token, set_approved
+from devices.access import issue_device_token
+from devices.approval import set_approved
 from devices.choices import CommandState, Protocol, Transport
 from devices.models import Command, CommunicationLog, Device
-from devices.services import queue_command
 from devices.tests.helpers import (
     DEVICE_ID,
     MAC,
@@ -26,6 +26,7 @@ from devices.tests.helpers import (
 from devices.tests.test_discovery import Listener, ask
 from inventory.models import Slot
 from tests.factories import ProductFactory, SlotFactory, UserFactory
+from transactions.commands import queue_command
 from transactions.models import Transaction
 from vending_site.limits import RequestTooLarge
 from vending_site.parsers import SafeJSONParser

@@ -278,11 +278,11 @@ def test_status_with_a_new_device_id_each_time_meets_the_address_limit(db, setti
     assert codes == [200, 200, 429, 429]
 
 
-# The sliding-window counter (vending_site.throttling._WindowCounting).
+# The sliding-window counter (vending_site.throttling.WindowCounting).
 
 
 def window_throttle(rate: str, clock: list[float]):
-    from vending_site.throttling import DeviceAddressThrottle
+    from devices.api.throttles import DeviceAddressThrottle
 
     throttle = DeviceAddressThrottle()
     throttle.rate = rate

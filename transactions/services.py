@@ -14,7 +14,6 @@ from devices.access import DeviceNotApproved, approval_message
 from devices.choices import FIRMWARE_MAX_SLOT, CommandKind, CommandState
 from devices.exceptions import DeviceOffline
 from devices.models import Command, Device
-from devices.services import expire_due_commands, queue_command
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
 from inventory.services import lock_device_slot, move_stock
@@ -22,9 +21,11 @@ from vending_site import events
 from vending_site.statements import Insert, Update
 
 from .choices import TransactionState
+from .commands import expire_due_commands, move_commands_of, queue_command
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
 from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
+from .selectors import expired_idempotency_keys
 
 # Rows every vend writes, their INSERTs compiled once (vending_site.statements).
 _NEW_TRANSACTION = Insert(Transaction)
@@ -162,8 +163,8 @@ def _describe(moment: datetime | None) -> str:
 @transaction.atomic
 def cancel_vend(*, txn: Transaction, user: AbstractBaseUser | None = None) -> Transaction:
     """Cancel a vend that has not been delivered yet; the unit is returned."""
-    cancelled = Command.objects.filter(transaction=txn, state=CommandState.QUEUED).update(
-        state=CommandState.CANCELLED, completed_at=timezone.now()
+    cancelled = move_commands_of(
+        txn=txn, from_state=CommandState.QUEUED, to_state=CommandState.CANCELLED
     )
     if not cancelled:
         txn.refresh_from_db(fields=["state"])
@@ -186,9 +187,7 @@ def resolve_unconfirmed(
             f"Transaction {txn.pk} is {txn.state}; only unconfirmed vends are resolved by staff.",
             state=txn.state,
         )
-    Command.objects.filter(transaction=txn, state=CommandState.SENT).update(
-        state=CommandState.COMPLETED, completed_at=timezone.now()
-    )
+    move_commands_of(txn=txn, from_state=CommandState.SENT, to_state=CommandState.COMPLETED)
     if dispensed:
         return transition(
             txn, TransactionState.SUCCEEDED, actor=user, note=note or "staff: dispensed"
@@ -332,6 +331,6 @@ def release_idempotency_key(*, key: IdempotencyKey) -> None:
 
 
 def prune_idempotency_keys(*, now: datetime | None = None) -> int:
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
-    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    """Delete the keys :func:`~transactions.selectors.expired_idempotency_keys` lists."""
+    deleted, _ = expired_idempotency_keys(now=now).delete()
     return deleted

@@ -36,7 +36,7 @@ from rest_framework.permissions import BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from devices.access import accept_address, set_approved
+from devices.approval import accept_address, set_approved
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
 from devices.selectors import get_device

@@ -6,8 +6,8 @@ reach its final state in any of them. Two kinds of numbers, two designs:
 
 **Facts of the database** — devices online, queue depth (queued + sent commands), vends
 awaiting staff (``unconfirmed``) — are computed when Prometheus scrapes, by
-:class:`DatabaseCollector`: three cheap indexed queries, always true whichever process
-changed the rows, and nothing to keep in sync.
+the collectors the apps register (:func:`register_scrape_time`): three cheap indexed queries,
+always true whichever process changed the rows, and nothing to keep in sync.
 
 **Events** — vends by outcome, vend latency, device polls — are counters and histograms in
 prometheus_client's *multiprocess mode*: every process writes its own memory-mapped file under
@@ -52,7 +52,6 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -67,7 +66,6 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import metrics_files
@@ -116,49 +114,15 @@ def record_poll(*, dialect: str) -> None:
 # --- Scrape-time facts --------------------------------------------------------------------
 
 
-class DatabaseCollector:
-    """Gauges read from the database at scrape time (three indexed queries)."""
+SCRAPE_TIME_COLLECTORS: list = []
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        from django.db.models import Count
 
-        from devices.choices import CommandState
-        from devices.models import Command
-        from devices.selectors import online_devices
-        from transactions.choices import TransactionState
-        from transactions.models import Transaction
-
-        online = GaugeMetricFamily(
-            "vending_devices_online", "Devices seen within DEVICE_OFFLINE_AFTER seconds."
-        )
-        online.add_metric([], online_devices().count())
-        yield online
-
-        depth = GaugeMetricFamily(
-            "vending_command_queue_depth",
-            "Commands waiting for delivery (queued) or for their result (sent).",
-            labels=["state"],
-        )
-        counts = dict.fromkeys((CommandState.QUEUED, CommandState.SENT), 0)
-        rows = (
-            Command.objects.filter(state__in=list(counts))
-            .order_by()
-            .values_list("state")
-            .annotate(n=Count("id"))
-        )
-        counts.update(dict(rows))
-        for state, count in counts.items():
-            depth.add_metric([str(state)], count)
-        yield depth
-
-        awaiting = GaugeMetricFamily(
-            "vending_unconfirmed_vends",
-            "Vends in state unconfirmed: the machine never said whether it dispensed.",
-        )
-        awaiting.add_metric(
-            [], Transaction.objects.filter(state=TransactionState.UNCONFIRMED).count()
-        )
-        yield awaiting
+def register_scrape_time(collector) -> None:
+    """Add a collector whose ``collect()`` yields gauges read when Prometheus scrapes (the
+    apps register theirs in their ``AppConfig.ready``: ``devices.metrics``,
+    ``transactions.metrics``). Registering the same class twice keeps the first."""
+    if not any(type(known) is type(collector) for known in SCRAPE_TIME_COLLECTORS):
+        SCRAPE_TIME_COLLECTORS.append(collector)
 
 
 # --- The multiprocess directory -----------------------------------------------------------
@@ -242,7 +206,8 @@ def build_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     root = Path(settings.METRICS_COLLECT_DIR or multiproc_dir())
     registry.register(SharedFilesCollector(root))
-    registry.register(DatabaseCollector())
+    for collector in SCRAPE_TIME_COLLECTORS:
+        registry.register(collector)
     return registry
 
 

@@ -1,11 +1,13 @@
-"""Rate limits (DRF throttles): per user or API key on the REST API, per device on the
-device endpoints.
+"""Rate limits (DRF throttles): how they count, and the site-wide ones (per user or API key
+on the REST API, per address on the token endpoints). The apps' own throttles build on
+:class:`WindowCounting` and :class:`RateFromSettings`: ``devices.api.throttles`` (the device
+endpoints), ``transactions.api.throttles`` (vends).
 
 Rates are read from settings on every request (``API_THROTTLE_*``, ``DEVICE_THROTTLE``), so
 they follow the environment and ``override_settings``. Counts live in the default cache
 (Redis when ``REDIS_URL`` is set, so all workers share them; process memory otherwise).
 
-Counting is a sliding-window counter (:class:`_WindowCounting`), not DRF's list of
+Counting is a sliding-window counter (:class:`WindowCounting`), not DRF's list of
 timestamps: one Redis round trip per throttle (increment this window's counter, read the
 previous window's) instead of a read and a pickled write, and no list that grows with the
 rate. The estimate weighs the previous window by how much of it still overlaps the last
@@ -19,18 +21,17 @@ unreachable they let every request through (``vending_site.cache``).
 A refused request gets 429, ``{"detail", "code": "throttled"}`` and ``Retry-After``.
 """
 
-import re
-
 from django.conf import settings
 from django.core.cache import BaseCache
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 from .network import client_ip
 
-_NOT_ID = re.compile(r"[^A-Z0-9_]")
 
+class RateFromSettings:
+    """The rate from the setting ``rate_setting`` names, read on every request; the ident is
+    the client's address."""
 
-class _RateFromSettings:
     rate_setting: str = ""
 
     def get_rate(self) -> str | None:
@@ -87,7 +88,7 @@ def allow_requests(throttles: list, request, view) -> list:
     ]
 
 
-class _WindowCounting:
+class WindowCounting:
     """``allow_request``/``wait`` of a DRF ``SimpleRateThrottle``, as a sliding-window counter.
 
     Windows are the ``duration``-long spans of the clock (``window = now // duration``). A
@@ -141,82 +142,24 @@ class _WindowCounting:
         return getattr(self, "_wait", None)
 
 
-class AnonThrottle(_WindowCounting, _RateFromSettings, AnonRateThrottle):
+class AnonThrottle(WindowCounting, RateFromSettings, AnonRateThrottle):
     """Unauthenticated callers (the token endpoints, ``/status``, ``/health``), by address."""
 
     rate_setting = "API_THROTTLE_ANON"
 
 
-class UserThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
+class UserThrottle(WindowCounting, RateFromSettings, UserRateThrottle):
     """Reads, per user (each API key is its own user)."""
 
     rate_setting = "API_THROTTLE_USER"
 
 
-class VendThrottle(_WindowCounting, _RateFromSettings, UserRateThrottle):
-    """Vend requests, per user or key: stricter than reads."""
-
-    scope = "vend"
-    rate_setting = "API_THROTTLE_VEND"
-
-
-class AuthThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
+class AuthThrottle(WindowCounting, RateFromSettings, SimpleRateThrottle):
     """The token and token-refresh endpoints, per client address, authenticated or not:
     each request there may cost a password hash (``vending_site.logins``)."""
 
     scope = "auth"
     rate_setting = "AUTH_THROTTLE"
-
-    def get_cache_key(self, request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
-
-
-class DeviceThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
-    """Device endpoints, per claimed device id and sending address (else per address).
-
-    Keyed on the address too, so a sender claiming a machine's id spends its own allowance,
-    never the machine's: only requests from the machine's own address count against the
-    machine (and a bound machine is served from that address alone, devices/access.py).
-
-    The firmware polls every 2 s and sends a register and a confirm now and then, so the
-    default leaves it a wide margin; only a runaway or hostile sender meets the limit. The
-    firmware treats anything but 200 as "no answer" and retries on its own schedule, so a
-    throttled poll only delays a command, but a throttled confirm would leave a vend
-    ``unconfirmed``: keep this generous.
-    """
-
-    scope = "device"
-    rate_setting = "DEVICE_THROTTLE"
-
-    def get_cache_key(self, request, view) -> str:
-        from devices.access import claimed_device_id  # DRF imports this module early
-        from devices.protocol import InvalidDeviceId, normalize_device_id
-
-        claimed = claimed_device_id(request, view)
-        try:
-            # One machine, one count, however it spells its id (the firmware's dialects send
-            # the MAC with or without colons, or the ESP32_ id).
-            claimed = normalize_device_id(claimed)
-        except InvalidDeviceId:
-            pass  # the view refuses it; still counted, under what it claimed
-        # Only id characters in the key (a hostile id must not shape the cache key).
-        device = _NOT_ID.sub("", claimed.upper())[:64]
-        address = _NOT_ID.sub("_", self.get_ident(request).upper())[:64]
-        ident = f"{device}_AT_{address}" if device else address
-        return self.cache_format % {"scope": self.scope, "ident": ident}
-
-
-class DeviceAddressThrottle(_WindowCounting, _RateFromSettings, SimpleRateThrottle):
-    """Device endpoints, per client address, looser than :class:`DeviceThrottle`.
-
-    The per-device limit keys on the id a request claims, and a poll with an unseen id
-    registers a new device; so a sender inventing a new id per request would never meet it.
-    This limit counts every device request from one address, whatever id it claims. One
-    machine is one address on the LAN, so the default is ten machines' worth of margin.
-    """
-
-    scope = "device-address"
-    rate_setting = "DEVICE_ADDRESS_THROTTLE"
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

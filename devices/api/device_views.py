@@ -3,7 +3,9 @@
 The firmware sends no credentials, no cookies and no CSRF token, follows no redirects and
 counts only HTTP 200 as an answer; so these views take no authentication, are CSRF-exempt
 (DRF views without session authentication are) and live at exact paths without a trailing
-slash. They translate bytes to service calls and back; the rules live in ``devices.services``.
+slash. They translate bytes to service calls and back; the rules live in the services:
+``devices.services`` (registration, check-in), ``transactions.delivery`` (the poll's command)
+and ``transactions.confirmation``.
 """
 
 import json
@@ -16,23 +18,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices.access import BrowserRequestRefused, DeviceTokenValid, browser_request_reason
+from devices.api import docs
 from devices.choices import CommandKind, Direction, LogLevel, Protocol, Transport
 from devices.models import Command
 from devices.selectors import canonical_id
-from devices.services import (
-    confirm_vend,
-    log_exchange,
-    poll,
-    register_over_wifi,
-)
+from devices.services import log_exchange, register_over_wifi
+from transactions.confirmation import confirm_vend
+from transactions.delivery import poll
 from vending_site import logging as vlog
 from vending_site import metrics, outages
-from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
 from vending_site.network import client_ip
-from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle, allow_requests
+from vending_site.throttling import allow_requests
 
 from .serializers import DeviceRegistrationSerializer, VendConfirmationSerializer
+from .throttles import DeviceAddressThrottle, DeviceThrottle
 
 log = vlog.get_logger(__name__)
 
@@ -48,6 +48,7 @@ class FirstRenderer(BaseContentNegotiation):
 
 
 class DeviceEndpoint(APIView):
+    serves_firmware = True  # DeviceNetworkMiddleware limits these views to the machines' networks
     content_negotiation_class = FirstRenderer
     authentication_classes = ()
     # Open by default (the firmware sends no credentials); see devices/access.py.

@@ -6,21 +6,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.access import accept_address, set_approved
+from devices.api import docs
+from devices.api.throttles import DeviceAddressThrottle, DeviceThrottle
+from devices.approval import accept_address, set_approved
 from devices.choices import CommandKind
 from devices.models import Device
 from devices.selectors import get_device
-from devices.services import (
-    auto_select_active_device,
-    queue_command,
-    select_active_device,
-)
+from devices.services import auto_select_active_device, select_active_device
 from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
+from transactions.commands import queue_command
 from transactions.services import sweep_if_due
-from vending_site import openapi as docs
 from vending_site.permissions import IsStaff, IsVendClient, is_vend_client
-from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
 
 from .device_views import FirstRenderer
 from .serializers import (

@@ -9,11 +9,12 @@ from django.utils import timezone
 
 from devices.choices import CommandKind, Direction, Protocol, Transport
 from devices.models import Command, CommunicationLog, Device
-from devices.services import log_exchange, queue_command
+from devices.services import log_exchange
 from inventory.choices import MovementReason
 from inventory.models import Slot, StockMovement
 from inventory.services import move_stock
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory
+from transactions.commands import queue_command
 
 pytestmark = pytest.mark.django_db
 

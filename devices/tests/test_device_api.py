@@ -11,10 +11,10 @@ from rest_framework.test import APIClient
 
 from devices.choices import CommandKind, CommandState, Direction, LogLevel, Protocol
 from devices.models import Command, CommunicationLog, Device
-from devices.services import queue_command
 from inventory.choices import MovementReason
 from inventory.models import Slot, StockMovement
 from transactions.choices import TransactionState
+from transactions.commands import queue_command
 from transactions.models import Transaction
 from transactions.services import request_vend
 

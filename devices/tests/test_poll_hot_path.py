@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from devices.choices import CommandKind
 from devices.models import Device
-from devices.services import queue_command
+from transactions.commands import queue_command
 
 from .helpers import poll, poll_documented, writes
 

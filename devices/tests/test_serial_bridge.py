@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from devices.choices import CommandState, Direction, PortRequest, Protocol, Transport
 from devices.models import Command, CommunicationLog, Device, SerialPort
-from devices.serial_bridge import Bridge, LinkConfig, SerialLink, port_device_id
+from devices.serial_bridge import Bridge
+from devices.serial_link import LinkConfig, SerialLink, port_device_id
 from devices.services import PortReport, request_port
 from devices.simulators.serial_firmware import SerialFirmware
 from inventory.models import Slot

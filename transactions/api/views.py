@@ -13,6 +13,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices.selectors import active_device, get_device
+from transactions.api import docs
+from transactions.api.throttles import VendThrottle
 from transactions.choices import SETTLED_STATES
 from transactions.filtersets import TransactionFilterSet
 from transactions.models import Transaction
@@ -24,10 +26,8 @@ from transactions.services import (
     request_vend_once,
     sweep_if_due,
 )
-from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
 from vending_site.permissions import IsVendClient, is_staff
-from vending_site.throttling import VendThrottle
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
 

@@ -9,10 +9,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from devices.services import claim_next_command
 from inventory.choices import MovementReason
 from inventory.models import Slot
 from transactions.choices import TransactionState
+from transactions.delivery import claim_next_command
 from transactions.lifecycle import transition
 from transactions.models import IdempotencyKey, Transaction
 from transactions.services import request_vend

@@ -9,8 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from devices.models import Command, Device
-from devices.services import claim_next_command
 from transactions.choices import TransactionState
+from transactions.delivery import claim_next_command
 from transactions.exceptions import IdempotencyKeyInUse
 from transactions.models import IdempotencyKey, Transaction
 from transactions.services import (

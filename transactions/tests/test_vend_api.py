@@ -11,11 +11,12 @@ from django.db import connection
 from django.utils import timezone
 
 from devices.models import Device
-from devices.services import claim_next_command, confirm_vend
 from inventory.choices import MovementReason
 from inventory.models import Slot, StockMovement
 from inventory.services import restock_to_capacity
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
+from transactions.confirmation import confirm_vend
+from transactions.delivery import claim_next_command
 from transactions.models import IdempotencyKey, Transaction
 from transactions.services import request_fingerprint, request_vend
 

@@ -192,7 +192,7 @@ def test_a_key_not_verified_yet_costs_two_reads_more(machine, kiosk):
 
 
 def test_a_confirmation_costs_these_statements_and_no_more(machine, kiosk, settings):
-    from devices.services import claim_next_command
+    from transactions.delivery import claim_next_command
 
     settings.DEVICE_SEEN_WRITE_INTERVAL = 3600  # the machine was just seen: no presence write
     txn_id = vend(kiosk, 2, None).json()["id"]

@@ -8,12 +8,12 @@ from django.utils import timezone
 from devices.maintenance import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
-    expired_idempotency_keys,
     old_communication_log,
     parse_age,
     prune_communication_log,
     prune_pending_devices,
 )
+from transactions.selectors import expired_idempotency_keys
 from transactions.services import prune_idempotency_keys
 from vending_site.events import prune_live_events
 from vending_site.logins import prune_login_records

@@ -1,0 +1,12 @@
+"""Rate limits of the vend endpoints. Counting: ``vending_site.throttling``."""
+
+from rest_framework.throttling import UserRateThrottle
+
+from vending_site.throttling import RateFromSettings, WindowCounting
+
+
+class VendThrottle(WindowCounting, RateFromSettings, UserRateThrottle):
+    """Vend requests, per user or key: stricter than reads."""
+
+    scope = "vend"
+    rate_setting = "API_THROTTLE_VEND"
