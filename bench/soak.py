@@ -56,12 +56,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._fleet_load import PG_ADMIN, SERVERS, FleetStack, summary
+from bench._fleet_load import SERVERS, fleet_stack, prepare, start_server, summary
 from bench.fleet_polling import POLL_INTERVAL, WSGI, _load
+from tests.scratch import databases
+from tests.scratch.net import free_port
+from tests.scratch.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/11"
-DB_PREFIX = "soak"
+DB_PREFIX = "soak_"
 TARGET_DEVICES = 1000
 TARGET_VEND_RATE = 20.0
 SAMPLE_EVERY = 10.0
@@ -207,7 +210,7 @@ class Sampler:
     """Called with each interval's load figures (in a worker thread); appends a sample of
     the processes, PostgreSQL and Redis to :attr:`samples`."""
 
-    def __init__(self, stack: FleetStack, *, log=print) -> None:
+    def __init__(self, stack: Stack, *, log=print) -> None:
         import psycopg2
         import redis
 
@@ -215,7 +218,7 @@ class Sampler:
         self.samples: list[dict] = []
         self.workers_seen: set[int] = set()
         self.lock = threading.Lock()
-        self.pg = psycopg2.connect(connect_timeout=5, **PG_ADMIN)
+        self.pg = psycopg2.connect(databases.pg_admin_url(), connect_timeout=5)
         self.pg.autocommit = True
         self.redis = None
         if stack.redis_url:
@@ -230,7 +233,7 @@ class Sampler:
         import psutil
 
         found = {}
-        for child in self.stack.children:
+        for child in self.stack.children.values():
             label = getattr(child, "label", "server")
             try:
                 root = psutil.Process(child.pid)
@@ -264,7 +267,7 @@ class Sampler:
             cursor.execute(
                 "SELECT coalesce(state, 'other'), count(*) FROM pg_stat_activity "
                 "WHERE datname = %s GROUP BY 1",
-                (self.stack.db_name,),
+                (self.stack.database,),
             )
             return dict(cursor.fetchall())
 
@@ -320,31 +323,15 @@ def format_sample(sample: dict) -> str:
 # --- the run ------------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _scalar(stack: Stack, query: str) -> int:
+    return stack.sql(query)[0][0] or 0
 
 
-def _scalar(stack: FleetStack, query: str) -> int:
-    import psycopg2
-
-    connection = psycopg2.connect(stack.database_url, connect_timeout=5)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetchone()[0] or 0
-    finally:
-        connection.close()
+def _open_vends(stack: Stack) -> int:
+    return databases.count_open_vends(stack.database_url)
 
 
-def _open_vends(stack: FleetStack) -> int:
-    return _scalar(
-        stack, "SELECT count(*) FROM transactions_transaction WHERE state IN ('queued', 'sent')"
-    )
-
-
-def account(stack: FleetStack, last_movement: int, stats: dict) -> dict:
+def account(stack: Stack, last_movement: int, stats: dict) -> dict:
     """tests/accounting.py on the scratch database, in a child process (Django there)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=stack.workdir, delete=False) as f:
         json.dump(
@@ -426,7 +413,7 @@ def run(
     ``every`` seconds, settle, account; everything within ``seconds + OVERRUN``."""
     deadline = time.monotonic() + seconds + OVERRUN
     age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
-    stack = FleetStack(db_prefix=DB_PREFIX, redis_url=REDIS_URL)
+    stack = fleet_stack("soak_bench_")
     stack.env.update(env or {})
     sampler = None
     notes = []
@@ -434,11 +421,18 @@ def run(
         started = time.monotonic()
         # Each (machine, slot) the vend clients pick gets at most this many vends.
         stock = math.ceil(seconds * vend_rate / devices) + 5
-        seeded = stack.create(devices=devices, keys=keys, stock=stock)
-        stack.start(server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
-        stack.start_command("sweeper", "sweep_commands", "--every", "5")
-        stack.start_command(
-            "discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(free_udp_port())
+        seeded = prepare(
+            stack, devices=devices, keys=keys, stock=stock, db_prefix=DB_PREFIX, redis_url=REDIS_URL
+        )
+        ports = start_server(stack, server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
+        stack.start("sweeper", "sweep_commands", "--every", "5")
+        stack.start(
+            "discovery",
+            "run_discovery",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port(socket.SOCK_DGRAM)),
         )
         last_movement = _scalar(stack, "SELECT max(id) FROM inventory_stockmovement")
         setup = time.monotonic() - started
@@ -452,7 +446,7 @@ def run(
         sampler({"at": 0.0})  # before the first poll
         stats = asyncio.run(
             _load(
-                stack.ports,
+                ports,
                 devices=devices,
                 seconds=load_seconds,
                 vend_rate=vend_rate,
@@ -481,7 +475,7 @@ def run(
         return {
             "scenario": "soak",
             "server": server,
-            "database": stack.db_name,
+            "database": stack.database,
             "conn_max_age": age,
             "devices": devices,
             "vend_rate": vend_rate,
@@ -507,7 +501,7 @@ def run(
             shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
-def _server_trouble(stack: FleetStack) -> list[str]:
+def _server_trouble(stack: Stack) -> list[str]:
     signs = (
         "Traceback",
         "WORKER TIMEOUT",

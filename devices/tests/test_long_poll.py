@@ -25,15 +25,9 @@ from devices.api.long_poll import holding
 from devices.choices import CommandState
 from devices.models import Command
 from tests.factories import stocked_device
-from tests.integration.processes import (
-    ROOT,
-    child_env,
-    free_port,
-    loopback_opener,
-    start_command,
-    stop,
-    wait_for_http,
-)
+from tests.scratch import ROOT
+from tests.scratch.children import child_env, start_command, stop
+from tests.scratch.net import free_port, loopback_opener, wait_http
 from transactions.services import request_vend
 from vending_site.settings import long_poll_seconds
 
@@ -164,7 +158,7 @@ def server(request, django_db_setup, django_db_blocker):
         "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null", **extra
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process=process)
+        wait_http(f"http://127.0.0.1:{port}/health", process=process)
         yield {"url": f"http://127.0.0.1:{port}", "layer": request.param}
     finally:
         code, output = stop(process)
