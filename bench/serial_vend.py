@@ -58,7 +58,9 @@ def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
         DATA_DIR=data_dir,
         PROMETHEUS_MULTIPROC_DIR=str(Path(data_dir) / "metrics"),
         DJANGO_SETTINGS_MODULE="vending_site.settings",
-        DATABASE_URL=databases.database_url(database) if postgres else f"sqlite:///{data_dir}/db.sqlite3",
+        DATABASE_URL=databases.database_url(database)
+        if postgres
+        else f"sqlite:///{data_dir}/db.sqlite3",
     )
     if postgres:
         os.environ["REDIS_URL"] = redis_url()
