@@ -46,7 +46,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +58,7 @@ from bench._fleet_load import SERVERS, fleet_stack, prepare, start_server
 from bench.fleet_polling import POLL_INTERVAL, WSGI, _load
 from bench.soak_sampler import Sampler
 from tests.scratch import databases
-from tests.scratch.net import free_port
+from tests.scratch.net import StackError, free_port
 from tests.scratch.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,17 +222,11 @@ def account(stack: Stack, last_movement: int, stats: dict) -> dict:
             },
             f,
         )
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__)), "account", f.name],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=TEARDOWN,
-    )
-    if done.returncode != 0:
-        return {"ok": False, "line": "accounting failed to run", "error": done.stderr[-3000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        out = stack.run(str(Path(__file__)), "account", f.name, timeout=TEARDOWN)
+    except StackError as exc:
+        return {"ok": False, "line": "accounting failed to run", "error": str(exc)[-3000:]}
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _account_child(path: str) -> dict:
