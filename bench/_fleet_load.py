@@ -3,10 +3,12 @@
 - :class:`Pool`: raw HTTP/1.1 keep-alive connections over asyncio streams, round-robin over
   the server's ports, bounded in number; a request waits for a free connection, and that
   wait counts in its latency (the caller measures from the scheduled time).
-- :class:`FleetStack`: a scratch PostgreSQL database (``fleet_*``), Redis db 15 and the web
-  server under test (granian, Daphne, uvicorn or gunicorn), every child ended by :meth:`close`.
-- ``python bench/_fleet_load.py seed '{...}'``: the child that registers and stocks the
-  devices and creates the API keys, through the project's own services.
+- :func:`fleet_stack`, :func:`prepare` and :func:`start_server`: the scratch stack
+  (``tests.scratch``) set up for a fleet run: a scratch PostgreSQL database (``fleet_*``),
+  Redis db 15, the machines and API keys, and the web server under test (granian, Daphne,
+  uvicorn or gunicorn).
+- ``python bench/_fleet_load.py stub PORT``: a keep-alive server without Django (the
+  generator's own floor).
 
 Everything talks to 127.0.0.1 only.
 """
@@ -14,22 +16,27 @@ Everything talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
-import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.scratch.net import free_port  # noqa: E402
+from tests.scratch.stack import Stack, web_argv  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/15"
+FLEET_ENV = {
+    "DEBUG": "false",
+    "LOG_LEVEL": "WARNING",
+    "WEB_ACCESS_LOG": "false",
+    "SECURE_SSL_REDIRECT": "false",
+}
 SERVERS = ("granian", "daphne", "uvicorn", "gunicorn", "gunicorn-asgi", "stub")
 
 
@@ -195,24 +202,6 @@ class Pool:
 # --- the stack ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pg_admin(statement: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(connect_timeout=5, **PG_ADMIN)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list[list[str]]:
     """The command lines of the server under test; access logs off for every server."""
     python = sys.executable
@@ -261,8 +250,6 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
         # The production web server as shipped (deploy/web.py, started the way the tests
         # start it): WEB_WORKERS x WEB_THREADS (default 2 x 8) on one port; the access log
         # is off through WEB_ACCESS_LOG in the stack's environment.
-        from tests.integration.scratch_stack import web_argv
-
         return [web_argv(f"127.0.0.1:{ports[0]}")]
     if server == "gunicorn":
         # gunicorn's WSGI workers, the production server before granian, kept for the
@@ -320,160 +307,50 @@ def server_commands(server: str, ports: list[int], gunicorn_worker: str) -> list
     raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
 
 
-class FleetStack:
-    """Scratch database + Redis db 15 + the server under test; :meth:`close` ends it all.
+def fleet_stack(workdir_prefix: str = "fleet_bench_") -> Stack:
+    """A :class:`~tests.scratch.stack.Stack` with the settings as shipped (throttles
+    included), quiet logs and no HTTPS redirect; its work directory (the servers' logs) is
+    kept after :meth:`~tests.scratch.stack.Stack.close`."""
+    return Stack(FLEET_ENV, Path(tempfile.mkdtemp(prefix=workdir_prefix)))
 
-    ``db_prefix`` and ``redis_url`` let another harness (``bench/soak.py``) keep its
-    scratch database and Redis database apart from the fleet benchmark's; ``redis_url``
-    ``""`` runs without Redis."""
 
-    def __init__(self, *, db_prefix: str = "fleet", redis_url: str = REDIS_URL) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{db_prefix}_bench_"))
-        self.db_name = f"{db_prefix}_{os.getpid()}_{secrets.token_hex(3)}"
-        self.database_url = f"postgres://postgres@127.0.0.1:5432/{self.db_name}"
-        self.redis_url = redis_url
-        self.env = dict(
-            os.environ,
-            PYTHONUNBUFFERED="1",
-            DJANGO_SETTINGS_MODULE="vending_site.settings",
-            DATABASE_URL=self.database_url,
-            REDIS_URL=redis_url,
-            SECRET_KEY=secrets.token_urlsafe(40),
-            DATA_DIR=str(self.workdir),
-            PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
-            DEBUG="false",
-            LOG_LEVEL="WARNING",
-            WEB_ACCESS_LOG="false",
-            SECURE_SSL_REDIRECT="false",
-        )
-        self.env.pop("SERVER_SOFTWARE", None)
-        if not redis_url:
-            self.env.pop("REDIS_URL")
-        self.children: list[subprocess.Popen] = []
-        self.created = False
-        self.ports: list[int] = []
+def prepare(
+    stack: Stack,
+    *,
+    devices: int,
+    keys: int,
+    stock: int,
+    db_prefix: str = "fleet_",
+    redis_url: str = REDIS_URL,
+) -> dict:
+    """A scratch database ``<db_prefix>*`` (migrated), Redis ``redis_url`` flushed (``""``:
+    none), ``devices`` machines with ``stock`` units per slot and ``keys`` API keys;
+    ``{"keys": [...], "devices": n}``."""
+    stack.create_database(db_prefix)
+    if redis_url:
+        stack.use_redis(redis_url)
+    return stack.seed_fleet(devices=devices, keys=keys, stock=stock)
 
-    def create(self, *, devices: int, keys: int, stock: int, timeout: float = 300) -> dict:
-        """Create and migrate the database, flush its Redis db, seed devices and API keys."""
-        self.flush_redis()
-        _pg_admin(f'CREATE DATABASE "{self.db_name}"')
-        self.created = True
-        self._run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], timeout)
-        seed = json.dumps({"devices": devices, "keys": keys, "stock": stock})
-        out = self._run([sys.executable, str(Path(__file__)), "seed", seed], timeout)
-        return json.loads(out.strip().splitlines()[-1])
 
-    def flush_redis(self) -> None:
-        if not self.redis_url:
-            return
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=3)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-
-    def start_command(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-        """``manage.py <args>`` beside the server (the sweeper, the discovery listener),
-        logged to ``<name>.log`` and ended with the server by :meth:`stop_server`."""
-        return self._spawn(
-            [sys.executable, "manage.py", *args], name, name, dict(self.env, **(env or {}))
-        )
-
-    def _spawn(self, argv: list[str], log_name: str, label: str, env: dict) -> subprocess.Popen:
-        """``argv`` in its own session, logged to ``<log_name>.log``, one of :attr:`children`."""
-        log = open(self.workdir / f"{log_name}.log", "w")
-        process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        process.log = log
-        process.label = label
-        self.children.append(process)
-        return process
-
-    def _run(self, argv: list[str], timeout: float) -> str:
-        result = subprocess.run(
-            argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{argv[1:3]} exited {result.returncode}:\n{result.stderr[-3000:]}")
-        return result.stdout
-
-    def start(
-        self,
-        server: str,
-        *,
-        gunicorn_worker: str = "gthread",
-        conn_max_age: int = 0,
-        timeout: float = 120,
-    ) -> None:
-        """Start the server under test and wait until every port answers ``/health``
-        (``/status`` lists every machine: slow with thousands of them)."""
-        env = dict(self.env, CONN_MAX_AGE=str(conn_max_age))
-        count = 2 if server in ("daphne", "uvicorn", "stub") else 1
-        self.ports = [free_port() for _ in range(count)]
-        for index, argv in enumerate(server_commands(server, self.ports, gunicorn_worker)):
-            self._spawn(argv, f"{server}-{index}", server, env)
-        deadline = time.monotonic() + timeout
-        for port in self.ports:
-            while True:
-                if any(child.poll() is not None for child in self.children):
-                    raise RuntimeError(f"{server} exited early:\n{self.logs()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{server} did not answer on {port}:\n{self.logs()[-3000:]}")
-                time.sleep(0.3)
-
-    def logs(self, server: str = "") -> str:
-        paths = sorted(self.workdir.glob(f"{server}-[0-9]*.log" if server else "*.log"))
-        return "".join(path.read_text(errors="replace") for path in paths)
-
-    def processes(self):
-        """psutil handles of every server process (masters and workers)."""
-        import psutil
-
-        found = []
-        for child in self.children:
-            try:
-                root = psutil.Process(child.pid)
-                found.append(root)
-                found.extend(root.children(recursive=True))
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
-    def stop_server(self, timeout: float = 10) -> None:
-        for child in self.children:
-            if child.poll() is None:
-                try:
-                    os.killpg(child.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for child in self.children:
-            try:
-                child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.wait(timeout=timeout)
-            child.log.close()
-        self.children = []
-
-    def close(self) -> None:
-        try:
-            self.stop_server()
-        finally:
-            if self.created:
-                _pg_admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-                self.created = False
+def start_server(
+    stack: Stack,
+    server: str,
+    *,
+    gunicorn_worker: str = "gthread",
+    conn_max_age: int = 0,
+    timeout: float = 120,
+) -> list[int]:
+    """Start the server under test (logs ``<server>-<n>.log``, label ``server``) and wait
+    until every port answers ``/health`` (``/status`` lists every machine: slow with
+    thousands of them); its ports. :meth:`~tests.scratch.stack.Stack.stop` ends it."""
+    count = 2 if server in ("daphne", "uvicorn", "stub") else 1
+    ports = [free_port() for _ in range(count)]
+    env = {"CONN_MAX_AGE": str(conn_max_age)}
+    for index, argv in enumerate(server_commands(server, ports, gunicorn_worker)):
+        stack.start_argv(f"{server}-{index}", argv, env=env, label=server)
+    for index, port in enumerate(ports):
+        stack.wait_ready(f"{server}-{index}", f"http://127.0.0.1:{port}/health", timeout)
+    return ports
 
 
 class CpuMeter:
@@ -519,115 +396,7 @@ class CpuMeter:
         }
 
 
-# --- the child: seeding through the project's services -------------------------------------
-
-
-def device_id(index: int) -> str:
-    return f"ESP32_{mac(index).replace(':', '')}"
-
-
-def mac(index: int) -> str:
-    """Locally administered MACs 02:F1:EE:xx:xx:xx, one per simulated device."""
-    return "02:F1:EE:" + ":".join(f"{(index >> s) & 0xFF:02X}" for s in (16, 8, 0))
-
-
-def machine_address(index: int) -> str:
-    """The LAN address a simulated machine speaks from: its requests carry it in
-    ``X-Forwarded-For`` (as nginx adds it; loopback is a trusted proxy), and it is the
-    address the machine is bound to (devices/access.py)."""
-    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
-
-
-def _seed(devices: int, keys: int, stock: int) -> dict:
-    """The first machine through the services (register, stock through the ledger); the
-    others copied from it in bulk, ledger rows included, so every quantity is explained.
-    (The services publish a live event per call: about 0.2 s per machine, too slow for
-    2000 of them.)"""
-    from django.db import transaction
-    from rest_framework_api_key.models import APIKey
-
-    from devices.choices import Protocol, Transport
-    from devices.models import Device
-    from devices.services import register_device
-    from inventory.choices import MovementReason
-    from inventory.models import Product, Slot, StockMovement
-    from inventory.services import set_stock
-
-    products = [
-        Product.objects.get_or_create(
-            sku=f"FLEET-{n}", defaults={"name": f"Fleet item {n}", "price": 1}
-        )[0]
-        for n in range(1, 6)
-    ]
-    first, _ = register_device(
-        raw_id=device_id(0),
-        transport=Transport.WIFI,
-        protocol=Protocol.WIFI_V2,
-        slot_count=5,
-        admitted=True,  # the operator's own machines
-        address=machine_address(0),
-    )
-    for slot in Slot.objects.filter(device=first).order_by("number"):
-        Slot.objects.filter(pk=slot.pk).update(
-            product=products[slot.number - 1], capacity=max(stock, 10)
-        )
-        slot.refresh_from_db()
-        set_stock(slot=slot, quantity=stock, reason=MovementReason.RESTOCK)
-    first.refresh_from_db()
-    template = {
-        field.attname: getattr(first, field.attname)
-        for field in Device._meta.concrete_fields
-        if field.name not in ("id", "device_id", "mac_address", "is_active")
-    }
-    slots = list(Slot.objects.filter(device=first).order_by("number"))
-    movement = StockMovement.objects.filter(slot=slots[0]).first()
-    with transaction.atomic():
-        made = Device.objects.bulk_create(
-            [
-                Device(
-                    **{
-                        **template,
-                        "bound_address": machine_address(index),
-                        "last_address": machine_address(index),
-                    },
-                    device_id=device_id(index),
-                    mac_address=mac(index),
-                    is_active=False,
-                )
-                for index in range(1, devices)
-            ],
-            batch_size=500,
-        )
-        new_slots = Slot.objects.bulk_create(
-            [
-                Slot(
-                    device=device,
-                    number=slot.number,
-                    product_id=slot.product_id,
-                    quantity=slot.quantity,
-                    capacity=slot.capacity,
-                    low_stock_threshold=slot.low_stock_threshold,
-                )
-                for device in made
-                for slot in slots
-            ],
-            batch_size=1000,
-        )
-        StockMovement.objects.bulk_create(
-            [
-                StockMovement(
-                    slot=slot,
-                    delta=slot.quantity,
-                    quantity_after=slot.quantity,
-                    reason=movement.reason,
-                    note="fleet benchmark seed",
-                )
-                for slot in new_slots
-            ],
-            batch_size=1000,
-        )
-    api_keys = [APIKey.objects.create_key(name=f"fleet-bench-{n}")[1] for n in range(keys)]
-    return {"keys": api_keys, "devices": devices}
+# --- the stub server ----------------------------------------------------------------------
 
 
 async def _stub(port: int) -> None:
@@ -666,16 +435,9 @@ async def _stub(port: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[0] == "stub":
-        asyncio.run(_stub(int(argv[1])))
-        return
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    if argv[0] != "seed":
+    if argv[0] != "stub":
         raise SystemExit(f"unknown command {argv[0]!r}")
-    sys.stdout.write("\n" + json.dumps(_seed(**json.loads(argv[1]))) + "\n")
+    asyncio.run(_stub(int(argv[1])))
 
 
 if __name__ == "__main__":

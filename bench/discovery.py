@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 
 from bench.common import (
     ROOT,
-    ScratchStack,
-    free_port,
+    bench_stack,
     make_row,
     open_loop,
     services_available,
 )
+from tests.scratch.net import free_port
+from tests.scratch.stack import Stack
 
 NAME = "discovery"
 REQUEST = b"DISCOVER_FLASK_SERVER"
@@ -247,7 +248,7 @@ def measure(
     *,
     rate: float,
     seconds: float,
-    stack: ScratchStack | None,
+    stack: Stack | None,
     generator: str = "epoll",
 ) -> UdpLoad:
     """One open-loop run against a fresh ``server`` ("real": run_discovery in ``stack``)."""
@@ -295,7 +296,7 @@ def run(
     rate, seconds = 200, seconds or (2 if quick else 6)
     postgres = not services_available()
     rows, losses = [], {}
-    with ScratchStack(postgres=postgres) as stack:
+    with bench_stack(postgres=postgres) as stack:
         for server in servers:
             load = measure(server, rate=rate, seconds=seconds, stack=stack, generator=generator)
             rows.append(_row(server, load, rate))
@@ -313,8 +314,8 @@ def run(
     return {"scenario": NAME, "rows": rows, "notes": notes}
 
 
-def _recorded(stack: ScratchStack) -> int | str:
-    if not stack.postgres:
+def _recorded(stack: Stack) -> int | str:
+    if not stack.database:
         return "(not counted on SQLite)"
     query = "SELECT count(*) FROM devices_communicationlog WHERE endpoint = 'udp discovery'"
     return stack.sql(query)[0][0]

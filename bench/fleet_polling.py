@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._fleet_load import (
     SERVERS,
     CpuMeter,
-    FleetStack,
     HttpError,
     Pool,
-    device_id,
-    mac,
-    machine_address,
+    fleet_stack,
+    prepare,
+    start_server,
     summary,
 )
+from tests.scratch.seed import device_id, mac, machine_address
 
 NAME = "fleet_polling"
 POLL_INTERVAL = 2.0  # firmware v2.1
@@ -337,26 +337,26 @@ def measure(
     import psutil
 
     rows, notes = [], []
-    stack = FleetStack()
+    stack = fleet_stack()
     try:
         started = time.monotonic()
         if set(servers) == {"stub"}:  # no Django, no database
             seeded = {"keys": ["stub.key"], "devices": max(device_counts)}
         else:
             most = max([*device_counts, *(n for _server, n in then)])
-            seeded = stack.create(devices=most, keys=key_count, stock=20)
+            seeded = prepare(stack, devices=most, keys=key_count, stock=20)
             log(f"seeded {seeded['devices']} machines in {time.monotonic() - started:.0f} s")
         plan = [(server, device_counts) for server in servers]
         plan += [(server, [devices]) for server, devices in then]
         for server, counts in plan:
             age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
-            stack.start(server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
+            ports = start_server(stack, server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
             try:
                 for devices in counts:
                     meters = (CpuMeter(stack.processes()), CpuMeter([psutil.Process()]))
                     stats = asyncio.run(
                         _load(
-                            stack.ports,
+                            ports,
                             devices=devices,
                             seconds=seconds,
                             vend_rate=vend_rate,
@@ -368,10 +368,10 @@ def measure(
                         rows.append(row)
                         log(format_row(row))
             finally:
-                stack.stop_server()
+                stack.stop()
             label = server + (f" ({gunicorn_worker})" if server == "gunicorn" else "")
             notes.append(f"{label}: CONN_MAX_AGE={age}; {describe(server, gunicorn_worker)}")
-            notes += _server_trouble(label, stack.logs(server))
+            notes += _server_trouble(label, stack.logs(f"{server}-[0-9]*"))
     finally:
         stack.close()
     notes.append(f"server logs kept in {stack.workdir}")

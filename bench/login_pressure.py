@@ -61,8 +61,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._fleet_load import CpuMeter, HttpError, Pool, summary
-from bench.common import ScratchStack, exit_on_sigterm, machine_info
+from bench.common import bench_stack, exit_on_sigterm, machine_info
 from bench.fleet_polling import POLL_INTERVAL, POLL_TIMEOUT, WARMUP, _load
+from tests.scratch.stack import Stack
 
 NAME = "login_pressure"
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,26 +190,23 @@ async def _phase(
 # --- the stack ------------------------------------------------------------------------------
 
 
-def _start_tier(stack: ScratchStack, devices: int) -> tuple[list[int], list]:
+def _start_tier(stack: Stack, devices: int) -> tuple[list[int], list]:
     """The web tier as shipped on ``stack`` with ``devices`` admitted machines and the user
     :attr:`stack.username`; its port and psutil handles of its processes."""
     import psutil
 
     stack.seed([], [])  # the user whose password is guessed (no machine)
-    stack.run(
-        "bench/_fleet_load.py", "seed", json.dumps({"devices": devices, "keys": 0, "stock": 20})
-    )
-    [url] = stack.start_web()
+    stack.seed_fleet(devices=devices, keys=0, stock=20)
+    url = stack.start_web()
     root = psutil.Process(stack.children["web"].pid)
     return [int(url.rsplit(":", 1)[1])], [root, *root.children(recursive=True)]
 
 
-def _stack(env: dict[str, str]) -> ScratchStack:
-    stack = ScratchStack(env)
+def _stack(env: dict[str, str]) -> Stack:
+    stack = bench_stack(env)
     for name in SHIPPED:
         if name not in env:
             stack.env.pop(name, None)
-    stack.env["DJANGO_SETTINGS_MODULE"] = "vending_site.settings"  # for the seeding child
     return stack
 
 

@@ -31,20 +31,16 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     BASE_ENV,
+    DB_PREFIX,
     PASSWORD,
-    KeepAliveClient,
-    create_database,
-    database_url,
-    drop_database,
     exit_on_sigterm,
-    flush_redis,
     get_token,
     make_row,
     redis_url,
     services_available,
-    template_database,
-    wait_http,
 )
+from tests.scratch import databases  # noqa: E402
+from tests.scratch.net import Client, wait_http  # noqa: E402
 
 NAME = "serial_vend"
 DEVICE_ID = "ESP32_USB_BENCH1"
@@ -55,18 +51,20 @@ QUIET = ("--access-log", "/dev/null")
 def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
     """Run the vends; latencies in seconds from each vend's scheduled time."""
     data_dir = tempfile.mkdtemp(prefix="vending-bench-")
-    database = create_database() if postgres else ""
+    database = databases.create_database(DB_PREFIX, template=True) if postgres else ""
     # A scratch database always: never the developer's DATA_DIR or DATABASE_URL.
     os.environ.update(
         BASE_ENV,
         DATA_DIR=data_dir,
         PROMETHEUS_MULTIPROC_DIR=str(Path(data_dir) / "metrics"),
         DJANGO_SETTINGS_MODULE="vending_site.settings",
-        DATABASE_URL=database_url(database) if postgres else f"sqlite:///{data_dir}/db.sqlite3",
+        DATABASE_URL=databases.database_url(database)
+        if postgres
+        else f"sqlite:///{data_dir}/db.sqlite3",
     )
     if postgres:
         os.environ["REDIS_URL"] = redis_url()
-        flush_redis()
+        databases.flush_redis(redis_url())
     else:
         os.environ.pop("REDIS_URL", None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -133,7 +131,7 @@ def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", timeout=60, process=web)
         token = get_token(url, "bench")
-        client = KeepAliveClient(url, headers={"Authorization": f"Bearer {token}"})
+        client = Client(url, headers={"Authorization": f"Bearer {token}"})
 
         accepted, to_line, settled, errors = [], [], [], []
         not_sent = 0
@@ -192,8 +190,8 @@ def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
             from django.db import connections
 
             connections.close_all()
-            drop_database(database)
-            flush_redis()
+            databases.drop_database(database)
+            databases.flush_redis(redis_url())
     return {
         "vends": vends,
         "interval": interval,
@@ -237,7 +235,8 @@ def run(quick: bool) -> dict:
     env = dict(os.environ)
     if not services_available():
         command.append("--postgres")
-        env["BENCH_TEMPLATE_DB"] = template_database()  # the harness's: no second migration
+        # The harness's template: the child clones it instead of migrating again.
+        env[databases.TEMPLATE_ENV] = databases.migrated_template(DB_PREFIX)
     child = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

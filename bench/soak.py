@@ -46,22 +46,24 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._fleet_load import PG_ADMIN, SERVERS, FleetStack, summary
+from bench._fleet_load import SERVERS, fleet_stack, prepare, start_server
 from bench.fleet_polling import POLL_INTERVAL, WSGI, _load
+from bench.soak_sampler import Sampler
+from tests.scratch import databases
+from tests.scratch.net import StackError, free_port
+from tests.scratch.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/11"
-DB_PREFIX = "soak"
+DB_PREFIX = "soak_"
 TARGET_DEVICES = 1000
 TARGET_VEND_RATE = 20.0
 SAMPLE_EVERY = 10.0
@@ -108,11 +110,6 @@ PROCESS_METRICS = ("rss_mb", "fds", "sockets")
 # at the fleet target: 176 -> 192 in one worker, 161 -> 140 in the other). A leak in any
 # worker still raises the sum; memory stays judged per process.
 POOLED_METRICS = ("fds", "sockets")
-# What a server's parent process is called beside its workers: granian's "main" process,
-# gunicorn's "master".
-PARENT_NAMES = {"granian": "main"}
-
-
 # --- the verdict (pure) -------------------------------------------------------------------
 
 
@@ -203,148 +200,18 @@ def all_flat(judged: dict) -> bool:
 # --- sampling -----------------------------------------------------------------------------
 
 
-class Sampler:
-    """Called with each interval's load figures (in a worker thread); appends a sample of
-    the processes, PostgreSQL and Redis to :attr:`samples`."""
-
-    def __init__(self, stack: FleetStack, *, log=print) -> None:
-        import psycopg2
-        import redis
-
-        self.stack, self.log = stack, log
-        self.samples: list[dict] = []
-        self.workers_seen: set[int] = set()
-        self.lock = threading.Lock()
-        self.pg = psycopg2.connect(connect_timeout=5, **PG_ADMIN)
-        self.pg.autocommit = True
-        self.redis = None
-        if stack.redis_url:
-            self.redis = redis.Redis.from_url(
-                stack.redis_url, socket_timeout=3, single_connection_client=True
-            )
-            self.redis_self = self.redis.client_id()
-            self.redis_db = int(stack.redis_url.rsplit("/", 1)[1] or 0)
-
-    def processes(self) -> dict:
-        """``"<label> [pid]"`` -> psutil.Process for every server process now."""
-        import psutil
-
-        found = {}
-        for child in self.stack.children:
-            label = getattr(child, "label", "server")
-            try:
-                root = psutil.Process(child.pid)
-                kids = root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                continue
-            parent = f" {PARENT_NAMES.get(label, 'master')}" if kids else ""
-            found[f"{label}{parent} [{root.pid}]"] = root
-            for kid in kids:
-                found[f"{label} worker [{kid.pid}]"] = kid
-                self.workers_seen.add(kid.pid)
-        return found
-
-    @staticmethod
-    def process_figures(process) -> dict | None:
-        import psutil
-
-        try:
-            with process.oneshot():
-                return {
-                    "rss_mb": round(process.memory_info().rss / 2**20, 2),
-                    "fds": process.num_fds(),
-                    "sockets": len(process.net_connections(kind="inet")),
-                    "threads": process.num_threads(),
-                }
-        except psutil.Error:  # it ended between the listing and now
-            return None
-
-    def pg_connections(self) -> dict:
-        with self.pg.cursor() as cursor:
-            cursor.execute(
-                "SELECT coalesce(state, 'other'), count(*) FROM pg_stat_activity "
-                "WHERE datname = %s GROUP BY 1",
-                (self.stack.db_name,),
-            )
-            return dict(cursor.fetchall())
-
-    def redis_clients(self) -> tuple[int | None, int | None]:
-        """Clients on our database (ourselves excluded), and on the whole server."""
-        if self.redis is None:
-            return None, None
-        clients = self.redis.client_list()
-        ours = [
-            c
-            for c in clients
-            if int(c.get("db", -1)) == self.redis_db and int(c["id"]) != self.redis_self
-        ]
-        return len(ours), len(clients)
-
-    def __call__(self, figures: dict) -> None:
-        sample = {"t": round(figures.get("at", 0.0), 1), "processes": {}}
-        for name, process in self.processes().items():
-            measured = self.process_figures(process)
-            if measured is not None:
-                sample["processes"][name] = measured
-        by_state = self.pg_connections()
-        sample["pg_connections"] = sum(by_state.values())
-        sample["pg_by_state"] = by_state
-        sample["redis_clients"], sample["redis_clients_server"] = self.redis_clients()
-        for kind in ("poll", "vend", "confirm"):
-            sample[kind] = summary(figures.get(kind, []))
-            sample[kind]["errors"] = sum(figures.get(f"{kind}_errors", {}).values())
-            sample[kind]["error_kinds"] = figures.get(f"{kind}_errors", {})
-        sample["commands"] = figures.get("commands", 0)
-        with self.lock:
-            self.samples.append(sample)
-        self.log(format_sample(sample))
-
-    def close(self) -> None:
-        self.pg.close()
-        if self.redis is not None:
-            self.redis.close()
-
-
-def format_sample(sample: dict) -> str:
-    rss = sum(p["rss_mb"] for p in sample["processes"].values())
-    poll, vend = sample["poll"], sample["vend"]
-    return (
-        f"t={sample['t']:>6.0f}s  polls {poll['count']:>5} p50 {poll['p50']:>7.1f} "
-        f"p99 {poll['p99']:>7.1f} ms err {poll['errors']:>4}  vends {vend['count']:>4} "
-        f"err {vend['errors']:>3}  pg conns {sample['pg_connections']:>3}  "
-        f"redis clients {sample['redis_clients']}  RSS {rss:>7.1f} MB in "
-        f"{len(sample['processes'])} processes"
-    )
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _scalar(stack: Stack, query: str) -> int:
+    return stack.sql(query)[0][0] or 0
 
 
-def _scalar(stack: FleetStack, query: str) -> int:
-    import psycopg2
-
-    connection = psycopg2.connect(stack.database_url, connect_timeout=5)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetchone()[0] or 0
-    finally:
-        connection.close()
+def _open_vends(stack: Stack) -> int:
+    return databases.count_open_vends(stack.database_url)
 
 
-def _open_vends(stack: FleetStack) -> int:
-    return _scalar(
-        stack, "SELECT count(*) FROM transactions_transaction WHERE state IN ('queued', 'sent')"
-    )
-
-
-def account(stack: FleetStack, last_movement: int, stats: dict) -> dict:
+def account(stack: Stack, last_movement: int, stats: dict) -> dict:
     """tests/accounting.py on the scratch database, in a child process (Django there)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=stack.workdir, delete=False) as f:
         json.dump(
@@ -355,17 +222,11 @@ def account(stack: FleetStack, last_movement: int, stats: dict) -> dict:
             },
             f,
         )
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__)), "account", f.name],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=TEARDOWN,
-    )
-    if done.returncode != 0:
-        return {"ok": False, "line": "accounting failed to run", "error": done.stderr[-3000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        out = stack.run(str(Path(__file__)), "account", f.name, timeout=TEARDOWN)
+    except StackError as exc:
+        return {"ok": False, "line": "accounting failed to run", "error": str(exc)[-3000:]}
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _account_child(path: str) -> dict:
@@ -426,7 +287,7 @@ def run(
     ``every`` seconds, settle, account; everything within ``seconds + OVERRUN``."""
     deadline = time.monotonic() + seconds + OVERRUN
     age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
-    stack = FleetStack(db_prefix=DB_PREFIX, redis_url=REDIS_URL)
+    stack = fleet_stack("soak_bench_")
     stack.env.update(env or {})
     sampler = None
     notes = []
@@ -434,11 +295,18 @@ def run(
         started = time.monotonic()
         # Each (machine, slot) the vend clients pick gets at most this many vends.
         stock = math.ceil(seconds * vend_rate / devices) + 5
-        seeded = stack.create(devices=devices, keys=keys, stock=stock)
-        stack.start(server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
-        stack.start_command("sweeper", "sweep_commands", "--every", "5")
-        stack.start_command(
-            "discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(free_udp_port())
+        seeded = prepare(
+            stack, devices=devices, keys=keys, stock=stock, db_prefix=DB_PREFIX, redis_url=REDIS_URL
+        )
+        ports = start_server(stack, server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
+        stack.start("sweeper", "sweep_commands", "--every", "5")
+        stack.start(
+            "discovery",
+            "run_discovery",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port(socket.SOCK_DGRAM)),
         )
         last_movement = _scalar(stack, "SELECT max(id) FROM inventory_stockmovement")
         setup = time.monotonic() - started
@@ -452,7 +320,7 @@ def run(
         sampler({"at": 0.0})  # before the first poll
         stats = asyncio.run(
             _load(
-                stack.ports,
+                ports,
                 devices=devices,
                 seconds=load_seconds,
                 vend_rate=vend_rate,
@@ -481,7 +349,7 @@ def run(
         return {
             "scenario": "soak",
             "server": server,
-            "database": stack.db_name,
+            "database": stack.database,
             "conn_max_age": age,
             "devices": devices,
             "vend_rate": vend_rate,
@@ -507,7 +375,7 @@ def run(
             shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
-def _server_trouble(stack: FleetStack) -> list[str]:
+def _server_trouble(stack: Stack) -> list[str]:
     signs = (
         "Traceback",
         "WORKER TIMEOUT",

@@ -15,13 +15,13 @@ import secrets
 import socket
 
 from bench.common import (
-    ScratchStack,
-    free_port,
+    bench_stack,
     get_token,
     make_row,
     open_loop,
     thread_client,
 )
+from tests.scratch.net import free_port
 
 NAME = "vend_api"
 DEVICES = [f"ESP32_BE0C4000{n:04X}" for n in range(1, 11)]
@@ -35,8 +35,8 @@ def run(quick: bool) -> dict:
     count = rate * seconds
     stock = count // (len(DEVICES) * SLOTS) + 20  # every slot keeps units to the end
     udp = free_port(socket.SOCK_DGRAM)
-    with ScratchStack() as stack:
-        urls = stack.start_web()
+    with bench_stack() as stack:
+        urls = [stack.start_web()]
         # The rest of the production topology, idling beside the workers as it would.
         stack.start("sweeper", "sweep_commands", "--every", "5")
         stack.start("discovery", "run_discovery", "--host", "127.0.0.1", "--port", str(udp))

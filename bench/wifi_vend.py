@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 
-from bench.common import ScratchStack, get_token, make_row, open_loop, thread_client
+from bench.common import bench_stack, get_token, make_row, open_loop, thread_client
 from devices.simulators.wifi_firmware import WifiFirmware
 
 NAME = "wifi_vend"
@@ -57,7 +57,7 @@ def measure(quick: bool) -> tuple[list[dict], str]:
     devices, per_device, spread = (4, 1, 4.0) if quick else (6, 4, PERIOD)
     witness = Witness()
     seed = secrets.randbelow(0xFFFF)
-    with ScratchStack({}) as stack:
+    with bench_stack({}) as stack:
         urls = stack.start_workers(2)
         stack.start("sweeper", "sweep_commands", "--every", "5")
         machines = [

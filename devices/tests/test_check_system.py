@@ -25,7 +25,8 @@ from devices.system_checks import (
     check_web,
 )
 from tests.factories import DeviceFactory
-from tests.integration.processes import free_port, read_until, start_command, stop, wait_for_http
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import free_port, wait_http
 
 LOOPBACK = "127.0.0.1"
 NETWORK_CHECKS = ("--skip", "serial", "--skip", "discovery", "--skip", "web")
@@ -60,7 +61,7 @@ def web_url():
     process = start_command("serve", "--host", LOOPBACK, "--port", str(port))
     url = f"http://{LOOPBACK}:{port}/health"
     try:
-        wait_for_http(url, timeout=30, process=process)
+        wait_http(url, timeout=30, process=process)
         yield url
     finally:
         stop(process)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from devices.discovery import RateLimiter, local_address_towards, serve
 from devices.models import CommunicationLog
 from devices.protocol import DISCOVERY_REQUESTS, discovery_reply
-from tests.integration.processes import read_until, start_command, stop
+from tests.scratch.children import read_until, start_command, stop
 
 
 def test_both_request_forms_get_their_own_answer():

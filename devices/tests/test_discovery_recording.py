@@ -12,7 +12,7 @@ from devices.choices import Direction, Transport
 from devices.discovery import Recorder
 from devices.models import CommunicationLog
 from devices.services import Exchange, log_exchanges
-from tests.integration.processes import read_until, start_command, stop
+from tests.scratch.children import read_until, start_command, stop
 from vending_site.models import LiveEvent
 
 

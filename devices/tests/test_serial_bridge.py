@@ -17,7 +17,7 @@ from devices.services import PortReport, request_port
 from devices.simulators.serial_firmware import SerialFirmware
 from inventory.models import Slot
 from tests.factories import stocked_device as shared_stocked_device
-from tests.integration.processes import wait_for
+from tests.scratch.net import wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend

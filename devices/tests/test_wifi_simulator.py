@@ -23,7 +23,8 @@ from devices.simulators.wifi_firmware import (
 )
 from inventory.models import Slot
 from tests.factories import stocked_device
-from tests.integration.processes import free_port, read_until, start_command, stop, wait_for
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import free_port, wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend

@@ -21,7 +21,9 @@ from django.conf import global_settings
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
-from tests.integration.processes import ROOT, free_port, start_command, stop, wait_for_http
+from tests.scratch import ROOT
+from tests.scratch.children import start_command, stop
+from tests.scratch.net import free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 NO_CHROMIUM = f"Chromium not installed at {CHROMIUM}: browser tests skipped"
@@ -171,7 +173,7 @@ def serve(**env: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/health")
+        wait_http(f"{url}/health")
         yield url
     finally:
         code, output = stop(server)

@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import CHROMIUM, NO_CHROMIUM, STAFF_PASSWORD, log_in
 from tests.factories import DeviceFactory
-from tests.integration.processes import ROOT
+from tests.scratch import ROOT
 
 
 def test_staff_log_in_through_the_admin_form_and_see_the_device_list(

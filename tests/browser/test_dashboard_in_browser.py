@@ -10,7 +10,8 @@ from devices.models import Device
 from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.demo import load_demo_data, load_demo_fleet
 from tests.browser.conftest import STAFF_PASSWORD, log_in
-from tests.integration.processes import start_command, stop, wait_for
+from tests.scratch.children import start_command, stop
+from tests.scratch.net import wait_for
 
 WIFI_MACHINE = "ESP32_020000000001"
 

@@ -15,7 +15,8 @@ from devices.services import log_exchange
 from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.demo import DEMO_DEVICE_ID, load_demo_data, load_demo_fleet
 from tests.browser.conftest import STAFF_PASSWORD, log_in
-from tests.integration.processes import read_until, start_command, stop, wait_for
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import wait_for
 from transactions.choices import TransactionState
 from transactions.lifecycle import transition
 from transactions.models import Transaction

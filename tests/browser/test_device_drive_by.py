@@ -17,7 +17,7 @@ from django.utils import timezone
 from devices.choices import CommandState
 from devices.models import Command, Device
 from tests.factories import stocked_device
-from tests.integration.processes import free_port
+from tests.scratch.net import free_port
 from transactions.models import Transaction
 from transactions.services import request_vend
 

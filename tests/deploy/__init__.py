@@ -2,7 +2,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from tests.integration.processes import run_python
+from tests.scratch.children import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_SERVER = ROOT / "deploy" / "web.py"

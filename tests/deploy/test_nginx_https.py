@@ -27,7 +27,8 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.deploy import load_prod_local
-from tests.integration.processes import ROOT, free_port
+from tests.scratch import ROOT
+from tests.scratch.net import free_port
 
 START_TIMEOUT = 180.0  # migrate + collectstatic on a fresh database, then the servers
 STOP_TIMEOUT = 40.0  # deploy/web.py lets its requests finish for up to 20 s

@@ -21,17 +21,10 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy import dry_run_web
-from tests.integration.processes import (
-    ROOT,
-    child_env,
-    free_port,
-    loopback_opener,
-    request,
-    run_python,
-    wait_for,
-    wait_for_http,
-)
-from tests.integration.scratch_stack import web_argv
+from tests.scratch import ROOT
+from tests.scratch.children import child_env, run_python
+from tests.scratch.net import free_port, loopback_opener, request, wait_for, wait_http
+from tests.scratch.stack import web_argv
 from vending_site.metrics_files import pid_alive, pid_of
 
 DEVICE = "ESP32_A0B1C2D3E4F5"
@@ -112,7 +105,7 @@ def start_web(tmp_path):
         directory = tmp_path / f"web{len(started)}"
         server = WebServer(directory, WEB_WORKERS=str(workers), WEB_THREADS="2", **env)
         started.append(server)
-        wait_for_http(f"{server.url}/health", timeout=60, process=server.process)
+        wait_http(f"{server.url}/health", timeout=60, process=server.process)
         wait_for(lambda: len(server.workers()) == workers, 30, "every worker")
         # The tests start from every worker ready (the early stop has a test of its own).
         wait_for(lambda: server.started() == workers, 30, "every worker ready")

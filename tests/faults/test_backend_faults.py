@@ -30,9 +30,10 @@ import psycopg2
 import pytest
 
 from tests.faults.proxy import FaultProxy
-from tests.integration import scratch_stack
-from tests.integration.processes import free_port, wait_for_http
-from tests.integration.processes import request as http_request
+from tests.scratch import databases
+from tests.scratch.net import free_port, reachable, wait_http
+from tests.scratch.net import request as http_request
+from tests.scratch.stack import Stack
 
 pytestmark = pytest.mark.postgres
 
@@ -53,16 +54,16 @@ def request(url, method, path, body=None, headers=None):
 
 
 def _admin():
-    connection = psycopg2.connect(connect_timeout=3, **scratch_stack.PG_ADMIN)
+    connection = psycopg2.connect(databases.pg_admin_url(), connect_timeout=3)
     connection.autocommit = True
     return connection
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not scratch_stack.reachable(5432):
+    if not reachable(5432):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    if not scratch_stack.reachable(6379):
+    if not reachable(6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
     import redis
 
@@ -76,7 +77,7 @@ def stack(tmp_path_factory):
     cache.flushdb()
     pg_proxy = FaultProxy(5432, lifetime=300).start()
     redis_proxy = FaultProxy(6379, lifetime=300).start()
-    stack = scratch_stack.Stack(
+    stack = Stack(
         {
             "DATABASE_URL": direct,
             "REDIS_URL": REDIS_DB_URL,
@@ -105,7 +106,7 @@ def stack(tmp_path_factory):
         stack.start("web", "serve", "--host", "127.0.0.1", "--port", str(port))
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_for_http(f"{url}/status", timeout=60, process=stack.children["web"])
+            wait_http(f"{url}/status", timeout=60, process=stack.children["web"])
         except AssertionError as exc:
             raise AssertionError(f"{exc}:\n{stack.output('web')[-3000:]}") from None
         status, _, body = request(

@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 
 from devices.models import CommunicationLog
 from tests.factories import UserFactory
-from tests.integration.processes import free_port, run_python
+from tests.scratch.children import run_python
+from tests.scratch.net import free_port
 from vending_site import events
 from vending_site.cache import FailOpenRedisCache
 from vending_site.permissions import VEND_CLIENT_GROUP

@@ -16,19 +16,18 @@ and from the machines' own records nothing lost, dispensed twice or unexpected.
 """
 
 import json
-import shutil
 import time
 from collections import Counter
 
 import psycopg2
 import pytest
 
-from bench._fleet_load import FleetStack
 from bench.common import BASE_ENV
 from tests import accounting
 from tests.faults import pg_cluster
 from tests.faults.test_backend_faults import RECOVERY, Load, check_answers, request
-from tests.integration import scratch_stack
+from tests.scratch import databases
+from tests.scratch.stack import Stack
 
 pytestmark = pytest.mark.postgres
 
@@ -59,27 +58,25 @@ def restart_stack():
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{DATABASE}"')
         admin.close()
-        web = FleetStack(db_prefix=DATABASE, redis_url="")
-        web.env.update(
-            BASE_ENV,
-            DATABASE_URL=cluster.url(DATABASE),
-            DATABASE_CONNECT_TIMEOUT="2",
-            DATABASE_STATEMENT_TIMEOUT="2",
-            OUTAGE_RETRY_AFTER="2",
-            IDEMPOTENCY_LOCK_TIMEOUT="3",
-            DEVICE_OFFLINE_AFTER="60",
-            VEND_QUEUE_TTL="120",
-            VEND_CONFIRM_TIMEOUT="15",
-        )
-        # Migrate and seed as a child with the web tier's own environment.
-        helper = scratch_stack.Stack(
-            {k: v for k, v in web.env.items() if k != "PYTHONUNBUFFERED"}, web.workdir
+        stack = Stack(
+            dict(
+                BASE_ENV,
+                DATABASE_URL=cluster.url(DATABASE),
+                DATABASE_CONNECT_TIMEOUT="2",
+                DATABASE_STATEMENT_TIMEOUT="2",
+                OUTAGE_RETRY_AFTER="2",
+                IDEMPOTENCY_LOCK_TIMEOUT="3",
+                DEVICE_OFFLINE_AFTER="60",
+                VEND_QUEUE_TTL="120",
+                VEND_CONFIRM_TIMEOUT="15",
+                CONN_MAX_AGE="60",
+            )
         )
         try:
-            setup = helper.seed(DEVICES, [60] * 5, "kiosk", PASSWORD)
-            web.start("granian", conn_max_age=60)
-            sweeper = web.start_command("sweeper", "sweep_commands", "--every", "1")
-            url = f"http://127.0.0.1:{web.ports[0]}"
+            # Migrate and seed as a child with the web tier's own environment.
+            setup = stack.seed(DEVICES, [60] * 5, "kiosk", PASSWORD)
+            url = stack.start_web("granian")
+            sweeper = stack.start("sweeper", "sweep_commands", "--every", "1")
             status, _, body = request(
                 url, "POST", "/api/v1/auth/token/", {"username": "kiosk", "password": PASSWORD}
             )
@@ -88,14 +85,13 @@ def restart_stack():
                 "cluster": cluster,
                 "url": url,
                 "token": body["access"],
-                "helper": helper,
-                "web": web,
+                "helper": stack,
+                "web": stack.children["granian"],
                 "sweeper": sweeper,
                 "ledger_after_setup": setup["ledger_after_setup"],
             }
         finally:
-            web.close()  # granian's main process and workers, the sweeper (bounded)
-            shutil.rmtree(web.workdir, ignore_errors=True)
+            stack.close()  # granian's main process and workers, the sweeper (bounded)
 
 
 def restart_under_load(cluster, load: Load, mode: str) -> dict:
@@ -149,7 +145,7 @@ def test_postgres_restarted_under_load_answers_503_never_hangs_and_loses_nothing
         load.drain.set()  # kiosks stop; machines go on until the queues are empty
         deadline = time.monotonic() + SETTLE
         while time.monotonic() < deadline:
-            if not scratch_stack.count_open_vends(cluster.url(DATABASE)):
+            if not databases.count_open_vends(cluster.url(DATABASE)):
                 break
             time.sleep(0.5)
         time.sleep(1.0)  # a confirmation in flight lands
@@ -160,15 +156,15 @@ def test_postgres_restarted_under_load_answers_503_never_hangs_and_loses_nothing
         check_answers(outcome)
         # The outage was seen (and answered as one), so the checks above had work to do.
         assert any(status == 503 for _kind, status in outcome["statuses"]), outcome["statuses"]
-    assert s["web"].children[0].poll() is None, "granian's main process died"
-    assert s["sweeper"].poll() is None, s["web"].logs()[-3000:]
+    assert s["web"].poll() is None, "granian's main process died"
+    assert s["sweeper"].poll() is None, s["helper"].output("sweeper")[-3000:]
 
     # The accounting: stock, the server's vends against the kiosks', the machines' records.
     assert not load.given_up, f"vends never settled: {load.given_up}"
     report = json.loads(
         s["helper"].run(
             "-m",
-            "tests.integration.scratch_stack",
+            "tests.scratch.seed",
             "report",
             json.dumps({"ledger_after_setup": s["ledger_after_setup"]}),
         )

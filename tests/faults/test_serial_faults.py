@@ -18,7 +18,8 @@ from devices.models import Device
 from devices.simulators.serial_firmware import SerialFirmware
 from tests import accounting
 from tests.factories import stocked_device
-from tests.integration.processes import read_until, start_command, stop, wait_for
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import wait_for
 from transactions.choices import TransactionState
 from transactions.models import Transaction, TransactionEvent
 from transactions.services import request_vend

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from bench import soak
-from tests.integration import scratch_stack
+from tests.scratch import databases
+from tests.scratch.net import reachable
 
 RSS = soak.THRESHOLDS["rss_mb"]
 
@@ -136,7 +137,7 @@ def _labels(processes: dict) -> list[str]:
 
 @pytest.mark.postgres
 def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
-    if not scratch_stack.reachable(6379):
+    if not reachable(6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
     result = soak.run(
         devices=20, seconds=16, vend_rate=1.0, every=4.0, keep_logs=False, log=lambda line: None
@@ -192,7 +193,7 @@ def test_a_short_soak_samples_every_process_loses_nothing_and_stays_flat():
     # The scratch database is gone.
     import psycopg2
 
-    admin = psycopg2.connect(connect_timeout=3, **scratch_stack.PG_ADMIN)
+    admin = psycopg2.connect(databases.pg_admin_url(), connect_timeout=3)
     try:
         with admin.cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (result["database"],))

@@ -14,14 +14,8 @@ from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.models import StockMovement
 from tests import accounting
 from tests.factories import stocked_device
-from tests.integration.processes import (
-    free_port,
-    read_until,
-    start_command,
-    stop,
-    wait_for,
-    wait_for_http,
-)
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import free_port, wait_for, wait_http
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
@@ -54,7 +48,7 @@ def test_a_vend_never_confirmed_is_flagged_once_keeps_its_unit_and_is_never_rede
     stocked_device(machine.device_id, quantity=3)
     machine_stop = None
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=40, process=web)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=40, process=web)
         read_until(sweeper, "sweeping every", timeout=40)
         machine_stop = machine.start()
         wait_for(lambda: machine.registered and machine.polls >= 1, 10, "the first poll")

@@ -11,7 +11,7 @@ import sys
 import time
 
 from bench.common import make_row, open_loop, percentile
-from tests.integration.processes import ROOT
+from tests.scratch import ROOT
 
 ROW_KEYS = {"metric", "unit", "count", "errors", "p50", "p95", "p99", "max", "target", "met"}
 

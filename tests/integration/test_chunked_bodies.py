@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-from tests.integration.processes import ROOT, child_env, free_port, wait_for_http
-from tests.integration.scratch_stack import web_argv
+from tests.scratch import ROOT
+from tests.scratch.children import child_env
+from tests.scratch.net import free_port, wait_http
+from tests.scratch.stack import web_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,7 +115,7 @@ class Server:
 def server(request, tmp_path):
     server = Server(request.param, tmp_path)
     try:
-        wait_for_http(f"http://127.0.0.1:{server.port}/health", timeout=60, process=server.process)
+        wait_http(f"http://127.0.0.1:{server.port}/health", timeout=60, process=server.process)
         yield server
     finally:
         code = server.stop()

@@ -13,14 +13,8 @@ from django.contrib.auth.models import Group
 from devices.choices import Protocol, Transport
 from devices.simulators.serial_firmware import SerialFirmware
 from tests.factories import stocked_device
-from tests.integration.processes import (
-    free_port,
-    loopback_opener,
-    read_until,
-    start_command,
-    stop,
-    wait_for_http,
-)
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import free_port, loopback_opener, wait_http
 from vending_site.permissions import VEND_CLIENT_GROUP
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,7 +50,7 @@ def stack():
     bridge = start_command("run_serial_bridge", "--port", firmware.path, "--reply-timeout", "3")
     processes = {"web": web, "discovery": discovery, "bridge": bridge}
     try:
-        wait_for_http(f"http://127.0.0.1:{web_port}/health")
+        wait_http(f"http://127.0.0.1:{web_port}/health")
         read_until(discovery, "discovery listening")
         read_until(bridge, f"connected to {SERIAL_ID}")
         yield {"url": f"http://127.0.0.1:{web_port}", "udp": udp_port, "firmware": firmware}

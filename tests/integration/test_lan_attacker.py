@@ -23,7 +23,8 @@ from devices.models import CommunicationLog, Device
 from devices.simulators.wifi_firmware import WifiFirmware, mac_for
 from tests.accounting import accepted_vends, count_outcomes, wifi_dispenses
 from tests.factories import stocked_device
-from tests.integration.processes import free_port, start_server, stop, wait_for_http
+from tests.scratch.children import start_server, stop
+from tests.scratch.net import free_port, wait_http
 from transactions.models import Transaction
 from transactions.services import request_vend
 
@@ -132,7 +133,7 @@ def test_a_lan_attacker_takes_fakes_and_blocks_nothing_and_every_vend_comes_out_
     attacker = Attacker(port)
     accepted = []
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         firmware.start(stop_machine)
         stop_at = time.monotonic() + ATTACK_SECONDS
         attack = threading.Thread(

@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from tests.integration.processes import free_port, read_until, start_command, stop
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -41,8 +41,9 @@ import pytest
 
 from devices.simulators.wifi_firmware import WifiFirmware, device_id_for, mac_for
 from tests import accounting
-from tests.integration import scratch_stack
-from tests.integration.processes import free_port, request, wait_for, wait_for_http
+from tests.scratch import databases
+from tests.scratch.net import free_port, reachable, request, wait_for, wait_http
+from tests.scratch.stack import Stack, web_argv
 
 WORKERS = 4  # granian worker processes
 THREADS = 4  # threads per worker
@@ -58,32 +59,36 @@ KEPT = {"succeeded", "unconfirmed"}
 REFUNDED = {"failed", "expired", "cancelled"}
 SETTLED = KEPT | REFUNDED
 PASSWORD = "sigkill-password-1"
+# Redis database 9: the events-consumer tests use 3, a developer's server usually 0.
+# SCRATCH_REDIS_URL and SCRATCH_DATABASE_PREFIX: engineers sharing one server tell theirs apart.
+REDIS_URL = os.environ.get("SCRATCH_REDIS_URL") or databases.redis_url(9)
+DATABASE_PREFIX = os.environ.get("SCRATCH_DATABASE_PREFIX", "vending_sigkill") + "_"
 VEND_DEADLINE = 25.0  # seconds one client spends on one vend, retries included
 
 
 @pytest.fixture
 def scratch(tmp_path):
     """The throwaway database and the private Redis database, removed afterwards."""
-    if not scratch_stack.reachable(5432):
+    if not reachable(5432):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    if not scratch_stack.reachable(6379) or not scratch_stack.redis_usable():
+    if not reachable(6379) or not databases.redis_usable(REDIS_URL):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-    url = scratch_stack.create_database()
-    scratch_stack.flush_redis()
+    name = databases.create_database(DATABASE_PREFIX)
+    databases.flush_redis(REDIS_URL)
     try:
-        yield url
+        yield databases.database_url(name)
     finally:
-        scratch_stack.drop_database(url)
-        scratch_stack.flush_redis()
+        databases.drop_database(name)
+        databases.flush_redis(REDIS_URL)
 
 
 @pytest.fixture
 def stack(scratch, tmp_path):
     """Migrated database, seeded machines and stock, and every process running."""
-    stack = scratch_stack.Stack(
+    stack = Stack(
         {
             "DATABASE_URL": scratch,
-            "REDIS_URL": scratch_stack.REDIS_URL,
+            "REDIS_URL": REDIS_URL,
             "DATA_DIR": str(tmp_path),
             # Not the suite's metrics files (settings exported the shared directory).
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
@@ -111,7 +116,7 @@ def stack(scratch, tmp_path):
     try:
         setup = stack.seed(device_ids, STOCK, "kiosk", PASSWORD)
         port = free_port()
-        stack.start_web("web", f"127.0.0.1:{port}")
+        stack.start_argv("web", web_argv(f"127.0.0.1:{port}"))
         url = f"http://127.0.0.1:{port}"
         stack.start("sweeper", "sweep_commands", "--every", "0.5")
         stack.start(
@@ -119,7 +124,7 @@ def stack(scratch, tmp_path):
         )
         stack.start("bridge", "run_serial_bridge")
         try:
-            wait_for_http(f"{url}/health", timeout=60, process=stack.children["web"])
+            wait_http(f"{url}/health", timeout=60, process=stack.children["web"])
             wait_for(lambda: len(workers_of(stack.children["web"])) == WORKERS, 60, "workers")
         except AssertionError as exc:
             raise AssertionError(f"{exc}:\n{stack.output('web')[-3000:]}") from None
@@ -314,7 +319,7 @@ def test_a_worker_killed_mid_burst_loses_and_duplicates_no_vend(stack):
 
         fired = time.monotonic()
         for _ in range(180):  # 45 s at most
-            if scratch_stack.count_open_vends(stack["database"]) == 0:
+            if databases.count_open_vends(stack["database"]) == 0:
                 break
             time.sleep(0.25)
         else:
@@ -336,9 +341,7 @@ def test_a_worker_killed_mid_burst_loses_and_duplicates_no_vend(stack):
 
 def snapshot(stack) -> dict:
     arguments = json.dumps({"ledger_after_setup": stack["ledger_after_setup"]})
-    return json.loads(
-        stack["stack"].run("-m", "tests.integration.scratch_stack", "report", arguments)
-    )
+    return json.loads(stack["stack"].run("-m", "tests.scratch.seed", "report", arguments))
 
 
 def check(records, devices, report, clients, accepted_at_kill, duration) -> None:

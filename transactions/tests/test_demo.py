@@ -12,7 +12,7 @@ from django.utils import timezone
 from devices.models import Device
 from inventory.demo import DEMO_FLEET, load_demo_fleet
 from inventory.models import Slot
-from tests.integration.processes import read_until, start_command, stop
+from tests.scratch.children import read_until, start_command, stop
 from transactions.models import Transaction
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from tests.integration.processes import read_until, start_command, stop, wait_for
+from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import wait_for
 from vending_site import heartbeat
 from vending_site.heartbeat import (
     DISCOVERY,

@@ -11,8 +11,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
 from tests.factories import UserFactory
-from tests.integration.processes import free_port, start_command, start_server, stop, wait_for_http
 from tests.integration.websocket import OP_CLOSE, OP_TEXT, WebSocket
+from tests.scratch.children import start_command, start_server, stop
+from tests.scratch.net import free_port, wait_http
 from vending_site.consumers import (
     CATCH_UP_LIMIT,
     CLOSE_ABUSE,
@@ -253,7 +254,7 @@ def test_daphne_answers_unreadable_frames_without_logging_a_traceback():
         LOG_LEVEL="INFO",
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
+        wait_http(f"http://127.0.0.1:{port}/health", process=server)
         socket = WebSocket(port)
         assert socket.status == 101
         answers = []

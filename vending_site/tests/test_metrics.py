@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devices.choices import CommandState
 from devices.models import Command
-from tests.integration.processes import child_env
+from tests.scratch.children import child_env
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from vending_site import metrics

@@ -150,7 +150,8 @@ def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypa
     must still render the device operations (nothing comes from a CDN)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.processes import free_port, start_command, stop, wait_for_http
+    from tests.scratch.children import start_command, stop
+    from tests.scratch.net import free_port, wait_http
 
     port = free_port()
     server = start_command("serve", "--host", "127.0.0.1", "--port", str(port))
@@ -164,7 +165,7 @@ def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypa
         return route.abort()
 
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
+        wait_http(f"http://127.0.0.1:{port}/health", process=server)
         # Playwright's sync API leaves an event loop marked running in this thread.
         monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         with sync_playwright() as playwright:

@@ -11,8 +11,9 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from tests.factories import UserFactory
-from tests.integration.processes import free_port, start_server, stop, wait_for_http
 from tests.integration.websocket import WebSocket
+from tests.scratch.children import start_server, stop
+from tests.scratch.net import free_port, wait_http
 from vending_site.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,7 +106,7 @@ def test_daphne_refuses_the_handshake_of_another_sites_page():
         DASHBOARD_PUBLIC="true",
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process=server)
+        wait_http(f"http://127.0.0.1:{port}/health", process=server)
         assert handshake_status(port, "https://evil.example") == 403
         assert handshake_status(port, f"http://127.0.0.1:{port}") == 101
     finally:
