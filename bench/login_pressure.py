@@ -11,7 +11,7 @@ two cores. A security review measured that ~3 wrong passwords a second, under th
 limit of the time, moved the device polls' median from 7 ms to 1.25 s. The fix refuses
 them before any hash: ``AUTH_THROTTLE`` (per address, default 10/min) and django-axes
 (``AXES_FAILURE_LIMIT`` failures per username or address lock both for
-``AXES_COOLOFF_MINUTES``); see ``vending_site/logins.py``.
+``AXES_COOLOFF_MINUTES``); see ``vending_site/auth/logins.py``.
 
 Three phases, each with ``--devices`` WiFi machines (firmware v2.1) polling
 ``GET /esp32/commands/<id>`` every 2 s on their own clocks (the fleet benchmark's open-loop

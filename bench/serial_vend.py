@@ -91,7 +91,7 @@ def measure(vends: int, port: int, interval: float, postgres: bool) -> dict:
         from inventory.models import Product, Slot
         from inventory.services import set_stock
         from transactions.models import Transaction
-        from vending_site.permissions import VEND_CLIENT_GROUP
+        from vending_site.auth.permissions import VEND_CLIENT_GROUP
 
         firmware = SerialFirmware(device_id=DEVICE_ID)
         firmware_stop = firmware.start()

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a script: vending_site is importable from the checkout
 
-from vending_site.csp import POLICY as CONTENT_SECURITY_POLICY  # noqa: E402
+from vending_site.http.csp import POLICY as CONTENT_SECURITY_POLICY  # noqa: E402
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "vending.conf.template"
 COMPOSE_CONF = ROOT / "deploy" / "nginx" / "vending.conf"

@@ -31,7 +31,8 @@ plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-51
   (systemd ``Restart=on-failure``, compose ``restart: unless-stopped``) starts it again.
 - **Metrics across forks**: each worker counts in its own ``<kind>_<pid>.db`` file (a
   shared file mapping: a SIGKILL loses none of it). A worker that starts folds the files of
-  dead processes into the archive (``vending_site.metrics``), so a replaced worker's counts
+  dead processes into the archive (``vending_site.observability.metrics``), so a replaced worker's
+  counts
   stay, counted once; when granian stops, :func:`fold_metrics` folds the last workers'.
 - **Recycling**: with ``WEB_MAX_RSS_MB`` set, a worker whose memory is above it at a sample
   (every 30 s) is replaced gracefully, which bounds any slow growth. Off by default (the
@@ -90,7 +91,9 @@ def log_config(fmt: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"project": {"()": "vending_site.logging.make_formatter", "fmt": fmt}},
+        "formatters": {
+            "project": {"()": "vending_site.observability.logging.make_formatter", "fmt": fmt}
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -108,7 +111,7 @@ def log_config(fmt: str) -> dict:
 def fold_metrics() -> None:
     """Fold the metric files of every dead worker into the archive (granian has stopped its
     workers). Never lets a metrics problem change how the server exits."""
-    from vending_site.metrics_files import compact_dead_processes
+    from vending_site.observability.metrics_files import compact_dead_processes
 
     try:
         compact_dead_processes(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))

@@ -23,7 +23,7 @@ machine sends. What stands between such a sender and the money (docs/security.md
   issued for that device. Only its SHA-256 is stored. For future firmware: today's sends no
   header, so it is off by default.
 
-The address is the client's, through ``TRUSTED_PROXIES`` (``vending_site.network``). The
+The address is the client's, through ``TRUSTED_PROXIES`` (``vending_site.http.network``). The
 firmware treats any status but 200 as "no answer" and retries on its schedule, so a refused
 sender simply never gets work; nothing on a real machine breaks.
 """
@@ -42,8 +42,8 @@ from django.utils.deprecation import MiddlewareMixin
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
 
-from vending_site.errors import DomainError
-from vending_site.network import client_ip, in_networks
+from vending_site.http.errors import DomainError
+from vending_site.http.network import client_ip, in_networks
 
 TOKEN_HEADER = "X-Device-Token"
 

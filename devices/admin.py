@@ -14,7 +14,7 @@ from inventory.admin import ReadOnlyAdminMixin, SlotForm, save_slot_form, stock_
 from inventory.models import Slot
 from inventory.services import ensure_slots
 from transactions.commands import queue_command
-from vending_site.errors import DomainError
+from vending_site.http.errors import DomainError
 
 from .access import issue_device_token
 from .approval import accept_move, set_approved

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from inventory.services import ensure_slots
-from vending_site.errors import DomainError
+from vending_site.http.errors import DomainError
 
 from .access import canonical_ip
 from .models import Device

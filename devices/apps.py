@@ -5,7 +5,7 @@ class DevicesConfig(AppConfig):
     name = "devices"
 
     def ready(self) -> None:
-        from vending_site.metrics import register_scrape_time
+        from vending_site.observability.metrics import register_scrape_time
 
         from .metrics import DevicesCollector
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from vending_site import logging as vlog
+from vending_site.observability import logging as vlog
 
 from .access import device_network_allowed
 from .protocol import discovery_reply

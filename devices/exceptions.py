@@ -1,4 +1,4 @@
-from vending_site.errors import DomainError, InvalidRequest, NotFound
+from vending_site.http.errors import DomainError, InvalidRequest, NotFound
 
 
 class UnknownDevice(NotFound):

@@ -1,5 +1,5 @@
 """The machines' gauges at ``/metrics``, read from the database when Prometheus scrapes
-(registered with ``vending_site.metrics`` in ``DevicesConfig.ready``)."""
+(registered with ``vending_site.observability.metrics`` in ``DevicesConfig.ready``)."""
 
 from collections.abc import Iterable
 

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
-from vending_site.statements import Select
+from vending_site.backends.statements import Select
 
 from .choices import CommandState
 from .exceptions import BadDeviceId, NoActiveDevice, UnknownDevice
@@ -14,7 +14,7 @@ from .models import Command, Device
 from .protocol import InvalidDeviceId, normalize_device_id
 
 # A device by its canonical id: every vend (get_device) and every confirmation reads it,
-# so its SELECT is compiled once (vending_site.statements). device_id is unique.
+# so its SELECT is compiled once (vending_site.backends.statements). device_id is unique.
 DEVICE_BY_ID = Select(
     lambda device_id: Device.objects.filter(device_id=device_id).order_by()[:1],
     device_id=Device._meta.get_field("device_id"),
@@ -66,7 +66,7 @@ def _device_for_poll_queryset(device_id: str) -> QuerySet[Device]:
 
 # Building and compiling that queryset, then building the model through the queryset
 # machinery, was most of an idle poll's time (the query itself runs in tens of microseconds;
-# bench/poll_profile.py): compiled once per database (vending_site.statements).
+# bench/poll_profile.py): compiled once per database (vending_site.backends.statements).
 _DEVICE_FOR_POLL = Select(_device_for_poll_queryset, device_id=Device._meta.get_field("device_id"))
 
 

@@ -36,7 +36,7 @@ from django.db import (
 )
 
 from transactions import commands, confirmation, delivery
-from vending_site import logging as vlog
+from vending_site.observability import logging as vlog
 
 from . import services
 from .choices import CommandKind, Direction, LogLevel, Protocol, Transport

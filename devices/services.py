@@ -20,9 +20,9 @@ from django.utils import timezone
 from inventory.choices import MovementReason
 from inventory.models import Slot
 from inventory.services import ensure_slots, set_stock
-from vending_site.events import publish, publish_many
-from vending_site.statements import Insert
-from vending_site.throttling import count_hits
+from vending_site.backends.statements import Insert
+from vending_site.http.throttling import count_hits
+from vending_site.live.events import publish, publish_many
 
 from . import presence
 from .access import admit_wifi_request, canonical_ip

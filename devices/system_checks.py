@@ -19,7 +19,7 @@ import serial.tools.list_ports
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from vending_site import health
+from vending_site.http import health
 
 from .models import Device
 from .protocol import ESP32_USB_IDS, likely_esp32

@@ -13,7 +13,7 @@ from django.db.models import F
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from vending_site.errors import DomainError
+from vending_site.http.errors import DomainError
 
 from .choices import MovementReason
 from .models import Product, Slot, StockMovement

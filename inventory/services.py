@@ -3,8 +3,8 @@
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction as db_transaction
 
-from vending_site.events import publish
-from vending_site.statements import Insert, Select, Update
+from vending_site.backends.statements import Insert, Select, Update
+from vending_site.live.events import publish
 
 from .choices import MovementReason
 from .exceptions import CapacityExceeded, OutOfStock
@@ -21,7 +21,7 @@ def lock_slot(slot_id: int) -> Slot:
     )
 
 
-# The vend's slot read, compiled once (vending_site.statements). Not ordered: the (device,
+# The vend's slot read, compiled once (vending_site.backends.statements). Not ordered: the (device,
 # number) pair is unique, and ordering by the device would join its table for nothing.
 _LOCK_DEVICE_SLOT = Select(
     lambda device, number: (

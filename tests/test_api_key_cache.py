@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
-from vending_site.permissions import forget_verified_keys, service_username
+from vending_site.auth.permissions import forget_verified_keys, service_username
 
 pytestmark = pytest.mark.django_db
 
@@ -141,7 +141,7 @@ def test_a_key_read_before_a_revocation_in_this_process_is_not_remembered_after_
     settings, monkeypatch
 ):
     """A request that read the key just before staff revoked it here must not keep it."""
-    from vending_site import permissions
+    from vending_site.auth import permissions
 
     settings.API_KEY_CACHE_SECONDS = 60
     api_key, secret = APIKey.objects.create_key(name="kiosk")

@@ -28,8 +28,8 @@ from inventory.models import Slot
 from tests.factories import ProductFactory, SlotFactory, UserFactory
 from transactions.commands import queue_command
 from transactions.models import Transaction
-from vending_site.limits import RequestTooLarge
-from vending_site.parsers import SafeJSONParser
+from vending_site.http.limits import RequestTooLarge
+from vending_site.http.parsers import SafeJSONParser
 
 OTHER_ID = "ESP32_AAAAAAAAAAAA"
 
@@ -753,7 +753,7 @@ def test_accepting_a_move_that_nobody_asked_for_is_409(db, staff_client):
 def test_admission_is_for_staff_only(db, client_for):
     from django.contrib.auth.models import Group
 
-    from vending_site.permissions import VEND_CLIENT_GROUP
+    from vending_site.auth.permissions import VEND_CLIENT_GROUP
 
     stocked(OTHER_ID, approved=False)
     kiosk = UserFactory()

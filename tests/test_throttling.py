@@ -11,7 +11,7 @@ from rest_framework_api_key.models import APIKey
 from devices.models import CommunicationLog
 from devices.tests.helpers import DEVICE_ID, confirm, poll
 from tests.factories import UserFactory
-from vending_site.network import client_ip
+from vending_site.http.network import client_ip
 
 REDIS_URL = "redis://127.0.0.1:6379/4"
 
@@ -29,7 +29,7 @@ def redis_available() -> bool:
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def fresh_cache(request, settings):
     """Every test twice: with process memory (no REDIS_URL) and with the shared Redis cache,
-    whose counting is one round trip (vending_site.cache.hit_windows)."""
+    whose counting is one round trip (vending_site.backends.cache.hit_windows)."""
     if request.param == "locmem":
         settings.CACHES = {
             "default": {
@@ -43,7 +43,7 @@ def fresh_cache(request, settings):
         pytest.skip("no Redis on 127.0.0.1:6379")
     settings.CACHES = {
         "default": {
-            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         }
@@ -278,7 +278,7 @@ def test_status_with_a_new_device_id_each_time_meets_the_address_limit(db, setti
     assert codes == [200, 200, 429, 429]
 
 
-# The sliding-window counter (vending_site.throttling.WindowCounting).
+# The sliding-window counter (vending_site.http.throttling.WindowCounting).
 
 
 def window_throttle(rate: str, clock: list[float]):

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from inventory.admin import ReadOnlyAdminMixin
-from vending_site.errors import DomainError
+from vending_site.http.errors import DomainError
 
 from .choices import TransactionState
 from .models import Transaction, TransactionEvent

@@ -6,7 +6,7 @@ class TransactionsConfig(AppConfig):
 
     def ready(self) -> None:
         from devices.signals import approval_revoked
-        from vending_site.metrics import register_scrape_time
+        from vending_site.observability.metrics import register_scrape_time
 
         from .commands import expire_commands_of_revoked_machines
         from .metrics import VendsCollector

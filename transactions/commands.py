@@ -28,8 +28,8 @@ from devices.choices import CommandKind
 from devices.choices import CommandState as C
 from devices.exceptions import CommandNotSupported, DeviceOffline
 from devices.models import Command, Device
-from vending_site.events import publish
-from vending_site.statements import Select, Update
+from vending_site.backends.statements import Select, Update
+from vending_site.live.events import publish
 
 from .choices import TransactionState
 from .lifecycle import transition
@@ -65,7 +65,8 @@ def _move_statement(to_state: str) -> Update:
     )
 
 
-# Every delivery and confirmation runs one of these: compiled once (vending_site.statements).
+# Every delivery and confirmation runs one of these: compiled once
+# (vending_site.backends.statements).
 _MOVES = {to_state: _move_statement(to_state) for to_state in COMMAND_STAMPS}
 
 

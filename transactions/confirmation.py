@@ -17,7 +17,7 @@ from devices.choices import CommandKind, CommandState, Direction, LogLevel, Tran
 from devices.models import Command, Device
 from devices.selectors import DEVICE_BY_ID, canonical_id
 from devices.services import log_exchange, mark_seen
-from vending_site.statements import Select
+from vending_site.backends.statements import Select
 
 from .choices import TransactionState
 from .commands import move_command
@@ -27,7 +27,7 @@ from .models import Transaction
 logger = logging.getLogger(__name__)
 
 
-# A confirmation's read of its command, compiled once (vending_site.statements); its device
+# A confirmation's read of its command, compiled once (vending_site.backends.statements); its device
 # is read with selectors.DEVICE_BY_ID.
 
 

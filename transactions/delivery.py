@@ -17,7 +17,7 @@ from django.utils import timezone
 from devices.choices import CommandKind, CommandState, Direction, LogLevel, Protocol, Transport
 from devices.models import Command, Device
 from devices.services import check_in, log_exchange
-from vending_site.statements import Select
+from vending_site.backends.statements import Select
 
 from .choices import TransactionState
 from .commands import expire_due_commands, move_command
@@ -131,7 +131,7 @@ def _next_command(device: int, now: datetime, **only):
     )
 
 
-# Every poll that delivers a vend runs these: compiled once (vending_site.statements).
+# Every poll that delivers a vend runs these: compiled once (vending_site.backends.statements).
 _NEXT_COMMAND = Select(
     _next_command,
     device=Command._meta.get_field("device"),

@@ -1,4 +1,4 @@
-from vending_site.errors import DomainError, NotFound, Unprocessable
+from vending_site.http.errors import DomainError, NotFound, Unprocessable
 
 
 class InvalidTransition(DomainError):

@@ -17,10 +17,10 @@ from django.utils import timezone
 
 from inventory.choices import MovementReason
 from inventory.services import move_stock
-from vending_site import logging as vlog
-from vending_site import metrics
-from vending_site.events import publish
-from vending_site.statements import Insert, Select, Update
+from vending_site.backends.statements import Insert, Select, Update
+from vending_site.live.events import publish
+from vending_site.observability import logging as vlog
+from vending_site.observability import metrics
 
 from .choices import FINAL_STATES
 from .choices import TransactionState as S
@@ -45,7 +45,7 @@ STAMPS = {
 log = vlog.get_logger(__name__)
 
 # Every confirmation locks its vend and moves it: both statements compiled once
-# (vending_site.statements).
+# (vending_site.backends.statements).
 _LOCK = Select(
     lambda pk: (
         Transaction.objects.select_for_update(of=("self",))

@@ -1,6 +1,7 @@
 """The vends' gauges at ``/metrics``, read from the database when Prometheus scrapes
-(registered with ``vending_site.metrics`` in ``TransactionsConfig.ready``). The vend counters
-are ``vending_site.metrics``'s, counted by :mod:`transactions.lifecycle`."""
+(registered with ``vending_site.observability.metrics`` in ``TransactionsConfig.ready``). The vend
+counters
+are ``vending_site.observability.metrics``'s, counted by :mod:`transactions.lifecycle`."""
 
 from collections.abc import Iterable
 

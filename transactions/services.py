@@ -17,8 +17,8 @@ from devices.models import Command, Device
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
 from inventory.services import lock_device_slot, move_stock
-from vending_site import events
-from vending_site.statements import Insert, Update
+from vending_site.backends.statements import Insert, Update
+from vending_site.live import events
 
 from .choices import TransactionState
 from .commands import expire_due_commands, move_commands_of, queue_command
@@ -27,7 +27,7 @@ from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
 from .selectors import expired_idempotency_keys
 
-# Rows every vend writes, their INSERTs compiled once (vending_site.statements).
+# Rows every vend writes, their INSERTs compiled once (vending_site.backends.statements).
 _NEW_TRANSACTION = Insert(Transaction)
 _NEW_KEY = Insert(IdempotencyKey)
 
@@ -296,7 +296,7 @@ def claim_idempotency_key(*, user: AbstractBaseUser, key: str, fingerprint: str)
     raise IdempotencyKeyInUse("This Idempotency-Key is contended; retry later.")
 
 
-# Every vend with a key binds it: compiled once (vending_site.statements).
+# Every vend with a key binds it: compiled once (vending_site.backends.statements).
 _BIND_KEY = Update(
     lambda pk, locked_at, transaction, status: (
         IdempotencyKey.objects.filter(pk=pk, transaction__isnull=True, locked_at=locked_at),

@@ -10,11 +10,11 @@ class VendingSiteConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from . import tokens
+        from vending_site.auth import tokens
 
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 
         if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
-            from . import database
+            from vending_site.backends import database
 
             database.install()  # no request waits forever on PostgreSQL (see database.py)

@@ -14,8 +14,8 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from .routing import websocket_urlpatterns  # noqa: E402
-from .socket_origin import SiteOriginValidator  # noqa: E402
+from vending_site.live.routing import websocket_urlpatterns  # noqa: E402
+from vending_site.live.socket_origin import SiteOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

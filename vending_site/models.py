@@ -32,7 +32,8 @@ class LiveEvent(models.Model):
 class ServiceHeartbeat(models.Model):
     """The last sign of life of one long-running process (discovery, serial bridge, sweeper).
 
-    One row per service name, written by :mod:`vending_site.heartbeat`: the process records
+    One row per service name, written by :mod:`vending_site.processes.heartbeat`: the process
+    records
     its start, touches ``beat_at`` every ``SERVICE_HEARTBEAT_SECONDS`` and stamps
     ``stopped_at`` when it shuts down cleanly. A process that dies without a word is seen as
     stopped once its heartbeat is stale.

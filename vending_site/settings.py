@@ -15,7 +15,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from vending_site import logging as _vlog
+from vending_site.observability import logging as _vlog
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -115,7 +115,7 @@ _BROWSER_MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "vending_site.csp.ContentSecurityPolicyMiddleware",
+    "vending_site.http.csp.ContentSecurityPolicyMiddleware",
     # Last (django-axes): turns the admin login it refused into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -123,12 +123,12 @@ MIDDLEWARE = [
     # First and last, so the request metrics time the whole stack (django-prometheus).
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # Early, so every log line of the request (other middleware's too) has its request_id.
-    "vending_site.middleware.RequestIdMiddleware",
+    "vending_site.http.middleware.RequestIdMiddleware",
     # A view that meets an unreachable database or Redis answers 503 with Retry-After, not 500.
-    "vending_site.outages.OutageMiddleware",
+    "vending_site.backends.outages.OutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads a body (CSRF reads forms): 413 for an oversized one.
-    "vending_site.limits.RequestSizeLimitMiddleware",
+    "vending_site.http.limits.RequestSizeLimitMiddleware",
     # Device endpoints refused outside DEVICE_ALLOWED_NETWORKS, before the view runs.
     "devices.access.DeviceNetworkMiddleware",
     *_BROWSER_MIDDLEWARE,
@@ -187,15 +187,16 @@ else:
     # default for Daphne and commands. granian's threads serve one request after another
     # and reuse theirs: deploy/web.py defaults CONN_MAX_AGE to 60 for its workers.
     # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used;
-    # vending_site.postgresql (Django's backend otherwise) checks a quiet connection by its
+    # vending_site.backends.postgresql (Django's backend otherwise) checks a quiet connection by its
     # socket instead of a SELECT 1 round trip.
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        DATABASES["default"]["ENGINE"] = "vending_site.postgresql"
+        DATABASES["default"]["ENGINE"] = "vending_site.backends.postgresql"
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     # No request may wait forever on PostgreSQL: libpq gives up connecting after
     # DATABASE_CONNECT_TIMEOUT, the server cancels a statement after DATABASE_STATEMENT_TIMEOUT,
-    # and vending_site/database.py bounds every wait on the socket by the same figures, so a
+    # and vending_site/backends/database.py bounds every wait on the socket by the same figures, so
+    # a
     # server that stops answering (a hung network, not only a slow query) is an error too.
     _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
     _pg_options.setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
@@ -212,7 +213,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # django-axes first: a locked-out username or address is refused before any password is
-# hashed (vending_site/logins.py).
+# hashed (vending_site/auth/logins.py).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -259,7 +260,7 @@ if REDIS_URL:
                         "socket_connect_timeout": REDIS_TIMEOUT,
                         # A socket's receive blocks up to 5 s in BZPOPMIN by design (channels-
                         # redis' brpop_timeout): only a wait well past that means a hang.
-                        # Pushes are bounded by REDIS_TIMEOUT in vending_site/events.py.
+                        # Pushes are bounded by REDIS_TIMEOUT in vending_site/live/events.py.
                         "socket_timeout": 5 + 2 * REDIS_TIMEOUT,
                     }
                 ]
@@ -270,24 +271,24 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "vending_site.openapi.VendingAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "vending_site.http.openapi.VendingAutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
-        "vending_site.permissions.APIKeyAuthentication",
+        "vending_site.auth.permissions.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    # Roles: see vending_site/permissions.py and docs/security.md.
-    "DEFAULT_PERMISSION_CLASSES": ["vending_site.permissions.IsVendClient"],
+    # Roles: see vending_site/auth/permissions.py and docs/security.md.
+    "DEFAULT_PERMISSION_CLASSES": ["vending_site.auth.permissions.IsVendClient"],
     "DEFAULT_THROTTLE_CLASSES": [
-        "vending_site.throttling.AnonThrottle",
-        "vending_site.throttling.UserThrottle",
+        "vending_site.http.throttling.AnonThrottle",
+        "vending_site.http.throttling.UserThrottle",
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["vending_site.parsers.SafeJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["vending_site.http.parsers.SafeJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "vending_site.pagination.BoundedLimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "vending_site.http.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "vending_site.errors.exception_handler",
+    "EXCEPTION_HANDLER": "vending_site.http.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 if DEBUG:
@@ -295,7 +296,7 @@ if DEBUG:
         "rest_framework.renderers.BrowsableAPIRenderer"
     )
 
-# Tokens end with their credentials (vending_site/tokens.py): each carries a hash of the
+# Tokens end with their credentials (vending_site/auth/tokens.py): each carries a hash of the
 # password hash (CHECK_REVOKE_TOKEN), so a password change ends access tokens at once; refresh
 # tokens are single-use (rotated, the used one blacklisted), and a password change or a
 # deactivation blacklists every refresh token the user still holds.
@@ -306,14 +307,14 @@ SIMPLE_JWT = {
     "BLACKLIST_AFTER_ROTATION": True,
     "CHECK_REVOKE_TOKEN": True,
     "CHECK_USER_IS_ACTIVE": True,
-    "TOKEN_REFRESH_SERIALIZER": "vending_site.tokens.RefreshSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "vending_site.auth.tokens.RefreshSerializer",
 }
 
 # --- Access control ------------------------------------------------------------------------
 # Seconds a worker remembers an API key it verified (revocation reaches other workers within
-# this); 0: look every key up on every request. See vending_site/permissions.py.
+# this); 0: look every key up on every request. See vending_site/auth/permissions.py.
 API_KEY_CACHE_SECONDS = max(env.float("API_KEY_CACHE_SECONDS", default=5.0), 0.0)
-# Rates ("<n>/<second|minute|hour|day>") of the DRF throttles (vending_site/throttling.py).
+# Rates ("<n>/<second|minute|hour|day>") of the DRF throttles (vending_site/http/throttling.py).
 # They spare the server a runaway client; stock and money are guarded by the database.
 API_THROTTLE_ANON = env.str("API_THROTTLE_ANON", default="300/min")
 API_THROTTLE_USER = env.str("API_THROTTLE_USER", default="1200/min")
@@ -337,8 +338,8 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # account of one's own would reset the per-address limit between guesses at others.
 AXES_RESET_ON_SUCCESS = False
 # The same client address as the throttles (X-Forwarded-For believed only from TRUSTED_PROXIES).
-AXES_CLIENT_IP_CALLABLE = "vending_site.network.client_ip"
-AXES_LOCKOUT_CALLABLE = "vending_site.logins.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "vending_site.http.network.client_ip"
+AXES_LOCKOUT_CALLABLE = "vending_site.auth.logins.lockout_response"
 # Axes still logs each failure (WARNING) with the lockout parameters, masked; not verbose,
 # so no "AXES: BEGIN" line at every process start.
 AXES_VERBOSE = False
@@ -350,7 +351,7 @@ DEVICE_ADDRESS_THROTTLE = env.str("DEVICE_ADDRESS_THROTTLE", default="6000/min")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "vending",
             "OPTIONS": {
@@ -485,7 +486,7 @@ X_FRAME_OPTIONS = "DENY"
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # One JSON object per line from every logger (structlog through stdlib logging); `console`
-# for people reading a terminal. Why JSON is the default: see vending_site/logging.py.
+# for people reading a terminal. Why JSON is the default: see vending_site/observability/logging.py.
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOGGING = _vlog.logging_config(fmt=LOG_FORMAT, level=LOG_LEVEL)
 _vlog.configure_structlog()
@@ -493,7 +494,8 @@ _vlog.configure_structlog()
 # --- Observability and API docs ------------------------------------------------------------
 # Counters/histograms of every process of the stack (web, bridge, discovery, sweeper) are
 # written here and summed by /metrics (prometheus_client multiprocess mode, see
-# vending_site/metrics.py). Exported before anything imports prometheus_client, which reads
+# vending_site/observability/metrics.py). Exported before anything imports prometheus_client, which
+# reads
 # the variable once, at import.
 PROMETHEUS_MULTIPROC_DIR = Path(
     env.str("PROMETHEUS_MULTIPROC_DIR", default=str(DATA_DIR / "metrics"))
@@ -536,10 +538,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Transaction.state and TransactionEvent.from_state/to_state are one choice set.
     "ENUM_NAME_OVERRIDES": {"TransactionStateEnum": "transactions.choices.TransactionState"},
-    # The dashboard page's private JSON is not part of the API (see vending_site/openapi.py).
-    "PREPROCESSING_HOOKS": ["vending_site.openapi.exclude_undocumented"],
+    # The dashboard page's private JSON is not part of the API (see vending_site/http/openapi.py).
+    "PREPROCESSING_HOOKS": ["vending_site.http.openapi.exclude_undocumented"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "vending_site.openapi.mark_legacy",
+        "vending_site.http.openapi.mark_legacy",
     ],
 }

@@ -17,12 +17,12 @@ from devices.api.views import (
     StatusView,
 )
 from transactions.api import views as txn_views
+from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
+from vending_site.dashboard import views as dashboard
+from vending_site.http.health import HealthView
+from vending_site.observability import metrics
 
-from . import dashboard, metrics
-from .health import HealthView
-from .logins import TokenObtainView, TokenRefreshThrottledView
-
-handler404 = "vending_site.errors.page_not_found"
+handler404 = "vending_site.http.errors.page_not_found"
 
 UUID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
 
@@ -125,11 +125,11 @@ def build(*, asgi: bool) -> list:
         re_path(r"^vend/(?P<slot_id>[^/]+)/?$", vend, name="vend-legacy"),
         path("status", StatusView.as_view(), name="status"),
         path("health", HealthView.as_view(), name="health"),
-        # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/metrics.py).
+        # Prometheus, for METRICS_ALLOWED_NETWORKS only (see vending_site/observability/metrics.py).
         path("metrics", metrics.metrics_view, name="metrics"),
         path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
         # The split view serves its start-up script from a URL, not inline: the pages'
-        # Content-Security-Policy (vending_site/csp.py) allows no inline script.
+        # Content-Security-Policy (vending_site/http/csp.py) allows no inline script.
         path(
             "api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"
         ),

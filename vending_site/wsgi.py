@@ -59,7 +59,7 @@ class Application:
 
     def __init__(self) -> None:
         get_wsgi_application()  # sets Django up
-        from vending_site.logging import get_logger
+        from vending_site.observability.logging import get_logger
 
         self.handler = Handler()
         self.device_handler = DeviceHandler()

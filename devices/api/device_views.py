@@ -25,11 +25,12 @@ from devices.selectors import canonical_id
 from devices.services import log_exchange, register_over_wifi
 from transactions.confirmation import confirm_vend
 from transactions.delivery import poll
-from vending_site import logging as vlog
-from vending_site import metrics, outages
-from vending_site.errors import InvalidRequest
-from vending_site.network import client_ip
-from vending_site.throttling import allow_requests
+from vending_site.backends import outages
+from vending_site.http.errors import InvalidRequest
+from vending_site.http.network import client_ip
+from vending_site.http.throttling import allow_requests
+from vending_site.observability import logging as vlog
+from vending_site.observability import metrics
 
 from .serializers import DeviceRegistrationSerializer, VendConfirmationSerializer
 from .throttles import DeviceAddressThrottle, DeviceThrottle

@@ -1,7 +1,7 @@
 """The OpenAPI description of the device endpoints: the firmware's wire protocol (PROTOCOL.md,
 both WiFi dialects, with its bodies as examples), device management and ``/status``. Used as
 decorators by ``devices.api.device_views`` and ``devices.api.views``; the shared pieces
-(error answers, the schema class) are ``vending_site.openapi``."""
+(error answers, the schema class) are ``vending_site.http.openapi``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from inventory.api.serializers import SlotSerializer
-from vending_site.openapi import AUTHENTICATED, errors
+from vending_site.http.openapi import AUTHENTICATED, errors
 
 from .serializers import (
     AdmissionRequestSerializer,

@@ -1,5 +1,5 @@
 """Rate limits of the device endpoints (the firmware's register, poll and confirm, and the
-staff endpoints under ``/esp32/devices/``). Counting: ``vending_site.throttling``."""
+staff endpoints under ``/esp32/devices/``). Counting: ``vending_site.http.throttling``."""
 
 import re
 
@@ -7,7 +7,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from devices.access import claimed_device_id
 from devices.protocol import InvalidDeviceId, normalize_device_id
-from vending_site.throttling import RateFromSettings, WindowCounting
+from vending_site.http.throttling import RateFromSettings, WindowCounting
 
 _NOT_ID = re.compile(r"[^A-Z0-9_]")
 

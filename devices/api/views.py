@@ -17,7 +17,7 @@ from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.commands import queue_command
 from transactions.services import sweep_if_due
-from vending_site.permissions import IsStaff, IsVendClient, is_vend_client
+from vending_site.auth.permissions import IsStaff, IsVendClient, is_vend_client
 
 from .device_views import FirstRenderer
 from .serializers import (

@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 import devices.models
 
-VEND_CLIENT_GROUP = "vend-client"  # vending_site.permissions.VEND_CLIENT_GROUP
+VEND_CLIENT_GROUP = "vend-client"  # vending_site.auth.permissions.VEND_CLIENT_GROUP
 
 
 def create_vend_client_group(apps, schema_editor):

@@ -21,7 +21,7 @@ from transactions.choices import TransactionState
 from transactions.lifecycle import transition
 from transactions.models import Transaction
 from transactions.services import request_vend, resolve_unconfirmed
-from vending_site.dashboard import FEED_LIMIT
+from vending_site.dashboard.views import FEED_LIMIT
 
 LIVE = '#connection[data-state="live"]'
 WIFI_MACHINE = "ESP32_020000000001"

@@ -592,7 +592,7 @@ def test_nginx_names_no_version_and_speaks_only_forward_secret_aead_tls():
 
 
 def test_nginx_sends_the_same_content_security_policy_as_django():
-    from vending_site.csp import POLICY
+    from vending_site.http.csp import POLICY
 
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     sent = re.search(r'add_header Content-Security-Policy "([^"]+)" always;', conf).group(1)

@@ -383,7 +383,7 @@ def test_tls_1_2_refuses_suites_without_forward_secrecy_or_with_cbc(stack, ciphe
 
 
 def test_pages_carry_the_content_security_policy_once(stack):
-    from vending_site.csp import POLICY
+    from vending_site.http.csp import POLICY
 
     for path in ("/admin/login/", "/"):
         response = stack.https("GET", path)

@@ -25,7 +25,7 @@ from tests.scratch import ROOT
 from tests.scratch.children import child_env, run_python
 from tests.scratch.net import free_port, loopback_opener, request, wait_for, wait_http
 from tests.scratch.stack import web_argv
-from vending_site.metrics_files import pid_alive, pid_of
+from vending_site.observability.metrics_files import pid_alive, pid_of
 
 DEVICE = "ESP32_A0B1C2D3E4F5"
 POLLS_BEFORE_KILL = 40

@@ -23,9 +23,9 @@ from devices.models import CommunicationLog
 from tests.factories import UserFactory
 from tests.scratch.children import run_python
 from tests.scratch.net import free_port
-from vending_site import events
-from vending_site.cache import FailOpenRedisCache
-from vending_site.permissions import VEND_CLIENT_GROUP
+from vending_site.auth.permissions import VEND_CLIENT_GROUP
+from vending_site.backends.cache import FailOpenRedisCache
+from vending_site.live import events
 
 DEVICE_ID = "ESP32_6CC8404FE03C"
 
@@ -118,7 +118,7 @@ def redis_nowhere(settings):
     """The cache on Redis at a loopback port nothing listens on."""
     settings.CACHES = {
         "default": {
-            "BACKEND": "vending_site.cache.FailOpenRedisCache",
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
             "LOCATION": f"redis://127.0.0.1:{free_port()}/12",
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
@@ -199,7 +199,7 @@ def test_a_server_that_accepts_and_never_answers_fails_within_the_connect_timeou
     import psycopg2
     from psycopg2 import extensions
 
-    from vending_site import database
+    from vending_site.backends import database
 
     settings.DATABASE_CONNECT_TIMEOUT = 1
     silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody speaks
@@ -226,7 +226,7 @@ def test_a_query_whose_server_stops_answering_mid_conversation_fails_in_bounded_
     from psycopg2 import extensions
 
     from tests.faults.proxy import FaultProxy
-    from vending_site import database
+    from vending_site.backends import database
 
     settings.DATABASE_CONNECT_TIMEOUT = 2
     settings.DATABASE_STATEMENT_TIMEOUT = 1
@@ -273,7 +273,7 @@ def test_inside_statements_unbounded_a_statement_may_outlast_the_request_timeout
     from django.db import connection
     from psycopg2 import extensions
 
-    from vending_site import database
+    from vending_site.backends import database
 
     settings.DATABASE_STATEMENT_TIMEOUT = 0.3  # the client gives up after 1.3 s
     previous = extensions.get_wait_callback()
@@ -295,7 +295,7 @@ def test_migrate_is_the_project_s_own_running_without_the_statement_timeout(db):
     from django.core.management import call_command, get_commands
     from django.core.management.commands.migrate import Command as DjangoMigrate
 
-    from vending_site import database
+    from vending_site.backends import database
 
     seen = []
 

@@ -15,7 +15,7 @@ from devices.simulators.serial_firmware import SerialFirmware
 from tests.factories import stocked_device
 from tests.scratch.children import read_until, start_command, stop
 from tests.scratch.net import free_port, loopback_opener, wait_http
-from vending_site.permissions import VEND_CLIENT_GROUP
+from vending_site.auth.permissions import VEND_CLIENT_GROUP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

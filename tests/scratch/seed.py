@@ -23,7 +23,7 @@ def _setup(devices: list[str], stock: list[int], username: str, password: str) -
     from inventory.choices import MovementReason
     from inventory.models import Product, Slot, StockMovement
     from inventory.services import set_stock
-    from vending_site.permissions import VEND_CLIENT_GROUP
+    from vending_site.auth.permissions import VEND_CLIENT_GROUP
 
     user = get_user_model().objects.create_user(username, password=password)
     user.groups.add(Group.objects.get_or_create(name=VEND_CLIENT_GROUP)[0])  # may use the API

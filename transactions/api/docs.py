@@ -1,6 +1,6 @@
 """The OpenAPI description of the vend endpoints, used as decorators by
 ``transactions.api.views``; the shared pieces (error answers, the schema class) are
-``vending_site.openapi``."""
+``vending_site.http.openapi``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 
-from vending_site.openapi import AUTHENTICATED, errors
+from vending_site.http.openapi import AUTHENTICATED, errors
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
 

@@ -1,8 +1,8 @@
-"""Rate limits of the vend endpoints. Counting: ``vending_site.throttling``."""
+"""Rate limits of the vend endpoints. Counting: ``vending_site.http.throttling``."""
 
 from rest_framework.throttling import UserRateThrottle
 
-from vending_site.throttling import RateFromSettings, WindowCounting
+from vending_site.http.throttling import RateFromSettings, WindowCounting
 
 
 class VendThrottle(WindowCounting, RateFromSettings, UserRateThrottle):

@@ -26,8 +26,8 @@ from transactions.services import (
     request_vend_once,
     sweep_if_due,
 )
-from vending_site.errors import InvalidRequest
-from vending_site.permissions import IsVendClient, is_staff
+from vending_site.auth.permissions import IsVendClient, is_staff
+from vending_site.http.errors import InvalidRequest
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
 

@@ -18,10 +18,10 @@ from rest_framework_api_key.models import APIKey
 
 from inventory.models import StockMovement
 from transactions.models import Transaction, TransactionEvent
-from vending_site import layer_sender
-from vending_site.events import EVENTS_GROUP, batched, publish
+from vending_site.auth.permissions import forget_verified_keys
+from vending_site.live import layer_sender
+from vending_site.live.events import EVENTS_GROUP, batched, publish
 from vending_site.models import LiveEvent
-from vending_site.permissions import forget_verified_keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -265,7 +265,7 @@ def redis_layer(settings):
     channel = async_to_sync(listen)()
     yield layer, channel
     async_to_sync(layer.group_discard)(EVENTS_GROUP, channel)
-    # On the loop that pushed (vending_site.layer_sender): the layer's only connections left
+    # On the loop that pushed (vending_site.live.layer_sender): the layer's only connections left
     # are that loop's, as every async_to_sync loop above closed its own when it ended.
     layer_sender.run(layer.flush(), timeout=10)
 
@@ -422,7 +422,7 @@ def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
     from channels.testing import WebsocketCommunicator
 
     from tests.factories import UserFactory
-    from vending_site.consumers import EventsConsumer
+    from vending_site.live.consumers import EventsConsumer
 
     staff = UserFactory(is_staff=True)
 

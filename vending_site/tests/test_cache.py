@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from vending_site.cache import FailOpenRedisCache
+from vending_site.backends.cache import FailOpenRedisCache
 
 REDIS = "redis://127.0.0.1:6379/10"
 

@@ -3,7 +3,7 @@ tests/deploy). The browser tests (tests/browser) load the dashboard and the admi
 
 import pytest
 
-from vending_site.csp import POLICY
+from vending_site.http.csp import POLICY
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFact
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
-from vending_site.dashboard import FEED_LIMIT, vends_per_hour
+from vending_site.dashboard.views import FEED_LIMIT, vends_per_hour
 from vending_site.models import LiveEvent
 
 pytestmark = pytest.mark.django_db

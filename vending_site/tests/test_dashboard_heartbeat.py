@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from tests.scratch.children import read_until, start_command, stop
 from tests.scratch.net import wait_for
-from vending_site import heartbeat
-from vending_site.heartbeat import (
+from vending_site.models import LiveEvent, ServiceHeartbeat
+from vending_site.processes import heartbeat
+from vending_site.processes.heartbeat import (
     DISCOVERY,
     SWEEPER,
     ServiceState,
@@ -18,7 +19,6 @@ from vending_site.heartbeat import (
     record_stop,
     services_state,
 )
-from vending_site.models import LiveEvent, ServiceHeartbeat
 
 MACHINES_URL = "/dashboard/api/machines"
 

@@ -14,14 +14,14 @@ from tests.factories import UserFactory
 from tests.integration.websocket import OP_CLOSE, OP_TEXT, WebSocket
 from tests.scratch.children import start_command, start_server, stop
 from tests.scratch.net import free_port, wait_http
-from vending_site.consumers import (
+from vending_site.live.consumers import (
     CATCH_UP_LIMIT,
     CLOSE_ABUSE,
     CLOSE_FORBIDDEN,
     MAX_BAD_FRAMES,
     EventsConsumer,
 )
-from vending_site.events import layer_crosses_processes, publish
+from vending_site.live.events import layer_crosses_processes, publish
 from vending_site.models import LiveEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -119,7 +119,8 @@ def test_an_event_from_another_process_arrives_within_a_second():
         process = start_command(
             "shell",
             "-c",
-            "from vending_site.events import publish; publish('log', {'message': 'from cron'})",
+            "from vending_site.live.events import publish; "
+            "publish('log', {'message': 'from cron'})",
         )
         await asyncio.to_thread(process.wait, 30)
         loop = asyncio.get_running_loop()
@@ -308,7 +309,7 @@ def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings)
         process = start_command(
             "shell",
             "-c",
-            "from vending_site.events import publish; publish('device', {'device_id': 'X'})",
+            "from vending_site.live.events import publish; publish('device', {'device_id': 'X'})",
             REDIS_URL=REDIS_URL,
         )
         await asyncio.to_thread(process.wait, 30)

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from vending_site import events, layer_sender
+from vending_site.live import events, layer_sender
 from vending_site.tests.test_events_consumer import redis_available
 
 REDIS_URL = "redis://127.0.0.1:6379/3"

@@ -13,8 +13,8 @@ import structlog
 from django.conf import settings
 from django.http import HttpResponse
 
-from vending_site import logging as vlog
-from vending_site.middleware import RequestIdMiddleware
+from vending_site.http.middleware import RequestIdMiddleware
+from vending_site.observability import logging as vlog
 
 DEVICE = "ESP32_6CC8404FE03C"
 
@@ -134,7 +134,7 @@ def test_a_real_process_logs_json_lines_to_stderr_through_the_settings():
     """The wiring itself: Django applies settings.LOGGING in a fresh process, and a plain
     stdlib logger and a structlog logger both come out as JSON on stderr."""
     code = (
-        "import logging; from vending_site.logging import get_logger, bind;"
+        "import logging; from vending_site.observability.logging import get_logger, bind;"
         "bind(device_id='ESP32_AABBCCDDEEFF');"
         "logging.getLogger('vending.check').warning('plain %s', 'line');"
         "get_logger('vending.check').info('structured', n=1)"

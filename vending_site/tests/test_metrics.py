@@ -20,7 +20,7 @@ from devices.models import Command
 from tests.scratch.children import child_env
 from transactions.choices import TransactionState
 from transactions.models import Transaction
-from vending_site import metrics
+from vending_site.observability import metrics
 
 DEVICE = "ESP32_6CC8404FE03C"
 MAC = "6C:C8:40:4F:E0:3C"

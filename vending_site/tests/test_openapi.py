@@ -321,7 +321,7 @@ def test_each_error_answer_is_declared_once_and_referenced_everywhere(schema):
 def test_a_real_throttled_vend_answers_as_documented_and_so_does_an_outage_body(
     schema, settings, online_device, client_for, user
 ):
-    from vending_site.outages import outage_body
+    from vending_site.backends.outages import outage_body
 
     settings.CACHES = {
         "default": {

@@ -1,4 +1,5 @@
-"""The health check of persistent PostgreSQL connections (vending_site/postgresql/base.py)."""
+"""The health check of persistent PostgreSQL connections
+(vending_site/backends/postgresql/base.py)."""
 
 import time
 

@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import RequestDataTooBig
 from django.test import RequestFactory
 
-from vending_site.limits import RequestSizeLimitMiddleware
+from vending_site.http.limits import RequestSizeLimitMiddleware
 from vending_site.wsgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,4 +1,5 @@
-"""Statements compiled once (vending_site.statements) answer as the querysets they come from."""
+"""Statements compiled once (vending_site.backends.statements) answer as the querysets they come
+from."""
 
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from devices.models import Command
 from inventory.models import Product, Slot
-from vending_site.statements import Insert, Select, Update
+from vending_site.backends.statements import Insert, Select, Update
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from tests.factories import DeviceFactory, SlotFactory
-from vending_site import health
+from vending_site.http import health
 
 DEVICE_ID = "ESP32_6CC8404FE03C"
 

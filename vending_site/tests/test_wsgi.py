@@ -20,7 +20,7 @@ from rest_framework_api_key.models import APIKey
 from devices.api.device_views import DeviceEndpoint
 from transactions.models import Transaction
 from transactions.tests.test_vend_api import DEVICE_ID, _confirm_when_delivered
-from vending_site.logging import make_formatter
+from vending_site.observability.logging import make_formatter
 from vending_site.wsgi import DEVICE_PATH, Application, application
 
 # The firmware's requests leave no session, cookie or connection behind for the next test.

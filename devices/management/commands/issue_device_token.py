@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from devices.access import issue_device_token
 from devices.models import Device
 from devices.selectors import canonical_id
-from vending_site.errors import DomainError
+from vending_site.http.errors import DomainError
 
 
 class Command(BaseCommand):

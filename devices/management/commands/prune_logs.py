@@ -15,9 +15,9 @@ from devices.maintenance import (
 )
 from transactions.selectors import expired_idempotency_keys
 from transactions.services import prune_idempotency_keys
-from vending_site.events import prune_live_events
-from vending_site.logins import prune_login_records
-from vending_site.tokens import prune_expired_tokens
+from vending_site.auth.logins import prune_login_records
+from vending_site.auth.tokens import prune_expired_tokens
+from vending_site.live.events import prune_live_events
 
 
 class Command(BaseCommand):

@@ -16,7 +16,7 @@ from django.db import close_old_connections
 from devices import discovery
 from devices.choices import Direction, Transport
 from devices.services import Exchange, log_exchanges
-from vending_site.heartbeat import DISCOVERY, Heartbeat
+from vending_site.processes.heartbeat import DISCOVERY, Heartbeat
 
 
 class Command(BaseCommand):

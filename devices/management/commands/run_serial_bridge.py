@@ -7,8 +7,8 @@ from django.core.management.base import BaseCommand
 
 from devices.protocol import likely_esp32
 from devices.serial_bridge import Bridge, LinkConfig, scan_ports
-from vending_site.heartbeat import SERIAL_BRIDGE, Heartbeat
-from vending_site.shutdown import stop_on_signals
+from vending_site.processes.heartbeat import SERIAL_BRIDGE, Heartbeat
+from vending_site.processes.shutdown import stop_on_signals
 
 
 class Command(BaseCommand):

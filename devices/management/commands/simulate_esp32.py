@@ -22,7 +22,7 @@ from devices.simulators.wifi_firmware import (
     ServerNotAllowed,
     WifiFirmware,
 )
-from vending_site.shutdown import stop_on_signals
+from vending_site.processes.shutdown import stop_on_signals
 
 # Opening the port resets a real ESP32 (DTR/RTS); its banner follows about this much later.
 AUTO_RESET_BOOT_SECONDS = 0.5

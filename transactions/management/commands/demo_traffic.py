@@ -11,8 +11,8 @@ from devices.selectors import online_devices
 from inventory.models import Slot
 from inventory.services import restock_to_capacity
 from transactions.services import request_vend
-from vending_site.errors import DomainError
-from vending_site.shutdown import stop_on_signals
+from vending_site.http.errors import DomainError
+from vending_site.processes.shutdown import stop_on_signals
 
 CUSTOMER = "demo-customer"
 

@@ -8,9 +8,9 @@ from django.db import DatabaseError, connection
 
 from devices.maintenance import prune_pending_devices
 from transactions.services import sweep
-from vending_site.events import prune_live_events
-from vending_site.heartbeat import SWEEPER, Heartbeat
-from vending_site.shutdown import stop_on_signals
+from vending_site.live.events import prune_live_events
+from vending_site.processes.heartbeat import SWEEPER, Heartbeat
+from vending_site.processes.shutdown import stop_on_signals
 
 BATCH = 500  # sweep() handles up to this many of each kind per call
 PRUNE_EVERY = 60.0  # seconds between looks for never-approved machines to delete

@@ -7,7 +7,7 @@ longer, and cutting it off halfway would leave an operator with a failed upgrade
 
 from django.core.management.commands.migrate import Command as DjangoMigrate
 
-from vending_site.database import statements_unbounded
+from vending_site.backends.database import statements_unbounded
 
 
 class Command(DjangoMigrate):

@@ -9,7 +9,7 @@ keeps guessing both tries passwords and takes the CPU the device polls need. Two
   any username), further logins of that username or from that address are refused before
   any password is hashed, the right password included, until ``AXES_COOLOFF_TIME`` has
   passed since the last failure. Attempts while locked out do not extend it.
-- ``vending_site.throttling.AuthThrottle`` limits the token and token-refresh endpoints per
+- ``vending_site.http.throttling.AuthThrottle`` limits the token and token-refresh endpoints per
   client address (``AUTH_THROTTLE``), in the same cache as the other throttles, before the
   view runs.
 
@@ -30,8 +30,8 @@ from rest_framework import exceptions
 from rest_framework.settings import api_settings as drf_settings
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from .network import client_ip
-from .throttling import AuthThrottle
+from vending_site.http.network import client_ip
+from vending_site.http.throttling import AuthThrottle
 
 
 def locked_for(request, credentials: dict | None = None) -> timedelta:

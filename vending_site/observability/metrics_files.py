@@ -7,7 +7,8 @@ Each process writes ``<kind>_<pid>.db`` (``counter``, ``histogram``, ``gauge_all
 process is dead when ``kill(pid, 0)`` says there is no such process: a child that exited but
 was not yet reaped (a zombie) still counts as alive, so its files wait for the next
 compaction: a worker granian starts in place of a dead one folds them as it loads
-:mod:`vending_site.metrics`, and ``deploy/web.py`` calls :func:`compact_dead_processes` once
+:mod:`vending_site.observability.metrics`, and ``deploy/web.py`` calls
+:func:`compact_dead_processes` once
 granian has stopped its workers. Writes go to a shared file mapping, so a process killed with
 SIGKILL loses nothing it had counted.
 

@@ -16,7 +16,7 @@ rate through in any window of ``duration`` seconds by more than the previous win
 unweighted tail. A refused request is taken back off the count, as DRF does not count it.
 Throttles protect the server from a runaway client; they guard nothing that matters. Stock
 and money are guarded by the database (row locks, constraints). When the cache is
-unreachable they let every request through (``vending_site.cache``).
+unreachable they let every request through (``vending_site.backends.cache``).
 
 A refused request gets 429, ``{"detail", "code": "throttled"}`` and ``Retry-After``.
 """
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.cache import BaseCache
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
-from .network import client_ip
+from vending_site.http.network import client_ip
 
 
 class RateFromSettings:
@@ -45,7 +45,7 @@ def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
     """One hit in each ``(key, window, period)`` fixed window, in one round trip where the
     cache can (Redis): per counter ``(hits in this window, hits in the one before)``, or None
     when the cache is unreachable. The throttles and the device log's budget count here."""
-    if hasattr(cache, "hit_windows"):  # vending_site.cache: one Redis round trip for all
+    if hasattr(cache, "hit_windows"):  # vending_site.backends.cache: one Redis round trip for all
         return cache.hit_windows(counters)
     counts = []
     for key, window, period in counters:
@@ -156,7 +156,7 @@ class UserThrottle(WindowCounting, RateFromSettings, UserRateThrottle):
 
 class AuthThrottle(WindowCounting, RateFromSettings, SimpleRateThrottle):
     """The token and token-refresh endpoints, per client address, authenticated or not:
-    each request there may cost a password hash (``vending_site.logins``)."""
+    each request there may cost a password hash (``vending_site.auth.logins``)."""
 
     scope = "auth"
     rate_setting = "AUTH_THROTTLE"

@@ -18,7 +18,7 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.signals import request_finished
 
-from . import logging as vlog
+from vending_site.observability import logging as vlog
 
 HEADER = "X-Request-ID"
 _META_KEY = "HTTP_X_REQUEST_ID"

@@ -21,8 +21,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from .events import EVENTS_GROUP, layer_crosses_processes
-from .models import LiveEvent
+from vending_site.live.events import EVENTS_GROUP, layer_crosses_processes
+from vending_site.models import LiveEvent
 
 TAIL_SECONDS = 0.25
 CATCH_UP_LIMIT = 500

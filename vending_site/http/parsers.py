@@ -6,7 +6,7 @@ import json
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from .limits import RequestTooLarge, max_body, too_large_message
+from vending_site.http.limits import RequestTooLarge, max_body, too_large_message
 
 
 class SafeJSONParser(JSONParser):

@@ -5,7 +5,7 @@ Daphne's, the libraries' and our own ``logging.getLogger(__name__)`` loggers all
 the same shape: ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``event`` plus whatever
 is bound in the current context. Context travels in :mod:`contextvars` (``structlog.contextvars``):
 
-- ``request_id`` is bound by :class:`vending_site.middleware.RequestIdMiddleware` for the
+- ``request_id`` is bound by :class:`vending_site.http.middleware.RequestIdMiddleware` for the
   whole request, and cleared after it;
 - ``device_id`` is bound by the device endpoints, the serial bridge and the discovery responder;
 - ``transaction_id`` is bound by ``transactions.lifecycle`` while a vend changes state.
@@ -76,8 +76,8 @@ def logging_config(*, fmt: str, level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "json": {"()": "vending_site.logging.json_formatter"},
-            "console": {"()": "vending_site.logging.console_formatter"},
+            "json": {"()": "vending_site.observability.logging.json_formatter"},
+            "console": {"()": "vending_site.observability.logging.console_formatter"},
         },
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": fmt}},
         "root": {"handlers": ["console"], "level": level},

@@ -22,8 +22,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import layer_sender
-from .outages import Breaker
+from vending_site.backends.outages import Breaker
+from vending_site.live import layer_sender
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _batch: ContextVar[tuple[list, tuple] | None] = ContextVar("live_event_batch", d
 
 def publish(kind: str, payload: dict[str, Any]) -> None:
     """Record ``payload`` as a ``kind`` event; push it to live pages after commit."""
-    from .models import LiveEvent
+    from vending_site.models import LiveEvent
 
     batch = _batch.get()
     if batch is not None and _savepoints() == batch[1]:
@@ -51,7 +51,7 @@ def publish_many(kind: str, payloads: list[dict[str, Any]]) -> None:
     """:func:`publish` for many events of one kind: one INSERT for all the outbox rows and,
     after commit, one channel-layer message for all the pushes (the discovery recorder
     writes its exchanges in batches of up to 200)."""
-    from .models import LiveEvent
+    from vending_site.models import LiveEvent
 
     if not payloads:
         return
@@ -72,7 +72,7 @@ def batched() -> Iterator[None]:
     and pushed on its own, as without the batch, so a savepoint rolled back inside the block
     never pushes what it undid.
     """
-    from .models import LiveEvent
+    from vending_site.models import LiveEvent
 
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
@@ -106,7 +106,7 @@ def layer_crosses_processes() -> bool:
 
 
 def prune_live_events(*, now=None) -> int:
-    from .models import LiveEvent
+    from vending_site.models import LiveEvent
 
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.LIVE_EVENT_RETENTION)
     deleted, _ = LiveEvent.objects.filter(created_at__lt=cutoff).delete()
@@ -119,7 +119,7 @@ def _push(message: dict[str, Any]) -> None:
 
 def _push_many(messages: list[dict[str, Any]]) -> None:
     if not layer_crosses_processes():
-        return  # sockets tail the outbox instead (see vending_site.consumers)
+        return  # sockets tail the outbox instead (see vending_site.live.consumers)
     layer = get_channel_layer()
     if layer is None:
         return

@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from .events import publish
-from .models import ServiceHeartbeat
+from vending_site.live.events import publish
+from vending_site.models import ServiceHeartbeat
 
 logger = logging.getLogger(__name__)
 

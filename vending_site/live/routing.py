@@ -2,6 +2,6 @@
 
 from django.urls import path
 
-from .consumers import EventsConsumer
+from vending_site.live.consumers import EventsConsumer
 
 websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]

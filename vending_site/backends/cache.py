@@ -1,6 +1,6 @@
 """The Redis cache, failing open: when Redis is unreachable it behaves as an empty cache.
 
-The cache holds only throttle counts (``vending_site.throttling``); idempotency keys, vends
+The cache holds only throttle counts (``vending_site.http.throttling``); idempotency keys, vends
 and stock live in the database. A throttle that cannot count must let the request through:
 a machine's poll or confirmation refused because Redis is down would stop vending for a
 reason that has nothing to do with it. So a Redis error is logged and the call answers as a
@@ -19,7 +19,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import RedisError
 
-from .outages import Breaker
+from vending_site.backends.outages import Breaker
 
 logger = logging.getLogger(__name__)
 

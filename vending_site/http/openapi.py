@@ -21,8 +21,8 @@ project's djangorestframework-api-key authentication class).
 Error answers (``{"detail", "code"}``) are declared once each, in ``components/responses``
 (:data:`ERROR_RESPONSES`), and operations refer to them (:class:`VendingAutoSchema`, the
 schema class in settings). That class also adds 503 (database or Redis unreachable, with
-``Retry-After``; see ``vending_site.outages``) to every operation and 429 (throttled, with
-``Retry-After``; see ``vending_site.throttling``) to every rate-limited one, so no view's
+``Retry-After``; see ``vending_site.backends.outages``) to every operation and 429 (throttled, with
+``Retry-After``; see ``vending_site.http.throttling``) to every rate-limited one, so no view's
 decorator has to remember them.
 """
 
@@ -53,7 +53,7 @@ UNDOCUMENTED_PREFIXES = ("/dashboard/",)
 class APIKeyScheme(OpenApiAuthenticationExtension):
     """``Authorization: Api-Key <key>`` (djangorestframework-api-key keys)."""
 
-    target_class = "vending_site.permissions.APIKeyAuthentication"
+    target_class = "vending_site.auth.permissions.APIKeyAuthentication"
     name = API_KEY_SCHEME
 
     def get_security_definition(self, auto_schema):
@@ -242,7 +242,7 @@ AUTHENTICATED = (401, 403)
 class TokenObtainDocs(OpenApiViewExtension):
     """simplejwt's views: their 400 (a missing field) and 401 (wrong credentials) too."""
 
-    target_class = "vending_site.logins.TokenObtainView"
+    target_class = "vending_site.auth.logins.TokenObtainView"
 
     def view_replacement(self):
         @extend_schema(
@@ -262,7 +262,7 @@ class TokenObtainDocs(OpenApiViewExtension):
 
 
 class TokenRefreshDocs(OpenApiViewExtension):
-    target_class = "vending_site.logins.TokenRefreshThrottledView"
+    target_class = "vending_site.auth.logins.TokenRefreshThrottledView"
 
     def view_replacement(self):
         # Refresh tokens are rotated (SIMPLE_JWT): a new pair comes back, and the refresh
@@ -309,7 +309,7 @@ HEALTH = extend_schema(
 class HealthViewDocs(OpenApiViewExtension):
     """``/health`` lives in a module of its own; documented here rather than edited there."""
 
-    target_class = "vending_site.health.HealthView"
+    target_class = "vending_site.http.health.HealthView"
 
     def view_replacement(self):
         @HEALTH

@@ -3,7 +3,7 @@
 Services raise a subclass of :class:`DomainError`; they know nothing of HTTP. The DRF
 exception handler below turns every error into ``{"detail": message, "code": code}`` with
 the status the error class names, so each rule's message is written once. A database or
-Redis that cannot be reached is 503 with ``Retry-After`` (see ``vending_site.outages``).
+Redis that cannot be reached is 503 with ``Retry-After`` (see ``vending_site.backends.outages``).
 """
 
 from typing import Any
@@ -15,7 +15,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import outages
+from vending_site.backends import outages
 
 
 class DomainError(Exception):

@@ -4,7 +4,7 @@
 only when ``request.body`` is read, and then raises an error Django turns into a 400 with a
 logged traceback; the DRF JSON parser reads the stream and does not check it at all. So the
 middleware refuses a declared ``Content-Length`` over the limit before any view runs, and
-the parser (``vending_site.parsers``) stops reading at the limit whatever was declared.
+the parser (``vending_site.http.parsers``) stops reading at the limit whatever was declared.
 
 A body sent ``Transfer-Encoding: chunked`` declares no length. Django's WSGI request reads
 such a body as empty and DRF ignores a body without a ``Content-Length``, while Daphne's

@@ -14,7 +14,7 @@ asking it. Anything unusual (something to read, an unknown transaction state, a 
 psycopg2 knows to be closed) takes Django's own check, which asks the server.
 
 What neither check can see is a server that vanished without a word (a network cut): the
-first query then waits, bounded by ``vending_site.database``, and the request answers 503,
+first query then waits, bounded by ``vending_site.backends.database``, and the request answers 503,
 as it would when the network failed just after a ``SELECT 1``.
 """
 

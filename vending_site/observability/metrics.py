@@ -20,7 +20,8 @@ files of processes that are gone into one ``*_archive.db`` file per kind, under 
 removes their gauge files. A scrape holds the same lock shared while it lists and reads the
 files, so it never sees a count both in the archive and in the file it came from; the archive is
 rewritten in a temporary file and swapped in with one rename, so no reader ever sees half an
-archive. The file handling is :mod:`vending_site.metrics_files` (no Django, so granian's main
+archive. The file handling is :mod:`vending_site.observability.metrics_files` (no Django, so
+granian's main
 process folds its last workers' files too, once they have stopped: ``deploy/web.py``).
 Limitation: the liveness check is ``kill(pid, 0)``, so all processes sharing a directory must
 share a PID namespace (one host or one container; not a volume shared by containers): in
@@ -68,8 +69,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import metrics_files
-from .logging import get_logger
+from vending_site.observability import metrics_files
+from vending_site.observability.logging import get_logger
 
 VENDS = Counter("vending_vends_total", "Vends that reached a final state, by outcome.", ["outcome"])
 VENDS_UNCONFIRMED = Counter(
@@ -134,7 +135,8 @@ def multiproc_dir() -> Path:
 
 def compact_dead_processes(directory: Path | None = None) -> int:
     """Fold the files of dead processes into the archive (see
-    :func:`vending_site.metrics_files.compact_dead_processes`); this process' directory by
+    :func:`vending_site.observability.metrics_files.compact_dead_processes`); this process'
+    directory by
     default."""
     return metrics_files.compact_dead_processes(directory or multiproc_dir())
 

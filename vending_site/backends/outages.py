@@ -7,7 +7,7 @@ retries instead of reporting a server error. The firmware treats any non-200 as 
 and polls again on its own schedule.
 
 Two places turn such an error into that answer: the DRF exception handler
-(``vending_site.errors``) for API and device views, and :class:`OutageMiddleware` for plain
+(``vending_site.http.errors``) for API and device views, and :class:`OutageMiddleware` for plain
 Django views (the dashboard, the admin). Both use :func:`unavailable_backend` and
 :func:`outage_body`, so the rule lives here once.
 
@@ -25,7 +25,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from . import logging as vlog
+from vending_site.observability import logging as vlog
 
 log = vlog.get_logger(__name__)
 

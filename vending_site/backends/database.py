@@ -12,7 +12,8 @@ socket itself (``set_wait_callback``, the hook gevent uses); :func:`bounded_wait
 ``DATABASE_STATEMENT_TIMEOUT`` plus a second of grace for anything else (a query, a commit),
 so the server's own cancellation, which leaves the connection usable, normally comes first.
 Past the deadline it raises ``OperationalError``; psycopg2 then closes the connection and
-Django opens a new one for the next request. The request answers 503 (``vending_site.outages``).
+Django opens a new one for the next request. The request answers 503
+(``vending_site.backends.outages``).
 
 Schema changes are not requests: ``manage.py migrate`` runs inside
 :func:`statements_unbounded`, so an ``ALTER TABLE`` or index build on a large table may take

@@ -12,7 +12,8 @@ The feeds filter by machine on the server (``?device=<id>&limit=<n>`` on
 ``/dashboard/api/transactions`` and ``/dashboard/api/logs``), so choosing a machine shows its
 own newest rows rather than the few the browser happened to hold; live events after that are
 filtered in the page. The long-running processes report heartbeats
-(:mod:`vending_site.heartbeat`), shown under Connections as running, stopped or never started.
+(:mod:`vending_site.processes.heartbeat`), shown under Connections as running, stopped or never
+started.
 """
 
 from datetime import datetime, timedelta
@@ -54,10 +55,9 @@ from transactions.exceptions import TransactionNotFound
 from transactions.lifecycle import transaction_event_payload
 from transactions.models import Transaction
 from transactions.services import request_vend, resolve_unconfirmed, sweep_if_due
-
-from .errors import DomainError, InvalidRequest, NotFound
-from .heartbeat import services_state, stale_after
-from .models import LiveEvent
+from vending_site.http.errors import DomainError, InvalidRequest, NotFound
+from vending_site.models import LiveEvent
+from vending_site.processes.heartbeat import services_state, stale_after
 
 FEED_LIMIT = 50
 FEED_MAX_LIMIT = 200  # the most rows one feed request returns (the page keeps as many)

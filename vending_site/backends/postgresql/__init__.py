@@ -1,0 +1,2 @@
+"""The PostgreSQL database backend (``ENGINE = "vending_site.backends.postgresql"``); see
+``base``."""

@@ -1,1 +1,0 @@
-"""The PostgreSQL database backend (``ENGINE = "vending_site.postgresql"``); see ``base``."""
