@@ -236,16 +236,6 @@ def sweep(*, now: datetime | None = None) -> SweepResult:
     return SweepResult(expired=expired, unconfirmed=unconfirmed)
 
 
-def sweep_if_due(*, now: datetime | None = None) -> SweepResult | None:
-    """Run :func:`sweep` only when something is due: one cheap read otherwise."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.VEND_CONFIRM_TIMEOUT)
-    due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now).exists() or (
-        Transaction.objects.filter(state=TransactionState.SENT, sent_at__lte=cutoff).exists()
-    )
-    return sweep(now=now) if due else None
-
-
 # --- Idempotency keys ------------------------------------------------------------------
 
 

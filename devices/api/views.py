@@ -17,7 +17,6 @@ from devices.services import (
 )
 from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
-from transactions.services import sweep_if_due
 from vending_site import openapi as docs
 from vending_site.permissions import IsStaff, IsVendClient, is_vend_client
 from vending_site.throttling import DeviceAddressThrottle, DeviceThrottle
@@ -147,7 +146,6 @@ class StatusView(APIView):
     def get(self, request: Request) -> Response:
         if not is_vend_client(request):
             return Response({"service": "vending", "status": "ok"})
-        sweep_if_due()
         devices = list(_devices_with_slots())
         active = next((d.device_id for d in devices if d.is_active), None)
         return Response(

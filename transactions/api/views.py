@@ -22,7 +22,6 @@ from transactions.services import (
     release_idempotency_key,
     request_fingerprint,
     request_vend_once,
-    sweep_if_due,
 )
 from vending_site import openapi as docs
 from vending_site.errors import InvalidRequest
@@ -189,7 +188,6 @@ class TransactionListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
             return Transaction.objects.none()
-        sweep_if_due()
         return _visible_transactions(self.request).order_by("-created_at")
 
 
@@ -203,7 +201,6 @@ class TransactionDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
             return Transaction.objects.none()
-        sweep_if_due()
         return _visible_transactions(self.request).prefetch_related("events")
 
 

@@ -18,6 +18,7 @@ from transactions.services import (
     request_fingerprint,
     request_vend,
     request_vend_once,
+    sweep,
 )
 
 pytestmark = pytest.mark.django_db
@@ -109,18 +110,26 @@ def test_a_slow_request_whose_key_was_taken_over_vends_nothing(online_device, us
     assert Transaction.objects.count() == 1
 
 
-def test_the_admin_shows_a_stuck_vend_as_unconfirmed_without_any_sweeper(
+def test_the_admin_list_never_writes_and_shows_a_stuck_vend_unconfirmed_once_swept(
     online_device, staff, client
 ):
     txn = request_vend(device=online_device, slot_number=2)
     claim_next_command(device=online_device)
     Transaction.objects.filter(pk=txn.pk).update(sent_at=timezone.now() - timedelta(minutes=10))
     client.force_login(staff)
+    changelist = reverse("admin:transactions_transaction_changelist")
 
-    response = client.get(reverse("admin:transactions_transaction_changelist"))
+    before = client.get(changelist)
+
+    assert before.status_code == 200
+    assert Transaction.objects.get(pk=txn.pk).state == TransactionState.SENT  # reads never move it
+
+    sweep()  # what the sweeper process does every few seconds
+    response = client.get(changelist)
 
     assert response.status_code == 200
     assert Transaction.objects.get(pk=txn.pk).state == TransactionState.UNCONFIRMED
+    assert 'font-weight:bold;">Unconfirmed (needs staff)</span>' in response.content.decode()
 
 
 def test_sweep_commands_once_reports_what_it_did(online_device):
