@@ -14,6 +14,7 @@ from devices.access import DeviceNotApproved, approval_message
 from devices.choices import FIRMWARE_MAX_SLOT, CommandKind, CommandState
 from devices.exceptions import DeviceOffline
 from devices.models import Command, Device
+from devices.selectors import active_device, get_device
 from devices.services import expire_due_commands, queue_command
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
@@ -48,7 +49,7 @@ def request_vend(
 
     Called inside a caller's transaction, the vend is a savepoint of it, so a caller may
     catch a refusal and carry on. ``savepoint=False`` spares that savepoint, for a caller
-    that rolls its whole transaction back on any failure (:func:`request_vend_once`).
+    that rolls its whole transaction back on any failure (:func:`request_vend_once`'s).
     """
     if not 1 <= slot_number <= device.slot_count:
         raise SlotOutOfRange(
@@ -123,7 +124,62 @@ def request_vend(
     return txn
 
 
+@dataclass(frozen=True)
+class VendOutcome:
+    """What a vend request came to: its transaction, the status to answer with, and whether
+    it is an earlier request's answer given again (an Idempotency-Key replay)."""
+
+    transaction: Transaction
+    status: int
+    replayed: bool = False
+
+
 def request_vend_once(
+    *,
+    user: AbstractBaseUser,
+    slot_number: int,
+    device_id: str | None = None,
+    idempotency_key: str | None = None,
+    asked: dict | None = None,
+    status: int = 202,
+) -> VendOutcome:
+    """A vend request, at most once per Idempotency-Key: the one service every caller of
+    the vend API goes through.
+
+    The vend is :func:`request_vend` on ``device_id`` (default: the active device). With an
+    ``idempotency_key`` the key is claimed first (:func:`claim_idempotency_key`): a key
+    already used for the same request gives that request's transaction and status back
+    (``replayed``), one used for another request raises :class:`IdempotencyKeyMismatch`, one
+    still being processed :class:`IdempotencyKeyInUse`. A new key is bound to the vend in
+    the vend's own database transaction, so a key never stands for a vend that was rolled
+    back; if the device is unknown or the vend is refused, the key is released so the client
+    may retry with it.
+
+    ``asked`` is what the request asked for (its body, less what only shapes the answer):
+    a retry with the key must ask the same. ``status`` is the answer's, kept for replays.
+    """
+    key = None
+    if idempotency_key is not None:
+        fingerprint = request_fingerprint(
+            method="POST", path=f"vend/{slot_number}", body=asked or {}
+        )
+        key = claim_idempotency_key(user=user, key=idempotency_key, fingerprint=fingerprint)
+        if not key.in_progress:
+            txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)
+            return VendOutcome(transaction=txn, status=key.response_status, replayed=True)
+    try:
+        device = get_device(device_id) if device_id else active_device()
+    except Exception:
+        if key is not None:
+            release_idempotency_key(key=key)
+        raise
+    txn = _request_vend_binding_key(
+        device=device, slot_number=slot_number, user=user, key=key, status=status
+    )
+    return VendOutcome(transaction=txn, status=status)
+
+
+def _request_vend_binding_key(
     *,
     device: Device,
     slot_number: int,
@@ -131,10 +187,8 @@ def request_vend_once(
     key: IdempotencyKey | None,
     status: int,
 ) -> Transaction:
-    """:func:`request_vend`, bound to an Idempotency-Key in the same database transaction.
-
-    If the vend is refused, the key is released so the client may retry with it.
-    """
+    """:func:`request_vend`, bound to a claimed key in the same database transaction; the
+    key is released if the vend is refused."""
     try:
         with transaction.atomic():
             txn = request_vend(

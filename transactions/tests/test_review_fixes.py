@@ -14,10 +14,10 @@ from transactions.choices import TransactionState
 from transactions.exceptions import IdempotencyKeyInUse
 from transactions.models import IdempotencyKey, Transaction
 from transactions.services import (
+    _request_vend_binding_key,
     claim_idempotency_key,
     request_fingerprint,
     request_vend,
-    request_vend_once,
     sweep,
 )
 
@@ -101,12 +101,14 @@ def test_a_slow_request_whose_key_was_taken_over_vends_nothing(online_device, us
     assert retry.pk == slow.pk and retry.locked_at != slow.locked_at
 
     with pytest.raises(IdempotencyKeyInUse):
-        request_vend_once(device=online_device, slot_number=1, user=user, key=slow, status=202)
+        _request_vend_binding_key(
+            device=online_device, slot_number=1, user=user, key=slow, status=202
+        )
 
     assert not Transaction.objects.exists()
     assert online_device.slots.get(number=1).quantity == 5
     assert IdempotencyKey.objects.filter(pk=retry.pk).exists()  # the retry still holds it
-    request_vend_once(device=online_device, slot_number=1, user=user, key=retry, status=202)
+    _request_vend_binding_key(device=online_device, slot_number=1, user=user, key=retry, status=202)
     assert Transaction.objects.count() == 1
 
 
