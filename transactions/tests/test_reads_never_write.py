@@ -44,11 +44,15 @@ READS = {
     "transaction list": lambda txn: "/api/v1/transactions/",
     "transaction detail": lambda txn: f"/api/v1/transactions/{txn.pk}",
     "status": lambda txn: "/status",
+    "device list": lambda txn: "/api/v1/devices",
+    "firmware device list": lambda txn: "/esp32/devices/list",
     "admin list": lambda txn: reverse("admin:transactions_transaction_changelist"),
     "admin page": lambda txn: reverse("admin:transactions_transaction_change", args=[txn.pk]),
     "dashboard": lambda txn: reverse("dashboard"),
     "dashboard state": lambda txn: reverse("dashboard-api:state"),
     "dashboard transactions": lambda txn: reverse("dashboard-api:transactions"),
+    "dashboard machines": lambda txn: reverse("dashboard-api:machines"),
+    "dashboard logs": lambda txn: reverse("dashboard-api:logs"),
 }
 
 
