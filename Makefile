@@ -38,7 +38,8 @@ demo: migrate
 	$(BIN)/python manage.py bootstrap --demo-fleet
 	PATH="$(CURDIR)/$(BIN):$$PATH" PORT_WEB=$${PORT:-5000} $(BIN)/honcho start -f Procfile.demo
 
-# Only the web server, e.g. when discovery and the bridge run as services of their own.
+# Only the web server, e.g. when discovery, the bridge and the sweeper run as services of
+# their own (without a sweeper, overdue vends never expire nor show as unconfirmed).
 serve: migrate
 	$(BIN)/python manage.py bootstrap
 	$(BIN)/python manage.py serve

@@ -10,9 +10,9 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
-from inventory.admin import ReadOnlyAdminMixin, SlotForm, save_slot_form, stock_badge
+from inventory.admin import ReadOnlyAdminMixin, SlotForm, stock_badge
 from inventory.models import Slot
-from inventory.services import ensure_slots
+from inventory.services import ensure_slots, save_slot_changes
 from transactions.commands import queue_command
 from vending_site.http.errors import DomainError
 
@@ -220,7 +220,12 @@ class DeviceAdmin(admin.ModelAdmin):
         for slot_form in formset.forms:
             if slot_form in deleted or not slot_form.has_changed():
                 continue
-            save_slot_form(form=slot_form, user=request.user, note="admin: device slots edited")
+            save_slot_changes(
+                slot=slot_form.instance,
+                changed=slot_form.changed_data,
+                user=request.user,
+                note="admin: device slots edited",
+            )
         return None
 
     def save_related(self, request, form, formsets, change):

@@ -1,28 +1,21 @@
 """Staff screens for products, slots and the stock ledger.
 
-The admin never writes ``Slot.quantity`` itself: a quantity typed into a form becomes a
-``set_stock`` call (an ``adjustment`` ledger row with the staff user), and every other
-field is saved without touching the quantity, so a vend that took a unit while the form
-was open is never overwritten.
+The admin never writes ``Slot.quantity`` itself: a slot form is saved by
+``inventory.services.save_slot_changes``, where a typed quantity becomes an ``adjustment``
+ledger row with the staff user and every other field is saved without touching the
+quantity, so a vend that took a unit while the form was open is never overwritten.
 """
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from vending_site.http.errors import DomainError
 
-from .choices import MovementReason
 from .models import Product, Slot, StockMovement
-from .services import lock_slot, restock_to_capacity, set_stock
-
-# The fields a slot form may save directly; ``quantity`` is deliberately not among them.
-SLOT_DIRECT_FIELDS = frozenset(
-    {"device", "number", "product", "capacity", "low_stock_threshold", "enabled", "needs_attention"}
-)
+from .services import restock_to_capacity, save_slot_changes
 
 
 class SlotForm(forms.ModelForm):
@@ -71,46 +64,6 @@ class SlotForm(forms.ModelForm):
                     f"The slot holds {current} units; the capacity cannot be less than that.",
                 )
         return cleaned
-
-
-@transaction.atomic
-def save_slot_form(*, form: forms.ModelForm, user, note: str = "") -> Slot:
-    """Save a validated slot form; a new quantity goes through ``set_stock``.
-
-    A new slot is created empty and then filled through the ledger. For an existing slot
-    only the changed fields other than ``quantity`` are written, ordered around the stock
-    change so that the database's ``quantity <= capacity`` check holds at every step.
-    """
-    slot = form.instance
-    wanted = slot.quantity
-    if slot.pk is None:
-        slot.quantity = 0
-        slot.save()
-        if wanted:
-            set_stock(
-                slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
-            )
-        return slot
-    fields = [name for name in form.changed_data if name in SLOT_DIRECT_FIELDS]
-    values = {name: getattr(slot, name) for name in fields}
-    quantity_changed = "quantity" in form.changed_data
-    current = lock_slot(slot.pk).quantity
-    # Emptying first lets a lower capacity fit; a higher capacity must exist before filling.
-    set_first = quantity_changed and wanted < current
-    if set_first:
-        set_stock(
-            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
-        )
-    if fields:
-        for name, value in values.items():
-            setattr(slot, name, value)  # set_stock refreshes the slot in place
-        slot.save(update_fields=fields)
-    if quantity_changed and not set_first:
-        set_stock(
-            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
-        )
-    slot.refresh_from_db(fields=["quantity"])
-    return slot
 
 
 def stock_badge(slot: Slot) -> str:
@@ -184,7 +137,9 @@ class SlotAdmin(admin.ModelAdmin):
         return stock_badge(obj)
 
     def save_model(self, request, obj, form, change):
-        save_slot_form(form=form, user=request.user, note="admin: slot edited")
+        save_slot_changes(
+            slot=obj, changed=form.changed_data, user=request.user, note="admin: slot edited"
+        )
 
     @admin.action(description="Restock selected slots to capacity", permissions=["change"])
     def restock_selected(self, request: HttpRequest, queryset) -> None:

@@ -1,5 +1,7 @@
 """The only code that changes stock. Every change writes a ledger row in the same transaction."""
 
+from collections.abc import Iterable
+
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction as db_transaction
 
@@ -162,6 +164,61 @@ def set_stock(
     if delta == 0:
         return None
     return move_stock(slot=slot, delta=delta, reason=reason, user=user, note=note)
+
+
+# The fields a slot edit saves directly; ``quantity`` is deliberately not among them.
+SLOT_DIRECT_FIELDS = frozenset(
+    {"device", "number", "product", "capacity", "low_stock_threshold", "enabled", "needs_attention"}
+)
+
+
+@db_transaction.atomic
+def save_slot_changes(
+    *,
+    slot: Slot,
+    changed: Iterable[str],
+    user: AbstractBaseUser | None = None,
+    note: str = "",
+) -> Slot:
+    """Save an edited slot: the ``changed`` fields, its quantity through the ledger.
+
+    ``slot`` carries the wanted values (a validated admin form's instance, say). A new slot
+    is created empty and then filled through :func:`set_stock`. For an existing slot only
+    the changed fields other than ``quantity`` are written, so a vend that took a unit while
+    the edit was open is never overwritten; a changed quantity becomes an ``adjustment``
+    ledger row, ordered around the other fields so that the database's
+    ``quantity <= capacity`` check holds at every step.
+    """
+    changed = frozenset(changed)
+    wanted = slot.quantity
+    if slot.pk is None:
+        slot.quantity = 0
+        slot.save()
+        if wanted:
+            set_stock(
+                slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+            )
+        return slot
+    fields = sorted(changed & SLOT_DIRECT_FIELDS)
+    values = {name: getattr(slot, name) for name in fields}
+    quantity_changed = "quantity" in changed
+    current = lock_slot(slot.pk).quantity
+    # Emptying first lets a lower capacity fit; a higher capacity must exist before filling.
+    set_first = quantity_changed and wanted < current
+    if set_first:
+        set_stock(
+            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+        )
+    if fields:
+        for name, value in values.items():
+            setattr(slot, name, value)  # set_stock refreshes the slot in place
+        slot.save(update_fields=fields)
+    if quantity_changed and not set_first:
+        set_stock(
+            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+        )
+    slot.refresh_from_db(fields=["quantity"])
+    return slot
 
 
 @db_transaction.atomic

@@ -15,7 +15,7 @@ from vending_site.http.errors import DomainError
 
 from .choices import TransactionState
 from .models import Transaction, TransactionEvent
-from .services import resolve_unconfirmed, sweep_if_due
+from .services import resolve_unconfirmed
 
 STATE_COLOURS = {
     TransactionState.QUEUED: "#666",
@@ -42,11 +42,6 @@ class TransactionEventInline(ReadOnlyAdminMixin, admin.TabularInline):
 @admin.register(Transaction)
 class TransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     inlines = (TransactionEventInline,)
-
-    def changelist_view(self, request: HttpRequest, extra_context=None):
-        # Staff must see stuck vends as `unconfirmed` even when no sweeper process runs.
-        sweep_if_due()
-        return super().changelist_view(request, extra_context)
 
     list_display = (
         "id",

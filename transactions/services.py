@@ -13,7 +13,8 @@ from django.utils import timezone
 from devices.access import DeviceNotApproved, approval_message
 from devices.choices import FIRMWARE_MAX_SLOT, CommandKind, CommandState
 from devices.exceptions import DeviceOffline
-from devices.models import Command, Device
+from devices.models import Device
+from devices.selectors import active_device, get_device
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
 from inventory.services import lock_device_slot, move_stock
@@ -49,7 +50,7 @@ def request_vend(
 
     Called inside a caller's transaction, the vend is a savepoint of it, so a caller may
     catch a refusal and carry on. ``savepoint=False`` spares that savepoint, for a caller
-    that rolls its whole transaction back on any failure (:func:`request_vend_once`).
+    that rolls its whole transaction back on any failure (:func:`request_vend_once`'s).
     """
     if not 1 <= slot_number <= device.slot_count:
         raise SlotOutOfRange(
@@ -124,7 +125,62 @@ def request_vend(
     return txn
 
 
+@dataclass(frozen=True)
+class VendOutcome:
+    """What a vend request came to: its transaction, the status to answer with, and whether
+    it is an earlier request's answer given again (an Idempotency-Key replay)."""
+
+    transaction: Transaction
+    status: int
+    replayed: bool = False
+
+
 def request_vend_once(
+    *,
+    user: AbstractBaseUser,
+    slot_number: int,
+    device_id: str | None = None,
+    idempotency_key: str | None = None,
+    asked: dict | None = None,
+    status: int = 202,
+) -> VendOutcome:
+    """A vend request, at most once per Idempotency-Key: the one service every caller of
+    the vend API goes through.
+
+    The vend is :func:`request_vend` on ``device_id`` (default: the active device). With an
+    ``idempotency_key`` the key is claimed first (:func:`claim_idempotency_key`): a key
+    already used for the same request gives that request's transaction and status back
+    (``replayed``), one used for another request raises :class:`IdempotencyKeyMismatch`, one
+    still being processed :class:`IdempotencyKeyInUse`. A new key is bound to the vend in
+    the vend's own database transaction, so a key never stands for a vend that was rolled
+    back; if the device is unknown or the vend is refused, the key is released so the client
+    may retry with it.
+
+    ``asked`` is what the request asked for (its body, less what only shapes the answer):
+    a retry with the key must ask the same. ``status`` is the answer's, kept for replays.
+    """
+    key = None
+    if idempotency_key is not None:
+        fingerprint = request_fingerprint(
+            method="POST", path=f"vend/{slot_number}", body=asked or {}
+        )
+        key = claim_idempotency_key(user=user, key=idempotency_key, fingerprint=fingerprint)
+        if not key.in_progress:
+            txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)
+            return VendOutcome(transaction=txn, status=key.response_status, replayed=True)
+    try:
+        device = get_device(device_id) if device_id else active_device()
+    except Exception:
+        if key is not None:
+            release_idempotency_key(key=key)
+        raise
+    txn = _request_vend_binding_key(
+        device=device, slot_number=slot_number, user=user, key=key, status=status
+    )
+    return VendOutcome(transaction=txn, status=status)
+
+
+def _request_vend_binding_key(
     *,
     device: Device,
     slot_number: int,
@@ -132,10 +188,8 @@ def request_vend_once(
     key: IdempotencyKey | None,
     status: int,
 ) -> Transaction:
-    """:func:`request_vend`, bound to an Idempotency-Key in the same database transaction.
-
-    If the vend is refused, the key is released so the client may retry with it.
-    """
+    """:func:`request_vend`, bound to a claimed key in the same database transaction; the
+    key is released if the vend is refused."""
     try:
         with transaction.atomic():
             txn = request_vend(
@@ -233,16 +287,6 @@ def sweep(*, now: datetime | None = None) -> SweepResult:
                 continue  # confirmed (or otherwise settled) meanwhile
             unconfirmed += 1
     return SweepResult(expired=expired, unconfirmed=unconfirmed)
-
-
-def sweep_if_due(*, now: datetime | None = None) -> SweepResult | None:
-    """Run :func:`sweep` only when something is due: one cheap read otherwise."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.VEND_CONFIRM_TIMEOUT)
-    due = Command.objects.filter(state=CommandState.QUEUED, expires_at__lte=now).exists() or (
-        Transaction.objects.filter(state=TransactionState.SENT, sent_at__lte=cutoff).exists()
-    )
-    return sweep(now=now) if due else None
 
 
 # --- Idempotency keys ------------------------------------------------------------------

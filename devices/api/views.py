@@ -16,7 +16,6 @@ from devices.services import auto_select_active_device, select_active_device
 from inventory.api.serializers import SlotSerializer
 from inventory.models import Slot
 from transactions.commands import queue_command
-from transactions.services import sweep_if_due
 from vending_site.auth.permissions import IsStaff, IsVendClient, is_vend_client
 
 from .device_views import FirstRenderer
@@ -144,7 +143,6 @@ class StatusView(APIView):
     def get(self, request: Request) -> Response:
         if not is_vend_client(request):
             return Response({"service": "vending", "status": "ok"})
-        sweep_if_due()
         devices = list(_devices_with_slots())
         active = next((d.device_id for d in devices if d.is_active), None)
         return Response(

@@ -7,7 +7,13 @@ from django.db.models import Sum
 from inventory.choices import MovementReason
 from inventory.exceptions import CapacityExceeded, OutOfStock
 from inventory.models import Slot, StockMovement
-from inventory.services import ensure_slots, move_stock, restock_to_capacity, set_stock
+from inventory.services import (
+    ensure_slots,
+    move_stock,
+    restock_to_capacity,
+    save_slot_changes,
+    set_stock,
+)
 from tests.factories import DeviceFactory, SlotFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +144,46 @@ def test_ensure_slots_creates_only_the_missing_numbers():
         (3, 0),
         (4, 0),
     ]
+
+
+def test_saving_slot_changes_leaves_a_vend_taken_meanwhile_alone():
+    slot = SlotFactory(quantity=5, capacity=10, enabled=True)
+    edited = Slot.objects.get(pk=slot.pk)  # an edit opened before the vend
+    move_stock(slot=slot, delta=-1, reason=MovementReason.VEND)
+    edited.enabled = False
+
+    saved = save_slot_changes(slot=edited, changed=["enabled"], user=UserFactory())
+
+    slot.refresh_from_db()
+    assert (slot.quantity, slot.enabled, saved.quantity) == (4, False, 4)
+    assert not slot.movements.filter(reason=MovementReason.ADJUSTMENT).exists()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((8, 10), (3, 4)), ((5, 10), (15, 20))],
+    ids=["lowered together", "raised together"],
+)
+def test_a_new_quantity_and_capacity_are_saved_together_through_the_ledger(before, after):
+    slot = SlotFactory(quantity=before[0], capacity=before[1])
+    staff = UserFactory(is_staff=True)
+    slot.quantity, slot.capacity = after
+
+    save_slot_changes(slot=slot, changed=["quantity", "capacity"], user=staff, note="edit")
+
+    slot.refresh_from_db()
+    assert (slot.quantity, slot.capacity) == after
+    row = slot.movements.get(reason=MovementReason.ADJUSTMENT)
+    assert (row.delta, row.user, row.note) == (after[0] - before[0], staff, "edit")
+    assert slot.movements.count() == 1
+
+
+def test_a_new_slot_is_created_empty_then_filled_through_the_ledger():
+    device = DeviceFactory()
+    slot = Slot(device=device, number=1, capacity=10, quantity=6)
+
+    save_slot_changes(slot=slot, changed=["number", "capacity", "quantity"])
+
+    slot.refresh_from_db()
+    assert slot.quantity == 6
+    assert list(slot.movements.values_list("delta", "reason")) == [(6, MovementReason.ADJUSTMENT)]

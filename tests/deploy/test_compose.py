@@ -597,3 +597,26 @@ def test_nginx_sends_the_same_content_security_policy_as_django():
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     sent = re.search(r'add_header Content-Security-Policy "([^"]+)" always;', conf).group(1)
     assert sent == POLICY
+
+
+def _sweeps(argv: list[str]) -> bool:
+    """``argv`` runs the sweeper: ``manage.py sweep_commands --every N``, round after round."""
+    if argv and argv[0] == "exec":
+        argv = argv[1:]
+    return argv[1:3] == ["manage.py", "sweep_commands"] and "--every" in argv
+
+
+def test_every_shipped_topology_runs_the_sweeper():
+    # Reads never sweep (transactions/tests/test_reads_never_write.py): without the sweeper
+    # an overdue vend would never expire nor show as unconfirmed.
+    for procfile in ("Procfile", "Procfile.demo", "Procfile.prod-local"):  # run, demo, prod-local
+        lines = (ROOT / procfile).read_text().splitlines()
+        commands = [line.split(": ", 1)[1] for line in lines if line and not line.startswith("#")]
+        assert any(_sweeps(shlex.split(command)) for command in commands), procfile
+    assert any(_sweeps(service.get("command", [])) for service in SERVICES.values())
+    unit = (SYSTEMD / "vending-sweeper.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, re.MULTILINE)
+    assert _sweeps(shlex.split(exec_start))
+    assert "WantedBy=multi-user.target" in unit
+    enable = re.search(r"systemctl enable --now (.*)", (ROOT / "docs/production.md").read_text())
+    assert "vending-sweeper" in enable.group(1).split()

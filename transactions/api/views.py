@@ -12,20 +12,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from devices.selectors import active_device, get_device
 from transactions.api import docs
 from transactions.api.throttles import VendThrottle
 from transactions.choices import SETTLED_STATES
 from transactions.filtersets import TransactionFilterSet
 from transactions.models import Transaction
-from transactions.services import (
-    cancel_vend,
-    claim_idempotency_key,
-    release_idempotency_key,
-    request_fingerprint,
-    request_vend_once,
-    sweep_if_due,
-)
+from transactions.services import cancel_vend, request_vend_once
 from vending_site.auth.permissions import IsVendClient, is_staff
 from vending_site.http.errors import InvalidRequest
 
@@ -58,41 +50,34 @@ class VendView(APIView):
         if request.data is None or not isinstance(request.data, dict):
             raise InvalidRequest("The body must be a JSON object (it may be empty: {}).")
         params = VendRequestSerializer.read(request.data)
-        key = self._claim_key(request, slot_number)
-        if key is not None and not key.in_progress:
-            txn = Transaction.objects.select_related("device").get(pk=key.transaction_id)
-            response = Response(TransactionSerializer(txn).data, status=key.response_status)
-            response["Idempotent-Replayed"] = "true"
-            response["Location"] = response.data["links"]["self"]
-            return response
-        try:
-            device = get_device(params["device_id"]) if params.get("device_id") else active_device()
-        except Exception:
-            if key is not None:
-                release_idempotency_key(key=key)
-            raise
-        txn = request_vend_once(
-            device=device, slot_number=slot_number, user=request.user, key=key, status=202
+        outcome = request_vend_once(
+            user=request.user,
+            slot_number=slot_number,
+            device_id=params.get("device_id") or None,
+            idempotency_key=_idempotency_key(request),
+            # `wait` only says how long to hold the answer, not what to vend: a retry may change it.
+            asked={name: value for name, value in request.data.items() if name != "wait"},
+            status=202,
         )
-        response = Response(TransactionSerializer(txn).data, status=202)
+        response = Response(TransactionSerializer(outcome.transaction).data, status=outcome.status)
         response["Location"] = response.data["links"]["self"]
-        response.vend_wait = params.get("wait", 0)
+        if outcome.replayed:
+            response["Idempotent-Replayed"] = "true"
+        else:
+            response.vend_wait = params.get("wait", 0)
         return response
 
-    @staticmethod
-    def _claim_key(request: Request, slot_number: int):
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is None:
-            return None
-        key = key.strip()
-        if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
-            raise InvalidRequest(
-                f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
-            )
-        # `wait` only says how long to hold the answer, not what to vend: a retry may change it.
-        what = {name: value for name, value in request.data.items() if name != "wait"}
-        fingerprint = request_fingerprint(method="POST", path=f"vend/{slot_number}", body=what)
-        return claim_idempotency_key(user=request.user, key=key, fingerprint=fingerprint)
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+        raise InvalidRequest(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
+        )
+    return key
 
 
 def _parse_slot(slot_id: str) -> int:
@@ -189,7 +174,6 @@ class TransactionListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
             return Transaction.objects.none()
-        sweep_if_due()
         return _visible_transactions(self.request).order_by("-created_at")
 
 
@@ -203,7 +187,6 @@ class TransactionDetailView(generics.RetrieveAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
             return Transaction.objects.none()
-        sweep_if_due()
         return _visible_transactions(self.request).prefetch_related("events")
 
 

@@ -14,10 +14,11 @@ from transactions.delivery import claim_next_command
 from transactions.exceptions import IdempotencyKeyInUse
 from transactions.models import IdempotencyKey, Transaction
 from transactions.services import (
+    _request_vend_binding_key,
     claim_idempotency_key,
     request_fingerprint,
     request_vend,
-    request_vend_once,
+    sweep,
 )
 
 pytestmark = pytest.mark.django_db
@@ -100,27 +101,37 @@ def test_a_slow_request_whose_key_was_taken_over_vends_nothing(online_device, us
     assert retry.pk == slow.pk and retry.locked_at != slow.locked_at
 
     with pytest.raises(IdempotencyKeyInUse):
-        request_vend_once(device=online_device, slot_number=1, user=user, key=slow, status=202)
+        _request_vend_binding_key(
+            device=online_device, slot_number=1, user=user, key=slow, status=202
+        )
 
     assert not Transaction.objects.exists()
     assert online_device.slots.get(number=1).quantity == 5
     assert IdempotencyKey.objects.filter(pk=retry.pk).exists()  # the retry still holds it
-    request_vend_once(device=online_device, slot_number=1, user=user, key=retry, status=202)
+    _request_vend_binding_key(device=online_device, slot_number=1, user=user, key=retry, status=202)
     assert Transaction.objects.count() == 1
 
 
-def test_the_admin_shows_a_stuck_vend_as_unconfirmed_without_any_sweeper(
+def test_the_admin_list_never_writes_and_shows_a_stuck_vend_unconfirmed_once_swept(
     online_device, staff, client
 ):
     txn = request_vend(device=online_device, slot_number=2)
     claim_next_command(device=online_device)
     Transaction.objects.filter(pk=txn.pk).update(sent_at=timezone.now() - timedelta(minutes=10))
     client.force_login(staff)
+    changelist = reverse("admin:transactions_transaction_changelist")
 
-    response = client.get(reverse("admin:transactions_transaction_changelist"))
+    before = client.get(changelist)
+
+    assert before.status_code == 200
+    assert Transaction.objects.get(pk=txn.pk).state == TransactionState.SENT  # reads never move it
+
+    sweep()  # what the sweeper process does every few seconds
+    response = client.get(changelist)
 
     assert response.status_code == 200
     assert Transaction.objects.get(pk=txn.pk).state == TransactionState.UNCONFIRMED
+    assert 'font-weight:bold;">Unconfirmed (needs staff)</span>' in response.content.decode()
 
 
 def test_sweep_commands_once_reports_what_it_did(online_device):

@@ -54,7 +54,7 @@ from transactions.choices import TransactionState
 from transactions.exceptions import TransactionNotFound
 from transactions.lifecycle import transaction_event_payload
 from transactions.models import Transaction
-from transactions.services import request_vend, resolve_unconfirmed, sweep_if_due
+from transactions.services import request_vend, resolve_unconfirmed
 from vending_site.http.errors import DomainError, InvalidRequest, NotFound
 from vending_site.models import LiveEvent
 from vending_site.processes.heartbeat import services_state, stale_after
@@ -193,7 +193,6 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
     first. The ``last_event_id`` is read first, so an event racing this read is replayed by
     the page's catch-up rather than lost.
     """
-    sweep_if_due()  # overdue vends show as expired or unconfirmed, sweeper or not
     last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
     state = machines_state()
     if device is None:
