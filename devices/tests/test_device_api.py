@@ -40,7 +40,7 @@ pytestmark = pytest.mark.django_db
 def admission_open(settings):
     """These tests pin the wire protocol: a machine that registers is admitted at once, as
     with DEVICE_APPROVAL_REQUIRED=false. Admission and binding have their own tests
-    (tests/test_device_access.py)."""
+    (devices/tests/test_access.py)."""
     settings.DEVICE_APPROVAL_REQUIRED = False
 
 

@@ -100,7 +100,7 @@ def fleet(transactional_db, settings):
     settings.DEVICE_THROTTLE = "100000/min"
     settings.VEND_MAX_WAIT = 1
     # Binding off: schemathesis' WSGI requests carry no address, and the device cases must
-    # reach the device logic (binding has its own tests, tests/test_device_access.py).
+    # reach the device logic (binding has its own tests, devices/tests/test_access.py).
     settings.DEVICE_ADDRESS_BINDING = False
     stocked_device(
         DEVICE,

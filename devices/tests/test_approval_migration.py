@@ -25,7 +25,7 @@ def test_existing_devices_migrate_as_approved_and_the_group_exists(settings):
     assert device.approved is True
     assert new_apps.get_model("auth", "Group").objects.filter(name="vend-client").exists()
     # Back to the latest schema (later tests share this database); a machine created there
-    # by staff is approved; one that announces itself waits (tests/test_device_access.py).
+    # by staff is approved; one that announces itself waits (devices/tests/test_access.py).
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
     from devices.models import Device
