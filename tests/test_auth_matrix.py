@@ -30,6 +30,7 @@ MATRIX = [
     ("post", f"/api/v1/devices/{DEVICE_ID}/commands", C, (401, 403, 403, 403, 409)),
     # Staff only; approving an approved machine changes nothing and answers it as it is.
     ("post", f"/api/v1/devices/{DEVICE_ID}/admission", A, (401, 403, 403, 403, 200)),
+    ("get", "/api/v1/reports/sales", None, (401, 403, 403, 403, 200)),
     ("get", "/status", None, (200, 200, 200, 200, 200)),
 ]
 

@@ -11,7 +11,9 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
 )
+from rest_framework import serializers
 
+from transactions import reports
 from vending_site.http.openapi import AUTHENTICATED, errors
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
@@ -77,4 +79,109 @@ TRANSACTION_DETAIL = extend_schema(
     summary="One transaction with its state history",
     parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
     responses={200: TransactionDetailSerializer, **errors(*AUTHENTICATED, 404)},
+)
+
+
+# --- Sales reports ------------------------------------------------------------------------
+
+
+class SalesFiguresSerializer(serializers.Serializer):
+    """Documentation only: one group's (or the totals') figures."""
+
+    vends = serializers.IntegerField(help_text="Succeeded vends.")
+    revenue = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=2,
+        coerce_to_string=True,
+        help_text="Sum of the prices charged for succeeded vends, in `currency`.",
+    )
+    failed = serializers.IntegerField()
+    unconfirmed = serializers.IntegerField()
+    expired = serializers.IntegerField()
+    failure_rate = serializers.FloatField(
+        allow_null=True, help_text="failed / (vends + failed), 4 places; null when both are 0."
+    )
+
+
+class SalesGroupSerializer(SalesFiguresSerializer):
+    """Documentation only: one row; which key fields it has depends on `group_by`."""
+
+    machine = serializers.CharField(required=False, help_text="group_by=machine or slot.")
+    machine_name = serializers.CharField(required=False, help_text="group_by=machine.")
+    slot = serializers.IntegerField(required=False, help_text="group_by=slot.")
+    sku = serializers.CharField(required=False, help_text="group_by=product.")
+    product = serializers.CharField(required=False, help_text="group_by=product.")
+    day = serializers.DateField(required=False, help_text="group_by=day.")
+    hour = serializers.DateTimeField(
+        required=False, help_text="group_by=hour: the hour's start, in the server's zone."
+    )
+    previous = SalesFiguresSerializer(
+        required=False, help_text="group_by=machine, product or slot: the previous period."
+    )
+
+
+class PreviousPeriodSerializer(serializers.Serializer):
+    """Documentation only."""
+
+    to = serializers.DateField()
+    totals = SalesFiguresSerializer()
+
+    def get_fields(self):
+        fields = super().get_fields()
+        return {"from": serializers.DateField(), **fields}
+
+
+class SalesReportSerializer(serializers.Serializer):
+    """Documentation only: the JSON answer of the sales report."""
+
+    to = serializers.DateField()
+    group_by = serializers.ChoiceField(choices=reports.GROUPS)
+    time_zone = serializers.CharField(help_text="The server's TIME_ZONE: days and hours are in it.")
+    currency = serializers.CharField(help_text="ISO 4217 code of every revenue.")
+    rows = SalesGroupSerializer(many=True)
+    totals = SalesFiguresSerializer()
+    previous = PreviousPeriodSerializer()
+
+    def get_fields(self):
+        fields = super().get_fields()
+        return {"from": serializers.DateField(), **fields}
+
+
+_DATE = {"type": "string", "format": "date"}
+SALES_REPORT = extend_schema(
+    tags=["reports"],
+    summary="Sales per machine, product, slot, day or hour (staff only)",
+    description="Whole days in the server's time zone (`time_zone`), `from` and `to` both "
+    f"inclusive, at most {reports.MAX_DAYS} days; without them, the last "
+    f"{reports.DEFAULT_DAYS} days to today. A vend counts on the day it was asked for. Per "
+    "group: succeeded vends and their revenue (the prices charged), failed, unconfirmed and "
+    "expired vends and the failure rate; the totals; and the previous period of equal length "
+    "(its totals, and per group for machine, product and slot). Rows of machine, product "
+    "and slot come by revenue, highest first; days and hours in time order, only those with "
+    "vends. `group_by=location` and `route` are not available yet (400). `format=csv` or "
+    "`Accept: text/csv` answers CSV: a header row, then one row per group.",
+    parameters=[
+        OpenApiParameter("from", _DATE, OpenApiParameter.QUERY, description="YYYY-MM-DD"),
+        OpenApiParameter("to", _DATE, OpenApiParameter.QUERY, description="YYYY-MM-DD"),
+        OpenApiParameter(
+            "group_by",
+            {"type": "string", "enum": list(reports.GROUPS), "default": "machine"},
+            OpenApiParameter.QUERY,
+        ),
+        OpenApiParameter(
+            "format",
+            {"type": "string", "enum": ["json", "csv"], "default": "json"},
+            OpenApiParameter.QUERY,
+        ),
+    ],
+    responses={
+        (200, "application/json"): SalesReportSerializer,
+        (200, "text/csv"): OpenApiResponse(
+            {"type": "string"},
+            description="A header row (the group's key columns, vends, revenue, failed, "
+            "unconfirmed, expired, failure_rate; previous_vends, previous_revenue for "
+            "machine, product and slot), then one row per group.",
+        ),
+        **errors(400, *AUTHENTICATED),
+    },
 )

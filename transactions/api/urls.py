@@ -28,6 +28,7 @@ def api_v1_patterns(*, asgi: bool) -> list:
             views.TransactionCancelView.as_view(),
             name="transaction-cancel",
         ),
+        re_path(r"^reports/sales/?$", views.SalesReportView.as_view(), name="sales-report"),
     ]
 
 
