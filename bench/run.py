@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py                  # everything (`make bench`, < 10 min on 2 cores)
     .venv/bin/python bench/run.py --quick          # smaller runs (`make bench-quick`, < 2 min)
     .venv/bin/python bench/run.py --only discovery vend_api --out /tmp/bench
+    .venv/bin/python bench/run.py --only sales_report   # on request only (ON_REQUEST)
 
 Each scenario module (bench/CONTRACT.md) starts the real processes it measures on
 loopback, against a scratch PostgreSQL database ``bench_*`` and Redis database 14 (or
@@ -27,13 +28,15 @@ from bench.common import exit_on_sigterm, machine_info, services_available  # no
 
 # In this order; a module that does not exist (yet) is skipped.
 MODULES = ["vend_api", "serial_vend", "wifi_vend", "discovery", "fleet_polling"]
+# Run only when named with --only (too long for the default run).
+ON_REQUEST = ["sales_report"]
 RESULTS = ROOT / "bench" / "results"
 ROW_KEYS = ("metric", "unit", "count", "errors", "p50", "p95", "p99", "max", "target", "met")
 
 
-def load_scenarios() -> list:
+def load_scenarios(named: list[str] | None = None) -> list:
     scenarios = []
-    for name in MODULES:
+    for name in MODULES + [name for name in ON_REQUEST if name in (named or ())]:
         try:
             module = importlib.import_module(f"bench.{name}")
         except ModuleNotFoundError as exc:
@@ -161,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
-    scenarios = load_scenarios()
+    scenarios = load_scenarios(args.only)
     if args.only:
-        known = {module.NAME for module in scenarios}
+        known = {module.NAME for module in scenarios} | set(ON_REQUEST)
         unknown = sorted(set(args.only) - known)
         if unknown:
             parser.error(f"unknown scenario(s) {unknown}; known: {sorted(known)}")
