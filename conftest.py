@@ -1,12 +1,27 @@
 """Fixtures shared by every test module."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
+
+# The system tier (docs/development.md, "Test tiers"): these suites start servers, bridges,
+# nginx, Chromium or PostgreSQL clusters, or drive the whole stack (the fuzzer). CI runs them
+# once, on PostgreSQL; everything else is the fast tier and runs on both databases. A test
+# elsewhere that starts processes says so itself with @pytest.mark.system.
+SYSTEM_SUITES = {"integration", "browser", "deploy", "faults", "fuzz"}
+ROOT = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.relative_to(ROOT).parts
+        if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(autouse=True)
