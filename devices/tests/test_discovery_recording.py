@@ -98,6 +98,7 @@ def _ask_from(source: str, port: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_run_discovery_records_every_answer_of_a_burst_stamped_when_it_was_answered():
     """300 requests from 100 senders within a fraction of a second: every one is answered,

@@ -58,6 +58,7 @@ def test_long_poll_seconds_outside_0_to_2_are_refused_with_the_reason(value):
         long_poll_seconds(value)
 
 
+@pytest.mark.system
 def test_a_server_started_with_a_long_poll_over_2_s_refuses_to_start():
     env = child_env(DEVICE_LONG_POLL_SECONDS="2.5")
     result = subprocess.run(
@@ -221,6 +222,7 @@ def poll_url(server) -> str:
     return f"{server['url']}/esp32/commands/{DEVICE_ID}"
 
 
+@pytest.mark.system
 def test_an_idle_held_poll_answers_null_after_the_hold(server, device):
     sent, answered, status, body = timed_get(poll_url(server))
 
@@ -231,6 +233,7 @@ def test_an_idle_held_poll_answers_null_after_the_hold(server, device):
     assert HOLD - 0.1 <= held <= HOLD + 0.5
 
 
+@pytest.mark.system
 def test_an_idle_held_documented_poll_answers_no_command_after_the_hold(server, device):
     sent, answered, status, body = timed_get(
         f"{server['url']}/esp32/wifi/command", headers={"Device-ID": MAC}
@@ -240,6 +243,7 @@ def test_an_idle_held_documented_poll_answers_no_command_after_the_hold(server, 
     assert HOLD - 0.1 <= answered - sent <= HOLD + 0.5
 
 
+@pytest.mark.system
 def test_a_held_poll_answers_soon_after_a_vend_is_queued(server, device):
     thread, result = in_thread(lambda: timed_get(poll_url(server)))
     time.sleep(0.4)  # the poll is being held now
@@ -264,6 +268,7 @@ def test_a_held_poll_answers_soon_after_a_vend_is_queued(server, device):
     assert Command.objects.get(transaction=txn).state == CommandState.SENT
 
 
+@pytest.mark.system
 def test_a_held_documented_poll_gets_the_vend(server, device):
     thread, result = in_thread(
         lambda: timed_get(f"{server['url']}/esp32/wifi/command", headers={"Device-ID": MAC})
@@ -277,6 +282,7 @@ def test_a_held_documented_poll_gets_the_vend(server, device):
     assert json.loads(body)["slot"] == 2
 
 
+@pytest.mark.system
 def test_two_held_polls_of_one_device_and_one_vend_deliver_it_once(server, device):
     polls = [in_thread(lambda: timed_get(poll_url(server))) for _ in range(2)]
     time.sleep(0.4)
@@ -289,6 +295,7 @@ def test_two_held_polls_of_one_device_and_one_vend_deliver_it_once(server, devic
     assert Command.objects.filter(state=CommandState.SENT).count() == 1
 
 
+@pytest.mark.system
 def test_a_poll_whose_client_left_while_held_claims_nothing(server, device):
     host, port = server["url"].removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:

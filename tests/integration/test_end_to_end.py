@@ -23,7 +23,9 @@ from tests.integration.processes import (
 )
 from vending_site.permissions import VEND_CLIENT_GROUP
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# sqlite: several processes write the one SQLite file, as `make run` deploys it; CI runs
+# these on SQLite too (docs/development.md, "Test tiers").
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite]
 
 SERIAL_ID = "ESP32_USB_E2E001"
 WIFI_ID = "ESP32_6CC8404FE03C"
