@@ -14,14 +14,20 @@ from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFact
 # once, on PostgreSQL; everything else is the fast tier and runs on both databases. A test
 # elsewhere that starts processes says so itself with @pytest.mark.system.
 SYSTEM_SUITES = {"integration", "browser", "deploy", "faults", "fuzz"}
+# These share fixed Redis databases (the scratch stack's 9, the faults' 12, nginx's 13) and
+# flush them: under pytest-xdist with --dist loadgroup they run one at a time, on one worker.
+ONE_AT_A_TIME = {"integration", "deploy", "faults"}
 ROOT = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = item.path.relative_to(ROOT).parts
         if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
             item.add_marker(pytest.mark.system)
+            if parts[1] in ONE_AT_A_TIME:
+                item.add_marker(pytest.mark.xdist_group("one-at-a-time"))
 
 
 @pytest.fixture(autouse=True)
