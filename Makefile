@@ -1,7 +1,9 @@
 # make run   - install (first time), migrate, load demo data, then run the web server
 #              (0.0.0.0:5000), the UDP discovery listener and the serial bridge together
 # make demo  - the same plus simulated machines and customers (no hardware needed)
-# make test  - install (first time) and run the whole test suite
+# make test  - install (first time) and run the whole test suite (both tiers)
+# make test-fast - only the fast tier (in-process tests, plus the system tests of SQLite
+#              behaviour): what CI runs on SQLite; `make test-system` the other tier alone
 # make bench - the benchmark suite (bench/run.py; PostgreSQL and Redis on loopback, < 10 min
 #              on 2 cores): a table, bench/results/latest.json and bench/results/latency.png
 # make soak  - 10 minutes at the fleet target (bench/soak.py): every server process's memory
@@ -14,7 +16,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-installed-stamp
 
-.PHONY: run demo serve test lint format migrate clean
+.PHONY: run demo serve test test-fast test-system lint format migrate clean
 
 $(STAMP): requirements/base.txt requirements/prod.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,8 +54,17 @@ serve: migrate
 prod-local: $(STAMP)
 	$(BIN)/python deploy/prod_local.py run
 
+# Test tiers (docs/development.md): the system tier (marker `system`) starts processes and
+# runs once in CI, on PostgreSQL; the fast tier is everything else and runs on both
+# databases. DATABASE_URL picks the database (SQLite when unset); PYTEST_ARGS adds options.
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "not system or sqlite" $(PYTEST_ARGS)
+
+test-system: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m system $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

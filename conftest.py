@@ -1,6 +1,8 @@
 """Fixtures shared by every test module."""
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -13,6 +15,28 @@ from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFact
 # example failed them on a loaded two-core machine (speed targets live in bench/).
 hypothesis_settings.register_profile("vending", deadline=None)
 hypothesis_settings.load_profile("vending")
+
+# The system tier (docs/development.md, "Test tiers"): these suites start servers, bridges,
+# nginx, Chromium or PostgreSQL clusters, or drive the whole stack (the fuzzer). CI runs them
+# once, on PostgreSQL; everything else is the fast tier and runs on both databases. A test
+# elsewhere that starts processes says so itself with @pytest.mark.system.
+SYSTEM_SUITES = {"integration", "browser", "deploy", "faults", "fuzz"}
+ROOT = Path(__file__).resolve().parent
+
+# Under pytest-xdist (CI runs `-n 2 --dist loadfile`: a file's tests stay on one worker, so a
+# server its module fixture starts is started once) each worker gets Redis databases of its
+# own where a suite flushes a fixed one: the scratch stack's (9) and nginx's (13) move to 8
+# on the second worker (SCRATCH_REDIS_URL; tests/test_throttling.py takes 4 + the worker).
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+if _WORKER:
+    os.environ.setdefault("SCRATCH_REDIS_URL", f"redis://127.0.0.1:6379/{9 - _WORKER}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.relative_to(ROOT).parts
+        if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """DRF throttles: per user or key on the REST API (vend stricter), per device on device
 endpoints; 429 in our error shape with Retry-After. Each test gets a fresh cache."""
 
+import os
 import uuid
 from unittest import mock
 
@@ -13,7 +14,10 @@ from devices.tests.helpers import DEVICE_ID, confirm, poll
 from tests.factories import UserFactory
 from vending_site.http.network import client_ip
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
+# Database 4, and under pytest-xdist one more per worker (gw1: 5): each test clears its
+# database when done, which must not wipe another worker's counts mid-test.
+REDIS_DB = 4 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
 def redis_available() -> bool:

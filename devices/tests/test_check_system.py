@@ -70,6 +70,7 @@ def web_url():
 # --- the whole command ------------------------------------------------------------------
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_every_check_passes_against_running_discovery_and_web_server(discovery_port, web_url):
     DeviceFactory(last_seen=timezone.now())

@@ -132,6 +132,7 @@ def test_a_flood_from_one_source_is_cut_to_the_rate_limit():
     assert listener.protocol.dropped == 100 - answers
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_run_discovery_answers_logs_and_stops_cleanly_on_sigterm():
     process = start_command("run_discovery", "--host", "127.0.0.1", "--port", "0")

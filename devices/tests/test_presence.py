@@ -210,10 +210,8 @@ def test_on_postgresql_a_row_held_elsewhere_fails_the_flush_fast_and_keeps_its_r
     holder.start()
     try:
         assert holding.wait(5)
-        started = time.monotonic()
-        with pytest.raises(OperationalError):
+        with pytest.raises(OperationalError, match="lock timeout"):  # not the statement timeout
             buffer.flush()
-        assert time.monotonic() - started < 3  # lock_timeout, not the statement timeout
         assert buffer.pending() == {device.pk: moment}
     finally:
         release.set()

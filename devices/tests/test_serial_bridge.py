@@ -316,9 +316,7 @@ def test_staff_can_disconnect_and_reconnect_a_port_within_a_second():
         wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
 
         request_port(path=rig.firmware.path, request=PortRequest.DISCONNECT)
-        started = time.monotonic()
-        wait_for(lambda: not rig.port().is_open, what="port closed")
-        assert time.monotonic() - started < 2.0
+        wait_for(lambda: not rig.port().is_open, timeout=2.0, what="port closed")
         wait_for(lambda: not Device.objects.get(device_id=DEVICE_ID).is_online, what="offline")
 
         request_port(path=rig.firmware.path, request=PortRequest.CONNECT)
@@ -365,10 +363,9 @@ def test_on_postgresql_a_new_command_wakes_the_bridge_instead_of_waiting_for_its
         wait_for(lambda: rig.port() and rig.port().is_open, what="port open")
         wait_for(rig.bridge.waker.listening.is_set, what="listening")
         time.sleep(0.2)  # let the link settle into its (slow) wait
-        started = time.monotonic()
         txn = request_vend(device=Device.objects.get(pk=device.pk), slot_number=1)
+        # Woken: settled well before the 5 s look came round.
         wait_for(settled(txn, TransactionState.SUCCEEDED), timeout=4.5, what="success")
-        assert time.monotonic() - started < 4.5  # well before the 5 s look came round
 
 
 def test_on_postgresql_the_bridge_survives_its_database_connections_being_cut(caplog):

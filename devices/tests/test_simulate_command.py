@@ -28,6 +28,7 @@ def read_serial_until(port: serial.Serial, needle: bytes, timeout: float = 5.0) 
     raise AssertionError(f"{needle!r} not read within {timeout} s; got {seen!r}")
 
 
+@pytest.mark.system
 def test_serial_mode_prints_its_pty_and_answers_like_the_usb_firmware():
     process = start_command("simulate_esp32", "--serial", "--duration", "2")
     try:
@@ -46,6 +47,7 @@ def test_serial_mode_prints_its_pty_and_answers_like_the_usb_firmware():
     assert "ESP32_USB_VENDING slot 1: dispensed" in output
 
 
+@pytest.mark.system
 def test_sigterm_stops_it_cleanly_even_while_the_server_is_unreachable():
     nowhere = f"http://127.0.0.1:{free_port()}"
     process = start_command(
@@ -58,6 +60,7 @@ def test_sigterm_stops_it_cleanly_even_while_the_server_is_unreachable():
     assert "simulator stopped: 1 device(s), 0 vend(s) confirmed" in output
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_wifi_mode_prints_one_line_per_vend(server):  # noqa: F811
     stocked_device("ESP32_020000000002")

@@ -192,6 +192,7 @@ def test_an_unknown_device_registers_itself_with_its_own_id(server, simulators):
     assert device.ip_address == "127.0.0.1"
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_the_server_is_found_by_udp_discovery_then_the_status_probe(server, simulators):
     udp_port = free_port(socket.SOCK_DGRAM)

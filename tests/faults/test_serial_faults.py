@@ -24,7 +24,9 @@ from transactions.choices import TransactionState
 from transactions.models import Transaction, TransactionEvent
 from transactions.services import request_vend
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# sqlite: several processes write the one SQLite file, as `make run` deploys it; CI runs
+# these on SQLite too (docs/development.md, "Test tiers").
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite]
 
 DEVICE_ID = "ESP32_USB_FAULT01"
 REPLY_TIMEOUT = "2.5"

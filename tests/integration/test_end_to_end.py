@@ -17,7 +17,9 @@ from tests.scratch.children import read_until, start_command, stop
 from tests.scratch.net import free_port, loopback_opener, wait_http
 from vending_site.auth.permissions import VEND_CLIENT_GROUP
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# sqlite: several processes write the one SQLite file, as `make run` deploys it; CI runs
+# these on SQLite too (docs/development.md, "Test tiers").
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite]
 
 SERIAL_ID = "ESP32_USB_E2E001"
 WIFI_ID = "ESP32_6CC8404FE03C"

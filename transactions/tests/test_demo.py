@@ -44,6 +44,7 @@ def test_demo_customers_buy_from_online_machines_and_restock_sold_out_ones():
     assert not Transaction.objects.exclude(device__in=[online, sold_out]).exists()
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_the_serial_simulator_keeps_a_stable_link_to_its_pty_while_it_runs(tmp_path):
     link = tmp_path / "ttyDEMO"

@@ -416,7 +416,7 @@ def test_a_vend_with_wait_answers_202_when_nothing_settles_in_time(online_device
 
     assert response.status_code == 202
     assert response.json()["state"] == "queued"
-    assert 0.3 <= time.monotonic() - started < 3
+    assert time.monotonic() - started >= 0.3  # the wait was honoured (a load cannot shorten it)
 
 
 # --- Listing and reading transactions ---------------------------------------------------------

@@ -104,6 +104,7 @@ def test_the_machines_endpoint_lists_the_services(staff):
     assert body["service_stale_after"] > 0
 
 
+@pytest.mark.system
 def test_a_real_discovery_listener_shows_running_then_stopped_after_sigterm(
     transactional_db, staff
 ):

@@ -110,6 +110,7 @@ def test_a_rolled_back_change_never_reaches_the_page():
     assert nothing_else
 
 
+@pytest.mark.system
 def test_an_event_from_another_process_arrives_within_a_second():
     staff = UserFactory(is_staff=True)
 
@@ -247,6 +248,7 @@ def test_a_sender_that_keeps_sending_unreadable_frames_is_closed_with_1008():
     assert run(scenario()) == {"type": "websocket.close", "code": CLOSE_ABUSE}
 
 
+@pytest.mark.system
 def test_daphne_answers_unreadable_frames_without_logging_a_traceback():
     port = free_port()
     server = start_server(
@@ -292,6 +294,7 @@ def redis_available() -> bool:
         return False
 
 
+@pytest.mark.system
 def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings):
     if not redis_available():
         pytest.skip("no Redis on 127.0.0.1:6379")

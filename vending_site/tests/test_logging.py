@@ -130,6 +130,7 @@ def test_concurrent_async_requests_keep_their_own_request_id(rf, log_lines):
     assert all(line["request_id"] == line["expected"] for line in inside)
 
 
+@pytest.mark.system
 def test_a_real_process_logs_json_lines_to_stderr_through_the_settings():
     """The wiring itself: Django applies settings.LOGGING in a fresh process, and a plain
     stdlib logger and a structlog logger both come out as JSON on stderr."""

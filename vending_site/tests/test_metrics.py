@@ -136,6 +136,7 @@ def test_a_transition_that_rolls_back_is_not_counted(online_device, user):
     assert own_file_value("vending_vends_total", outcome="cancelled") == before
 
 
+@pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_a_vend_expired_by_the_sweeper_process_shows_in_the_web_metrics(
     client, client_for, user, online_device

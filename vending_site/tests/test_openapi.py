@@ -143,6 +143,7 @@ def test_swagger_ui_uses_only_local_assets_and_they_are_served(client, db):
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+@pytest.mark.system
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not installed at {CHROMIUM}")
 @pytest.mark.django_db(transaction=True)
 def test_swagger_ui_renders_in_a_browser_that_can_reach_only_the_server(monkeypatch):

@@ -98,6 +98,7 @@ def handshake_status(port: int, origin: str) -> int:
     return socket.status
 
 
+@pytest.mark.system
 def test_daphne_refuses_the_handshake_of_another_sites_page():
     port = free_port()
     server = start_server(

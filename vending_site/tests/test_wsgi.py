@@ -197,7 +197,7 @@ def test_under_wsgi_a_vend_with_wait_answers_202_when_nothing_settles_in_time(on
     assert status == 202, content
     assert json.loads(content)["state"] == "queued"
     assert headers["location"].endswith(f"/api/v1/transactions/{json.loads(content)['id']}")
-    assert 0.3 <= time.monotonic() - started < 3
+    assert time.monotonic() - started >= 0.3  # the wait was honoured (a load cannot shorten it)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nowhere", "/esp32/commands/a/b", "/esp32/nowhere"])
