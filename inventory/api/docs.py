@@ -31,7 +31,7 @@ MACHINE_SLOTS = extend_schema(
     "threshold, the `price` a vend charges (the slot's `price_override`, else the product's) "
     "and the install's `currency`.",
     parameters=[_DEVICE],
-    responses={200: PlanogramSerializer, **errors(*AUTHENTICATED, 404)},
+    responses={200: PlanogramSerializer, **errors(400, *AUTHENTICATED, 404)},
 )
 
 MACHINE_SLOT_UPDATE = extend_schema(
