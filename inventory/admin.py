@@ -7,6 +7,7 @@ quantity, so a vend that took a unit while the form was open is never overwritte
 """
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F
 from django.http import HttpRequest
@@ -14,8 +15,14 @@ from django.utils.html import format_html
 
 from vending_site.http.errors import DomainError
 
-from .models import Product, Slot, StockMovement
-from .services import restock_to_capacity, save_slot_changes
+from .models import PriceChange, Product, Slot, StockMovement
+from .selectors import price_of
+from .services import restock_to_capacity, save_product_changes, save_slot_changes
+
+
+def money(amount) -> str:
+    """A price with the install's currency (``settings.CURRENCY``), or a dash."""
+    return "-" if amount is None else f"{amount} {settings.CURRENCY}"
 
 
 class SlotForm(forms.ModelForm):
@@ -29,7 +36,9 @@ class SlotForm(forms.ModelForm):
             "product",
             "quantity",
             "capacity",
+            "par",
             "low_stock_threshold",
+            "price",
             "enabled",
             "needs_attention",
         )
@@ -46,6 +55,11 @@ class SlotForm(forms.ModelForm):
         capacity = cleaned.get("capacity")
         if capacity is None:
             return cleaned
+        par = cleaned.get("par")
+        if par is not None and par > capacity:
+            self.add_error(
+                "par", f"The PAR ({par}) cannot be above the slot's capacity ({capacity})."
+            )
         if "quantity" in self.fields and "quantity" in self.changed_data:
             quantity = cleaned.get("quantity")
             if quantity is not None and quantity > capacity:
@@ -102,9 +116,17 @@ class StockLevelFilter(admin.SimpleListFilter):
 
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
-    list_display = ("name", "sku", "price", "created_at")
+    list_display = ("name", "sku", "price_shown", "created_at")
     search_fields = ("name", "sku")
     ordering = ("name",)
+
+    @admin.display(description="Price", ordering="price")
+    def price_shown(self, obj: Product) -> str:
+        return money(obj.price)
+
+    def save_model(self, request, obj, form, change):
+        # A changed price is recorded (PriceChange) by the service, with the staff user.
+        save_product_changes(product=obj, changed=form.changed_data, user=request.user)
 
 
 @admin.register(Slot)
@@ -116,6 +138,8 @@ class SlotAdmin(admin.ModelAdmin):
         "product",
         "quantity",
         "capacity",
+        "par",
+        "price_charged",
         "stock",
         "enabled",
         "needs_attention",
@@ -135,6 +159,14 @@ class SlotAdmin(admin.ModelAdmin):
     @admin.display(description="Stock")
     def stock(self, obj: Slot) -> str:
         return stock_badge(obj)
+
+    @admin.display(description="Price")
+    def price_charged(self, obj: Slot) -> str:
+        """What a vend charges; an override of the product's price is marked."""
+        if obj.product is None and obj.price is None:
+            return "-"
+        shown = money(price_of(obj))
+        return f"{shown} (slot)" if obj.price is not None else shown
 
     def save_model(self, request, obj, form, change):
         save_slot_changes(
@@ -195,3 +227,20 @@ class StockMovementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("slot__device__device_id", "note", "reason")
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+
+@admin.register(PriceChange)
+class PriceChangeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "product", "slot", "old", "new", "user", "note")
+    list_filter = ("created_at",)
+    list_select_related = ("product", "slot__device", "user")
+    search_fields = ("product__name", "product__sku", "slot__device__device_id")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Old price")
+    def old(self, obj: PriceChange) -> str:
+        return money(obj.old_price)
+
+    @admin.display(description="New price")
+    def new(self, obj: PriceChange) -> str:
+        return money(obj.new_price)

@@ -1,4 +1,4 @@
-from vending_site.http.errors import DomainError, InvalidRequest
+from vending_site.http.errors import DomainError, InvalidRequest, Unprocessable
 
 
 class OutOfStock(DomainError):
@@ -19,3 +19,16 @@ class SlotNotConfigured(DomainError):
 
 class SlotOutOfRange(InvalidRequest):
     code = "slot_out_of_range"
+
+
+class PlanogramInvalid(Unprocessable):
+    """A slot's settings that cannot hold together (PAR above capacity, capacity below what
+    the slot holds, a negative price)."""
+
+    code = "planogram_invalid"
+
+
+class RestockRefused(Unprocessable):
+    """A restock with at least one fill that cannot be made; ``slots`` names each one."""
+
+    code = "restock_refused"

@@ -40,6 +40,20 @@ class Slot(models.Model):
     low_stock_threshold = models.PositiveIntegerField(
         default=2, help_text="The slot is flagged as low when quantity is at or below this."
     )
+    par = models.PositiveIntegerField(
+        "PAR",
+        null=True,
+        blank=True,
+        help_text="Fill-to level for restocking; empty means the capacity.",
+    )
+    price = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Price of a vend from this slot; empty means the product's price.",
+    )
     enabled = models.BooleanField(default=True)
     needs_attention = models.BooleanField(
         default=False, help_text="Set when the machine reported the slot empty."
@@ -54,6 +68,14 @@ class Slot(models.Model):
             models.CheckConstraint(
                 condition=Q(quantity__lte=F("capacity")), name="slot_quantity_within_capacity"
             ),
+            models.CheckConstraint(
+                condition=Q(par__isnull=True) | Q(par__lte=F("capacity")),
+                name="slot_par_within_capacity",
+            ),
+            models.CheckConstraint(
+                condition=Q(price__isnull=True) | Q(price__gte=0),
+                name="slot_price_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -66,6 +88,11 @@ class Slot(models.Model):
     @property
     def is_empty(self) -> bool:
         return self.quantity == 0
+
+    @property
+    def fill_to(self) -> int:
+        """What a full restock fills the slot to: its PAR, else its capacity."""
+        return self.capacity if self.par is None else self.par
 
 
 class StockMovement(models.Model):
@@ -98,3 +125,36 @@ class StockMovement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.slot} {self.delta:+d} ({self.reason})"
+
+
+class PriceChange(models.Model):
+    """One change of a price: a product's, or a slot's override (``None`` = no override,
+    the product's price applies). Written only by ``inventory.services.set_price``; rows are
+    never changed or deleted."""
+
+    product = models.ForeignKey(
+        Product, on_delete=models.PROTECT, null=True, blank=True, related_name="price_changes"
+    )
+    slot = models.ForeignKey(
+        Slot, on_delete=models.PROTECT, null=True, blank=True, related_name="price_changes"
+    )
+    old_price = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    new_price = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True
+    )
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(product__isnull=False) & Q(slot__isnull=True))
+                | (Q(product__isnull=True) & Q(slot__isnull=False)),
+                name="price_change_of_product_or_slot",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product or self.slot}: {self.old_price} -> {self.new_price}"

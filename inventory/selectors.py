@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.db.models import F, QuerySet
@@ -24,3 +25,13 @@ def low_stock_slots(*, device: Device | None = None) -> QuerySet[Slot]:
     if device is not None:
         slots = slots.filter(device=device)
     return slots.order_by("device__device_id", "number")
+
+
+def price_of(slot: Slot) -> Decimal:
+    """What a vend from ``slot`` charges: its own price if set, else its product's.
+
+    The one place this rule lives; the vend copies the result onto its transaction.
+    """
+    if slot.price is not None:
+        return slot.price
+    return slot.product.price

@@ -1,16 +1,18 @@
 """The only code that changes stock. Every change writes a ledger row in the same transaction."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction as db_transaction
 
 from vending_site.backends.statements import Insert, Select, Update
+from vending_site.live import events
 from vending_site.live.events import publish
 
 from .choices import MovementReason
-from .exceptions import CapacityExceeded, OutOfStock
-from .models import Slot, StockMovement
+from .exceptions import CapacityExceeded, OutOfStock, PlanogramInvalid, RestockRefused
+from .models import PriceChange, Product, Slot, StockMovement
 
 
 def lock_slot(slot_id: int) -> Slot:
@@ -166,9 +168,23 @@ def set_stock(
     return move_stock(slot=slot, delta=delta, reason=reason, user=user, note=note)
 
 
-# The fields a slot edit saves directly; ``quantity`` is deliberately not among them.
+# The fields a slot edit saves directly; ``quantity`` goes through the ledger and ``price``
+# through set_price, so neither is among them.
 SLOT_DIRECT_FIELDS = frozenset(
-    {"device", "number", "product", "capacity", "low_stock_threshold", "enabled", "needs_attention"}
+    {
+        "device",
+        "number",
+        "product",
+        "capacity",
+        "par",
+        "low_stock_threshold",
+        "enabled",
+        "needs_attention",
+    }
+)
+# What the planogram API may change on a slot (not its place, quantity or attention flag).
+SLOT_PLANOGRAM_FIELDS = frozenset(
+    {"product", "capacity", "par", "low_stock_threshold", "price", "enabled"}
 )
 
 
@@ -180,31 +196,42 @@ def save_slot_changes(
     user: AbstractBaseUser | None = None,
     note: str = "",
 ) -> Slot:
-    """Save an edited slot: the ``changed`` fields, its quantity through the ledger.
+    """Save an edited slot: the ``changed`` fields, its quantity through the ledger, its
+    price through :func:`set_price`.
 
     ``slot`` carries the wanted values (a validated admin form's instance, say). A new slot
     is created empty and then filled through :func:`set_stock`. For an existing slot only
     the changed fields other than ``quantity`` are written, so a vend that took a unit while
     the edit was open is never overwritten; a changed quantity becomes an ``adjustment``
     ledger row, ordered around the other fields so that the database's
-    ``quantity <= capacity`` check holds at every step.
+    ``quantity <= capacity`` check holds at every step. Raises :class:`PlanogramInvalid`
+    (nothing written) when the PAR would pass the capacity or the capacity would be below
+    what the slot holds, checked under the slot's row lock.
     """
     changed = frozenset(changed)
     wanted = slot.quantity
+    price = slot.price
     if slot.pk is None:
+        _check_planogram(slot, quantity=wanted, capacity=slot.capacity, par=slot.par)
         slot.quantity = 0
+        slot.price = None
         slot.save()
         if wanted:
             set_stock(
                 slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
             )
+        if price is not None:
+            set_price(slot=slot, price=price, user=user, note=note)
         return slot
     fields = sorted(changed & SLOT_DIRECT_FIELDS)
     values = {name: getattr(slot, name) for name in fields}
     quantity_changed = "quantity" in changed
-    current = lock_slot(slot.pk).quantity
+    current = lock_slot(slot.pk)
+    final = {name: getattr(current, name) for name in ("capacity", "par")}
+    final.update((name, values[name]) for name in final if name in values)
+    _check_planogram(slot, quantity=wanted if quantity_changed else current.quantity, **final)
     # Emptying first lets a lower capacity fit; a higher capacity must exist before filling.
-    set_first = quantity_changed and wanted < current
+    set_first = quantity_changed and wanted < current.quantity
     if set_first:
         set_stock(
             slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
@@ -217,8 +244,185 @@ def save_slot_changes(
         set_stock(
             slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
         )
-    slot.refresh_from_db(fields=["quantity"])
+    if "price" in changed:
+        set_price(slot=slot, price=price, user=user, note=note)
+    slot.refresh_from_db(fields=["quantity", "price"])
     return slot
+
+
+def _check_planogram(slot: Slot, *, quantity: int, capacity: int, par: int | None) -> None:
+    where = f"Slot {slot.number}" + (f" of {slot.device.device_id}" if slot.device_id else "")
+    if par is not None and par > capacity:
+        raise PlanogramInvalid(
+            f"{where}: the PAR ({par}) cannot be above the capacity ({capacity}).",
+            slot_id=slot.number,
+        )
+    if quantity > capacity:
+        raise PlanogramInvalid(
+            f"{where} holds {quantity} units; the capacity ({capacity}) cannot be less.",
+            slot_id=slot.number,
+        )
+
+
+def update_slot(
+    *, slot: Slot, changes: Mapping[str, object], user: AbstractBaseUser | None = None
+) -> Slot:
+    """Change a slot's planogram (any of :data:`SLOT_PLANOGRAM_FIELDS`) as
+    :func:`save_slot_changes` saves an edit: under the slot's lock, the price recorded."""
+    unknown = set(changes) - SLOT_PLANOGRAM_FIELDS
+    if unknown:
+        raise ValueError(f"not planogram fields: {sorted(unknown)}")
+    for name, value in changes.items():
+        setattr(slot, name, value)
+    return save_slot_changes(slot=slot, changed=changes.keys(), user=user, note="planogram edit")
+
+
+@db_transaction.atomic
+def set_price(
+    *,
+    product: Product | None = None,
+    slot: Slot | None = None,
+    price: Decimal | None,
+    user: AbstractBaseUser | None = None,
+    note: str = "",
+) -> PriceChange | None:
+    """Set a product's price, or a slot's override (``None``: the product's price applies),
+    and record the change (who, old, new) in :class:`PriceChange`. The only code that
+    changes a price. Returns ``None`` when the price already is ``price``.
+
+    The row is locked first, so two concurrent changes are recorded in order, each with the
+    old price the other left. Raises :class:`PlanogramInvalid` for a negative price, or no
+    price for a product.
+    """
+    if (product is None) == (slot is None):
+        raise ValueError("set_price needs a product or a slot")
+    if price is not None:
+        price = Decimal(price)
+    if price is not None and price < 0:
+        raise PlanogramInvalid(f"A price cannot be negative ({price}).")
+    if slot is not None:
+        locked = lock_slot(slot.pk)
+        target, model = slot, Slot
+    else:
+        if price is None:
+            raise PlanogramInvalid(f"{product} needs a price.")
+        locked = Product.objects.select_for_update().get(pk=product.pk)
+        target, model = product, Product
+    old = locked.price
+    target.price = price
+    if old == price:
+        return None
+    model.objects.filter(pk=locked.pk).update(price=price)
+    return PriceChange.objects.create(
+        product=product, slot=slot, old_price=old, new_price=price, user=user, note=note[:255]
+    )
+
+
+@db_transaction.atomic
+def save_product_changes(
+    *, product: Product, changed: Iterable[str], user: AbstractBaseUser | None = None
+) -> Product:
+    """Save an edited product; a changed price goes through :func:`set_price`."""
+    price = product.price
+    if product.pk is None:
+        product.save()
+        return product
+    changed = frozenset(changed)
+    fields = sorted(changed - {"price", "id"})
+    if fields:
+        product.save(update_fields=fields)
+    if "price" in changed:
+        set_price(product=product, price=price, user=user, note="product edited")
+    return product
+
+
+@db_transaction.atomic
+def restock(
+    *,
+    device,
+    loaded: Mapping[str | int, object],
+    user: AbstractBaseUser | None = None,
+    note: str = "",
+) -> list[StockMovement]:
+    """Add the units loaded into each slot of ``device`` (``{slot number: units}``): one
+    ``restock`` ledger row per slot, all in one database transaction.
+
+    A partial fill is fine; a fill must be a whole number of units above 0 into a slot that
+    exists, has a product and has room. If any fill cannot be made, :class:`RestockRefused`
+    names every such slot (``slots``: slot -> reason) and nothing is written. The slots are
+    locked in primary-key order, as every multi-slot writer must, so two restocks never
+    deadlock; a vend locks one slot only.
+    """
+    problems: dict[str, str] = {}
+    fills: dict[int, int] = {}
+    for key, units in loaded.items():
+        number = _slot_number(key)
+        if number is None:
+            problems[str(key)] = f"{str(key)[:20]!r} is not a slot number."
+        elif type(units) is not int or units < 1:
+            problems[str(key)] = f"Slot {number}: units loaded must be a whole number above 0."
+        elif number in fills:
+            problems[str(key)] = f"Slot {number} is named twice."
+        else:
+            fills[number] = units
+    slots = list(
+        Slot.objects.select_for_update(of=("self",))
+        .select_related("product")
+        .filter(device=device, number__in=fills)
+        .order_by("pk")
+    )
+    by_number = {slot.number: slot for slot in slots}
+    for number, units in sorted(fills.items()):
+        slot = by_number.get(number)
+        if slot is None:
+            problems[str(number)] = f"{device.device_id} has no slot {number}."
+        elif slot.product_id is None:
+            problems[str(number)] = f"Slot {number} has no product assigned."
+        elif slot.quantity + units > slot.capacity:
+            problems[str(number)] = (
+                f"Slot {number} holds {slot.quantity} of {slot.capacity}: adding {units} "
+                f"would pass its capacity (room for {slot.capacity - slot.quantity})."
+            )
+    if not fills and not problems:
+        raise RestockRefused("Nothing was loaded: name at least one slot.", slots={})
+    if problems:
+        first = next(iter(sorted(problems.items())))[1]
+        more = f" ({len(problems) - 1} more slot(s) refused)" if len(problems) > 1 else ""
+        raise RestockRefused(
+            f"Nothing was restocked. {first}{more}", slots=dict(sorted(problems.items()))
+        )
+    movements = []
+    with events.batched():
+        for slot in slots:  # in primary-key order, the order they were locked in
+            slot.device = device
+            movements.append(
+                move_stock(
+                    slot=slot,
+                    delta=fills[slot.number],
+                    reason=MovementReason.RESTOCK,
+                    user=user,
+                    note=note,
+                    locked=True,
+                )
+            )
+    return movements
+
+
+# A slot number as a key of a restock's "loaded" (JSON keys are strings); the model's field
+# is a PositiveSmallIntegerField, so anything larger names no slot (and must not reach SQL).
+_MAX_SLOT_NUMBER = 32767
+
+
+def _slot_number(key: str | int) -> int | None:
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, str):
+        if not (key.isascii() and key.isdigit() and len(key) <= 5):
+            return None
+        key = int(key)
+    if not isinstance(key, int) or not 1 <= key <= _MAX_SLOT_NUMBER:
+        return None
+    return key
 
 
 @db_transaction.atomic

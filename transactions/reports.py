@@ -41,8 +41,8 @@ _CENT = Decimal("0.01")
 
 
 def currency() -> str:
-    """The ISO 4217 code money is shown in (the ``CURRENCY`` setting, EUR without one)."""
-    return getattr(settings, "CURRENCY", "EUR")
+    """The ISO 4217 code money is shown in (the ``CURRENCY`` setting)."""
+    return settings.CURRENCY
 
 
 def server_zone() -> zoneinfo.ZoneInfo:

@@ -17,6 +17,7 @@ from devices.models import Device
 from devices.selectors import active_device, get_device
 from inventory.choices import MovementReason
 from inventory.exceptions import OutOfStock, SlotDisabled, SlotNotConfigured, SlotOutOfRange
+from inventory.selectors import price_of
 from inventory.services import lock_device_slot, move_stock
 from vending_site.backends.statements import Insert, Update
 from vending_site.live import events
@@ -98,7 +99,7 @@ def request_vend(
             product=slot.product,
             product_name=slot.product.name,
             product_sku=slot.product.sku,
-            price=slot.product.price,
+            price=price_of(slot),  # the price charged, kept whatever changes later
             requested_by=user,
             idempotency_key=idempotency_key,
             created_at=now,

@@ -231,6 +231,14 @@ TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
+# The currency of every price (ISO 4217 code), shown beside money in the admin and the API.
+# One per install: prices are stored as plain decimals.
+CURRENCY = env.str("CURRENCY", default="EUR")
+if not (len(CURRENCY) == 3 and CURRENCY.isascii() and CURRENCY.isalpha() and CURRENCY.isupper()):
+    raise ImproperlyConfigured(
+        f"CURRENCY must be an ISO 4217 code of 3 capital letters (EUR, USD), not {CURRENCY!r}"
+    )
+
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)

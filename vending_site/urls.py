@@ -10,6 +10,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from devices.api import urls as device_urls
+from inventory.api import urls as inventory_urls
 from transactions.api import urls as vend_urls
 from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
 from vending_site.dashboard import views as dashboard
@@ -27,6 +28,7 @@ def _api_v1(*, asgi: bool) -> list:
         ),
         *vend_urls.api_v1_patterns(asgi=asgi),
         *device_urls.api_v1_patterns,
+        *inventory_urls.api_v1_patterns,
     ]
 
 
