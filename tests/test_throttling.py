@@ -33,7 +33,7 @@ def redis_available() -> bool:
 @pytest.fixture(autouse=True, params=["locmem", "redis"])
 def fresh_cache(request, settings):
     """Every test twice: with process memory (no REDIS_URL) and with the shared Redis cache,
-    whose counting is one round trip (vending_site.backends.cache.hit_windows)."""
+    whose counting is one round trip (``FailOpenRedisCache.hit_windows``, backends/cache.py)."""
     if request.param == "locmem":
         settings.CACHES = {
             "default": {

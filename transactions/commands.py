@@ -82,6 +82,18 @@ def move_command(command_id: int, to_state: C, *, now: datetime | None = None) -
     return _MOVES[to_state].run(pk=command_id, at=now or timezone.now()) == 1
 
 
+def lock_command_of(txn_id) -> Command | None:
+    """Row-lock the command of a vend (where the database can), before the vend itself:
+    every writer takes the two in that order (command, then transaction), so two of them
+    never wait on each other."""
+    return (
+        Command.objects.select_for_update(of=("self",))
+        .filter(transaction_id=txn_id)
+        .order_by()
+        .first()
+    )
+
+
 def move_commands_of(*, txn: Transaction, from_state: C, to_state: C) -> int:
     """Move the command of ``txn`` if it is in ``from_state``; returns how many moved (0, 1)."""
     if not can_move_command(from_state, to_state):

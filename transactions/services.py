@@ -23,7 +23,7 @@ from vending_site.backends.statements import Insert, Update
 from vending_site.live import events
 
 from .choices import TransactionState
-from .commands import expire_due_commands, move_commands_of, queue_command
+from .commands import expire_due_commands, lock_command_of, move_commands_of, queue_command
 from .exceptions import IdempotencyKeyInUse, IdempotencyKeyMismatch, InvalidTransition
 from .lifecycle import lock_transaction, record_creation, transition
 from .models import IdempotencyKey, Transaction
@@ -236,6 +236,8 @@ def resolve_unconfirmed(
 ) -> Transaction:
     """Staff settle an ``unconfirmed`` vend: it dispensed (keep the sale) or it did not
     (refund: the unit goes back into stock)."""
+    # The command first, as a late confirmation locks them: the other order deadlocked.
+    lock_command_of(txn.pk)
     txn = lock_transaction(txn.pk)
     if txn.state != TransactionState.UNCONFIRMED:
         raise InvalidTransition(

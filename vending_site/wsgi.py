@@ -24,7 +24,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
 
-# Exactly the paths of vending_site.urls.device_protocol (a test holds the two together).
+# Exactly the paths of devices.api.urls.firmware_patterns (a test holds the two together).
 DEVICE_PATH = re.compile(
     r"/esp32/(?:register|confirm|commands/[^/]+|wifi/(?:register|command|confirm))"
 )

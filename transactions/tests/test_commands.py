@@ -18,6 +18,7 @@ from transactions.commands import (
     move_command,
     queue_command,
 )
+from transactions.exceptions import InvalidTransition
 from transactions.models import Transaction
 from transactions.services import request_vend
 
@@ -88,3 +89,82 @@ def test_revoking_a_machine_expires_its_queued_vend_in_the_same_transaction(onli
     txn = Transaction.objects.get(pk=txn.pk)
     assert txn.state == TransactionState.EXPIRED
     assert txn.failure_reason == "the machine's approval was revoked"
+
+
+def test_the_revoke_receiver_is_connected():
+    """Without it a revoked machine's queued vends would wait for their TTL, units held."""
+    from devices.signals import approval_revoked
+
+    assert approval_revoked.has_listeners(Device)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_staff_resolving_a_vend_while_its_late_confirmation_arrives_never_deadlocks(
+    online_device, monkeypatch
+):
+    """Both take the vend's command and then the vend; resolving took them the other way
+    round, and PostgreSQL killed one of the two with 'deadlock detected'."""
+    import threading
+
+    from django.db import connection
+
+    from transactions import confirmation, services
+    from transactions.confirmation import confirm_vend, flag_unconfirmed
+    from transactions.delivery import claim_next_command
+    from transactions.services import resolve_unconfirmed
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    txn = request_vend(device=online_device, slot_number=1)
+    command = claim_next_command(device=online_device)
+    flag_unconfirmed(command_id=command.pk, reason="no answer")
+    # Each side waits for the other between its two locks, where the old order deadlocked.
+    meet = threading.Barrier(2, timeout=2)
+
+    def after_meeting(lock):
+        def locked(txn_id):
+            try:
+                meet.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other side waits on our first lock: the order is right
+            return lock(txn_id)
+
+        return locked
+
+    monkeypatch.setattr(services, "lock_transaction", after_meeting(services.lock_transaction))
+    monkeypatch.setattr(
+        confirmation, "lock_transaction", after_meeting(confirmation.lock_transaction)
+    )
+    errors = []
+
+    def run(work):
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    staff = threading.Thread(
+        target=run,
+        args=(lambda: resolve_unconfirmed(txn=txn, dispensed=True, user=None),),
+    )
+    machine = threading.Thread(
+        target=run,
+        args=(
+            lambda: confirm_vend(
+                raw_id=online_device.device_id, slot=1, success=True, remote_addr="127.0.0.1"
+            ),
+        ),
+    )
+    staff.start()
+    machine.start()
+    staff.join(30)
+    machine.join(30)
+
+    # Whoever comes second finds the vend settled: staff are told so (InvalidTransition), a
+    # confirmation settles nothing. Neither dies of a deadlock.
+    assert [type(e).__name__ for e in errors if not isinstance(e, InvalidTransition)] == []
+    assert Transaction.objects.get(pk=txn.pk).state == TransactionState.SUCCEEDED
+    assert Command.objects.get(pk=command.pk).state == CommandState.COMPLETED
