@@ -8,6 +8,7 @@ primary key in bounded batches, so no long lock is held and two runs may overlap
 
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -21,18 +22,34 @@ DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 10_000
 MAX_AGE = timedelta(days=36_500)
 
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-_DURATION = re.compile(r"(\d{1,9})([dhms])")
+# Each unit says what it is: "m" (minutes or months?) is refused, not guessed.
+_UNITS = {
+    "s": timedelta(seconds=1),
+    "min": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+    "mo": timedelta(days=30),
+}
+_DURATION = re.compile(r"(\d{1,9})(s|min|h|d|w|mo)")
+AGE_FORMS = "30s, 15min, 12h, 7d, 2w or 1mo (30 days)"
 
 
 def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m`` or ``3600s`` as a positive timedelta; else ``ValueError``."""
-    match = _DURATION.fullmatch(text.strip().lower())
+    """An age such as ``30s``, ``15min``, ``12h``, ``7d``, ``2w`` or ``1mo`` (30 days) as a
+    positive timedelta; else ``ValueError`` saying why (``m`` alone is ambiguous)."""
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+m", cleaned):
+        raise ValueError(
+            f"{text.strip()!r} is ambiguous: write {cleaned[:-1]}min for minutes or "
+            f"{cleaned[:-1]}mo for months"
+        )
+    match = _DURATION.fullmatch(cleaned)
     if match is None:
-        raise ValueError(f"not a duration: {text!r}")
-    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        raise ValueError(f"not an age: {text!r}")
+    age = int(match.group(1)) * _UNITS[match.group(2)]
     if not timedelta(0) < age <= MAX_AGE:
-        raise ValueError(f"duration out of range: {text!r}")
+        raise ValueError(f"age out of range: {text!r}")
     return age
 
 
@@ -45,6 +62,7 @@ def prune_communication_log(
     before: datetime,
     batch_size: int = DEFAULT_BATCH_SIZE,
     time_limit: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Delete log entries created before ``before``; returns how many this call deleted.
 
@@ -53,12 +71,14 @@ def prune_communication_log(
     deleted the same ids first only lowers our count. The work is bounded: at most the
     batches needed for the rows old at the start (plus one), and, with ``time_limit``,
     no new batch starts after that many seconds; whatever is left goes in the next run.
+    ``progress(deleted so far, old rows at the start)`` is called after each batch.
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
     started = time.monotonic()
     old = old_communication_log(before=before)
-    max_batches = old.count() // batch_size + 1
+    total = old.count()
+    max_batches = total // batch_size + 1
     deleted = 0
     for _batch in range(max_batches):
         if time_limit is not None and time.monotonic() - started >= time_limit:
@@ -68,6 +88,8 @@ def prune_communication_log(
             break
         count, _ = CommunicationLog.objects.filter(pk__in=ids).delete()
         deleted += count
+        if progress is not None:
+            progress(deleted, total)
         if len(ids) < batch_size:
             break
     return deleted

@@ -17,11 +17,11 @@ from enum import StrEnum
 
 import serial.tools.list_ports
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from vending_site.http import health
 
-from .models import Device
+from .models import Device, SerialPort
 from .protocol import ESP32_USB_IDS, likely_esp32
 from .selectors import online_devices
 
@@ -131,12 +131,26 @@ def open_port(path: str) -> None:
     os.close(fd)
 
 
+def bridge_linked_ports() -> list[SerialPort]:
+    """The ports the serial bridge reports open with a machine linked; none when the
+    database cannot say (the database check reports that)."""
+    try:
+        return list(
+            SerialPort.objects.filter(is_open=True, device__isnull=False)
+            .select_related("device")
+            .order_by("path")
+        )
+    except DatabaseError:
+        return []
+
+
 def check_serial_ports(
     *,
     comports: Callable[[], Iterable] | None = None,
     opener: Callable[[str], None] = open_port,
 ) -> CheckResult:
-    """Warn when no port has an ESP32 board's USB VID:PID; fail when one cannot be opened."""
+    """Warn when no port has an ESP32 board's USB VID:PID and the bridge has no machine
+    linked on any port; fail when an ESP32 port cannot be opened."""
 
     def run() -> CheckResult:
         ports = list((comports or serial.tools.list_ports.comports)())
@@ -145,6 +159,16 @@ def check_serial_ports(
             key=lambda info: info.device,
         )
         if not candidates:
+            # A board on a port without a known USB id (an adapter, a pseudo-terminal), or a
+            # bridge on another host: the bridge's own report says a machine is connected.
+            linked = bridge_linked_ports()
+            if linked:
+                names = ", ".join(f"{port.path} ({port.device.device_id})" for port in linked)
+                return CheckResult(
+                    "serial",
+                    Status.PASS,
+                    f"the serial bridge has {len(linked)} port(s) open with a machine: {names}",
+                )
             chips = ", ".join(sorted(set(ESP32_USB_IDS.values())))
             return CheckResult(
                 "serial",

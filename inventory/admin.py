@@ -119,6 +119,13 @@ class ProductAdmin(admin.ModelAdmin):
     list_display = ("name", "sku", "price_shown", "created_at")
     search_fields = ("name", "sku")
     ordering = ("name",)
+    readonly_fields = ("created_at",)
+
+    def get_fields(self, request, obj=None):
+        # "Created at" is when the row was made (the model's default): shown on a product,
+        # never asked for when adding one.
+        fields = super().get_fields(request, obj)
+        return fields if obj is not None else [f for f in fields if f != "created_at"]
 
     @admin.display(description="Price", ordering="price")
     def price_shown(self, obj: Product) -> str:

@@ -18,6 +18,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from devices.models import SerialPort
 from devices.system_checks import (
     Status,
     check_discovery,
@@ -197,12 +198,37 @@ def port_info(device: str, vid: int | None, pid: int | None) -> SimpleNamespace:
     return SimpleNamespace(device=device, vid=vid, pid=pid, description="test port")
 
 
+@pytest.mark.django_db
 def test_no_esp32_usb_id_among_the_ports_is_a_warning_with_a_hint():
     result = check_serial_ports(comports=lambda: [port_info("/dev/ttyS0", None, None)])
 
     assert result.status == Status.WARN
     assert "no ESP32 USB serial port among 1" in result.detail
     assert "run_serial_bridge --list" in result.hint
+
+
+@pytest.mark.django_db
+def test_no_esp32_usb_id_passes_while_the_bridge_has_a_machine_linked_on_a_port():
+    device = DeviceFactory(device_id="ESP32_AABBCCDDEEFF")
+    SerialPort.objects.create(path="/dev/pts/7", is_open=True, device=device)
+    SerialPort.objects.create(path="/dev/pts/8", is_open=True)  # open, no machine yet
+    SerialPort.objects.create(path="/dev/ttyS0", is_open=False, device=device)  # closed
+
+    result = check_serial_ports(comports=lambda: [port_info("/dev/ttyS0", None, None)])
+
+    assert result.status == Status.PASS
+    assert result.detail == (
+        "the serial bridge has 1 port(s) open with a machine: /dev/pts/7 (ESP32_AABBCCDDEEFF)"
+    )
+
+
+@pytest.mark.django_db
+def test_an_open_port_with_no_machine_linked_still_warns():
+    SerialPort.objects.create(path="/dev/pts/8", is_open=True)
+
+    result = check_serial_ports(comports=lambda: [])
+
+    assert result.status == Status.WARN
 
 
 def test_an_esp32_port_that_opens_passes():

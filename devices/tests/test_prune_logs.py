@@ -2,11 +2,13 @@
 
 from datetime import timedelta
 from io import StringIO
+from types import SimpleNamespace
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from devices import maintenance
 from devices.choices import Direction, Transport
 from devices.maintenance import parse_age, prune_communication_log
 from devices.models import CommunicationLog
@@ -47,8 +49,10 @@ def prune(*args: str) -> str:
     [
         ("30d", timedelta(days=30)),
         ("12h", timedelta(hours=12)),
-        ("90m", timedelta(minutes=90)),
+        ("90min", timedelta(minutes=90)),
         ("3600s", timedelta(seconds=3600)),
+        ("2w", timedelta(weeks=2)),
+        ("1mo", timedelta(days=30)),
         (" 7D ", timedelta(days=7)),
     ],
 )
@@ -56,10 +60,17 @@ def test_ages_are_a_number_and_a_unit(text, expected):
     assert parse_age(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "30 days", "1w", "-5d", "0d", "1.5h", "9" * 12])
+@pytest.mark.parametrize(
+    "text", ["", "30", "d", "30 days", "1y", "1ms", "-5d", "0d", "1.5h", "9" * 12]
+)
 def test_anything_else_is_not_an_age(text):
     with pytest.raises(ValueError):
         parse_age(text)
+
+
+def test_m_alone_is_refused_as_ambiguous_minutes_or_months():
+    with pytest.raises(ValueError, match=r"'1m' is ambiguous: write 1min .* or 1mo"):
+        parse_age("1m")
 
 
 def test_old_entries_are_deleted_in_batches_and_recent_ones_stay(django_assert_num_queries):
@@ -133,7 +144,7 @@ def test_older_than_accepts_hours_minutes_and_seconds():
     make_log(1, age=timedelta(hours=11))
 
     assert "deleted 2 " in prune("--older-than", "12h")
-    assert "deleted 0 " in prune("--older-than", "720m")
+    assert "deleted 0 " in prune("--older-than", "720min")
     assert "deleted 1 " in prune("--older-than", "3600s")
 
 
@@ -150,11 +161,12 @@ def test_a_dry_run_counts_and_deletes_nothing():
     assert IdempotencyKey.objects.count() == 1
 
 
-@pytest.mark.parametrize("age", ["30", "thirty days", "1w", "0d", "-1d"])
+@pytest.mark.parametrize("age", ["30", "thirty days", "1m", "0d", "-1d"])
 def test_a_bad_older_than_is_a_command_error_saying_what_is_expected(age):
     make_log(1, age=timedelta(days=400))
 
-    with pytest.raises(CommandError, match="--older-than must look like 30d, 12h, 90m or 3600s"):
+    expected = "write one of 30s, 15min, 12h, 7d, 2w or 1mo \\(30 days\\)"
+    with pytest.raises(CommandError, match=f"--older-than: .*; {expected}"):
         prune(f"--older-than={age}")  # "=": argparse would take -1d for an option
 
     assert CommunicationLog.objects.count() == 1
@@ -188,3 +200,44 @@ def test_prune_logs_also_drops_live_events_past_their_retention(settings):
     call_command("prune_logs", "--older-than", "30d", stdout=StringIO())
 
     assert list(LiveEvent.objects.values_list("pk", flat=True)) == [fresh.pk]
+
+
+def test_pruning_many_batches_prints_progress_each_tenth_of_the_way():
+    make_log(20, age=timedelta(days=31))
+
+    lines = prune("--older-than", "30d", "--batch-size", "2").splitlines()
+
+    assert lines[:9] == [
+        f"deleted {n} of 20 communication log entries ({5 * n}%)" for n in range(2, 20, 2)
+    ]
+    assert lines[9].startswith("deleted 20 communication log entries older than")
+
+
+def test_one_batch_or_verbosity_0_prints_no_progress():
+    make_log(4, age=timedelta(days=31))
+    assert len(prune("--older-than", "30d").splitlines()) == 1
+
+    make_log(4, age=timedelta(days=31))
+    assert len(prune("--older-than", "30d", "--batch-size", "1", "-v", "0").splitlines()) == 1
+
+
+def test_stopping_at_max_seconds_says_how_many_entries_are_left(monkeypatch):
+    make_log(12, age=timedelta(days=31))
+    # A clock that reads 0 at the start and for two batches, then 100 s: the third waits.
+    readings = iter([0.0, 0.0, 0.0, 100.0])
+    monkeypatch.setattr(maintenance, "time", SimpleNamespace(monotonic=lambda: next(readings)))
+
+    output = prune("--older-than", "30d", "--batch-size", "5", "--max-seconds", "10")
+
+    assert "deleted 10 communication log entries" in output
+    assert "stopped at --max-seconds 10: 2 communication log entries older than" in output
+    assert CommunicationLog.objects.count() == 2
+
+
+def test_finishing_within_max_seconds_says_nothing_is_left():
+    make_log(3, age=timedelta(days=31))
+
+    output = prune("--older-than", "30d", "--max-seconds", "600")
+
+    assert "deleted 3 " in output
+    assert "left" not in output

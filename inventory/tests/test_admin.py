@@ -219,3 +219,30 @@ def test_the_ledger_refuses_add_change_and_delete(staff_client, online_device):
     assert 'name="_save"' not in page
     movement.refresh_from_db()
     assert movement.delta == 1
+
+
+def test_adding_a_product_asks_only_name_sku_and_price_and_stamps_created_at(staff_client):
+    url = reverse("admin:inventory_product_add")
+    assert "created_at" not in staff_client.get(url).context["adminform"].form.fields
+
+    response = staff_client.post(url, {"name": "Water", "sku": "W-1", "price": "1.00"})
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    product = Product.objects.get(sku="W-1")
+    assert product.created_at is not None
+
+
+def test_a_product_page_shows_created_at_read_only(staff_client):
+    product = Product.objects.create(name="Water", sku="W-1", price="1.00")
+    created = product.created_at
+
+    response = staff_client.post(
+        reverse("admin:inventory_product_change", args=[product.pk]),
+        {"name": "Water", "sku": "W-1", "price": "1.00", "created_at_0": "2001-01-01"},
+    )
+
+    assert response.status_code == 302
+    product.refresh_from_db()
+    assert product.created_at == created
+    page = staff_client.get(reverse("admin:inventory_product_change", args=[product.pk]))
+    assert "Created at" in page.content.decode()

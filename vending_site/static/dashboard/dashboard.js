@@ -905,13 +905,20 @@
     }
   }
 
-  function niceMax(value) {
-    if (value <= 4) return Math.max(1, value);
-    const magnitude = 10 ** Math.floor(Math.log10(value));
-    for (const step of [1, 2, 2.5, 5, 10]) {
-      if (step * magnitude >= value) return step * magnitude;
+  /* The vends axis counts whole vends: a step of 1, 2, 2.5, 5 x 10^n that is a whole number,
+     at most 5 steps up to the first gridline at or above the busiest hour. */
+  function vendsScale(value) {
+    if (value <= 4) return { top: Math.max(1, value), step: 1 };
+    const raw = value / 5;
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    let step = Math.ceil(raw);
+    for (const factor of [1, 2, 2.5, 5, 10]) {
+      if (Number.isInteger(factor * magnitude) && factor * magnitude >= raw) {
+        step = factor * magnitude;
+        break;
+      }
     }
-    return value;
+    return { top: Math.ceil(value / step) * step, step };
   }
 
   /* Charts are drawn at the pixel width they get, so their text stays readable on a phone. */
@@ -931,18 +938,15 @@
     const sum = (key) => hours.reduce((n, h) => n + h[key], 0);
     const succeeded = sum("succeeded");
     const failed = sum("failed");
-    const top = niceMax(Math.max(0, ...totals));
+    const { top, step } = vendsScale(Math.max(0, ...totals));
     const summary = `${succeeded} succeeded, ${failed} failed in the last 24 hours`;
     $("vends-summary").textContent = summary;
 
     const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `Vends per hour: ${summary}` });
-    const ticks = top <= 4 ? top : 4;
-    for (let i = 0; i <= ticks; i += 1) {
-      const value = (top / ticks) * i;
+    for (let value = 0; value <= top; value += step) {
       const y = margin.top + plotH - (value / top) * plotH;
       root.append(svg("line", { class: "chart__grid", x1: margin.left, x2: width - margin.right, y1: y, y2: y }));
-      const label = Number.isInteger(value) ? value : value.toFixed(1);
-      root.append(svg("text", { x: margin.left - 6, y: y + 4, "text-anchor": "end" }, label));
+      root.append(svg("text", { class: "chart__tick", x: margin.left - 6, y: y + 4, "text-anchor": "end" }, String(value)));
     }
     const slotW = hours.length ? plotW / hours.length : plotW;
     const barW = Math.max(2, slotW * 0.7);
