@@ -28,6 +28,95 @@ def approved_by_default() -> bool:
     return not settings.DEVICE_APPROVAL_REQUIRED
 
 
+class Location(models.Model):
+    """A site that holds machines: a lobby, a factory floor, a campus building."""
+
+    name = models.CharField(max_length=120, unique=True)
+    address = models.TextField(blank=True)
+    latitude = models.DecimalField(
+        max_digits=9,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-90), MaxValueValidator(90)],
+    )
+    longitude = models.DecimalField(
+        max_digits=9,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-180), MaxValueValidator(180)],
+    )
+    contact = models.CharField(
+        max_length=200, blank=True, help_text="Who to call on site: a name, a phone number."
+    )
+    notes = models.TextField(blank=True, help_text="Access codes, opening hours, parking.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(latitude__isnull=True, longitude__isnull=True)
+                | Q(latitude__isnull=False, longitude__isnull=False),
+                name="location_coordinates_both_or_neither",
+            ),
+            models.CheckConstraint(
+                condition=Q(latitude__isnull=True) | Q(latitude__gte=-90, latitude__lte=90),
+                name="location_latitude_in_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(longitude__isnull=True) | Q(longitude__gte=-180, longitude__lte=180),
+                name="location_longitude_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Route(models.Model):
+    """The locations a driver visits, in order (``RouteStop``), to load the machines there."""
+
+    name = models.CharField(max_length=120, unique=True)
+    driver = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="routes",
+        help_text="Who drives it: a Driver sees only the machines of their routes.",
+    )
+    notes = models.TextField(blank=True)
+    locations = models.ManyToManyField(Location, through="RouteStop", related_name="routes")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RouteStop(models.Model):
+    """One location on a route, at its place in the order of visits (1, 2, ...)."""
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="stops")
+    location = models.ForeignKey(Location, on_delete=models.CASCADE, related_name="stops")
+    position = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["route", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["route", "position"], name="unique_stop_position"),
+            models.UniqueConstraint(fields=["route", "location"], name="unique_stop_location"),
+            models.CheckConstraint(condition=Q(position__gte=1), name="stop_position_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route} #{self.position}: {self.location}"
+
+
 class Device(models.Model):
     """One vending machine's controller, known by the id its firmware sends.
 
@@ -58,6 +147,14 @@ class Device(models.Model):
         help_text="When its serial link was lost (offline until heard again).",
     )
     registered_at = models.DateTimeField(default=timezone.now)
+    location = models.ForeignKey(
+        Location,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="machines",
+        help_text="Where it stands (sales reports, routes and pick lists group by it).",
+    )
     approved = models.BooleanField(
         default=True,
         help_text=(
