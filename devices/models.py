@@ -196,6 +196,7 @@ class Device(models.Model):
     )
 
     class Meta:
+        permissions = [("operate_device", "Can vend from and send commands to a machine")]
         ordering = ["device_id"]
         constraints = [
             models.UniqueConstraint(

@@ -6,11 +6,12 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
+from vending_site.auth.roles import is_route_bound
 from vending_site.backends.statements import Select
 
 from .choices import CommandState
 from .exceptions import BadDeviceId, NoActiveDevice, UnknownDevice
-from .models import Command, Device
+from .models import Command, Device, Location, Route
 from .protocol import InvalidDeviceId, normalize_device_id
 
 # A device by its canonical id: every vend (get_device) and every confirmation reads it,
@@ -79,3 +80,26 @@ def pending_commands(device: Device) -> QuerySet[Command]:
     return Command.objects.filter(device=device, state=CommandState.QUEUED).order_by(
         "created_at", "id"
     )
+
+
+def machines_visible_to(user) -> QuerySet[Device]:
+    """The machines ``user`` may see: a Driver (``roles.is_route_bound``) only those standing
+    at a location on a route they drive; everyone else every machine (what else they may do
+    with them is their permissions' business)."""
+    if is_route_bound(user):
+        return Device.objects.filter(location__routes__driver=user).distinct()
+    return Device.objects.all()
+
+
+def locations_visible_to(user) -> QuerySet[Location]:
+    """The locations ``user`` may see: a Driver's are those on their routes."""
+    if is_route_bound(user):
+        return Location.objects.filter(routes__driver=user).distinct()
+    return Location.objects.all()
+
+
+def routes_visible_to(user) -> QuerySet[Route]:
+    """The routes ``user`` may see: a Driver's own."""
+    if is_route_bound(user):
+        return Route.objects.filter(driver=user)
+    return Route.objects.all()

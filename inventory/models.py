@@ -14,6 +14,7 @@ class Product(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        permissions = [("change_price", "Can change prices (products and slot overrides)")]
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(condition=Q(price__gte=0), name="product_price_not_negative")
@@ -60,6 +61,7 @@ class Slot(models.Model):
     )
 
     class Meta:
+        permissions = [("restock_slot", "Can record units loaded into a slot")]
         ordering = ["device", "number"]
         constraints = [
             models.UniqueConstraint(fields=["device", "number"], name="unique_slot_per_device"),

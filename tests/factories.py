@@ -30,6 +30,15 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.groups.add(Group.objects.get_or_create(name="vend-client")[0])
 
 
+def staff_with_role(role: str, **fields):
+    """A staff account (not a superuser) holding one role of ``vending_site.auth.roles``."""
+    from django.contrib.auth.models import Group
+
+    user = UserFactory(is_staff=True, vend_client=False, **fields)
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
 class DeviceFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Device

@@ -47,6 +47,7 @@ class Transaction(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        permissions = [("view_sales", "Can see sales, revenue and the prices charged")]
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["state", "created_at"], name="transaction_state_time"),

@@ -1,0 +1,106 @@
+"""Staff roles: four Django groups, created by migration ``vending_site.0003_roles``.
+
+A role is a set of Django permissions, so the admin, the REST API and the pages all ask the
+same question (``user.has_perm``); a superuser holds every permission. A staff account in no
+role group has no permission beyond logging in (Django's default), so a new account sees
+nothing until an operator gives it a role. The migration puts every staff account that
+existed before roles into Operator, so an upgraded install keeps what its staff could do.
+
+- **Operator**: everything (the three apps, users, groups, API keys).
+- **Driver**: the machines of the routes they drive (``Route.driver``): pick lists, fills,
+  stock; no prices, no money, no users.
+- **Technician**: machines, commands, logs, serial ports, the planogram's slots; no money.
+- **Viewer**: reads everything, including sales; changes nothing.
+
+Four permissions are not a model's add/change/delete/view:
+
+- ``transactions.view_sales``: sales reports, revenue and the price a vend was charged;
+- ``inventory.change_price``: products' prices and slots' price overrides;
+- ``inventory.restock_slot``: recording the units loaded into a slot;
+- ``devices.operate_device``: vending and sending commands to a machine.
+
+This module names permissions as strings and imports no app (the infrastructure layer).
+"""
+
+from rest_framework.permissions import BasePermission
+
+from vending_site.auth.permissions import is_api_key
+
+OPERATOR = "Operator"
+DRIVER = "Driver"
+TECHNICIAN = "Technician"
+VIEWER = "Viewer"
+
+# The apps whose every permission an Operator holds, beside the ones listed in ROLES.
+OPERATOR_APPS = ("devices", "inventory", "transactions", "auth", "rest_framework_api_key")
+
+ROLES: dict[str, tuple[str, ...]] = {
+    OPERATOR: (),  # every permission of OPERATOR_APPS
+    DRIVER: (
+        "devices.view_device",
+        "devices.view_location",
+        "devices.view_route",
+        "devices.view_routestop",
+        "inventory.view_product",
+        "inventory.view_slot",
+        "inventory.view_stockmovement",
+        "inventory.restock_slot",
+    ),
+    TECHNICIAN: (
+        "devices.view_device",
+        "devices.change_device",
+        "devices.operate_device",
+        "devices.view_command",
+        "devices.add_command",
+        "devices.view_communicationlog",
+        "devices.view_serialport",
+        "devices.change_serialport",
+        "devices.view_location",
+        "devices.view_route",
+        "devices.view_routestop",
+        "inventory.view_product",
+        "inventory.view_slot",
+        "inventory.change_slot",
+        "inventory.view_stockmovement",
+    ),
+    VIEWER: (),  # every view_* permission of the three apps, and transactions.view_sales
+}
+VIEWER_APPS = ("devices", "inventory", "transactions")
+VIEWER_EXTRA = ("transactions.view_sales",)
+
+
+def is_route_bound(user) -> bool:
+    """Whether ``user`` sees only the machines of the routes they drive: a Driver who holds
+    no wider role (and is no superuser)."""
+    if not (user and user.is_authenticated) or user.is_superuser:
+        return False
+    names = getattr(user, "_role_names", None)
+    if names is None:
+        names = set(user.groups.values_list("name", flat=True))
+        user._role_names = names
+    return DRIVER in names and not names & {OPERATOR, TECHNICIAN, VIEWER}
+
+
+def requires(*perms: str) -> type[BasePermission]:
+    """A DRF permission class: an authenticated person (never an API key) holding every
+    one of ``perms``. Its 403 names what is missing."""
+
+    class HasPerms(BasePermission):
+        message = (
+            f"This account lacks the permission {', '.join(perms)} "
+            "(ask an operator for a role that has it)."
+        )
+        code = "permission_denied"
+
+        def has_permission(self, request, view) -> bool:
+            user = request.user
+            return bool(
+                user
+                and user.is_authenticated
+                and user.is_staff
+                and not is_api_key(request)
+                and user.has_perms(perms)
+            )
+
+    HasPerms.__name__ = f"Requires({', '.join(perms)})"
+    return HasPerms
