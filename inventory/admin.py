@@ -43,6 +43,14 @@ class SlotForm(forms.ModelForm):
             "needs_attention",
         )
 
+    stock_note = forms.CharField(
+        label="Note on a quantity change",
+        max_length=200,
+        required=False,
+        help_text="A raised quantity is recorded as a restock (the units loaded), a lowered one "
+        "as an adjustment (a count): say why, or it is noted as a correction in the admin.",
+    )
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "quantity" in self.fields:
@@ -67,6 +75,11 @@ class SlotForm(forms.ModelForm):
                     "quantity",
                     f"The quantity ({quantity}) cannot exceed the slot's capacity ({capacity}).",
                 )
+            elif quantity and cleaned.get("product") is None and self._raises(quantity):
+                self.add_error(
+                    "quantity",
+                    "A slot with no product cannot be filled: choose its product first.",
+                )
         elif self.instance.pk is not None and "capacity" in self.changed_data:
             # The quantity is not being set, so the capacity must hold what the slot
             # holds now (a vend may have changed it since the form was opened).
@@ -78,6 +91,12 @@ class SlotForm(forms.ModelForm):
                     f"The slot holds {current} units; the capacity cannot be less than that.",
                 )
         return cleaned
+
+    def _raises(self, quantity: int) -> bool:
+        if self.instance.pk is None:
+            return True
+        held = Slot.objects.filter(pk=self.instance.pk).values_list("quantity", flat=True)
+        return quantity > (held.first() or 0)
 
 
 def stock_badge(slot: Slot) -> str:
@@ -157,7 +176,7 @@ class SlotAdmin(admin.ModelAdmin):
     search_fields = ("device__device_id", "device__name", "product__name", "product__sku")
     autocomplete_fields = ("product",)
     actions = ("restock_selected",)
-    fields = SlotForm.Meta.fields
+    fields = (*SlotForm.Meta.fields, "stock_note")
 
     def get_readonly_fields(self, request, obj=None):
         # A slot's history belongs to its place in its machine: that place never moves.
@@ -176,8 +195,15 @@ class SlotAdmin(admin.ModelAdmin):
         return f"{shown} (slot)" if obj.price is not None else shown
 
     def save_model(self, request, obj, form, change):
+        # A raised quantity is a restock (the restock endpoint's service), a lowered one an
+        # adjustment: inventory.services.save_slot_changes decides which.
+        note = form.cleaned_data.get("stock_note", "")
         save_slot_changes(
-            slot=obj, changed=form.changed_data, user=request.user, note="admin: slot edited"
+            slot=obj,
+            changed=form.changed_data,
+            user=request.user,
+            note=note or "admin: slot edited",
+            adjustment_note=note or "admin: quantity corrected",
         )
 
     @admin.action(description="Restock selected slots to capacity", permissions=["change"])
