@@ -12,9 +12,17 @@ from django.contrib import admin, messages
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils.html import format_html
+from import_export.admin import ExportMixin, ImportExportMixin
 
 from vending_site.http.errors import DomainError
 
+from .exports import (
+    EXPORT_FORMATS,
+    IMPORT_FORMATS,
+    ProductResource,
+    StockMovementResource,
+    sees_prices,
+)
 from .models import PriceChange, Product, Slot, StockMovement
 from .selectors import price_of
 from .services import restock_to_capacity, save_product_changes, save_slot_changes
@@ -134,8 +142,19 @@ class StockLevelFilter(admin.SimpleListFilter):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = ("name", "sku", "price_shown", "created_at")
+    # Export: CSV or XLSX of the list as filtered, for whoever may view products (the
+    # IMPORT_EXPORT_EXPORT_PERMISSION_CODE setting), prices only for who may see them.
+    # Import: CSV with a preview, for who may add and change products and set prices.
+    resource_classes = (ProductResource,)
+    export_formats = EXPORT_FORMATS
+    import_formats = IMPORT_FORMATS
+    import_permissions = (
+        "inventory.add_product",
+        "inventory.change_product",
+        "inventory.change_price",
+    )
     search_fields = ("name", "sku")
     ordering = ("name",)
     readonly_fields = ("created_at",)
@@ -149,6 +168,15 @@ class ProductAdmin(admin.ModelAdmin):
     @admin.display(description="Price", ordering="price")
     def price_shown(self, obj: Product) -> str:
         return money(obj.price)
+
+    def has_import_permission(self, request) -> bool:
+        return request.user.has_perms(self.import_permissions)
+
+    def get_export_resource_kwargs(self, request, **kwargs):
+        return {
+            **super().get_export_resource_kwargs(request, **kwargs),
+            "sees_prices": sees_prices(request.user),
+        }
 
     def save_model(self, request, obj, form, change):
         # A changed price is recorded (PriceChange) by the service, with the staff user.
@@ -244,7 +272,9 @@ class ReadOnlyAdminMixin:
 
 
 @admin.register(StockMovement)
-class StockMovementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class StockMovementAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    resource_classes = (StockMovementResource,)
+    export_formats = EXPORT_FORMATS
     list_display = (
         "created_at",
         "slot",

@@ -119,13 +119,29 @@ class StockMovementSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PlanogramCopyRequestSerializer(_StrictMixin, serializers.Serializer):
-    to = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+@extend_schema_field({"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 500})
+class _DeviceIds(serializers.ListField):
+    """Device ids; each item is checked by the serializer, so errors come as one flat list."""
+
+
+class PlanogramCopyToSerializer(_StrictMixin, serializers.Serializer):
+    to = _DeviceIds(
+        child=serializers.JSONField(),
         allow_empty=False,
         max_length=500,
         help_text="The device ids of the machines to copy onto.",
     )
+
+    def validate_to(self, value: list) -> list[str]:
+        # One flat list of messages (the error body's shape), not DRF's per-item dict.
+        bad = [
+            f"Item {i + 1} is not a device id."
+            for i, item in enumerate(value)
+            if not isinstance(item, str) or not 1 <= len(item) <= 64
+        ]
+        if bad:
+            raise serializers.ValidationError(bad[:10])
+        return value
 
 
 class CopiedPlanogramSerializer(serializers.Serializer):

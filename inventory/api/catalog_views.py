@@ -28,8 +28,8 @@ from vending_site.http.errors import InvalidRequest, NotFound
 from . import docs
 from .catalog_serializers import (
     CatalogProductSerializer,
-    PlanogramCopyRequestSerializer,
     PlanogramCopySerializer,
+    PlanogramCopyToSerializer,
     ProductWriteSerializer,
     StockMovementSerializer,
     sees_prices,
@@ -232,7 +232,7 @@ class PlanogramCopyView(APIView):
     @docs.PLANOGRAM_COPY
     def post(self, request: Request, device_id: str) -> Response:
         source = get_device(device_id)
-        serializer = PlanogramCopyRequestSerializer(data=request.data)
+        serializer = PlanogramCopyToSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         targets: dict[str, Device] = {}
         for raw in serializer.validated_data["to"]:

@@ -9,8 +9,8 @@ from vending_site.http.openapi import AUTHENTICATED, errors
 
 from .catalog_serializers import (
     CatalogProductSerializer,
-    PlanogramCopyRequestSerializer,
     PlanogramCopySerializer,
+    PlanogramCopyToSerializer,
     ProductWriteSerializer,
     StockMovementSerializer,
 )
@@ -195,7 +195,7 @@ PLANOGRAM_COPY = extend_schema(
     "with `slots` naming each (device id -> slot -> reason), and nothing is copied. A target "
     "that is the source itself is 400; an unknown one 404.",
     parameters=[_DEVICE],
-    request=PlanogramCopyRequestSerializer,
+    request=PlanogramCopyToSerializer,
     responses={200: PlanogramCopySerializer, **errors(400, *AUTHENTICATED, 404, 422)},
     examples=[OpenApiExample("two machines", value={"to": ["ESP32_6CC8404FE03D"]})],
 )
