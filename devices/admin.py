@@ -16,11 +16,11 @@ from inventory.services import ensure_slots, save_slot_changes
 from transactions.commands import queue_command
 from vending_site.http.errors import DomainError
 
+from . import planogram_admin
 from .access import issue_device_token
 from .approval import accept_move, set_approved
 from .choices import CommandKind, PortRequest
 from .models import Command, CommunicationLog, Device, SerialPort
-from . import planogram_admin
 from .protocol import mac_from_device_id
 from .selectors import canonical_id, online_devices
 from .services import request_port, select_active_device

@@ -83,7 +83,7 @@ def test_a_fuller_target_slot_stops_the_copy_with_a_message_naming_it(client, fl
 
 @pytest.mark.parametrize("role", [roles.TECHNICIAN, roles.DRIVER, roles.VIEWER])
 def test_roles_that_may_not_set_prices_are_not_offered_the_copy(client, fleet, role):
-    source, small, twin = fleet
+    source, _, twin = fleet
     client.force_login(staff_with_role(role))
 
     listing = client.get(CHANGELIST)
