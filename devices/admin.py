@@ -16,6 +16,7 @@ from inventory.services import ensure_slots, save_slot_changes
 from transactions.commands import queue_command
 from vending_site.http.errors import DomainError
 
+from . import planogram_admin
 from .access import issue_device_token
 from .approval import accept_move, set_approved
 from .choices import CommandKind, PortRequest
@@ -137,6 +138,7 @@ class DeviceAdmin(admin.ModelAdmin):
         "accept_move",
         "revoke_approval",
         "issue_token",
+        "copy_planogram_from",
     )
     fields = (
         *DeviceForm.Meta.fields,
@@ -231,6 +233,13 @@ class DeviceAdmin(admin.ModelAdmin):
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         ensure_slots(device=form.instance, count=form.instance.slot_count)
+
+    @admin.action(description="Copy planogram from…", permissions=["copy_planogram"])
+    def copy_planogram_from(self, request: HttpRequest, queryset):
+        return planogram_admin.copy_planogram_from(self, request, queryset)
+
+    def has_copy_planogram_permission(self, request) -> bool:
+        return request.user.has_perms(planogram_admin.COPY_PERMISSIONS)
 
     @admin.action(description="Make active device", permissions=["change"])
     def make_active(self, request: HttpRequest, queryset) -> None:

@@ -12,9 +12,17 @@ from django.contrib import admin, messages
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils.html import format_html
+from import_export.admin import ExportMixin, ImportExportMixin
 
 from vending_site.http.errors import DomainError
 
+from .exports import (
+    EXPORT_FORMATS,
+    IMPORT_FORMATS,
+    ProductResource,
+    StockMovementResource,
+    sees_prices,
+)
 from .models import PriceChange, Product, Slot, StockMovement
 from .selectors import price_of
 from .services import restock_to_capacity, save_product_changes, save_slot_changes
@@ -43,6 +51,14 @@ class SlotForm(forms.ModelForm):
             "needs_attention",
         )
 
+    stock_note = forms.CharField(
+        label="Note on a quantity change",
+        max_length=200,
+        required=False,
+        help_text="A raised quantity is recorded as a restock (the units loaded), a lowered one "
+        "as an adjustment (a count): say why, or it is noted as a correction in the admin.",
+    )
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "quantity" in self.fields:
@@ -67,6 +83,11 @@ class SlotForm(forms.ModelForm):
                     "quantity",
                     f"The quantity ({quantity}) cannot exceed the slot's capacity ({capacity}).",
                 )
+            elif quantity and cleaned.get("product") is None and self._raises(quantity):
+                self.add_error(
+                    "quantity",
+                    "A slot with no product cannot be filled: choose its product first.",
+                )
         elif self.instance.pk is not None and "capacity" in self.changed_data:
             # The quantity is not being set, so the capacity must hold what the slot
             # holds now (a vend may have changed it since the form was opened).
@@ -78,6 +99,12 @@ class SlotForm(forms.ModelForm):
                     f"The slot holds {current} units; the capacity cannot be less than that.",
                 )
         return cleaned
+
+    def _raises(self, quantity: int) -> bool:
+        if self.instance.pk is None:
+            return True
+        held = Slot.objects.filter(pk=self.instance.pk).values_list("quantity", flat=True)
+        return quantity > (held.first() or 0)
 
 
 def stock_badge(slot: Slot) -> str:
@@ -115,8 +142,19 @@ class StockLevelFilter(admin.SimpleListFilter):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
     list_display = ("name", "sku", "price_shown", "created_at")
+    # Export: CSV or XLSX of the list as filtered, for whoever may view products (the
+    # IMPORT_EXPORT_EXPORT_PERMISSION_CODE setting), prices only for who may see them.
+    # Import: CSV with a preview, for who may add and change products and set prices.
+    resource_classes = (ProductResource,)
+    export_formats = EXPORT_FORMATS
+    import_formats = IMPORT_FORMATS
+    import_permissions = (
+        "inventory.add_product",
+        "inventory.change_product",
+        "inventory.change_price",
+    )
     search_fields = ("name", "sku")
     ordering = ("name",)
     readonly_fields = ("created_at",)
@@ -130,6 +168,15 @@ class ProductAdmin(admin.ModelAdmin):
     @admin.display(description="Price", ordering="price")
     def price_shown(self, obj: Product) -> str:
         return money(obj.price)
+
+    def has_import_permission(self, request) -> bool:
+        return request.user.has_perms(self.import_permissions)
+
+    def get_export_resource_kwargs(self, request, **kwargs):
+        return {
+            **super().get_export_resource_kwargs(request, **kwargs),
+            "sees_prices": sees_prices(request.user),
+        }
 
     def save_model(self, request, obj, form, change):
         # A changed price is recorded (PriceChange) by the service, with the staff user.
@@ -157,7 +204,7 @@ class SlotAdmin(admin.ModelAdmin):
     search_fields = ("device__device_id", "device__name", "product__name", "product__sku")
     autocomplete_fields = ("product",)
     actions = ("restock_selected",)
-    fields = SlotForm.Meta.fields
+    fields = (*SlotForm.Meta.fields, "stock_note")
 
     def get_readonly_fields(self, request, obj=None):
         # A slot's history belongs to its place in its machine: that place never moves.
@@ -176,8 +223,15 @@ class SlotAdmin(admin.ModelAdmin):
         return f"{shown} (slot)" if obj.price is not None else shown
 
     def save_model(self, request, obj, form, change):
+        # A raised quantity is a restock (the restock endpoint's service), a lowered one an
+        # adjustment: inventory.services.save_slot_changes decides which.
+        note = form.cleaned_data.get("stock_note", "")
         save_slot_changes(
-            slot=obj, changed=form.changed_data, user=request.user, note="admin: slot edited"
+            slot=obj,
+            changed=form.changed_data,
+            user=request.user,
+            note=note or "admin: slot edited",
+            adjustment_note=note or "admin: quantity corrected",
         )
 
     @admin.action(description="Restock selected slots to capacity", permissions=["change"])
@@ -218,7 +272,9 @@ class ReadOnlyAdminMixin:
 
 
 @admin.register(StockMovement)
-class StockMovementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class StockMovementAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    resource_classes = (StockMovementResource,)
+    export_formats = EXPORT_FORMATS
     list_display = (
         "created_at",
         "slot",

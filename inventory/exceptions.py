@@ -32,3 +32,22 @@ class RestockRefused(Unprocessable):
     """A restock with at least one fill that cannot be made; ``slots`` names each one."""
 
     code = "restock_refused"
+
+
+class PlanogramCopyRefused(Unprocessable):
+    """A planogram copy that cannot be made (a target slot holds more than the copied
+    capacity); ``slots`` names each one per machine. Nothing is copied then."""
+
+    code = "planogram_copy_refused"
+
+
+class ProductInUse(DomainError):
+    """A product that cannot be deleted: slots still hold it, or its price history is kept."""
+
+    code = "product_in_use"
+
+
+class ProductConflict(DomainError):
+    """A product's SKU that another product already has."""
+
+    code = "product_conflict"

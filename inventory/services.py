@@ -4,6 +4,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError
 from django.db import transaction as db_transaction
 
 from vending_site.backends.statements import Insert, Select, Update
@@ -11,7 +12,14 @@ from vending_site.live import events
 from vending_site.live.events import publish
 
 from .choices import MovementReason
-from .exceptions import CapacityExceeded, OutOfStock, PlanogramInvalid, RestockRefused
+from .exceptions import (
+    CapacityExceeded,
+    OutOfStock,
+    PlanogramInvalid,
+    ProductConflict,
+    ProductInUse,
+    RestockRefused,
+)
 from .models import PriceChange, Product, Slot, StockMovement
 
 
@@ -195,18 +203,22 @@ def save_slot_changes(
     changed: Iterable[str],
     user: AbstractBaseUser | None = None,
     note: str = "",
+    adjustment_note: str = "",
 ) -> Slot:
     """Save an edited slot: the ``changed`` fields, its quantity through the ledger, its
     price through :func:`set_price`.
 
     ``slot`` carries the wanted values (a validated admin form's instance, say). A new slot
-    is created empty and then filled through :func:`set_stock`. For an existing slot only
-    the changed fields other than ``quantity`` are written, so a vend that took a unit while
-    the edit was open is never overwritten; a changed quantity becomes an ``adjustment``
-    ledger row, ordered around the other fields so that the database's
-    ``quantity <= capacity`` check holds at every step. Raises :class:`PlanogramInvalid`
-    (nothing written) when the PAR would pass the capacity or the capacity would be below
-    what the slot holds, checked under the slot's row lock.
+    is created empty and then filled. For an existing slot only the changed fields other
+    than ``quantity`` are written, so a vend that took a unit while the edit was open is
+    never overwritten. A quantity raised above what the slot holds (under its lock) is a
+    fill: a ``restock`` ledger row made by :func:`restock`, the service of
+    ``POST /machines/<id>/restock``, so a slot with no product cannot be filled; a quantity
+    lowered is an ``adjustment`` (a count) noted ``adjustment_note``, else ``note``. Both
+    are ordered around the other fields so that the database's ``quantity <= capacity``
+    check holds at every step. Raises :class:`PlanogramInvalid` (nothing written) when the
+    PAR would pass the capacity or the capacity would be below what the slot holds, checked
+    under the slot's row lock, and :class:`RestockRefused` for a fill that cannot be made.
     """
     changed = frozenset(changed)
     wanted = slot.quantity
@@ -217,9 +229,7 @@ def save_slot_changes(
         slot.price = None
         slot.save()
         if wanted:
-            set_stock(
-                slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
-            )
+            _fill(slot=slot, units=wanted, user=user, note=note)
         if price is not None:
             set_price(slot=slot, price=price, user=user, note=note)
         return slot
@@ -234,20 +244,28 @@ def save_slot_changes(
     set_first = quantity_changed and wanted < current.quantity
     if set_first:
         set_stock(
-            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
+            slot=slot,
+            quantity=wanted,
+            reason=MovementReason.ADJUSTMENT,
+            user=user,
+            note=adjustment_note or note,
         )
     if fields:
         for name, value in values.items():
             setattr(slot, name, value)  # set_stock refreshes the slot in place
         slot.save(update_fields=fields)
-    if quantity_changed and not set_first:
-        set_stock(
-            slot=slot, quantity=wanted, reason=MovementReason.ADJUSTMENT, user=user, note=note
-        )
+    if quantity_changed and wanted > current.quantity:
+        _fill(slot=slot, units=wanted - current.quantity, user=user, note=note)
     if "price" in changed:
         set_price(slot=slot, price=price, user=user, note=note)
     slot.refresh_from_db(fields=["quantity", "price"])
     return slot
+
+
+def _fill(*, slot: Slot, units: int, user: AbstractBaseUser | None, note: str) -> None:
+    """A quantity raised by an edit, recorded as what it is: units loaded (a restock)."""
+    restock(device=slot.device, loaded={slot.number: units}, user=user, note=note)
+    slot.refresh_from_db(fields=["quantity"])
 
 
 def _check_planogram(slot: Slot, *, quantity: int, capacity: int, par: int | None) -> None:
@@ -320,20 +338,74 @@ def set_price(
 
 @db_transaction.atomic
 def save_product_changes(
-    *, product: Product, changed: Iterable[str], user: AbstractBaseUser | None = None
+    *,
+    product: Product,
+    changed: Iterable[str],
+    user: AbstractBaseUser | None = None,
+    note: str = "",
 ) -> Product:
-    """Save an edited product; a changed price goes through :func:`set_price`."""
+    """Save a new or edited product. A new product's first price is recorded (a
+    :class:`PriceChange` from none to its price, with ``user``); an edited product's changed
+    price goes through :func:`set_price`, its other changed fields are saved as they are. A
+    SKU another product took meanwhile is :class:`ProductConflict` (nothing written)."""
     price = product.price
-    if product.pk is None:
-        product.save()
-        return product
+    created = product.pk is None
     changed = frozenset(changed)
-    fields = sorted(changed - {"price", "id"})
-    if fields:
-        product.save(update_fields=fields)
-    if "price" in changed:
-        set_price(product=product, price=price, user=user, note="product edited")
+    fields = sorted(changed - {"price", "id", "created_at"})
+    try:
+        with db_transaction.atomic():
+            if created:
+                product.save()
+            elif fields:
+                product.save(update_fields=fields)
+    except IntegrityError as exc:
+        if Product.objects.filter(sku=product.sku).exclude(pk=product.pk).exists():
+            raise ProductConflict(
+                f"Another product already has the SKU {product.sku!r}.", field="sku"
+            ) from exc
+        raise
+    if created:
+        PriceChange.objects.create(
+            product=product,
+            old_price=None,
+            new_price=price,
+            user=user,
+            note=(note or "product created")[:255],
+        )
+    elif "price" in changed:
+        set_price(product=product, price=price, user=user, note=note or "product edited")
     return product
+
+
+@db_transaction.atomic
+def delete_product(*, product: Product) -> None:
+    """Delete a product that was never put to use: no slot holds it and its price was never
+    changed after it was created (its first-price record goes with it). Otherwise
+    :class:`ProductInUse` says why, naming the slots; nothing is deleted. Sales keep the
+    product's name, SKU and price of their own, so a deleted product leaves them whole."""
+    locked = Product.objects.select_for_update().get(pk=product.pk)
+    slots = list(
+        Slot.objects.filter(product=locked)
+        .select_related("device")
+        .order_by("device__device_id", "number")
+    )
+    if slots:
+        names = ", ".join(f"{slot.device.device_id} slot {slot.number}" for slot in slots[:10])
+        more = f" and {len(slots) - 10} more" if len(slots) > 10 else ""
+        raise ProductInUse(
+            f"{locked} is still in {len(slots)} slot(s): {names}{more}. Assign those slots "
+            "another product (or none) first.",
+            slots=[{"device_id": s.device.device_id, "slot": s.number} for s in slots],
+        )
+    history = PriceChange.objects.filter(product=locked)
+    if history.exclude(old_price__isnull=True).exists():
+        raise ProductInUse(
+            f"{locked} has a price history ({history.count()} changes), which is kept: a "
+            "product whose price was changed cannot be deleted.",
+            slots=[],
+        )
+    history.delete()
+    locked.delete()
 
 
 @db_transaction.atomic

@@ -9,11 +9,14 @@ import uuid
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.html import format_html
+from import_export.admin import ExportMixin
 
 from inventory.admin import ReadOnlyAdminMixin
+from inventory.exports import EXPORT_FORMATS
 from vending_site.http.errors import DomainError
 
 from .choices import TransactionState
+from .exports import TransactionResource
 from .models import Transaction, TransactionEvent
 from .services import resolve_unconfirmed
 
@@ -40,8 +43,12 @@ class TransactionEventInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Transaction)
-class TransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class TransactionAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     inlines = (TransactionEventInline,)
+    # CSV/XLSX of the list as filtered, for whoever may view transactions (the setting
+    # IMPORT_EXPORT_EXPORT_PERMISSION_CODE): the prices charged are in it.
+    resource_classes = (TransactionResource,)
+    export_formats = EXPORT_FORMATS
 
     list_display = (
         "id",

@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
+    "import_export",
     "channels",
     "devices",
     "inventory",
@@ -319,6 +320,10 @@ SIMPLE_JWT = {
 }
 
 # --- Access control ------------------------------------------------------------------------
+# The admin's exports (django-import-export) are for whoever may view the rows exported; the
+# product import asks more (inventory/admin.py: add and change products, change prices).
+IMPORT_EXPORT_EXPORT_PERMISSION_CODE = "view"
+IMPORT_EXPORT_USE_TRANSACTIONS = True
 # Seconds a worker remembers an API key it verified (revocation reaches other workers within
 # this); 0: look every key up on every request. See vending_site/auth/permissions.py.
 API_KEY_CACHE_SECONDS = max(env.float("API_KEY_CACHE_SECONDS", default=5.0), 0.0)

@@ -138,7 +138,7 @@ def test_the_slot_inline_marks_low_and_empty_slots(staff_client, online_device):
     assert 'name="initial-slots-0-quantity"' in body  # what staff saw, to detect their edits
 
 
-def test_editing_quantity_in_the_device_inline_writes_an_adjustment_ledger_row(staff_client, staff):
+def test_raising_quantity_in_the_device_inline_is_recorded_as_a_restock(staff_client, staff):
     device = empty_device()
     data = change_page_data(staff_client.get(change_url(device)))
     data[slot_field(1, "quantity")] = 7
@@ -149,7 +149,7 @@ def test_editing_quantity_in_the_device_inline_writes_an_adjustment_ledger_row(s
     slot = Slot.objects.get(device=device, number=1)
     assert slot.quantity == 7
     movement = StockMovement.objects.get(slot=slot)
-    assert movement.reason == MovementReason.ADJUSTMENT
+    assert movement.reason == MovementReason.RESTOCK  # a fill, as POST .../restock records one
     assert movement.delta == 7
     assert movement.user == staff
     assert ledger_sum(slot) == slot.quantity
@@ -261,7 +261,7 @@ def test_a_slot_added_in_the_inline_is_filled_through_the_ledger(staff_client, s
     slot = Slot.objects.get(device=device, number=2)
     assert (slot.quantity, slot.capacity, slot.product) == (4, 8, product)
     movement = slot.movements.get()
-    assert (movement.reason, movement.delta, movement.user) == ("adjustment", 4, staff)
+    assert (movement.reason, movement.delta, movement.user) == ("restock", 4, staff)
 
 
 def test_adding_a_device_stores_the_canonical_id_and_creates_its_slots(staff_client):

@@ -4,8 +4,16 @@ slots, one slot's edit and a restock. Shared pieces: ``vending_site.http.openapi
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 
+from inventory.choices import MovementReason
 from vending_site.http.openapi import AUTHENTICATED, errors
 
+from .catalog_serializers import (
+    CatalogProductSerializer,
+    PlanogramCopySerializer,
+    PlanogramCopyToSerializer,
+    ProductWriteSerializer,
+    StockMovementSerializer,
+)
 from .serializers import (
     PlanogramSerializer,
     PlanogramSlotSerializer,
@@ -66,4 +74,128 @@ MACHINE_RESTOCK = extend_schema(
     examples=[
         OpenApiExample("two slots", value={"loaded": {"1": 4, "3": 2}, "note": "Monday route"}),
     ],
+)
+
+
+# --- Products, the stock ledger, a planogram copy (inventory.api.catalog_views) -----------
+
+_PRODUCT_ID = OpenApiParameter(
+    "id", OpenApiTypes.INT, OpenApiParameter.PATH, description="The product's id."
+)
+_PRICES = (
+    " `price` and `currency` are left out for users who may neither change prices "
+    "(`inventory.change_price`) nor read sales (`transactions.view_sales`): a Driver or a "
+    "Technician reads products without what they cost."
+)
+
+PRODUCT_LIST = extend_schema(
+    tags=["products"],
+    summary="Products, by name (staff: inventory.view_product)",
+    description="Paginated (`limit`, `offset`). `search` keeps the products whose name or SKU "
+    "contains it (any case)." + _PRICES,
+    parameters=[
+        OpenApiParameter(
+            "search", OpenApiTypes.STR, description="Part of a name or SKU (at most 100 chars)."
+        )
+    ],
+    responses={200: CatalogProductSerializer(many=True), **errors(400, *AUTHENTICATED)},
+)
+
+PRODUCT_CREATE = extend_schema(
+    tags=["products"],
+    summary="Create a product (staff: inventory.add_product and inventory.change_price)",
+    description="Its first price is recorded as a price change (who, when, none -> price). "
+    "A SKU another product has is 400 naming it.",
+    request=ProductWriteSerializer,
+    responses={201: CatalogProductSerializer, **errors(400, *AUTHENTICATED, 409)},
+    examples=[
+        OpenApiExample("a product", value={"name": "Water 0.5 l", "sku": "W-05", "price": "1.20"})
+    ],
+)
+
+PRODUCT_READ = extend_schema(
+    tags=["products"],
+    summary="One product (staff: inventory.view_product)",
+    description="One product." + _PRICES,
+    parameters=[_PRODUCT_ID],
+    responses={200: CatalogProductSerializer, **errors(*AUTHENTICATED, 404)},
+)
+
+_UPDATE = (
+    "A changed price is recorded (who, when, old, new) and needs `inventory.change_price` "
+    "besides `inventory.change_product` (403 otherwise; a price sent unchanged needs nothing "
+    "more). A SKU another product has is 400 naming it."
+)
+PRODUCT_REPLACE = extend_schema(
+    tags=["products"],
+    summary="Replace a product's name, SKU and price (staff: inventory.change_product)",
+    description="All three fields. " + _UPDATE,
+    parameters=[_PRODUCT_ID],
+    request=ProductWriteSerializer,
+    responses={200: CatalogProductSerializer, **errors(400, *AUTHENTICATED, 404, 409)},
+)
+PRODUCT_UPDATE = extend_schema(
+    tags=["products"],
+    summary="Change a product's name, SKU or price (staff: inventory.change_product)",
+    description="Only the fields sent change. " + _UPDATE,
+    parameters=[_PRODUCT_ID],
+    request=ProductWriteSerializer(partial=True),
+    responses={200: CatalogProductSerializer, **errors(400, *AUTHENTICATED, 404, 409)},
+    examples=[OpenApiExample("a new price", value={"price": "1.40"})],
+)
+PRODUCT_DELETE = extend_schema(
+    tags=["products"],
+    summary="Delete a product never put to use (staff: inventory.delete_product)",
+    description="409 `product_in_use` while a slot holds it (`slots` names each: device id and "
+    "slot number) or once its price was changed (its price history is kept). A product no "
+    "slot holds whose price never changed is deleted with its first-price record. Sales keep "
+    "the name, SKU and price they were made at.",
+    parameters=[_PRODUCT_ID],
+    responses={204: None, **errors(*AUTHENTICATED, 404, 409)},
+)
+
+
+def _query(name: str, kind, description: str) -> OpenApiParameter:
+    return OpenApiParameter(name, kind, OpenApiParameter.QUERY, description=description)
+
+
+STOCK_MOVEMENTS = extend_schema(
+    tags=["stock"],
+    summary="The stock ledger, newest first (staff: inventory.view_stockmovement)",
+    description="Every change of a slot's quantity: vends, refunds, restocks, adjustments. "
+    "Paginated (`limit`, `offset`). A Driver sees only the movements of the machines on the "
+    "routes they drive. `from`/`to` are whole days in the server's time zone, both inclusive. "
+    "`product` keeps the movements of the slots that hold that product now.",
+    parameters=[
+        _query("machine", OpenApiTypes.STR, "A device id (any spelling)."),
+        _query("slot", OpenApiTypes.INT, "A slot number of `machine` (needs `machine`)."),
+        _query("product", OpenApiTypes.INT, "A product id."),
+        OpenApiParameter(
+            "reason",
+            OpenApiTypes.STR,
+            OpenApiParameter.QUERY,
+            enum=list(MovementReason.values),
+            description="One reason.",
+        ),
+        _query("from", OpenApiTypes.DATE, "First day (YYYY-MM-DD), inclusive."),
+        _query("to", OpenApiTypes.DATE, "Last day (YYYY-MM-DD), inclusive."),
+    ],
+    responses={200: StockMovementSerializer(many=True), **errors(400, *AUTHENTICATED)},
+)
+
+PLANOGRAM_COPY = extend_schema(
+    tags=["planogram"],
+    summary="Copy a machine's planogram onto others (staff: inventory.change_slot and "
+    "inventory.change_price)",
+    description="Per slot number: product, capacity, PAR, low-stock threshold and price "
+    "override (each changed override recorded as a price change); never the quantity. Only "
+    "the slots a target has are set: the source's other slot numbers are answered as "
+    "`skipped`, a target's slots beyond the source's are left alone. If a target slot holds "
+    "more units than the capacity it would get, the answer is 422 `planogram_copy_refused` "
+    "with `slots` naming each (device id -> slot -> reason), and nothing is copied. A target "
+    "that is the source itself is 400; an unknown one 404.",
+    parameters=[_DEVICE],
+    request=PlanogramCopyToSerializer,
+    responses={200: PlanogramCopySerializer, **errors(400, *AUTHENTICATED, 404, 422)},
+    examples=[OpenApiExample("two machines", value={"to": ["ESP32_6CC8404FE03D"]})],
 )

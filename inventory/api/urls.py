@@ -3,6 +3,12 @@
 
 from django.urls import re_path
 
+from .catalog_views import (
+    PlanogramCopyView,
+    ProductDetailView,
+    ProductListView,
+    StockMovementListView,
+)
 from .views import MachineRestockView, MachineSlotsView, MachineSlotView
 
 api_v1_patterns = [
@@ -21,4 +27,12 @@ api_v1_patterns = [
         MachineRestockView.as_view(),
         name="machine-restock",
     ),
+    re_path(
+        r"^machines/(?P<device_id>[^/]+)/planogram/copy/?$",
+        PlanogramCopyView.as_view(),
+        name="machine-planogram-copy",
+    ),
+    re_path(r"^products/?$", ProductListView.as_view(), name="product-list"),
+    re_path(r"^products/(?P<pk>[0-9]{1,19})/?$", ProductDetailView.as_view(), name="product"),
+    re_path(r"^stock-movements/?$", StockMovementListView.as_view(), name="stock-movements"),
 ]

@@ -140,20 +140,60 @@ def test_restock_action_fills_slots_to_capacity_with_restock_ledger_rows(
     assert untouched.quantity == 5
 
 
-def test_editing_quantity_on_the_slot_page_writes_an_adjustment_ledger_row(staff_client, staff):
+def test_raising_the_quantity_on_the_slot_page_is_a_restock_like_the_restock_endpoint(
+    staff_client, staff
+):
     slot = SlotFactory(device=DeviceFactory(), quantity=0, capacity=10)
 
     response = staff_client.post(
         reverse("admin:inventory_slot_change", args=[slot.pk]),
-        slot_post_data(slot, quantity=6, capacity=12),
+        slot_post_data(slot, quantity=6, capacity=12, stock_note="Monday fill"),
     )
 
     assert response.status_code == 302
     slot.refresh_from_db()
     assert (slot.quantity, slot.capacity) == (6, 12)
     movement = slot.movements.get()
-    assert (movement.reason, movement.delta, movement.user) == ("adjustment", 6, staff)
+    assert (movement.reason, movement.delta, movement.user, movement.note) == (
+        "restock",
+        6,
+        staff,
+        "Monday fill",
+    )
     assert slot.movements.aggregate(total=Sum("delta"))["total"] == slot.quantity
+
+
+def test_lowering_the_quantity_on_the_slot_page_is_an_adjustment_with_a_default_note(
+    staff_client, staff
+):
+    slot = SlotFactory(device=DeviceFactory(), quantity=0, capacity=10)
+    move_stock(slot=slot, delta=7, reason=MovementReason.RESTOCK)
+
+    response = staff_client.post(
+        reverse("admin:inventory_slot_change", args=[slot.pk]), slot_post_data(slot, quantity=4)
+    )
+
+    assert response.status_code == 302
+    movement = slot.movements.order_by("-id").first()
+    assert (movement.reason, movement.delta, movement.user, movement.note) == (
+        "adjustment",
+        -3,
+        staff,
+        "admin: quantity corrected",
+    )
+    assert Slot.objects.get(pk=slot.pk).quantity == 4
+
+
+def test_filling_a_slot_with_no_product_is_refused_on_the_slot_page(staff_client):
+    slot = SlotFactory(device=DeviceFactory(), product=None, quantity=0, capacity=10)
+
+    response = staff_client.post(
+        reverse("admin:inventory_slot_change", args=[slot.pk]), slot_post_data(slot, quantity=2)
+    )
+
+    assert response.status_code == 200
+    assert "A slot with no product cannot be filled" in response.content.decode()
+    assert not StockMovement.objects.exists()
 
 
 def test_a_slot_quantity_above_capacity_is_refused_on_the_slot_page(staff_client):
@@ -189,7 +229,7 @@ def test_a_slot_added_on_the_slot_page_gets_its_stock_through_the_ledger(staff_c
     slot = Slot.objects.get(device=device, number=7)
     assert slot.quantity == 3
     movement = slot.movements.get()
-    assert (movement.reason, movement.delta, movement.user) == ("adjustment", 3, staff)
+    assert (movement.reason, movement.delta, movement.user) == ("restock", 3, staff)
 
 
 def test_the_ledger_is_searchable_and_filterable_by_reason(staff_client, online_device):

@@ -5,7 +5,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
 from inventory.choices import MovementReason
-from inventory.exceptions import CapacityExceeded, OutOfStock
+from inventory.exceptions import CapacityExceeded, OutOfStock, RestockRefused
 from inventory.models import Slot, StockMovement
 from inventory.services import (
     ensure_slots,
@@ -14,7 +14,7 @@ from inventory.services import (
     save_slot_changes,
     set_stock,
 )
-from tests.factories import DeviceFactory, SlotFactory, UserFactory
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -160,11 +160,11 @@ def test_saving_slot_changes_leaves_a_vend_taken_meanwhile_alone():
 
 
 @pytest.mark.parametrize(
-    ("before", "after"),
-    [((8, 10), (3, 4)), ((5, 10), (15, 20))],
-    ids=["lowered together", "raised together"],
+    ("before", "after", "reason"),
+    [((8, 10), (3, 4), MovementReason.ADJUSTMENT), ((5, 10), (15, 20), MovementReason.RESTOCK)],
+    ids=["lowered together: a count", "raised together: a fill"],
 )
-def test_a_new_quantity_and_capacity_are_saved_together_through_the_ledger(before, after):
+def test_a_new_quantity_and_capacity_are_saved_together_through_the_ledger(before, after, reason):
     slot = SlotFactory(quantity=before[0], capacity=before[1])
     staff = UserFactory(is_staff=True)
     slot.quantity, slot.capacity = after
@@ -173,17 +173,44 @@ def test_a_new_quantity_and_capacity_are_saved_together_through_the_ledger(befor
 
     slot.refresh_from_db()
     assert (slot.quantity, slot.capacity) == after
-    row = slot.movements.get(reason=MovementReason.ADJUSTMENT)
-    assert (row.delta, row.user, row.note) == (after[0] - before[0], staff, "edit")
-    assert slot.movements.count() == 1
+    row = slot.movements.get()
+    assert (row.reason, row.delta, row.user, row.note) == (
+        reason,
+        after[0] - before[0],
+        staff,
+        "edit",
+    )
+
+
+def test_a_raised_quantity_counts_the_units_loaded_from_what_the_slot_holds_now():
+    slot = SlotFactory(quantity=5, capacity=10)
+    edited = Slot.objects.get(pk=slot.pk)  # the edit opened at 5
+    move_stock(slot=slot, delta=-1, reason=MovementReason.VEND)  # a vend meanwhile: 4
+    edited.quantity = 9
+
+    save_slot_changes(slot=edited, changed=["quantity"])
+
+    row = slot.movements.order_by("-id").first()
+    assert (row.reason, row.delta, row.quantity_after) == (MovementReason.RESTOCK, 5, 9)
+
+
+def test_filling_a_slot_with_no_product_is_refused_and_nothing_is_written():
+    slot = SlotFactory(product=None, quantity=0, capacity=10)
+    slot.quantity, slot.capacity = 3, 12
+
+    with pytest.raises(RestockRefused, match="no product"):
+        save_slot_changes(slot=slot, changed=["quantity", "capacity"])
+
+    slot.refresh_from_db()
+    assert (slot.quantity, slot.capacity, slot.movements.count()) == (0, 10, 0)
 
 
 def test_a_new_slot_is_created_empty_then_filled_through_the_ledger():
     device = DeviceFactory()
-    slot = Slot(device=device, number=1, capacity=10, quantity=6)
+    slot = Slot(device=device, number=1, capacity=10, quantity=6, product=ProductFactory())
 
-    save_slot_changes(slot=slot, changed=["number", "capacity", "quantity"])
+    save_slot_changes(slot=slot, changed=["number", "capacity", "quantity", "product"])
 
     slot.refresh_from_db()
     assert slot.quantity == 6
-    assert list(slot.movements.values_list("delta", "reason")) == [(6, MovementReason.ADJUSTMENT)]
+    assert list(slot.movements.values_list("delta", "reason")) == [(6, MovementReason.RESTOCK)]

@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from inventory.models import Product
 from tests.accounting import assert_stock_adds_up, take_start
 from tests.factories import UserFactory, stocked_device
 from vending_site.wsgi import application
@@ -89,6 +90,7 @@ SLOTS = 5
 STOCK = 200  # per slot: the fuzzer's vends must not empty them all
 VENDS_TAG = "vends"  # the operations a vend-client API key is for
 PLANOGRAM_TAG = "planogram"  # staff's, steered onto the real machine and slots too
+PRODUCTS_TAG = "products"  # staff's, steered onto the machine's real products
 
 
 @pytest.fixture
@@ -179,6 +181,17 @@ def steer_planogram(case, turn: int) -> bool:
     return True
 
 
+def steer_product(case, turn: int) -> bool:
+    """Every other case of a product operation naming one: a real product (one the machine's
+    slots hold, so a DELETE meets the 409 it must). True if steered."""
+    parameters = case.path_parameters or {}
+    if turn % 2 or "id" not in parameters:
+        return False
+    ids = list(Product.objects.order_by("pk").values_list("pk", flat=True))
+    parameters["id"] = ids[(turn // 2) % len(ids)]
+    return True
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -200,6 +213,8 @@ def test_every_operation_answers_as_documented_and_never_with_5xx(
         if PLANOGRAM_TAG in (case.operation.tags or []) and steer_planogram(
             case, answered(counter)
         ):
+            counter["steered"] += 1
+        if PRODUCTS_TAG in (case.operation.tags or []) and steer_product(case, answered(counter)):
             counter["steered"] += 1
     response = case.call(headers=headers)
     counter[response.status_code] += 1
