@@ -3,6 +3,7 @@
 
 from django.urls import re_path
 
+from .picklist_views import PickListView
 from .views import MachineRestockView, MachineSlotsView, MachineSlotView
 
 api_v1_patterns = [
@@ -21,4 +22,5 @@ api_v1_patterns = [
         MachineRestockView.as_view(),
         name="machine-restock",
     ),
+    re_path(r"^picklist/?$", PickListView.as_view(), name="picklist"),
 ]
