@@ -124,7 +124,6 @@ def fill_page(request: HttpRequest, device_id: str) -> HttpResponse:
     entered: dict[int, str] = {}
     errors: dict[int, str] = {}
     error = ""
-    status = 200
     if request.method == "POST":
         loaded, entered, errors = _read_fill(request.POST)
         if not errors and not loaded:
@@ -145,7 +144,6 @@ def fill_page(request: HttpRequest, device_id: str) -> HttpResponse:
                 return redirect(reverse("machine-fill", args=[device.device_id]), permanent=False)
         if errors and not error:
             error = "Nothing was recorded: correct the slots marked below."
-        status = 422 if error else 200
     elif request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
     picks = picklist.pick_list(machines=[device.device_id])
@@ -160,7 +158,9 @@ def fill_page(request: HttpRequest, device_id: str) -> HttpResponse:
         for slot in slots
     ]
     context = {"nav": "picklist", "device": device, "rows": rows, "error": error}
-    return render(request, "staff/fill.html", context, status=status)
+    # A refused fill is the form again, with its errors, as Django's forms answer it: 200 (a
+    # 4xx document is a console error in the browser, on the phone that is using the page).
+    return render(request, "staff/fill.html", context)
 
 
 def _read_fill(post: QueryDict) -> tuple[dict[int, int], dict[int, str], dict[int, str]]:
