@@ -5,11 +5,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.db.models.signals import post_migrate
 from django.utils import timezone
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
-from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory, ensure_roles
 
 # Property tests assert what is true, not how fast: hypothesis's default 200 ms deadline per
 # example failed them on a loaded two-core machine (speed targets live in bench/).
@@ -30,6 +31,19 @@ ROOT = Path(__file__).resolve().parent
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 if _WORKER:
     os.environ.setdefault("SCRATCH_REDIS_URL", f"redis://127.0.0.1:6379/{9 - _WORKER}")
+
+
+def _roles_after_flush(sender, **kwargs) -> None:
+    """A transactional test ends with a flush that empties every table, the role groups of
+    migration vending_site.0003 included; Django then sends post_migrate (content types and
+    permissions are made again) and this makes the groups again, so a test that runs after it
+    on the same worker finds the database as migrated. vending_site is the last app, so every
+    permission exists by then."""
+    if sender.label == "vending_site":
+        ensure_roles()
+
+
+post_migrate.connect(_roles_after_flush, dispatch_uid="tests-roles-after-flush")
 
 
 def pytest_collection_modifyitems(config, items):

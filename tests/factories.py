@@ -30,6 +30,35 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.groups.add(Group.objects.get_or_create(name="vend-client")[0])
 
 
+def ensure_roles() -> None:
+    """Make the four role groups with their permissions, as migration vending_site.0003 does,
+    where they are missing: a transactional test's flush empties every table (the root
+    conftest calls this after each flush)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.db.models import Q
+
+    from vending_site.auth import roles
+
+    def named(names) -> Q:
+        query = Q(pk__in=[])
+        for name in names:
+            app_label, codename = name.split(".", 1)
+            query |= Q(content_type__app_label=app_label, codename=codename)
+        return query
+
+    wanted = {
+        roles.OPERATOR: Q(content_type__app_label__in=roles.OPERATOR_APPS),
+        roles.DRIVER: named(roles.ROLES[roles.DRIVER]),
+        roles.TECHNICIAN: named(roles.ROLES[roles.TECHNICIAN]),
+        roles.VIEWER: Q(content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_")
+        | named(roles.VIEWER_EXTRA),
+    }
+    for name, permissions in wanted.items():
+        group, created = Group.objects.get_or_create(name=name)
+        if created:
+            group.permissions.add(*Permission.objects.filter(permissions))
+
+
 def staff_with_role(role: str, **fields):
     """A staff account (not a superuser) holding one role of ``vending_site.auth.roles``."""
     from django.contrib.auth.models import Group

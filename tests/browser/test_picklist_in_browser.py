@@ -2,12 +2,10 @@
 desktop, a 390 px phone and paper (print media), with the hand-computed fleet of
 ``inventory.tests.picklist_data``."""
 
-import importlib
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.apps import apps
 from django.conf import global_settings
 from playwright.sync_api import Page, expect
 
@@ -31,8 +29,6 @@ def server_url(transactional_db):
 
 @pytest.fixture
 def driver(transactional_db, settings):
-    # A transactional test's flush empties the groups the migration made: make them again.
-    importlib.import_module("vending_site.migrations.0003_roles").create_roles(apps, None)
     settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS  # what the server checks
     user = staff_with_role(roles.DRIVER, username="dora")
     user.set_password(STAFF_PASSWORD)
