@@ -9,13 +9,7 @@ from django.utils import timezone
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
-from tests.factories import (
-    DeviceFactory,
-    ProductFactory,
-    SlotFactory,
-    UserFactory,
-    restore_role_groups,
-)
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, UserFactory
 
 # Property tests assert what is true, not how fast: hypothesis's default 200 ms deadline per
 # example failed them on a loaded two-core machine (speed targets live in bench/).
@@ -43,19 +37,6 @@ def pytest_collection_modifyitems(config, items):
         parts = item.path.relative_to(ROOT).parts
         if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
             item.add_marker(pytest.mark.system)
-
-
-@pytest.fixture(autouse=True)
-def role_groups_exist(request):
-    """The staff roles are groups a data migration makes; a transactional test's flush
-    removes them for every test after it on the same worker. Each test with database access
-    finds them in place (``tests.factories.restore_role_groups``: one query when present)."""
-    if request.node.get_closest_marker("django_db") is None and not (
-        {"db", "transactional_db"} & set(request.fixturenames)
-    ):
-        return
-    request.getfixturevalue("_django_db_helper")
-    restore_role_groups()
 
 
 @pytest.fixture(autouse=True)

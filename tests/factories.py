@@ -30,42 +30,6 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.groups.add(Group.objects.get_or_create(name="vend-client")[0])
 
 
-def restore_role_groups() -> None:
-    """Make the four role groups of ``vending_site.auth.roles`` as migration
-    ``vending_site.0003_roles`` makes them, if any is missing: a transactional test's flush
-    at its end empties every table, data migrations' rows included (the permissions come
-    back with the flush's post_migrate; the groups do not). One query when they exist."""
-    from django.contrib.auth.models import Group, Permission
-
-    from vending_site.auth import roles
-
-    names = (roles.OPERATOR, roles.DRIVER, roles.TECHNICIAN, roles.VIEWER)
-    if Group.objects.filter(name__in=names).count() == len(names):
-        return
-
-    def named(perms):
-        pairs = [perm.split(".", 1) for perm in perms]
-        found = Permission.objects.none()
-        for app_label, codename in pairs:
-            found |= Permission.objects.filter(content_type__app_label=app_label, codename=codename)
-        return found
-
-    everything = Permission.objects.filter(content_type__app_label__in=roles.OPERATOR_APPS)
-    views = Permission.objects.filter(
-        content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_"
-    )
-    grants = {
-        roles.OPERATOR: everything,
-        roles.DRIVER: named(roles.ROLES[roles.DRIVER]),
-        roles.TECHNICIAN: named(roles.ROLES[roles.TECHNICIAN]),
-        roles.VIEWER: views | named(roles.VIEWER_EXTRA),
-    }
-    for name, perms in grants.items():
-        group, created = Group.objects.get_or_create(name=name)
-        if created:
-            group.permissions.add(*perms)
-
-
 def staff_with_role(role: str, **fields):
     """A staff account (not a superuser) holding one role of ``vending_site.auth.roles``."""
     from django.contrib.auth.models import Group

@@ -9,8 +9,12 @@ class VendingSiteConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
+        from django.db.models.signals import post_migrate
 
-        from vending_site.auth import tokens
+        from vending_site.auth import roles, tokens
+
+        # Every role exists after migrate and after a flush (tests' transactional teardown).
+        post_migrate.connect(roles.ensure_roles, sender=self, dispatch_uid="vending-roles")
 
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 

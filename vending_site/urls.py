@@ -13,6 +13,7 @@ from devices.api import urls as device_urls
 from inventory.api import urls as inventory_urls
 from transactions.api import urls as vend_urls
 from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
+from vending_site.dashboard import picklist as picklist_pages
 from vending_site.dashboard import views as dashboard
 from vending_site.http.health import HealthView
 from vending_site.observability import metrics
@@ -43,6 +44,10 @@ def build(*, asgi: bool) -> list:
     return [
         path("", dashboard.index, name="dashboard"),
         path("dashboard/api/", include(("vending_site.dashboard.urls", "dashboard-api"))),
+        path("picklist/", picklist_pages.picklist_page, name="picklist"),
+        re_path(
+            r"^machines/(?P<device_id>[^/]+)/fill/?$", picklist_pages.fill_page, name="machine-fill"
+        ),
         # Browsers ask for it on every page (the admin's too); a 404 there is console noise.
         path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
         path("admin/", admin.site.urls),

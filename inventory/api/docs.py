@@ -1,8 +1,14 @@
 """The OpenAPI description of the planogram endpoints (``inventory.api.views``): a machine's
-slots, one slot's edit and a restock. Shared pieces: ``vending_site.http.openapi``."""
+slots, one slot's edit and a restock; and of the pick list (``inventory.api.picklist_views``).
+Shared pieces: ``vending_site.http.openapi``."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+)
 
 from inventory.choices import MovementReason
 from vending_site.http.openapi import AUTHENTICATED, errors
@@ -14,6 +20,7 @@ from .catalog_serializers import (
     ProductWriteSerializer,
     StockMovementSerializer,
 )
+from .picklist_serializers import PickListSerializer
 from .serializers import (
     PlanogramSerializer,
     PlanogramSlotSerializer,
@@ -198,4 +205,54 @@ PLANOGRAM_COPY = extend_schema(
     request=PlanogramCopyToSerializer,
     responses={200: PlanogramCopySerializer, **errors(400, *AUTHENTICATED, 404, 422)},
     examples=[OpenApiExample("two machines", value={"to": ["ESP32_6CC8404FE03D"]})],
+)
+
+_ID = {"type": "integer", "minimum": 1}
+
+PICKLIST = extend_schema(
+    tags=["pick lists"],
+    summary="What to load per machine and slot, and the van's totals (staff)",
+    description="Exactly one of `route` (its machines in stop order), `location`, or "
+    "`machine` (repeated; at most 100); none or several kinds is 400, an unknown one (or, for "
+    "a Driver, one not on their routes) 404. Per enabled slot holding a product: `quantity`, "
+    "`fill_to` (the PAR, else the capacity) and `to_load` = `fill_to - quantity`, never below "
+    "0; per product, the van's `totals`. With `visit=YYYY-MM-DD` (today or later, server time "
+    "zone) the list forecasts the sales until the visit: `sold_28d` is the net units sold "
+    "(vends less refunds) over the 28 days before today, `expected_by_visit` = "
+    "`sold_28d / 28` x days until the visit, `at_visit` = `quantity` less the expected sales "
+    "rounded up (at least 0), and `to_load` = `fill_to - at_visit`. `format=csv` or "
+    "`Accept: text/csv` answers CSV: a header row, the van's rows (`row` = `van`), then one "
+    "`slot` row per slot. Needs `inventory.view_slot`.",
+    parameters=[
+        OpenApiParameter("route", _ID, OpenApiParameter.QUERY, description="A route's id."),
+        OpenApiParameter("location", _ID, OpenApiParameter.QUERY, description="A location's id."),
+        OpenApiParameter(
+            "machine",
+            {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+            OpenApiParameter.QUERY,
+            explode=True,
+            description="A machine's id; repeat for more machines.",
+        ),
+        OpenApiParameter(
+            "visit",
+            {"type": "string", "format": "date"},
+            OpenApiParameter.QUERY,
+            description="The visit's date (YYYY-MM-DD), today or later: adds the forecast.",
+        ),
+        OpenApiParameter(
+            "format",
+            {"type": "string", "enum": ["json", "csv"], "default": "json"},
+            OpenApiParameter.QUERY,
+        ),
+    ],
+    responses={
+        (200, "application/json"): PickListSerializer,
+        (200, "text/csv"): OpenApiResponse(
+            {"type": "string"},
+            description="Columns: row, device_id, machine, location, stop, slot, product, "
+            "sku, quantity, capacity, fill_to, sold_28d, daily_average, expected_by_visit, "
+            "at_visit, to_load.",
+        ),
+        **errors(400, *AUTHENTICATED, 404),
+    },
 )

@@ -9,6 +9,7 @@ from .catalog_views import (
     ProductListView,
     StockMovementListView,
 )
+from .picklist_views import PickListView
 from .views import MachineRestockView, MachineSlotsView, MachineSlotView
 
 api_v1_patterns = [
@@ -35,4 +36,5 @@ api_v1_patterns = [
     re_path(r"^products/?$", ProductListView.as_view(), name="product-list"),
     re_path(r"^products/(?P<pk>[0-9]{1,19})/?$", ProductDetailView.as_view(), name="product"),
     re_path(r"^stock-movements/?$", StockMovementListView.as_view(), name="stock-movements"),
+    re_path(r"^picklist/?$", PickListView.as_view(), name="picklist"),
 ]

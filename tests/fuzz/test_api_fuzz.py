@@ -91,6 +91,7 @@ STOCK = 200  # per slot: the fuzzer's vends must not empty them all
 VENDS_TAG = "vends"  # the operations a vend-client API key is for
 PLANOGRAM_TAG = "planogram"  # staff's, steered onto the real machine and slots too
 PRODUCTS_TAG = "products"  # staff's, steered onto the machine's real products
+PICKLIST_TAG = "pick lists"  # staff's, steered onto the real machine too
 
 
 @pytest.fixture
@@ -192,6 +193,21 @@ def steer_product(case, turn: int) -> bool:
     return True
 
 
+def steer_picklist(case, turn: int) -> bool:
+    """Every other case of the pick list: the real machine as its one selection (visit and
+    format stay as generated), so the list itself is built and checked. True if steered."""
+    if turn % 2:
+        return False
+    query = case.query if isinstance(case.query, dict) else {}
+    visit, wanted = query.get("visit"), query.get("format")
+    case.query = {"machine": [DEVICE]}
+    if visit is not None:
+        case.query["visit"] = visit
+    if wanted is not None:
+        case.query["format"] = wanted
+    return True
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -215,6 +231,8 @@ def test_every_operation_answers_as_documented_and_never_with_5xx(
         ):
             counter["steered"] += 1
         if PRODUCTS_TAG in (case.operation.tags or []) and steer_product(case, answered(counter)):
+            counter["steered"] += 1
+        if PICKLIST_TAG in (case.operation.tags or []) and steer_picklist(case, answered(counter)):
             counter["steered"] += 1
     response = case.call(headers=headers)
     counter[response.status_code] += 1

@@ -22,6 +22,8 @@ Four permissions are not a model's add/change/delete/view:
 This module names permissions as strings and imports no app (the infrastructure layer).
 """
 
+from django.apps import apps as global_apps
+from django.db.models import Q
 from rest_framework.permissions import BasePermission
 
 from vending_site.auth.permissions import is_api_key
@@ -67,6 +69,42 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 VIEWER_APPS = ("devices", "inventory", "transactions")
 VIEWER_EXTRA = ("transactions.view_sales",)
+
+
+def _named(names) -> Q:
+    query = Q(pk__in=[])
+    for name in names:
+        app_label, codename = name.split(".", 1)
+        query |= Q(content_type__app_label=app_label, codename=codename)
+    return query
+
+
+def grants() -> dict[str, Q]:
+    """Each role's permissions, as a filter on ``auth.Permission``."""
+    return {
+        OPERATOR: Q(content_type__app_label__in=OPERATOR_APPS),
+        DRIVER: _named(ROLES[DRIVER]),
+        TECHNICIAN: _named(ROLES[TECHNICIAN]),
+        VIEWER: Q(content_type__app_label__in=VIEWER_APPS, codename__startswith="view_")
+        | _named(VIEWER_EXTRA),
+    }
+
+
+def ensure_roles(*, apps=global_apps, **_signal) -> None:
+    """Create each of the four role groups that is missing, with its permissions.
+
+    Run by migration ``vending_site.0003_roles`` and after every ``migrate`` or ``flush``
+    (``post_migrate`` of this app, the last installed, so every permission exists by then):
+    an operator who deleted a role gets it back as shipped. A group that exists is left as
+    staff edited it. One query when all four exist."""
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    if Group.objects.filter(name__in=list(ROLES)).count() == len(ROLES):
+        return
+    for name, permissions in grants().items():
+        group, created = Group.objects.get_or_create(name=name)
+        if created:
+            group.permissions.add(*Permission.objects.filter(permissions))
 
 
 def is_route_bound(user) -> bool:

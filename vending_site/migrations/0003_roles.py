@@ -11,40 +11,15 @@ from django.db import migrations
 from vending_site.auth import roles
 
 
-def _permissions(Permission, names):
-    found = []
-    for name in names:
-        app_label, codename = name.split(".", 1)
-        found.append(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    return found
-
-
 def create_roles(apps, schema_editor):
     for app_config in apps.get_app_configs():
         app_config.models_module = True
         create_contenttypes(app_config, verbosity=0, apps=apps)
         create_permissions(app_config, verbosity=0, apps=apps)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
+    roles.ensure_roles(apps=apps)
     User = apps.get_model("auth", "User")
-
-    operator, _ = Group.objects.get_or_create(name=roles.OPERATOR)
-    operator.permissions.add(
-        *Permission.objects.filter(content_type__app_label__in=roles.OPERATOR_APPS)
-    )
-    for name in (roles.DRIVER, roles.TECHNICIAN):
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.add(*_permissions(Permission, roles.ROLES[name]))
-    viewer, _ = Group.objects.get_or_create(name=roles.VIEWER)
-    viewer.permissions.add(
-        *Permission.objects.filter(
-            content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_"
-        ),
-        *_permissions(Permission, roles.VIEWER_EXTRA),
-    )
+    operator = apps.get_model("auth", "Group").objects.get(name=roles.OPERATOR)
     for user in User.objects.filter(is_staff=True, is_superuser=False):
         user.groups.add(operator)
 

@@ -111,3 +111,18 @@ def test_requires_refuses_a_person_without_the_permission_and_names_it():
 
     request.user = UserFactory()  # not staff, whatever groups it has
     assert not check.has_permission(request, None)
+
+
+def test_a_deleted_role_comes_back_as_shipped_after_migrate_and_an_edited_one_stays():
+    from django.core.management import call_command
+
+    Group.objects.get(name=roles.DRIVER).delete()
+    viewer = Group.objects.get(name=roles.VIEWER)
+    viewer.permissions.clear()  # staff's own choice
+
+    call_command("migrate", verbosity=0)  # post_migrate, as after an upgrade or a test flush
+
+    driver = staff_with_role(roles.DRIVER)
+    assert driver.has_perm("inventory.restock_slot")
+    assert not driver.has_perm("transactions.view_sales")
+    assert not Group.objects.get(name=roles.VIEWER).permissions.exists()
