@@ -16,6 +16,7 @@ from tests.factories import DeviceFactory, SlotFactory, UserFactory, staff_with_
 from transactions.models import Transaction
 from vending_site.auth import roles
 from vending_site.auth.permissions import lacks
+from vending_site.live.audience import audience_for, for_page
 
 OTHER = "ESP32_0000000000AA"
 OP, DR, TE, VI = roles.OPERATOR, roles.DRIVER, roles.TECHNICIAN, roles.VIEWER
@@ -493,3 +494,47 @@ def test_a_technician_saves_a_slot_without_touching_its_price(fleet):
     assert response.status_code == 302, response.content
     slot.refresh_from_db()
     assert (slot.low_stock_threshold, str(slot.price)) == (4, "2.00")
+
+
+# --- The live socket --------------------------------------------------------------------------
+
+
+def _event(kind: str, **payload) -> dict:
+    return {"id": 1, "kind": kind, "payload": payload, "at": "2026-12-07T12:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("role", "admitted"),
+    [
+        (OP, {"device", "other-device", "stock", "txn", "own-txn", "log", "ports", "command"}),
+        (DR, {"device", "stock", "own-txn"}),
+        (TE, {"device", "other-device", "stock", "own-txn", "log", "ports", "command"}),
+        (VI, {"device", "other-device", "stock", "txn", "own-txn", "log", "ports", "command"}),
+    ],
+    ids=ROLES,
+)
+def test_the_live_socket_sends_each_role_what_the_page_shows_it(fleet, settings, role, admitted):
+    settings.DASHBOARD_PUBLIC = False
+    user = fleet[role]
+    audience = audience_for(user)
+    events = {
+        "device": _event("device", device_id=DEVICE_ID),
+        "other-device": _event("device", device_id=OTHER),
+        "stock": _event("stock", device_id=DEVICE_ID, slot=1),
+        "txn": _event("transaction", device_id=DEVICE_ID, requested_by=None),
+        "own-txn": _event("transaction", device_id=DEVICE_ID, requested_by=user.pk),
+        "log": _event("log", device_id=DEVICE_ID),
+        "ports": _event("ports", path="/dev/ttyUSB0"),
+        "command": _event("command", device_id=DEVICE_ID),
+    }
+
+    assert {name for name, event in events.items() if audience.admits(event)} == admitted
+    assert for_page(events["own-txn"])["payload"] == {"device_id": DEVICE_ID}
+
+
+def test_the_live_socket_refuses_a_staff_account_in_no_role(db, settings):
+    settings.DASHBOARD_PUBLIC = False
+
+    assert audience_for(UserFactory(is_staff=True, vend_client=False)) is None
+    settings.DASHBOARD_PUBLIC = True
+    assert audience_for(UserFactory(is_staff=True, vend_client=False)).everything
