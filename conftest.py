@@ -32,6 +32,27 @@ if _WORKER:
     os.environ.setdefault("SCRATCH_REDIS_URL", f"redis://127.0.0.1:6379/{9 - _WORKER}")
 
 
+def restore_role_groups(sender, **kwargs) -> None:
+    """A transactional test ends with a flush, which deletes the role groups migration
+    vending_site.0003 made, then emits post_migrate (permissions come back, groups not):
+    after the last app's, make the four groups again, as the migration made them."""
+    from django.apps import apps
+
+    if sender.label != [a for a in apps.get_app_configs() if a.models_module][-1].label:
+        return
+    from tests.factories import role_group
+    from vending_site.auth import roles
+
+    for role in (roles.OPERATOR, roles.DRIVER, roles.TECHNICIAN, roles.VIEWER):
+        role_group(role)
+
+
+def pytest_configure(config):
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(restore_role_groups, dispatch_uid="tests-restore-role-groups")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = item.path.relative_to(ROOT).parts

@@ -32,11 +32,40 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 def staff_with_role(role: str, **fields):
     """A staff account (not a superuser) holding one role of ``vending_site.auth.roles``."""
-    from django.contrib.auth.models import Group
-
     user = UserFactory(is_staff=True, vend_client=False, **fields)
-    user.groups.add(Group.objects.get(name=role))
+    user.groups.add(role_group(role))
     return user
+
+
+def role_group(role: str):
+    """The role's group with the permissions migration ``vending_site.0003_roles`` gives it,
+    made again if missing: a transactional test's flush deletes the migration's rows (its
+    post_migrate brings back permissions, not groups: see the root conftest)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.db.models import Q
+
+    from vending_site.auth import roles
+
+    group, created = Group.objects.get_or_create(name=role)
+    if not created:
+        return group
+
+    def named(names) -> Q:
+        query = Q(pk__in=[])
+        for name in names:
+            app_label, codename = name.split(".")
+            query |= Q(content_type__app_label=app_label, codename=codename)
+        return query
+
+    if role == roles.OPERATOR:
+        wanted = Q(content_type__app_label__in=roles.OPERATOR_APPS)
+    elif role == roles.VIEWER:
+        wanted = Q(content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_")
+        wanted |= named(roles.VIEWER_EXTRA)
+    else:
+        wanted = named(roles.ROLES[role])
+    group.permissions.set(Permission.objects.filter(wanted))
+    return group
 
 
 class DeviceFactory(factory.django.DjangoModelFactory):

@@ -6,8 +6,6 @@ import re
 
 import pytest
 from django.conf import global_settings
-from django.contrib.auth.models import Group, Permission
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -15,6 +13,7 @@ from devices.models import Device, Location, Route, RouteStop
 from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.demo import load_demo_data, load_demo_fleet
 from tests.browser.conftest import STAFF_PASSWORD, log_in
+from tests.factories import role_group
 from tests.scratch.net import wait_for
 from vending_site.auth import roles
 
@@ -33,35 +32,10 @@ def person(transactional_db, settings):
         user = get_user_model().objects.create_user(
             role.lower(), password=STAFF_PASSWORD, is_staff=True
         )
-        user.groups.add(_role_group(role))
+        user.groups.add(role_group(role))
         return user
 
     return make
-
-
-def _role_group(role: str) -> Group:
-    """The role's group as the migration makes it: a transactional test's flush removed
-    the migration's rows (vending_site/migrations/0003_roles.py)."""
-    group, _ = Group.objects.get_or_create(name=role)
-    if role == roles.OPERATOR:
-        perms = Permission.objects.filter(content_type__app_label__in=roles.OPERATOR_APPS)
-    elif role == roles.VIEWER:
-        perms = Permission.objects.filter(
-            content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_"
-        )
-        perms = perms | _named(roles.VIEWER_EXTRA)
-    else:
-        perms = _named(roles.ROLES[role])
-    group.permissions.set(perms)
-    return group
-
-
-def _named(names) -> QuerySet:
-    query = Q(pk__in=[])
-    for name in names:
-        app_label, codename = name.split(".")
-        query |= Q(content_type__app_label=app_label, codename=codename)
-    return Permission.objects.filter(query)
 
 
 @pytest.fixture
