@@ -14,6 +14,7 @@ from inventory.admin import ReadOnlyAdminMixin, SlotForm, stock_badge
 from inventory.models import Slot
 from inventory.services import ensure_slots, save_slot_changes
 from transactions.commands import queue_command
+from vending_site.auth.roles import is_route_bound
 from vending_site.http.errors import DomainError
 
 from . import planogram_admin
@@ -22,7 +23,7 @@ from .approval import accept_move, set_approved
 from .choices import CommandKind, PortRequest
 from .models import Command, CommunicationLog, Device, SerialPort
 from .protocol import mac_from_device_id
-from .selectors import canonical_id, online_devices
+from .selectors import canonical_id, machines_visible_to, online_devices
 from .services import request_port, select_active_device
 
 
@@ -150,6 +151,16 @@ class DeviceAdmin(admin.ModelAdmin):
         *ADMISSION_FIELDS,
     )
 
+    def get_queryset(self, request):
+        # A Driver sees the machines of their routes only (devices.selectors).
+        queryset = super().get_queryset(request)
+        if is_route_bound(request.user):
+            queryset = queryset.filter(pk__in=machines_visible_to(request.user).values("pk"))
+        return queryset
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("devices.operate_device")
+
     def get_readonly_fields(self, request, obj=None):
         # The active flag has its own action (the database allows one active device);
         # presence is what the device reports, not what staff type.
@@ -241,7 +252,7 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_copy_planogram_permission(self, request) -> bool:
         return request.user.has_perms(planogram_admin.COPY_PERMISSIONS)
 
-    @admin.action(description="Make active device", permissions=["change"])
+    @admin.action(description="Make active device", permissions=["operate"])
     def make_active(self, request: HttpRequest, queryset) -> None:
         devices = list(queryset[:2])
         if len(devices) != 1:
@@ -252,11 +263,11 @@ class DeviceAdmin(admin.ModelAdmin):
         device = select_active_device(device=devices[0])
         self.message_user(request, f"{device.device_id} is now the active device.")
 
-    @admin.action(description="Queue STATUS", permissions=["change"])
+    @admin.action(description="Queue STATUS", permissions=["operate"])
     def queue_status(self, request: HttpRequest, queryset) -> None:
         self._queue(request, queryset, CommandKind.STATUS)
 
-    @admin.action(description="Queue RESET", permissions=["change"])
+    @admin.action(description="Queue RESET", permissions=["operate"])
     def queue_reset(self, request: HttpRequest, queryset) -> None:
         self._queue(request, queryset, CommandKind.RESET)
 
@@ -353,14 +364,16 @@ class SerialPortAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description="Connect selected ports")
+    @admin.action(description="Connect selected ports", permissions=["change"])
     def connect(self, request: HttpRequest, queryset) -> None:
         self._request(request, queryset, PortRequest.CONNECT)
 
-    @admin.action(description="Disconnect selected ports")
+    @admin.action(description="Disconnect selected ports", permissions=["change"])
     def disconnect(self, request: HttpRequest, queryset) -> None:
         self._request(request, queryset, PortRequest.DISCONNECT)
 
-    @admin.action(description="Let the bridge decide (connect ESP32 boards)")
+    @admin.action(
+        description="Let the bridge decide (connect ESP32 boards)", permissions=["change"]
+    )
     def automatic(self, request: HttpRequest, queryset) -> None:
         self._request(request, queryset, PortRequest.AUTO)

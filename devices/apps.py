@@ -5,8 +5,11 @@ class DevicesConfig(AppConfig):
     name = "devices"
 
     def ready(self) -> None:
+        from vending_site.live.audience import register_machine_scope
         from vending_site.observability.metrics import register_scrape_time
 
         from .metrics import DevicesCollector
+        from .selectors import live_machine_scope
 
         register_scrape_time(DevicesCollector())
+        register_machine_scope(live_machine_scope)

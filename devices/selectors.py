@@ -103,3 +103,23 @@ def routes_visible_to(user) -> QuerySet[Route]:
     if is_route_bound(user):
         return Route.objects.filter(driver=user)
     return Route.objects.all()
+
+
+def get_visible_device(raw_id: str, user) -> Device:
+    """:func:`get_device`, refused as unknown (404) when ``user`` may not see the machine
+    (a Driver, a machine on none of their routes): the same answer as a machine that does
+    not exist, so a Driver learns nothing of the rest of the fleet."""
+    device = get_device(raw_id)
+    if is_route_bound(user) and not machines_visible_to(user).filter(pk=device.pk).exists():
+        raise UnknownDevice(
+            f"No device {device.device_id} is registered.", device_id=device.device_id
+        )
+    return device
+
+
+def live_machine_scope(user) -> frozenset[str] | None:
+    """The device ids a Driver's live socket is sent events of; None (every machine) for
+    anyone else (``vending_site.live.audience``)."""
+    if not is_route_bound(user):
+        return None
+    return frozenset(machines_visible_to(user).values_list("device_id", flat=True))

@@ -14,6 +14,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from import_export.admin import ExportMixin, ImportExportMixin
 
+from vending_site.auth.roles import is_route_bound, sees_prices
 from vending_site.http.errors import DomainError
 
 from .exports import (
@@ -21,11 +22,45 @@ from .exports import (
     IMPORT_FORMATS,
     ProductResource,
     StockMovementResource,
-    sees_prices,
 )
 from .models import PriceChange, Product, Slot, StockMovement
 from .selectors import price_of
 from .services import restock_to_capacity, save_product_changes, save_slot_changes
+
+# The columns and fields that show money: hidden from whoever does not see prices
+# (roles.sees_prices: a Driver, a Technician), read-only without inventory.change_price.
+PRICE_COLUMNS = ("price_shown", "price_charged")
+PRICE_FIELDS = ("price",)
+
+
+class PriceAwareAdmin:
+    """Prices only for those who see money; editable only with ``inventory.change_price``."""
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        if sees_prices(request.user):
+            return shown
+        return [column for column in shown if column not in PRICE_COLUMNS]
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if sees_prices(request.user):
+            return fields
+        return [field for field in fields if field not in PRICE_FIELDS]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        if request.user.has_perm("inventory.change_price"):
+            return readonly
+        return readonly + tuple(f for f in PRICE_FIELDS if f not in readonly)
+
+
+def on_drivers_routes(request, queryset, machine: str):
+    """``queryset`` limited to a Driver's routes' machines (``machine`` is the lookup from
+    its model to the machine; a string lookup, so the stock imports no machine code)."""
+    if not is_route_bound(request.user):
+        return queryset
+    return queryset.filter(**{f"{machine}__location__routes__driver": request.user}).distinct()
 
 
 def money(amount) -> str:
@@ -142,7 +177,7 @@ class StockLevelFilter(admin.SimpleListFilter):
 
 
 @admin.register(Product)
-class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
+class ProductAdmin(ImportExportMixin, PriceAwareAdmin, admin.ModelAdmin):
     list_display = ("name", "sku", "price_shown", "created_at")
     # Export: CSV or XLSX of the list as filtered, for whoever may view products (the
     # IMPORT_EXPORT_EXPORT_PERMISSION_CODE setting), prices only for who may see them.
@@ -184,7 +219,7 @@ class ProductAdmin(ImportExportMixin, admin.ModelAdmin):
 
 
 @admin.register(Slot)
-class SlotAdmin(admin.ModelAdmin):
+class SlotAdmin(PriceAwareAdmin, admin.ModelAdmin):
     form = SlotForm
     list_display = (
         "device",
@@ -206,9 +241,14 @@ class SlotAdmin(admin.ModelAdmin):
     actions = ("restock_selected",)
     fields = (*SlotForm.Meta.fields, "stock_note")
 
+    def get_queryset(self, request):
+        return on_drivers_routes(request, super().get_queryset(request), "device")
+
     def get_readonly_fields(self, request, obj=None):
         # A slot's history belongs to its place in its machine: that place never moves.
-        return ("device", "number") if obj is not None else ()
+        fixed = ("device", "number") if obj is not None else ()
+        # Prices: PriceAwareAdmin (read-only without inventory.change_price).
+        return fixed + tuple(super().get_readonly_fields(request, obj))
 
     @admin.display(description="Stock")
     def stock(self, obj: Slot) -> str:
@@ -234,7 +274,10 @@ class SlotAdmin(admin.ModelAdmin):
             adjustment_note=note or "admin: quantity corrected",
         )
 
-    @admin.action(description="Restock selected slots to capacity", permissions=["change"])
+    def has_restock_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inventory.restock_slot")
+
+    @admin.action(description="Restock selected slots to capacity", permissions=["restock"])
     def restock_selected(self, request: HttpRequest, queryset) -> None:
         restocked = units = full = 0
         for slot in queryset.select_related("device"):
@@ -290,6 +333,9 @@ class StockMovementAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("slot__device__device_id", "note", "reason")
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+    def get_queryset(self, request):
+        return on_drivers_routes(request, super().get_queryset(request), "slot__device")
 
 
 @admin.register(PriceChange)

@@ -17,7 +17,6 @@ from .services import save_product_changes
 
 EXPORT_FORMATS = [base_formats.CSV, base_formats.XLSX]
 IMPORT_FORMATS = [base_formats.CSV]
-PRICE_READERS = ("inventory.change_price", "transactions.view_sales")
 
 
 class PriceWidget(widgets.DecimalWidget):
@@ -120,7 +119,3 @@ class StockMovementResource(resources.ModelResource):
             "note",
         )
         export_order = fields
-
-
-def sees_prices(user) -> bool:
-    return any(user.has_perm(perm) for perm in PRICE_READERS)

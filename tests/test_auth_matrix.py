@@ -1,5 +1,6 @@
 """Who may call which REST endpoint: anonymous, a user with no role, a vend-client user, a
-vend-client API key and staff, against every REST endpoint (see docs/security.md)."""
+vend-client API key, staff in no role group and staff holding the Operator role, against
+every REST endpoint (see docs/security.md; tests/test_roles_matrix.py has each role)."""
 
 import pytest
 from django.core.management import call_command
@@ -7,31 +8,32 @@ from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
 from devices.tests.helpers import DEVICE_ID
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_with_role
 from transactions.models import Transaction
+from vending_site.auth import roles
 
 MISSING = "00000000-0000-4000-8000-000000000000"  # fixed: xdist workers must agree on ids
 V, C = {"device_id": DEVICE_ID}, {"command": "STATUS"}
 A = {"action": "approve"}
-ROLES = ("anonymous", "plain", "vend_client", "api_key", "staff")
+ROLES = ("anonymous", "plain", "vend_client", "api_key", "no_role", "staff")
 
 # method, path, body, expected status per role in ROLES order.
 MATRIX = [
-    ("post", "/api/v1/vend/1", V, (401, 403, 202, 202, 202)),
-    ("post", "/vend/1", V, (401, 403, 202, 202, 202)),
-    ("get", "/api/v1/transactions/", None, (401, 403, 200, 200, 200)),
-    ("get", f"/api/v1/transactions/{MISSING}", None, (401, 403, 404, 404, 404)),
-    ("post", f"/api/v1/transactions/{MISSING}/cancel", {}, (401, 403, 404, 404, 404)),
-    ("get", "/api/v1/devices/", None, (401, 403, 200, 200, 200)),
-    ("get", "/esp32/devices/list", None, (401, 403, 200, 200, 200)),
-    ("post", "/esp32/devices/select", V, (401, 403, 403, 403, 200)),
-    ("post", "/esp32/devices/auto-select", {}, (401, 403, 403, 403, 200)),
+    ("post", "/api/v1/vend/1", V, (401, 403, 202, 202, 403, 202)),
+    ("post", "/vend/1", V, (401, 403, 202, 202, 403, 202)),
+    ("get", "/api/v1/transactions/", None, (401, 403, 200, 200, 403, 200)),
+    ("get", f"/api/v1/transactions/{MISSING}", None, (401, 403, 404, 404, 403, 404)),
+    ("post", f"/api/v1/transactions/{MISSING}/cancel", {}, (401, 403, 404, 404, 403, 404)),
+    ("get", "/api/v1/devices/", None, (401, 403, 200, 200, 403, 200)),
+    ("get", "/esp32/devices/list", None, (401, 403, 200, 200, 403, 200)),
+    ("post", "/esp32/devices/select", V, (401, 403, 403, 403, 403, 200)),
+    ("post", "/esp32/devices/auto-select", {}, (401, 403, 403, 403, 403, 200)),
     # Staff pass the permission; firmware v2.1 acts on no STATUS, hence 409.
-    ("post", f"/api/v1/devices/{DEVICE_ID}/commands", C, (401, 403, 403, 403, 409)),
+    ("post", f"/api/v1/devices/{DEVICE_ID}/commands", C, (401, 403, 403, 403, 403, 409)),
     # Staff only; approving an approved machine changes nothing and answers it as it is.
-    ("post", f"/api/v1/devices/{DEVICE_ID}/admission", A, (401, 403, 403, 403, 200)),
-    ("get", "/api/v1/reports/sales", None, (401, 403, 403, 403, 200)),
-    ("get", "/status", None, (200, 200, 200, 200, 200)),
+    ("post", f"/api/v1/devices/{DEVICE_ID}/admission", A, (401, 403, 403, 403, 403, 200)),
+    ("get", "/api/v1/reports/sales", None, (401, 403, 403, 403, 403, 200)),
+    ("get", "/status", None, (200, 200, 200, 200, 200, 200)),
 ]
 
 
@@ -41,8 +43,10 @@ def client_as(role: str) -> APIClient:
         client.force_authenticate(UserFactory(vend_client=False))
     elif role == "vend_client":
         client.force_authenticate(UserFactory())
+    elif role == "no_role":  # a staff account nobody gave a role yet: holds nothing
+        client.force_authenticate(UserFactory(is_staff=True, vend_client=False))
     elif role == "staff":
-        client.force_authenticate(UserFactory(is_staff=True))
+        client.force_authenticate(staff_with_role(roles.OPERATOR))
     elif role == "api_key":
         _key, secret = APIKey.objects.create_key(name="matrix")
         client.credentials(HTTP_AUTHORIZATION=f"Api-Key {secret}")
@@ -80,7 +84,21 @@ def test_a_user_without_a_role_is_told_what_is_missing(online_device):
 def test_device_management_refuses_a_vend_client_with_a_staff_only_message(online_device):
     response = call(client_as("vend_client"), "post", "/esp32/devices/auto-select", {})
 
-    assert response.json() == {"detail": "Only staff may manage devices.", "code": "staff_only"}
+    assert response.json() == {
+        "detail": "Only staff holding devices.operate_device may do this.",
+        "code": "staff_only",
+    }
+
+
+def test_a_staff_account_in_no_role_is_told_which_permission_it_lacks(online_device):
+    response = call(client_as("no_role"), "post", "/api/v1/vend/1", V)
+
+    assert response.json() == {
+        "detail": "This account lacks the permission devices.operate_device "
+        "(ask an operator for a role that has it).",
+        "code": "permission_denied",
+    }
+    assert not Transaction.objects.exists()
 
 
 def test_an_anonymous_call_is_401_and_names_a_scheme(online_device):

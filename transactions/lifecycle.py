@@ -199,4 +199,6 @@ def transaction_event_payload(txn: Transaction) -> dict:
         "product": txn.product_name,
         "failure_reason": txn.failure_reason,
         "updated_at": txn.updated_at.isoformat(),
+        # Who asked: chooses which sockets are sent it (vending_site.live.audience), never shown.
+        "requested_by": txn.requested_by_id,
     }

@@ -11,12 +11,13 @@ from devices.api.throttles import DeviceAddressThrottle, DeviceThrottle
 from devices.approval import accept_address, set_approved
 from devices.choices import CommandKind
 from devices.models import Device
-from devices.selectors import get_device
+from devices.selectors import get_device, machines_visible_to
 from devices.services import auto_select_active_device, select_active_device
-from inventory.api.serializers import SlotSerializer
+from inventory.api.serializers import SlotSerializer, without_prices
 from inventory.models import Slot
 from transactions.commands import queue_command
-from vending_site.auth.permissions import IsStaff, IsVendClient, is_vend_client
+from vending_site.auth.permissions import IsVendClient, is_staff, is_vend_client
+from vending_site.auth.roles import requires, sees_prices
 
 from .device_views import FirstRenderer
 from .serializers import (
@@ -27,9 +28,13 @@ from .serializers import (
 )
 
 
-def _devices_with_slots():
+def _devices_with_slots(user):
     slots = Slot.objects.select_related("product").order_by("number")
-    return Device.objects.prefetch_related(Prefetch("slots", queryset=slots)).order_by("device_id")
+    return (
+        machines_visible_to(user)
+        .prefetch_related(Prefetch("slots", queryset=slots))
+        .order_by("device_id")
+    )
 
 
 class DeviceListView(APIView):
@@ -39,7 +44,7 @@ class DeviceListView(APIView):
 
     @docs.DEVICE_LIST
     def get(self, request: Request) -> Response:
-        devices = list(Device.objects.order_by("device_id"))
+        devices = list(machines_visible_to(request.user).order_by("device_id"))
         active = next((d.device_id for d in devices if d.is_active), None)
         return Response(
             {"devices": DeviceSerializer(devices, many=True).data, "active_device": active}
@@ -49,7 +54,7 @@ class DeviceListView(APIView):
 class DeviceSelectView(APIView):
     """``POST /esp32/devices/select`` with ``{"device_id": ...}``: staff pick the active device."""
 
-    permission_classes = (IsStaff,)
+    permission_classes = (requires("devices.operate_device"),)
 
     @docs.DEVICE_SELECT
     def post(self, request: Request) -> Response:
@@ -63,7 +68,7 @@ class DeviceAutoSelectView(APIView):
     """``POST /esp32/devices/auto-select``: a connected serial device first, then the most
     recently seen WiFi device."""
 
-    permission_classes = (IsStaff,)
+    permission_classes = (requires("devices.operate_device"),)
 
     @docs.DEVICE_AUTO_SELECT
     def post(self, request: Request) -> Response:
@@ -80,7 +85,7 @@ class DeviceAdmissionView(APIView):
     """``POST /api/v1/devices/<id>/admission`` with ``{"action": "approve" | "revoke" |
     "accept_move"}`` (staff): the admin's actions, for apps and scripts."""
 
-    permission_classes = (IsStaff,)
+    permission_classes = (requires("devices.change_device"),)
 
     @docs.DEVICE_ADMISSION
     def post(self, request: Request, device_id: str) -> Response:
@@ -104,7 +109,7 @@ class DeviceAdmissionView(APIView):
 class DeviceCommandView(APIView):
     """``POST /api/v1/devices/<id>/commands`` with ``{"command": "STATUS"|"RESET"}`` (staff)."""
 
-    permission_classes = (IsStaff,)
+    permission_classes = (requires("devices.operate_device"),)
 
     @docs.DEVICE_COMMAND
     def post(self, request: Request, device_id: str) -> Response:
@@ -143,20 +148,22 @@ class StatusView(APIView):
     def get(self, request: Request) -> Response:
         if not is_vend_client(request):
             return Response({"service": "vending", "status": "ok"})
-        devices = list(_devices_with_slots())
+        devices = list(_devices_with_slots(request.user))
         active = next((d.device_id for d in devices if d.is_active), None)
-        return Response(
-            {
-                "service": "vending",
-                "status": "ok",
-                "active_device": active,
-                "devices_online": sum(1 for d in devices if d.is_online),
-                "devices": [
-                    {
-                        **DeviceSerializer(device).data,
-                        "inventory": SlotSerializer(device.slots.all(), many=True).data,
-                    }
-                    for device in devices
-                ],
-            }
-        )
+        body = {
+            "service": "vending",
+            "status": "ok",
+            "active_device": active,
+            "devices_online": sum(1 for d in devices if d.is_online),
+            "devices": [
+                {
+                    **DeviceSerializer(device).data,
+                    "inventory": SlotSerializer(device.slots.all(), many=True).data,
+                }
+                for device in devices
+            ],
+        }
+        # A vend client sees what a vend costs; staff see money only with a role that does.
+        if is_staff(request) and not sees_prices(request.user):
+            body = without_prices(body)
+        return Response(body)

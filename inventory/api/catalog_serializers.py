@@ -9,16 +9,6 @@ from inventory.models import Product, StockMovement
 
 from .serializers import _StrictMixin
 
-# Who may see what a product costs: whoever sets prices, and whoever reads money. A Driver
-# or a Technician reads products without their price (vending_site.auth.roles).
-PRICE_READERS = ("inventory.change_price", "transactions.view_sales")
-
-
-def sees_prices(user) -> bool:
-    return bool(user and user.is_authenticated) and any(
-        user.has_perm(perm) for perm in PRICE_READERS
-    )
-
 
 @extend_schema_field(OpenApiTypes.STR)
 class _OptionalCurrency(serializers.Field):

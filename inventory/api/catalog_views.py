@@ -32,7 +32,6 @@ from .catalog_serializers import (
     PlanogramCopyToSerializer,
     ProductWriteSerializer,
     StockMovementSerializer,
-    sees_prices,
 )
 
 CHANGE_PRICE = "inventory.change_price"
@@ -54,7 +53,7 @@ class _RoleChecked:
 
     def get_serializer_context(self):
         context = super().get_serializer_context()
-        context["sees_prices"] = sees_prices(getattr(self.request, "user", None))
+        context["sees_prices"] = roles.sees_prices(getattr(self.request, "user", None))
         return context
 
 

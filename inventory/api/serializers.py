@@ -148,3 +148,19 @@ class RestockRequestSerializer(_StrictMixin, serializers.Serializer):
         help_text='Units added per slot number, e.g. `{"1": 4, "3": 2}`.',
     )
     note = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+PRICE_FIELDS = frozenset({"price", "price_override"})
+
+
+def without_prices(data):
+    """``data`` (a serializer's answer) with every price nulled, at any depth: the answer
+    for someone who may not see money (``vending_site.auth.roles.sees_prices``)."""
+    if isinstance(data, dict):
+        return {
+            key: None if key in PRICE_FIELDS else without_prices(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [without_prices(item) for item in data]
+    return data

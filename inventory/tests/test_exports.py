@@ -12,6 +12,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from devices.models import Location, Route, RouteStop
 from inventory.choices import MovementReason
 from inventory.exports import ProductResource, StockMovementResource
 from inventory.models import PriceChange, Product
@@ -75,8 +76,15 @@ def test_a_technician_exports_products_without_their_prices(client):
 
 
 def test_the_stock_ledger_exports_as_xlsx_as_filtered(client):
-    logged_in(client, roles.DRIVER)  # a Driver may view the ledger
-    slot = SlotFactory(device=DeviceFactory(device_id="ESP32_0000000000E1"), quantity=0)
+    driver = logged_in(client, roles.DRIVER)  # a Driver may view their routes' ledger
+    site = Location.objects.create(name="Lobby")
+    route = Route.objects.create(name="Monday", driver=driver)
+    RouteStop.objects.create(route=route, location=site, position=1)
+    elsewhere = SlotFactory(device=DeviceFactory(device_id="ESP32_0000000000E2"), quantity=0)
+    move_stock(slot=elsewhere, delta=3, reason=MovementReason.RESTOCK, note="not theirs")
+    slot = SlotFactory(
+        device=DeviceFactory(device_id="ESP32_0000000000E1", location=site), quantity=0
+    )
     move_stock(slot=slot, delta=4, reason=MovementReason.RESTOCK, note="Monday")
     move_stock(slot=slot, delta=-1, reason=MovementReason.ADJUSTMENT, note="count")
 

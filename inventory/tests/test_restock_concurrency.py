@@ -9,8 +9,9 @@ from django.db.models import Sum
 from rest_framework.test import APIClient
 
 from inventory.models import Slot, StockMovement
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_with_role
 from tests.test_concurrency import race
+from vending_site.auth import roles
 
 DEVICE_ID = "ESP32_6CC8404FE03C"
 ROUNDS = 6  # operations per thread
@@ -22,7 +23,7 @@ def test_concurrent_restocks_and_vends_keep_stock_within_capacity_and_ledgered(
 ):
     settings.DEVICE_OFFLINE_AFTER = 600  # a loaded runner must not see the machine go offline
     start = dict(Slot.objects.filter(device=online_device).values_list("number", "quantity"))
-    staff = UserFactory(is_staff=True)
+    staff = staff_with_role(roles.OPERATOR)
     buyers = [UserFactory() for _ in range(4)]
     # One request first: the test client builds its middleware on its first request, and
     # threads doing that at once register django-prometheus' metrics twice (not our race).

@@ -21,7 +21,8 @@ from transactions.choices import SETTLED_STATES
 from transactions.filtersets import TransactionFilterSet
 from transactions.models import Transaction
 from transactions.services import cancel_vend, request_vend_once
-from vending_site.auth.permissions import IsStaff, IsVendClient, is_staff
+from vending_site.auth.permissions import MayVend, is_staff
+from vending_site.auth.roles import requires
 from vending_site.http.errors import InvalidRequest
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
@@ -31,9 +32,12 @@ _SLOT_ID = re.compile(r"-?[0-9]{1,6}")
 MAX_KEY_LENGTH = 255
 
 
-def _visible_transactions(request: Request):
+def _visible_transactions(request: Request, every: str = "transactions.view_transaction"):
+    """Everyone's vends for staff holding ``every``; anyone else's own (a vend client's, a
+    Driver's or a Technician's: the vends they asked for themselves)."""
     queryset = Transaction.objects.select_related("device")
-    if not is_staff(request):  # an API key is never staff, whatever its account says
+    # An API key is never staff, whatever its account says.
+    if not (is_staff(request) and request.user.has_perm(every)):
         queryset = queryset.filter(requested_by=request.user)
     return queryset
 
@@ -44,7 +48,7 @@ class VendView(APIView):
     The body may name ``device_id`` (default: the active device) and ``wait`` seconds.
     """
 
-    permission_classes = (IsVendClient,)
+    permission_classes = (MayVend,)  # staff need devices.operate_device
     throttle_classes = (VendThrottle,)  # stricter than reads
 
     @docs.VEND
@@ -165,7 +169,8 @@ for _wrapper in (vend, vend_sync):
 
 
 class TransactionListView(generics.ListAPIView):
-    """``GET /api/v1/transactions/``: newest first; staff see all, clients their own."""
+    """``GET /api/v1/transactions/``: newest first; staff holding
+    ``transactions.view_transaction`` see all, everyone else their own."""
 
     serializer_class = TransactionSerializer
     filterset_class = TransactionFilterSet
@@ -194,22 +199,19 @@ class TransactionDetailView(generics.RetrieveAPIView):
 
 
 class TransactionCancelView(APIView):
-    """``POST /api/v1/transactions/<id>/cancel``: cancel a vend not yet delivered (409 after)."""
+    """``POST /api/v1/transactions/<id>/cancel``: cancel a vend not yet delivered (409 after).
+    One's own vend; anyone's with ``transactions.change_transaction`` (not a Viewer's)."""
 
     @docs.TRANSACTION_CANCEL
     def post(self, request: Request, pk: str) -> Response:
         txn = generics.get_object_or_404(
-            _visible_transactions(request).select_related("slot"), pk=pk
+            _visible_transactions(request, "transactions.change_transaction").select_related(
+                "slot"
+            ),
+            pk=pk,
         )
         cancel_vend(txn=txn, user=request.user)
         return Response(TransactionSerializer(txn).data)
-
-
-class MayReadReports(IsStaff):
-    """Sales reports: staff only (an API key is a vend client, never a reader of money)."""
-
-    message = "Only staff may read sales reports."
-    code = "staff_only"
 
 
 class JSONOnlyNegotiation(BaseContentNegotiation):
@@ -228,7 +230,8 @@ class SalesReportView(APIView):
     days (``transactions.reports``), as JSON or, with ``format=csv`` or ``Accept: text/csv``,
     as CSV with a header row."""
 
-    permission_classes = (MayReadReports,)
+    # Staff holding transactions.view_sales (an API key is a vend client, never a reader of money).
+    permission_classes = (requires("transactions.view_sales"),)
     content_negotiation_class = JSONOnlyNegotiation
 
     @docs.SALES_REPORT

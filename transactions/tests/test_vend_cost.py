@@ -424,7 +424,7 @@ def test_a_page_receives_the_pushed_events_of_a_vend_one_frame_each_in_order(
     from tests.factories import UserFactory
     from vending_site.live.consumers import EventsConsumer
 
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     def vend_in_a_thread(*args):
         try:

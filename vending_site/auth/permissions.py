@@ -2,7 +2,9 @@
 
 Roles (docs/security.md has the full table):
 
-- **staff** (``is_staff``): everything, including device management.
+- **staff** (``is_staff``): what their role's permissions allow (``vending_site.auth.roles``;
+  a superuser everything). Staff count as vend clients when they hold ``devices.view_device``
+  (every role does), and vend only with ``devices.operate_device``.
 - **vend-client**: a user in the ``vend-client`` group, or an API key
   (djangorestframework-api-key, ``Authorization: Api-Key <key>``). May vend, list, read and
   cancel its own vends, and read the device list; never manage devices.
@@ -187,18 +189,39 @@ def is_staff(request) -> bool:
     return bool(user and user.is_authenticated and user.is_staff and not is_api_key(request))
 
 
-def is_vend_client(request) -> bool:
-    """Staff, a vend-client API key, or a user in the vend-client group (one query, once)."""
-    user = request.user
-    if not (user and user.is_authenticated):
-        return False
-    if is_api_key(request) or is_staff(request):
-        return True
+# What a staff account needs to use the vend clients' endpoints, and to vend.
+STAFF_READS = "devices.view_device"
+STAFF_VENDS = "devices.operate_device"
+
+
+def lacks(*perms: str) -> str:
+    """The refusal's sentence naming what is missing (every surface says it the same way)."""
+    return (
+        f"This account lacks the permission {', '.join(perms)} "
+        "(ask an operator for a role that has it)."
+    )
+
+
+def in_vend_client_group(user) -> bool:
+    """Whether ``user`` is in the vend-client group (one query, once per request)."""
     cached = getattr(user, "_is_vend_client", None)
     if cached is None:
         cached = user.groups.filter(name=VEND_CLIENT_GROUP).exists()
         user._is_vend_client = cached
     return cached
+
+
+def is_vend_client(request, staff_needs: str = STAFF_READS) -> bool:
+    """A vend-client API key, a user in the vend-client group, or staff holding
+    ``staff_needs`` (a role's permission: a staff account in no role is no vend client)."""
+    user = request.user
+    if not (user and user.is_authenticated):
+        return False
+    if is_api_key(request):
+        return True
+    if is_staff(request) and user.has_perm(staff_needs):
+        return True
+    return in_vend_client_group(user)
 
 
 class IsVendClient(BasePermission):
@@ -209,9 +232,21 @@ class IsVendClient(BasePermission):
         f"'{VEND_CLIENT_GROUP}' group (or use a vend-client API key)."
     )
     code = "not_a_vend_client"
+    staff_needs = STAFF_READS
 
     def has_permission(self, request, view) -> bool:
-        return is_vend_client(request)
+        if is_vend_client(request, self.staff_needs):
+            return True
+        if is_staff(request):  # staff are told which permission their role lacks
+            self.message = lacks(self.staff_needs)
+            self.code = "permission_denied"
+        return False
+
+
+class MayVend(IsVendClient):
+    """Vend: vend clients as always; staff with ``devices.operate_device``."""
+
+    staff_needs = STAFF_VENDS
 
 
 class IsStaff(BasePermission):

@@ -26,7 +26,7 @@ from django.apps import apps as global_apps
 from django.db.models import Q
 from rest_framework.permissions import BasePermission
 
-from vending_site.auth.permissions import is_api_key
+from vending_site.auth.permissions import is_api_key, lacks
 
 OPERATOR = "Operator"
 DRIVER = "Driver"
@@ -119,26 +119,32 @@ def is_route_bound(user) -> bool:
     return DRIVER in names and not names & {OPERATOR, TECHNICIAN, VIEWER}
 
 
+# Who sees prices and money amounts (a product's price, a slot's override, a vend's price):
+# readers of sales, and those who set prices. A Driver and a Technician hold neither.
+PRICE_READERS = ("transactions.view_sales", "inventory.change_price")
+
+
+def sees_prices(user) -> bool:
+    return bool(user and user.is_authenticated and any(map(user.has_perm, PRICE_READERS)))
+
+
 def requires(*perms: str) -> type[BasePermission]:
-    """A DRF permission class: an authenticated person (never an API key) holding every
-    one of ``perms``. Its 403 names what is missing."""
+    """A DRF permission class: a staff account (never an API key) holding every one of
+    ``perms``. Its 403 names what is missing: ``permission_denied`` for staff whose role
+    lacks it, ``staff_only`` for anyone else."""
 
     class HasPerms(BasePermission):
-        message = (
-            f"This account lacks the permission {', '.join(perms)} "
-            "(ask an operator for a role that has it)."
-        )
+        message = lacks(*perms)
         code = "permission_denied"
 
         def has_permission(self, request, view) -> bool:
             user = request.user
-            return bool(
-                user
-                and user.is_authenticated
-                and user.is_staff
-                and not is_api_key(request)
-                and user.has_perms(perms)
-            )
+            if not (user and user.is_authenticated and user.is_staff) or is_api_key(request):
+                # A vend client (user or key) is no staff account, whatever it holds.
+                self.message = f"Only staff holding {', '.join(perms)} may do this."
+                self.code = "staff_only"
+                return False
+            return user.has_perms(perms)
 
     HasPerms.__name__ = f"Requires({', '.join(perms)})"
     return HasPerms

@@ -6,7 +6,12 @@ from ``/ws/events/`` keep it current in between. Actions are thin: they validate
 call the same services the REST API and the admin use, so every rule keeps one owner and every
 refusal reaches the page as the service's own message (``{"detail", "code"}``).
 
-Staff may look and act. With ``DASHBOARD_PUBLIC`` anyone may look; acting still needs staff.
+Who may look and act is a matter of permissions (``vending_site.auth.roles``): looking needs
+``devices.view_device`` (every role), each action its own permission (:data:`ACTIONS`), and
+what the page shows beside the machines its own (:data:`READS`: prices, transactions, the
+log, the serial ports); a Driver sees only the machines of their routes. With
+``DASHBOARD_PUBLIC`` anyone may look at everything, at every machine (so no role sees less
+than a visitor who is not logged in); acting still needs the permission.
 
 The feeds filter by machine on the server (``?device=<id>&limit=<n>`` on
 ``/dashboard/api/transactions`` and ``/dashboard/api/logs``), so choosing a machine shows its
@@ -33,14 +38,14 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
-from rest_framework.permissions import BasePermission, IsAdminUser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from devices.approval import accept_address, set_approved
 from devices.choices import PortRequest
 from devices.models import CommunicationLog, Device, SerialPort
-from devices.selectors import get_device
+from devices.selectors import get_device, get_visible_device, machines_visible_to
 from devices.services import (
     LOG_EVENT_MESSAGE_LIMIT,
     device_payload,
@@ -55,7 +60,10 @@ from transactions.exceptions import TransactionNotFound
 from transactions.lifecycle import transaction_event_payload
 from transactions.models import Transaction
 from transactions.services import request_vend, resolve_unconfirmed
+from vending_site.auth.permissions import lacks
+from vending_site.auth.roles import PRICE_READERS, requires, sees_prices
 from vending_site.http.errors import DomainError, InvalidRequest, NotFound
+from vending_site.live.audience import for_page
 from vending_site.models import LiveEvent
 from vending_site.processes.heartbeat import services_state, stale_after
 
@@ -71,16 +79,80 @@ CHARTED_STATES = (TransactionState.SUCCEEDED, TransactionState.FAILED)
 PAGE_AUTHENTICATION = [SessionAuthentication]
 
 
+VIEW_PERMISSION = "devices.view_device"
+# What the page offers, and the permission each needs.
+ACTIONS = {
+    "vend": "devices.operate_device",
+    "select": "devices.operate_device",
+    "approve": "devices.change_device",
+    "ports": "devices.change_serialport",
+    "resolve": "transactions.change_transaction",
+}
+# What the page shows beside machines and stock, and the permission each needs (unless the
+# dashboard is public). Prices follow roles.sees_prices.
+READS = {
+    "transactions": "transactions.view_transaction",
+    "logs": "devices.view_communicationlog",
+    "ports": "devices.view_serialport",
+}
+
+
+# How the page names what a role does not allow (its banner).
+REFUSED_LABELS = {
+    "vend": "vending",
+    "select": "choosing the active machine",
+    "approve": "approving machines",
+    "ports": "steering serial ports",
+    "resolve": "settling unconfirmed vends",
+    "show_transactions": "seeing every vend",
+    "show_logs": "reading the communication log",
+    "show_ports": "seeing serial ports",
+}
+
+
+def refused(user) -> list[tuple[str, str]]:
+    """What the page does not offer ``user``, each with the permission it would need."""
+    can = abilities(user)
+    needs = {**ACTIONS, **{f"show_{name}": perm for name, perm in READS.items()}}
+    missing = [(label, needs[key]) for key, label in REFUSED_LABELS.items() if not can[key]]
+    if not can["show_prices"]:
+        missing.append(("seeing prices", " or ".join(PRICE_READERS)))
+    return missing
+
+
+def _staff_has(user, perm: str) -> bool:
+    return bool(user and user.is_authenticated and user.is_staff and user.has_perm(perm))
+
+
 def may_view(user) -> bool:
-    return settings.DASHBOARD_PUBLIC or bool(user and user.is_authenticated and user.is_staff)
+    return settings.DASHBOARD_PUBLIC or _staff_has(user, VIEW_PERMISSION)
+
+
+def abilities(user) -> dict[str, bool]:
+    """What ``user`` may do on the page (``ACTIONS``) and see on it (``show_*``)."""
+    public = settings.DASHBOARD_PUBLIC
+    can = {name: _staff_has(user, perm) for name, perm in ACTIONS.items()}
+    for name, perm in READS.items():
+        can[f"show_{name}"] = public or _staff_has(user, perm)
+    can["show_prices"] = public or bool(user and user.is_staff and sees_prices(user))
+    return can
 
 
 def may_act(user) -> bool:
-    return bool(user and user.is_authenticated and user.is_staff)
+    return any(_staff_has(user, perm) for perm in ACTIONS.values())
+
+
+def visible_machines(user):
+    """The machines the page shows ``user``: all on a public dashboard, else theirs."""
+    return Device.objects.all() if settings.DASHBOARD_PUBLIC else machines_visible_to(user)
+
+
+def visible_device(raw: str, user) -> Device:
+    return get_device(raw) if settings.DASHBOARD_PUBLIC else get_visible_device(raw, user)
 
 
 class CanViewDashboard(BasePermission):
-    message = "Only staff may view the dashboard."
+    message = lacks(VIEW_PERMISSION)
 
     def has_permission(self, request, view) -> bool:
         return may_view(request.user)
@@ -99,13 +171,13 @@ def machine_payload(device: Device) -> dict[str, Any]:
     }
 
 
-def slot_payload(slot: Slot) -> dict[str, Any]:
+def slot_payload(slot: Slot, *, prices: bool = True) -> dict[str, Any]:
     product = slot.product
     return {
         "number": slot.number,
         "product": product.name if product else "",
         "sku": product.sku if product else "",
-        "price": str(product.price) if product else None,
+        "price": str(product.price) if product and prices else None,
         "quantity": slot.quantity,
         "capacity": slot.capacity,
         "low_stock_threshold": slot.low_stock_threshold,
@@ -131,7 +203,8 @@ def port_payload(port: SerialPort) -> dict[str, Any]:
 
 def transaction_payload(txn: Transaction) -> dict[str, Any]:
     """The shape of a ``transaction`` live event, plus when it was created."""
-    return {**transaction_event_payload(txn), "created_at": txn.created_at.isoformat()}
+    payload = for_page({"payload": transaction_event_payload(txn)})["payload"]
+    return {**payload, "created_at": txn.created_at.isoformat()}
 
 
 def discovery_payload() -> dict[str, Any]:
@@ -151,17 +224,22 @@ def discovery_payload() -> dict[str, Any]:
     }
 
 
-def vends_per_hour(*, now: datetime | None = None, hours: int = CHART_HOURS) -> list[dict]:
+def vends_per_hour(
+    *, now: datetime | None = None, hours: int = CHART_HOURS, devices=None
+) -> list[dict]:
     """Succeeded and failed vends per hour (by request time) for the last ``hours`` hours,
     oldest first, every hour present even when nothing happened. The last bucket is the
-    current, unfinished hour. One aggregate query."""
+    current, unfinished hour. One aggregate query; ``devices`` (a queryset) limits it to
+    those machines."""
     now = timezone.localtime(now or timezone.now())
     current = now.replace(minute=0, second=0, microsecond=0)
     starts = [current - timedelta(hours=back) for back in range(hours - 1, -1, -1)]
     buckets = {start: {"succeeded": 0, "failed": 0} for start in starts}
+    charted = Transaction.objects.filter(created_at__gte=starts[0], state__in=CHARTED_STATES)
+    if devices is not None:
+        charted = charted.filter(device__in=devices)
     rows = (
-        Transaction.objects.filter(created_at__gte=starts[0], state__in=CHARTED_STATES)
-        .annotate(hour=TruncHour("created_at"))
+        charted.annotate(hour=TruncHour("created_at"))
         .values("hour", "state")
         .annotate(count=Count("pk"))
         .order_by()
@@ -173,12 +251,16 @@ def vends_per_hour(*, now: datetime | None = None, hours: int = CHART_HOURS) -> 
     return [{"hour": start.isoformat(), **buckets[start]} for start in starts]
 
 
-def machines_state() -> dict[str, Any]:
-    """What changes without events of its own (presence, ports, discovery): polled."""
+def machines_state(user=None) -> dict[str, Any]:
+    """What changes without events of its own (presence, ports, discovery): polled. The
+    machines ``user`` may see; the serial ports only with ``devices.view_serialport``."""
     ports = SerialPort.objects.select_related("device").order_by("path")
+    if user is not None and not abilities(user)["show_ports"]:
+        ports = SerialPort.objects.none()
+    machines = visible_machines(user) if user is not None else Device.objects.all()
     return {
         "server_time": timezone.now().isoformat(),
-        "machines": [machine_payload(d) for d in Device.objects.order_by("device_id")],
+        "machines": [machine_payload(d) for d in machines.order_by("device_id")],
         "ports": [port_payload(p) for p in ports],
         "discovery": discovery_payload(),
         "services": services_state(),
@@ -194,7 +276,8 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
     the page's catch-up rather than lost.
     """
     last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    state = machines_state()
+    state = machines_state(user)
+    can = abilities(user)
     if device is None:
         device_id = next(
             (m["device_id"] for m in state["machines"] if m["is_active"]),
@@ -213,27 +296,36 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
         **state,
         "last_event_id": last_event_id,
         "can_act": may_act(user),
+        "can": can,
         "selected": device_id,
-        "slots": [slot_payload(s) for s in slots],
-        "transactions": transactions_feed(limit=FEED_LIMIT),
-        "logs": logs_feed(limit=FEED_LIMIT),
-        "vends_per_hour": vends_per_hour(),
+        "slots": [slot_payload(s, prices=can["show_prices"]) for s in slots],
+        "transactions": transactions_feed(limit=FEED_LIMIT, user=user),
+        "logs": logs_feed(limit=FEED_LIMIT, user=user),
+        "vends_per_hour": vends_per_hour(devices=visible_machines(user)),
         "feed_limit": FEED_LIMIT,
         "offline_after": settings.DEVICE_OFFLINE_AFTER,
     }
 
 
-def transactions_feed(*, device_id: str | None = None, limit: int = FEED_LIMIT) -> list[dict]:
-    """The newest ``limit`` transactions, of one machine when ``device_id`` is given."""
+def transactions_feed(
+    *, device_id: str | None = None, limit: int = FEED_LIMIT, user=None
+) -> list[dict]:
+    """The newest ``limit`` transactions, of one machine when ``device_id`` is given; without
+    ``transactions.view_transaction``, only the vends ``user`` asked for themselves."""
     rows = Transaction.objects.select_related("device").order_by("-created_at", "-pk")
+    if user is not None and not abilities(user)["show_transactions"]:
+        rows = rows.filter(requested_by=user) if user.is_authenticated else rows.none()
     if device_id:
         rows = rows.filter(device__device_id=device_id)
     return [transaction_payload(t) for t in rows[:limit]]
 
 
-def logs_feed(*, device_id: str | None = None, limit: int = FEED_LIMIT) -> list[dict]:
+def logs_feed(*, device_id: str | None = None, limit: int = FEED_LIMIT, user=None) -> list[dict]:
     """The newest ``limit`` log lines, of one machine when ``device_id`` is given (by the id
-    the line names, so lines of a device never registered are found too)."""
+    the line names, so lines of a device never registered are found too); none without
+    ``devices.view_communicationlog``."""
+    if user is not None and not abilities(user)["show_logs"]:
+        return []
     rows = CommunicationLog.objects.order_by("-created_at", "-id")
     if device_id:
         rows = rows.filter(device_key=device_id)
@@ -250,12 +342,12 @@ def index(request: HttpRequest) -> HttpResponse:
     if not may_view(request.user):
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path(), reverse("admin:login"))
-        raise PermissionDenied("Only staff may view the dashboard.")
+        raise PermissionDenied(lacks(VIEW_PERMISSION))
     device = None
     raw = request.GET.get("device", "").strip()
     if raw:
         try:
-            device = get_device(raw)
+            device = visible_device(raw, request.user)
         except DomainError:
             device = None  # a stale bookmark: show the default machine instead
     return render(
@@ -264,6 +356,8 @@ def index(request: HttpRequest) -> HttpResponse:
         {
             "state": dashboard_state(user=request.user, device=device),
             "can_act": may_act(request.user),
+            "can": abilities(request.user),
+            "refused": refused(request.user),
             "ws_path": "/ws/events/",
         },
     )
@@ -278,7 +372,7 @@ def index(request: HttpRequest) -> HttpResponse:
 def state(request: Request) -> Response:
     """``GET /dashboard/api/state?device=<id>``: the page's state; ``device`` picks the slots."""
     raw = request.query_params.get("device", "").strip()
-    device = get_device(raw) if raw else None
+    device = visible_device(raw, request.user) if raw else None
     response = Response(dashboard_state(user=request.user, device=device))
     response["Cache-Control"] = "no-store"
     return response
@@ -290,7 +384,7 @@ def state(request: Request) -> Response:
 def machines(request: Request) -> Response:
     """``GET /dashboard/api/machines``: presence, ports and discovery, polled by the page
     (a machine going quiet raises no event; it only stops being seen)."""
-    response = Response(machines_state())
+    response = Response(machines_state(request.user))
     response["Cache-Control"] = "no-store"
     return response
 
@@ -306,7 +400,7 @@ def _feed(request: Request, key: str, reader) -> Response:
     query = FeedQuerySerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
     raw = query.validated_data.get("device", "").strip()
-    device_id = get_device(raw).device_id if raw else None
+    device_id = visible_device(raw, request.user).device_id if raw else None
     # Read first: an event racing the feed's read is delivered again rather than lost
     # (the page drops rows it already holds by id).
     last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -315,7 +409,9 @@ def _feed(request: Request, key: str, reader) -> Response:
             "device": device_id,
             "limit": query.validated_data["limit"],
             "last_event_id": last_event_id,
-            key: reader(device_id=device_id, limit=query.validated_data["limit"]),
+            key: reader(
+                device_id=device_id, limit=query.validated_data["limit"], user=request.user
+            ),
         }
     )
     response["Cache-Control"] = "no-store"
@@ -346,7 +442,7 @@ class ResolveSerializer(serializers.Serializer):
 
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
-@permission_classes([IsAdminUser])
+@permission_classes([requires(ACTIONS["resolve"])])
 def resolve(request: Request) -> Response:
     """``POST /dashboard/api/transactions/resolve`` with ``{"transaction_id", "dispensed"}``:
     settle an ``unconfirmed`` vend through the admin's service (409 if it is not one). The
@@ -368,12 +464,14 @@ class VendSerializer(serializers.Serializer):
 
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
-@permission_classes([IsAdminUser])
+@permission_classes([requires(ACTIONS["vend"])])
 def vend(request: Request) -> Response:
     """``POST /dashboard/api/vend`` with ``{"device_id", "slot"}``: the REST vend's service."""
     data = _valid(VendSerializer, request)
     txn = request_vend(
-        device=get_device(data["device_id"]), slot_number=data["slot"], user=request.user
+        device=visible_device(data["device_id"], request.user),
+        slot_number=data["slot"],
+        user=request.user,
     )
     return Response(TransactionSerializer(txn).data, status=202)
 
@@ -384,7 +482,7 @@ class SelectSerializer(serializers.Serializer):
 
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
-@permission_classes([IsAdminUser])
+@permission_classes([requires(ACTIONS["select"])])
 def select_device(request: Request) -> Response:
     """``POST /dashboard/api/machines/select`` with ``{"device_id"}``: make it the active one."""
     data = _valid(SelectSerializer, request)
@@ -399,7 +497,7 @@ class ApproveSerializer(serializers.Serializer):
 
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
-@permission_classes([IsAdminUser])
+@permission_classes([requires(ACTIONS["approve"])])
 def approve_device(request: Request) -> Response:
     """``POST /dashboard/api/machines/approve`` with ``{"device_id", "address"}``: admit a
     machine that awaits approval, or accept the address an approved one asks from now, bound
@@ -423,7 +521,7 @@ class PortRequestSerializer(serializers.Serializer):
 
 @api_view(["POST"])
 @authentication_classes(PAGE_AUTHENTICATION)
-@permission_classes([IsAdminUser])
+@permission_classes([requires(ACTIONS["ports"])])
 def port_request(request: Request) -> Response:
     """``POST /dashboard/api/ports/request`` with ``{"path", "request"}``: ask the serial
     bridge to connect, disconnect or decide by itself. Only ports the bridge reported."""

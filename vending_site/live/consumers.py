@@ -12,6 +12,9 @@ A frame the consumer cannot read (binary, larger than ``MAX_FRAME_BYTES``, neste
 ``MAX_DEPTH``, not JSON) is answered ``{"type": "error", "detail": ...}`` and the socket
 stays open; its ``MAX_BAD_FRAMES``-th such frame closes it with ``CLOSE_ABUSE`` (1008,
 policy violation). Nothing of it is logged as an error.
+
+Who may open the socket, and which events each user is sent, is decided once when it opens
+(:mod:`vending_site.live.audience`: the dashboard's permissions); refused: ``CLOSE_FORBIDDEN``.
 """
 
 import asyncio
@@ -19,8 +22,8 @@ import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
+from vending_site.live.audience import audience_for, for_page
 from vending_site.live.events import EVENTS_GROUP, layer_crosses_processes
 from vending_site.models import LiveEvent
 
@@ -99,9 +102,8 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         return await super().__call__(scope, receive, send)
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        staff = bool(user and user.is_authenticated and user.is_staff)
-        if not staff and not settings.DASHBOARD_PUBLIC:
+        self.audience = await database_sync_to_async(audience_for)(self.scope.get("user"))
+        if self.audience is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.last_id = await latest_event_id()
@@ -162,7 +164,8 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         for event in events:
             if event["id"] > self.last_id:
                 self.last_id = event["id"]
-                await self.send_json(event)
+                if self.audience.admits(event):
+                    await self.send_json(for_page(event))
 
     async def _tail(self) -> None:
         while True:

@@ -165,7 +165,10 @@ def test_actions_refuse_a_user_who_is_not_staff(online_device, settings):
     response = post_json(client, VEND_URL, {"device_id": DEVICE_ID, "slot": 1})
 
     assert response.status_code == 403
-    assert response.json()["code"] == "permission_denied"
+    assert response.json() == {
+        "detail": "Only staff holding devices.operate_device may do this.",
+        "code": "staff_only",
+    }
     assert not Transaction.objects.exists()
 
 

@@ -68,7 +68,7 @@ def test_a_non_staff_user_is_refused(settings):
 
 
 def test_an_event_committed_in_this_process_is_pushed_to_staff():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)
@@ -85,7 +85,7 @@ def test_an_event_committed_in_this_process_is_pushed_to_staff():
 
 
 def test_a_rolled_back_change_never_reaches_the_page():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     def publish_then_roll_back():
         try:
@@ -112,7 +112,7 @@ def test_a_rolled_back_change_never_reaches_the_page():
 
 @pytest.mark.system
 def test_an_event_from_another_process_arrives_within_a_second():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)
@@ -139,7 +139,7 @@ def test_an_event_from_another_process_arrives_within_a_second():
 
 
 def test_a_page_that_reconnects_catches_up_on_what_it_missed():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     publish_committed("stock", {"n": 0})
     seen = LiveEvent.objects.get().pk
     for n in range(1, 4):
@@ -160,7 +160,7 @@ def test_a_page_that_reconnects_catches_up_on_what_it_missed():
 
 
 def test_a_page_that_missed_too_much_is_told_to_reload():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
     LiveEvent.objects.bulk_create(
         LiveEvent(kind="log", payload={"n": n}) for n in range(CATCH_UP_LIMIT + 5)
     )
@@ -188,7 +188,7 @@ def test_a_page_that_missed_too_much_is_told_to_reload():
     ],
 )
 def test_a_malformed_message_gets_an_error_not_a_dropped_socket(sent):
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)
@@ -212,7 +212,7 @@ UNREADABLE_FRAMES = {
 
 @pytest.mark.parametrize("frame", UNREADABLE_FRAMES.values(), ids=UNREADABLE_FRAMES.keys())
 def test_an_unreadable_frame_gets_an_error_and_the_socket_stays_open(frame, caplog):
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)
@@ -233,7 +233,7 @@ def test_an_unreadable_frame_gets_an_error_and_the_socket_stays_open(frame, capl
 
 
 def test_a_sender_that_keeps_sending_unreadable_frames_is_closed_with_1008():
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)
@@ -304,7 +304,7 @@ def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings)
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
-    staff = UserFactory(is_staff=True)
+    staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
         communicator = listen(staff)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def staff_cookie() -> str:
     client = Client()
-    client.force_login(UserFactory(is_staff=True))
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
     name = django_settings.SESSION_COOKIE_NAME
     return f"{name}={client.cookies[name].value}"
 

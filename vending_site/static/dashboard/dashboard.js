@@ -9,6 +9,8 @@
   const body = document.body;
   const config = {
     canAct: body.dataset.canAct === "true",
+    canPorts: body.dataset.canPorts === "true",
+    canResolve: body.dataset.canResolve === "true",
     wsPath: body.dataset.wsPath,
     stateUrl: body.dataset.stateUrl,
     machinesUrl: body.dataset.machinesUrl,
@@ -708,7 +710,7 @@
       state.append(badge(label, port.is_open ? "ok" : port.present ? "idle" : "bad"));
       if (port.last_error) state.append(el("small", "port__error", port.last_error));
       const actions = el("td");
-      if (config.canAct) {
+      if (config.canPorts) {
         const group = el("div", "port__actions");
         group.setAttribute("role", "group");
         group.setAttribute("aria-label", `Requests for ${port.path}`);
@@ -816,7 +818,7 @@
     item.dataset.transaction = txn.id;
     item.append(time, main, el("span", `state state--${txn.state}`, STATE_LABEL[txn.state] || txn.state));
     if (txn.failure_reason) item.append(el("span", "feed__detail", txn.failure_reason));
-    if (config.canAct && txn.state === "unconfirmed") {
+    if (config.canResolve && txn.state === "unconfirmed") {
       const group = el("div", "txn__resolve");
       group.setAttribute("role", "group");
       group.setAttribute("aria-label", `Settle the unconfirmed vend of slot ${txn.slot} on ${txn.device_id}`);
