@@ -60,6 +60,20 @@ class StopsField(serializers.ListField):
     def get_attribute(self, route: Route) -> list[int]:
         return [stop.location_id for stop in route.stops.all()]
 
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, dict):
+                raise
+            # Per-item errors as flat messages: every field's errors are a list of strings.
+            raise serializers.ValidationError(
+                [
+                    f"Item {index}: {' '.join(map(str, errors))}"
+                    for index, errors in exc.detail.items()
+                ]
+            ) from exc
+
 
 class RouteSerializer(serializers.ModelSerializer):
     """A route: its driver (a user id, or null) and its stops, location ids in the order of

@@ -357,3 +357,14 @@ def test_lists_cost_a_fixed_number_of_queries(
     for url in (LOCATIONS, ROUTES, MACHINES):
         with django_assert_max_num_queries(6):
             assert operator.get(url).status_code == 200
+
+
+def test_a_bad_stop_is_refused_with_a_flat_message_naming_its_place(operator):
+    response = operator.post(ROUTES, {"name": "Monday", "stops": [1, "x", 2**31]}, format="json")
+
+    assert response.status_code == 400
+    errors = response.json()["errors"]["stops"]
+    assert errors == [
+        "Item 1: A valid integer is required.",
+        "Item 2: Ensure this value is less than or equal to 2147483647.",
+    ]
