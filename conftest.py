@@ -1,10 +1,12 @@
 """Fixtures shared by every test module."""
 
+import importlib
 import os
 import uuid
 from pathlib import Path
 
 import pytest
+from django.apps import apps
 from django.utils import timezone
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
@@ -37,6 +39,25 @@ def pytest_collection_modifyitems(config, items):
         parts = item.path.relative_to(ROOT).parts
         if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
             item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(autouse=True)
+def roles_exist(request):
+    """The four role groups, for every test with a database. A data migration makes them
+    (vending_site 0003), and a transactional test ends by flushing every table: Django's
+    post_migrate puts content types and permissions back, not the groups. Under `-n 2 --dist
+    loadfile` (or a random order) a file's transactional test runs between other files'
+    tests, so the next test needing a role would find none; make them again (one query when
+    they are there)."""
+    names = request.fixturenames
+    if "transactional_db" in names:
+        request.getfixturevalue("transactional_db")
+    elif "db" in names:
+        request.getfixturevalue("db")
+    elif request.node.get_closest_marker("django_db") is None:
+        return
+    if not apps.get_model("auth", "Group").objects.filter(name="Operator").exists():
+        importlib.import_module("vending_site.migrations.0003_roles").create_roles(apps, None)
 
 
 @pytest.fixture(autouse=True)
