@@ -7,6 +7,8 @@ Actions call the same services as the REST API (``select_active_device``,
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
@@ -17,13 +19,19 @@ from transactions.commands import queue_command
 from vending_site.auth.roles import is_route_bound
 from vending_site.http.errors import DomainError
 
-from . import planogram_admin
+from . import fleet, planogram_admin
 from .access import issue_device_token
 from .approval import accept_move, set_approved
 from .choices import CommandKind, PortRequest
-from .models import Command, CommunicationLog, Device, SerialPort
+from .models import Command, CommunicationLog, Device, Location, Route, RouteStop, SerialPort
 from .protocol import mac_from_device_id
-from .selectors import canonical_id, machines_visible_to, online_devices
+from .selectors import (
+    canonical_id,
+    locations_visible_to,
+    machines_visible_to,
+    online_devices,
+    routes_visible_to,
+)
 from .services import request_port, select_active_device
 
 
@@ -42,6 +50,7 @@ class DeviceForm(forms.ModelForm):
             "serial_port",
             "firmware_version",
             "slot_count",
+            "location",
         )
 
     def clean_device_id(self) -> str:
@@ -126,10 +135,12 @@ class DeviceAdmin(admin.ModelAdmin):
         "protocol",
         "firmware_version",
         "address",
+        "location",
         "last_seen",
         "admission",
     )
-    list_filter = (OnlineFilter, "transport", "protocol", "is_active", "approved")
+    list_select_related = ("location",)
+    list_filter = (OnlineFilter, "location", "transport", "protocol", "is_active", "approved")
     search_fields = ("device_id", "name", "mac_address")
     actions = (
         "make_active",
@@ -377,3 +388,120 @@ class SerialPortAdmin(admin.ModelAdmin):
     )
     def automatic(self, request: HttpRequest, queryset) -> None:
         self._request(request, queryset, PortRequest.AUTO)
+
+
+@admin.register(Location)
+class LocationAdmin(admin.ModelAdmin):
+    """Sites that hold machines; a machine is placed from its own page (its Location)."""
+
+    list_display = ("name", "machine_count", "short_address", "contact")
+    search_fields = ("name", "address", "contact", "notes")
+    fields = ("name", "address", ("latitude", "longitude"), "contact", "notes", "created_at")
+    readonly_fields = ("created_at",)
+
+    def get_queryset(self, request):
+        visible = locations_visible_to(request.user).values("pk")
+        return (
+            super()
+            .get_queryset(request)
+            .filter(pk__in=visible)
+            .annotate(machine_count=Count("machines", distinct=True))
+        )
+
+    @admin.display(description="Machines", ordering="machine_count")
+    def machine_count(self, obj: Location) -> int:
+        return obj.machine_count
+
+    @admin.display(description="Address", ordering="address")
+    def short_address(self, obj: Location) -> str:
+        return Truncator(" ".join(obj.address.split())).chars(60) or "-"
+
+
+class RouteStopFormSet(forms.BaseInlineFormSet):
+    """Stops are checked among themselves here (a place or a location twice) and saved as a
+    whole by ``fleet.save_route``, so swapping two places is one edit, not a clash."""
+
+    def clean(self):
+        super().clean()
+        positions, locations = set(), set()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or data.get("DELETE") or not data.get("location"):
+                continue
+            if data.get("position") in positions:
+                raise forms.ValidationError(f"Two stops are at place {data['position']}.")
+            if data["location"].pk in locations:
+                raise forms.ValidationError(f"{data['location']} is on the route twice.")
+            positions.add(data.get("position"))
+            locations.add(data["location"].pk)
+
+
+class RouteStopForm(forms.ModelForm):
+    class Meta:
+        model = RouteStop
+        fields = ("position", "location")
+
+    def _get_validation_exclusions(self):
+        # The formset checks the stops together; the stored ones are replaced on save.
+        return {*super()._get_validation_exclusions(), "position", "location"}
+
+
+class RouteStopInline(admin.TabularInline):
+    model = RouteStop
+    form = RouteStopForm
+    formset = RouteStopFormSet
+    fields = ("position", "location")
+    ordering = ("position",)
+    extra = 1
+    autocomplete_fields = ("location",)
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    """A route: its driver (a staff account holding the Driver or Operator role) and its
+    stops in the order of visits."""
+
+    list_display = ("name", "driver", "stop_count")
+    list_select_related = ("driver",)
+    search_fields = ("name", "notes", "driver__username")
+    fields = ("name", "driver", "notes", "created_at")
+    readonly_fields = ("created_at",)
+    inlines = (RouteStopInline,)
+
+    def get_queryset(self, request):
+        visible = routes_visible_to(request.user).values("pk")
+        return (
+            super()
+            .get_queryset(request)
+            .filter(pk__in=visible)
+            .annotate(stop_count=Count("stops", distinct=True))
+        )
+
+    @admin.display(description="Stops", ordering="stop_count")
+    def stop_count(self, obj: Route) -> int:
+        return obj.stop_count
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "driver":
+            drivers = Q(groups__name__in=fleet.DRIVING_ROLES) | Q(is_superuser=True)
+            kwargs["queryset"] = (
+                get_user_model()
+                .objects.filter(drivers, is_staff=True, is_active=True)
+                .distinct()
+                .order_by("username")
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not RouteStop:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)  # fills the change lists for the admin's history
+        kept = [
+            (f.cleaned_data["position"], f.cleaned_data["location"].pk)
+            for f in formset.forms
+            if getattr(f, "cleaned_data", None)
+            and not f.cleaned_data.get("DELETE")
+            and f.cleaned_data.get("location")
+        ]
+        fleet.save_route(route=form.instance, changes={}, stops=[pk for _, pk in sorted(kept)])
+        return None

@@ -1,4 +1,5 @@
-"""Sales reports: what sold, per machine, product, slot, day or hour, over a period of days.
+"""Sales reports: what sold, per machine, product, slot, location, route, day or hour, over a
+period of days.
 
 One SQL query per report, whatever the number of vends: the period and the previous period of
 equal length are read together (``created_at`` from the previous period's first day to the
@@ -9,6 +10,15 @@ the groups, added up here.
 A vend counts on the day it was asked for (``created_at``), in the server's time zone
 (``TIME_ZONE``). Counted: ``succeeded`` (vends, and their prices as revenue), ``failed``,
 ``unconfirmed`` and ``expired``; queued, sent and cancelled vends are not sales.
+
+Locations and routes: a vend counts under the location its machine stands at *now*, not when
+the vend was asked for (a vend does not record its location), so moving a machine moves its
+whole history to the new location and its routes. A machine placed nowhere groups as
+``(no location)``; one whose location is on no route as ``(no route)``. A location on two
+routes counts its vends in both routes' groups, so the route groups may add up to more than
+the totals: the totals count each vend once. Both groupings are the same single query
+(grouped by location and route stop, left-joined), so they cost what the machine grouping
+does plus two joins on primary and foreign keys.
 """
 
 from __future__ import annotations
@@ -30,9 +40,8 @@ from .models import Transaction
 
 S = TransactionState
 COUNTED_STATES = (S.SUCCEEDED, S.FAILED, S.UNCONFIRMED, S.EXPIRED)
-GROUPS = ("machine", "product", "slot", "day", "hour")
-# Named by the issue, built with locations and routes (a later change).
-NOT_YET = ("location", "route")
+GROUPS = ("machine", "product", "slot", "location", "route", "day", "hour")
+NO_LOCATION, NO_ROUTE = "(no location)", "(no route)"
 MAX_DAYS = 366
 DEFAULT_DAYS = 7
 FIGURES = ("vends", "revenue", "failed", "unconfirmed", "expired", "failure_rate")
@@ -108,11 +117,6 @@ def _day(name: str, text: str) -> date:
 
 def check_group(group_by: str | None) -> str:
     group_by = group_by or "machine"
-    if group_by in NOT_YET:
-        raise InvalidRequest(
-            f"group_by={group_by} is not available yet (locations and routes come later); "
-            f"use one of {', '.join(GROUPS)}."
-        )
     if group_by not in GROUPS:
         raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}, not {group_by[:20]!r}.")
     return group_by
@@ -149,14 +153,21 @@ def _keys(group_by: str, zone) -> tuple[dict, tuple[str, ...], dict]:
     if group_by == "product":
         # The SKU and name copied onto each vend: history stays as it was sold.
         return {}, ("product_sku",), {"product_name_": Max("product_name")}
+    if group_by in ("location", "route"):
+        # One row per (location, route stop): a location on two routes gives two rows with
+        # the same figures; the totals take each location's once (sales_report).
+        fields = ("device__location_id", "device__location__name")
+        if group_by == "route":
+            fields += ("device__location__stops__route_id", "device__location__stops__route__name")
+        return {}, fields, {}
     if group_by == "day":
         return {"day": TruncDate("created_at", tzinfo=zone)}, ("day",), {}
     return {"hour": TruncHour("created_at", tzinfo=zone)}, ("hour",), {}
 
 
 def sales_report(*, period: Period, group_by: str) -> dict:
-    """The report: per group the figures of ``period`` (and, for machine, product and slot,
-    of the previous period too), totals, and the previous period's totals. One query."""
+    """The report: per group the figures of ``period`` (and, for every grouping but day and
+    hour, of the previous period too), totals, and the previous period's totals. One query."""
     zone = server_zone()
     before = period.previous()
     start, end = period.bounds()
@@ -181,6 +192,8 @@ def sales_report(*, period: Period, group_by: str) -> dict:
         .order_by()
     )
     groups, timed, totals, previous = [], [], _zero(), _zero()
+    counted: set = set()  # the locations whose figures are in the totals already
+    routes: dict[tuple, tuple[dict, dict]] = {}
     for row in rows:
         if by_time:
             key = row[group_by]
@@ -193,9 +206,19 @@ def sales_report(*, period: Period, group_by: str) -> dict:
                 timed.append((key, {group_by: key.isoformat(), **_finish(figures)}))
             continue
         now, then = _pick(row), _pick(row, "previous_")
-        _add(totals, now)
-        _add(previous, then)
+        location = row.get("device__location_id", _NO_KEY)
+        if location is _NO_KEY or location not in counted:
+            counted.add(location)
+            _add(totals, now)
+            _add(previous, then)
+        if group_by == "route":
+            _add_to_route(routes, row, now, then)
+            continue
         groups.append({**_label(group_by, row), **_finish(now), "previous": _finish(then)})
+    for (route_id, name), (now, then) in routes.items():
+        groups.append(
+            {"route_id": route_id, "route": name, **_finish(now), "previous": _finish(then)}
+        )
     if by_time:  # by the instant, not its text: an hour's offset changes with DST
         groups = [group for _, group in sorted(timed, key=lambda pair: pair[0])]
     else:
@@ -216,7 +239,24 @@ def sales_report(*, period: Period, group_by: str) -> dict:
     }
 
 
+_NO_KEY = object()
+
+
+def _add_to_route(routes: dict, row: dict, now: dict, then: dict) -> None:
+    """Add a (location, route) row to its route's group; every location on no route, and
+    every machine placed nowhere, adds to the one ``(no route)`` group."""
+    route_id = row["device__location__stops__route_id"]
+    key = (route_id, row["device__location__stops__route__name"] if route_id else NO_ROUTE)
+    into = routes.setdefault(key, (_zero(), _zero()))
+    _add(into[0], now)
+    _add(into[1], then)
+
+
 def _label(group_by: str, row: dict) -> dict:
+    if group_by == "location":
+        location_id = row["device__location_id"]
+        name = row["device__location__name"] if location_id else NO_LOCATION
+        return {"location_id": location_id, "location": name}
     if group_by == "machine":
         return {"machine": row["device__device_id"], "machine_name": row["device__name"]}
     if group_by == "slot":
@@ -226,7 +266,9 @@ def _label(group_by: str, row: dict) -> dict:
 
 def _by_revenue(group: dict) -> tuple:
     """Highest revenue first, then most vends, then by key (a stable, readable order)."""
-    key = tuple(str(group.get(name, "")) for name in ("machine", "sku", "slot"))
+    key = tuple(
+        str(group.get(name, "")) for name in ("machine", "sku", "slot", "location", "route")
+    )
     return (-Decimal(group["revenue"]), -group["vends"], *key)
 
 
@@ -263,6 +305,8 @@ KEY_COLUMNS = {
     "machine": ("machine", "machine_name"),
     "product": ("sku", "product"),
     "slot": ("machine", "slot"),
+    "location": ("location_id", "location"),
+    "route": ("route_id", "route"),
     "day": ("day",),
     "hour": ("hour",),
 }
@@ -270,7 +314,8 @@ KEY_COLUMNS = {
 
 def csv_rows(report: dict):
     """The report as CSV rows, header first: the group's key columns, the figures, and for
-    machine, product and slot the previous period's vends and revenue."""
+    machine, product, slot, location and route the previous period's vends and revenue
+    (a missing location or route id is an empty cell)."""
     group_by = report["group_by"]
     keys = KEY_COLUMNS[group_by]
     with_previous = group_by not in ("day", "hour")
@@ -278,7 +323,7 @@ def csv_rows(report: dict):
     yield (*keys, *FIGURES, *extra)
     for group in report["rows"]:
         rate = group["failure_rate"]
-        values = [group[key] for key in keys]
+        values = ["" if group[key] is None else group[key] for key in keys]
         values += [group[name] for name in FIGURES[:-1]] + ["" if rate is None else rate]
         if with_previous:
             values += [group["previous"]["vends"], group["previous"]["revenue"]]

@@ -18,6 +18,12 @@ from rest_framework import serializers
 from inventory.api.serializers import SlotSerializer
 from vending_site.http.openapi import AUTHENTICATED, errors
 
+from .fleet_serializers import (
+    LocationSerializer,
+    MachineSerializer,
+    MachineUpdateSerializer,
+    RouteSerializer,
+)
 from .serializers import (
     AdmissionRequestSerializer,
     CommandRequestSerializer,
@@ -321,4 +327,153 @@ STATUS = extend_schema(
     "containing `vending` or `status`. Anonymous callers get `service` and `status` only; "
     "the fleet (machines, their slots and stock) needs vend-client credentials.",
     responses={200: StatusSerializer},
+)
+
+
+# --- Locations, routes and machines (devices.api.fleet_views) -----------------------------
+
+_FLEET_ROLES = (
+    " Reads need the model's `devices.view_*` permission, creating `add_*`, changing "
+    "`change_*`, deleting `delete_*` (roles: docs/operations.md); a Driver sees only the "
+    "routes they drive and the locations and machines on them (anything else is 404)."
+)
+_PK = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
+_MACHINE = OpenApiParameter(
+    "device_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    description="The machine's id, e.g. `ESP32_6CC8404FE03C` (any spelling of its MAC).",
+)
+_LOCATION_EXAMPLE = OpenApiExample(
+    "a lobby",
+    value={
+        "name": "North lobby",
+        "address": "1 Main Street",
+        "latitude": 52.52,
+        "longitude": 13.405,
+        "contact": "Reception, +49 30 1234",
+        "notes": "Badge at the desk",
+    },
+    request_only=True,
+)
+
+LOCATION_LIST = extend_schema(
+    tags=["fleet"],
+    summary="Locations, by name, with the machines standing there",
+    description="Paginated (`limit`, `offset`)." + _FLEET_ROLES,
+    responses={200: LocationSerializer(many=True), **errors(400, *AUTHENTICATED)},
+)
+LOCATION_CREATE = extend_schema(
+    tags=["fleet"],
+    summary="Create a location",
+    description="`latitude` and `longitude` are given together or not at all (400 naming "
+    "the missing one), within -90..90 and -180..180 (400 naming the field). A name is "
+    "unique (400, or 409 `name_taken` when another request took it meanwhile)." + _FLEET_ROLES,
+    request=LocationSerializer,
+    responses={201: LocationSerializer, **errors(400, *AUTHENTICATED, 409)},
+    examples=[_LOCATION_EXAMPLE],
+)
+LOCATION_READ = extend_schema(
+    tags=["fleet"],
+    summary="One location",
+    description=_FLEET_ROLES.strip(),
+    parameters=[_PK],
+    responses={200: LocationSerializer, **errors(*AUTHENTICATED, 404)},
+)
+LOCATION_UPDATE = extend_schema(
+    tags=["fleet"],
+    summary="Change a location's fields",
+    description="Only the fields sent change; after the change the coordinates are both set "
+    "or both null (send both null to clear them). `machines` is read-only: move a machine "
+    "with `PATCH /api/v1/machines/{device_id}`." + _FLEET_ROLES,
+    parameters=[_PK],
+    request=LocationSerializer,
+    responses={200: LocationSerializer, **errors(400, *AUTHENTICATED, 404, 409)},
+)
+LOCATION_DELETE = extend_schema(
+    tags=["fleet"],
+    summary="Delete a location",
+    description="Its machines stay, placed nowhere; it leaves the routes it was on (the "
+    "stops after it move up)." + _FLEET_ROLES,
+    parameters=[_PK],
+    responses={204: None, **errors(*AUTHENTICATED, 404)},
+)
+
+_ROUTE_EXAMPLE = OpenApiExample(
+    "Monday", value={"name": "Monday", "driver": 7, "stops": [3, 1, 2]}, request_only=True
+)
+ROUTE_LIST = extend_schema(
+    tags=["fleet"],
+    summary="Routes, by name, each with its driver and ordered stops",
+    description="Paginated (`limit`, `offset`)." + _FLEET_ROLES,
+    responses={200: RouteSerializer(many=True), **errors(400, *AUTHENTICATED)},
+)
+ROUTE_CREATE = extend_schema(
+    tags=["fleet"],
+    summary="Create a route",
+    description="`driver`: a staff account holding the Driver or Operator role, or null "
+    "(422 `not_a_driver` otherwise). `stops`: location ids in the order of visits; a "
+    "location twice, or one that does not exist, is 400 naming it." + _FLEET_ROLES,
+    request=RouteSerializer,
+    responses={201: RouteSerializer, **errors(400, *AUTHENTICATED, 409, 422)},
+    examples=[_ROUTE_EXAMPLE],
+)
+ROUTE_READ = extend_schema(
+    tags=["fleet"],
+    summary="One route",
+    description=_FLEET_ROLES.strip(),
+    parameters=[_PK],
+    responses={200: RouteSerializer, **errors(*AUTHENTICATED, 404)},
+)
+ROUTE_UPDATE = extend_schema(
+    tags=["fleet"],
+    summary="Change a route: name, driver, notes, or the whole order of its stops",
+    description="Only the fields sent change. `stops` replaces the whole order in one "
+    "database transaction (nothing changes when it is refused)." + _FLEET_ROLES,
+    parameters=[_PK],
+    request=RouteSerializer,
+    responses={200: RouteSerializer, **errors(400, *AUTHENTICATED, 404, 409, 422)},
+    examples=[
+        OpenApiExample("reorder", value={"stops": [2, 1]}, request_only=True),
+        OpenApiExample("no driver", value={"driver": None}, request_only=True),
+    ],
+)
+ROUTE_DELETE = extend_schema(
+    tags=["fleet"],
+    summary="Delete a route (its locations and machines stay)",
+    description=_FLEET_ROLES.strip(),
+    parameters=[_PK],
+    responses={204: None, **errors(*AUTHENTICATED, 404)},
+)
+
+MACHINE_LIST = extend_schema(
+    tags=["fleet"],
+    summary="Machines, by id, with where they stand",
+    description="`location=<id>` (or `none`: placed nowhere) and `route=<id>` (machines at "
+    "the route's locations) narrow the list; a malformed value is 400. Paginated." + _FLEET_ROLES,
+    parameters=[
+        OpenApiParameter(
+            "location", OpenApiTypes.STR, description="A location id, or `none`.", required=False
+        ),
+        OpenApiParameter("route", OpenApiTypes.INT, description="A route id.", required=False),
+    ],
+    responses={200: MachineSerializer(many=True), **errors(400, *AUTHENTICATED)},
+)
+MACHINE_READ = extend_schema(
+    tags=["fleet"],
+    summary="One machine",
+    description="Its slots are `GET /api/v1/machines/{device_id}/slots`." + _FLEET_ROLES,
+    parameters=[_MACHINE],
+    responses={200: MachineSerializer, **errors(400, *AUTHENTICATED, 404)},
+)
+MACHINE_UPDATE = extend_schema(
+    tags=["fleet"],
+    summary="Rename a machine or move it to another location",
+    description="Only `name` and `location` (an id, or null) may be sent; any other field "
+    "is 400 naming it. Moving a machine moves its sales history with it: reports group by "
+    "where a machine stands now." + _FLEET_ROLES,
+    parameters=[_MACHINE],
+    request=MachineUpdateSerializer,
+    responses={200: MachineSerializer, **errors(400, *AUTHENTICATED, 404)},
+    examples=[OpenApiExample("move", value={"location": 3}, request_only=True)],
 )

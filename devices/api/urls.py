@@ -4,7 +4,7 @@ follows no redirects), device management for staff and kiosks, and ``/status``. 
 
 from django.urls import path, re_path
 
-from . import device_views
+from . import device_views, fleet_views
 from .views import (
     DeviceAdmissionView,
     DeviceAutoSelectView,
@@ -26,6 +26,24 @@ api_v1_patterns = [
         r"^devices/(?P<device_id>[^/]+)/admission/?$",
         DeviceAdmissionView.as_view(),
         name="device-admission",
+    ),
+    # Locations, routes and machines (fleet_views). machines/<id>/slots and /restock are
+    # inventory's (inventory.api.urls): these patterns end at the id, so they never match.
+    re_path(r"^locations/?$", fleet_views.LocationListView.as_view(), name="location-list"),
+    re_path(
+        r"^locations/(?P<pk>[^/]+)/?$",
+        fleet_views.LocationDetailView.as_view(),
+        name="location-detail",
+    ),
+    re_path(r"^routes/?$", fleet_views.RouteListView.as_view(), name="route-list"),
+    re_path(
+        r"^routes/(?P<pk>[^/]+)/?$", fleet_views.RouteDetailView.as_view(), name="route-detail"
+    ),
+    re_path(r"^machines/?$", fleet_views.MachineListView.as_view(), name="machine-list"),
+    re_path(
+        r"^machines/(?P<device_id>[^/]+)/?$",
+        fleet_views.MachineDetailView.as_view(),
+        name="machine-detail",
     ),
 ]
 

@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from devices.models import Device, Location, Route, RouteStop
 from inventory.models import Product
 from tests.accounting import assert_stock_adds_up, take_start
 from tests.factories import UserFactory, stocked_device
@@ -92,6 +93,7 @@ VENDS_TAG = "vends"  # the operations a vend-client API key is for
 PLANOGRAM_TAG = "planogram"  # staff's, steered onto the real machine and slots too
 PRODUCTS_TAG = "products"  # staff's, steered onto the machine's real products
 PICKLIST_TAG = "pick lists"  # staff's, steered onto the real machine too
+FLEET_TAG = "fleet"  # staff's, steered onto the real machine, location and route
 
 
 @pytest.fixture
@@ -118,6 +120,16 @@ def fleet(transactional_db, settings):
     start = take_start()
     yield
     assert_stock_adds_up(start, devices=[DEVICE])
+
+
+@pytest.fixture
+def fleet_rows(fleet) -> dict:
+    """A location holding the machine and a route through it, for the steered cases."""
+    site = Location.objects.create(name="Fuzz site")
+    Device.objects.filter(device_id=DEVICE).update(location=site)
+    route = Route.objects.create(name="Fuzz route")
+    RouteStop.objects.create(route=route, location=site, position=1)
+    return {"locations": site.pk, "routes": route.pk}
 
 
 @pytest.fixture
@@ -208,6 +220,19 @@ def steer_picklist(case, turn: int) -> bool:
     return True
 
 
+def steer_fleet(case, rows: dict, turn: int) -> bool:
+    """Every other case of a fleet operation: the real machine, location or route in the
+    path (bodies stay as generated). True if steered."""
+    parameters = case.path_parameters or {}
+    if turn % 2 or not parameters:
+        return False
+    if "device_id" in parameters:
+        parameters["device_id"] = DEVICE
+    if "id" in parameters:
+        parameters["id"] = rows["routes" if "/routes/" in case.operation.path else "locations"]
+    return True
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -217,7 +242,7 @@ def steer_picklist(case, turn: int) -> bool:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_as_documented_and_never_with_5xx(
-    case, fleet, staff_headers, key_headers, own_vends, statuses
+    case, fleet, fleet_rows, staff_headers, key_headers, own_vends, statuses
 ):
     counter = statuses.setdefault(case.operation.label, Counter())
     if VENDS_TAG in (case.operation.tags or []):
@@ -233,6 +258,10 @@ def test_every_operation_answers_as_documented_and_never_with_5xx(
         if PRODUCTS_TAG in (case.operation.tags or []) and steer_product(case, answered(counter)):
             counter["steered"] += 1
         if PICKLIST_TAG in (case.operation.tags or []) and steer_picklist(case, answered(counter)):
+            counter["steered"] += 1
+        if FLEET_TAG in (case.operation.tags or []) and steer_fleet(
+            case, fleet_rows, answered(counter)
+        ):
             counter["steered"] += 1
     response = case.call(headers=headers)
     counter[response.status_code] += 1

@@ -115,8 +115,20 @@ class SalesGroupSerializer(SalesFiguresSerializer):
     hour = serializers.DateTimeField(
         required=False, help_text="group_by=hour: the hour's start, in the server's zone."
     )
+    location_id = serializers.IntegerField(
+        required=False, allow_null=True, help_text="group_by=location: null for no location."
+    )
+    location = serializers.CharField(
+        required=False, help_text="group_by=location: its name, or `(no location)`."
+    )
+    route_id = serializers.IntegerField(
+        required=False, allow_null=True, help_text="group_by=route: null for no route."
+    )
+    route = serializers.CharField(
+        required=False, help_text="group_by=route: its name, or `(no route)`."
+    )
     previous = SalesFiguresSerializer(
-        required=False, help_text="group_by=machine, product or slot: the previous period."
+        required=False, help_text="Every grouping but day and hour: the previous period."
     )
 
 
@@ -150,15 +162,17 @@ class SalesReportSerializer(serializers.Serializer):
 _DATE = {"type": "string", "format": "date"}
 SALES_REPORT = extend_schema(
     tags=["reports"],
-    summary="Sales per machine, product, slot, day or hour (staff only)",
+    summary="Sales per machine, product, slot, location, route, day or hour (staff only)",
     description="Whole days in the server's time zone (`time_zone`), `from` and `to` both "
     f"inclusive, at most {reports.MAX_DAYS} days; without them, the last "
     f"{reports.DEFAULT_DAYS} days to today. A vend counts on the day it was asked for. Per "
     "group: succeeded vends and their revenue (the prices charged), failed, unconfirmed and "
     "expired vends and the failure rate; the totals; and the previous period of equal length "
-    "(its totals, and per group for machine, product and slot). Rows of machine, product "
-    "and slot come by revenue, highest first; days and hours in time order, only those with "
-    "vends. `group_by=location` and `route` are not available yet (400). `format=csv` or "
+    "(its totals, and per group but for days and hours). Rows come by revenue, highest "
+    "first; days and hours in time order, only those with vends. `location` and `route` "
+    "group by where each machine stands now (moving a machine moves its history); machines "
+    "placed nowhere are `(no location)` / `(no route)`; a location on two routes counts in "
+    "both routes' rows, while the totals count each vend once. `format=csv` or "
     "`Accept: text/csv` answers CSV: a header row, then one row per group.",
     parameters=[
         OpenApiParameter("from", _DATE, OpenApiParameter.QUERY, description="YYYY-MM-DD"),

@@ -302,12 +302,8 @@ def test_csv_by_accept_header_per_hour_leaves_an_undefined_rate_empty(fleet, sta
         ),
         (
             {"group_by": "colour"},
-            "group_by must be one of machine, product, slot, day, hour, not 'colour'.",
-        ),
-        (
-            {"group_by": "route"},
-            "group_by=route is not available yet (locations and routes come later); "
-            "use one of machine, product, slot, day, hour.",
+            "group_by must be one of machine, product, slot, location, route, day, hour, "
+            "not 'colour'.",
         ),
         ({"format": "xml"}, "format must be json or csv, not 'xml'."),
     ],
@@ -371,7 +367,9 @@ def test_only_staff_who_read_sales_may_read_sales_reports(db, zone, role, status
         }
 
 
-@pytest.mark.parametrize("group_by", ["machine", "product", "slot", "day", "hour"])
+@pytest.mark.parametrize(
+    "group_by", ["machine", "product", "slot", "location", "route", "day", "hour"]
+)
 def test_a_report_is_one_query_however_many_vends(
     fleet, staff_client, django_assert_num_queries, group_by
 ):
