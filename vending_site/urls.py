@@ -14,6 +14,8 @@ from inventory.api import urls as inventory_urls
 from transactions.api import urls as vend_urls
 from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
 from vending_site.dashboard import views as dashboard
+from vending_site.dashboard.sales import sales_page
+from vending_site.dashboard.stock import stock_page
 from vending_site.http.health import HealthView
 from vending_site.observability import metrics
 
@@ -42,6 +44,8 @@ def build(*, asgi: bool) -> list:
     """
     return [
         path("", dashboard.index, name="dashboard"),
+        path("sales/", sales_page, name="sales"),
+        path("stock/", stock_page, name="stock"),
         path("dashboard/api/", include(("vending_site.dashboard.urls", "dashboard-api"))),
         # Browsers ask for it on every page (the admin's too); a 404 there is console noise.
         path("favicon.ico", RedirectView.as_view(url=static("dashboard/favicon.svg"))),
