@@ -204,13 +204,13 @@ def standout_slots(slot_rows: list[dict], fleet_rate: float | None) -> list[dict
         for row in flagged:
             which |= Q(device__device_id=row["machine"], number=row["slot"])
         names = {
-            (device_id, number): product or ""
-            for device_id, number, product in Slot.objects.filter(which).values_list(
-                "device__device_id", "number", "product__name"
+            (device_id, number): (machine or "", product or "")
+            for device_id, number, machine, product in Slot.objects.filter(which).values_list(
+                "device__device_id", "number", "device__name", "product__name"
             )
         }
         for row in flagged:
-            row["product"] = names.get((row["machine"], row["slot"]), "")
+            row["machine_name"], row["product"] = names.get((row["machine"], row["slot"]), ("", ""))
     return flagged
 
 
@@ -311,7 +311,7 @@ def sales_page(request: HttpRequest) -> HttpResponse:
         weak=standout_slots(by_slot["rows"], by_machine["totals"]["failure_rate"]),
         weak_rule={
             "attempts": WEAK_MIN_ATTEMPTS,
-            "rate": percent(WEAK_MIN_RATE),
+            "rate": f"{WEAK_MIN_RATE:.0%}",
             "factor": WEAK_FLEET_FACTOR,
             "fleet": percent(by_machine["totals"]["failure_rate"]),
         },

@@ -87,8 +87,11 @@ def stock_page(request: HttpRequest) -> HttpResponse:
             "unknown": unknown,
             "summary": {
                 "machines": len(rows),
-                "empty": sum(1 for row in rows if row.stock.empty),
+                "empty": sum(1 for row in rows if row.level == "empty"),
                 "low": sum(1 for row in rows if row.level == "low"),
+                "stocked": sum(
+                    1 for row in rows if row.level == "ok" and row.stock.fill_percent is not None
+                ),
                 "online": sum(1 for row in rows if row.machine.is_online),
             },
         },

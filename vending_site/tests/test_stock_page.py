@@ -73,7 +73,13 @@ def test_machines_are_listed_neediest_first_with_their_fill(client, fleet):
         ("ESP32_M3", 95, [], []),
         ("ESP32_M4", None, [], []),  # nothing to sell: last
     ]
-    assert response.context["summary"] == {"machines": 5, "empty": 1, "low": 1, "online": 1}
+    assert response.context["summary"] == {
+        "machines": 5,
+        "empty": 1,
+        "low": 1,
+        "stocked": 2,  # M3 and M5; M4 has nothing to stock
+        "online": 1,
+    }
     html = response.content.decode()
     assert "42%" in html and "12 of 28" in html
     assert "#1 Cola" in html and "#2 Water" in html and "(2 left)" in html
