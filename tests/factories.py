@@ -32,11 +32,45 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 def staff_with_role(role: str, **fields):
     """A staff account (not a superuser) holding one role of ``vending_site.auth.roles``."""
-    from django.contrib.auth.models import Group
-
     user = UserFactory(is_staff=True, vend_client=False, **fields)
-    user.groups.add(Group.objects.get(name=role))
+    user.groups.add(role_group(role))
     return user
+
+
+def role_group(role: str):
+    """The role's group, as migration ``vending_site.0003_roles`` creates it.
+
+    A transactional test flushes every table when it ends, and only permissions come back
+    (``post_migrate``), not the groups the migration made; a later test on the same worker
+    would find none. Like the vend-client group above, it is made again when missing."""
+    from django.contrib.auth.models import Group, Permission
+
+    from vending_site.auth import roles
+
+    group, created = Group.objects.get_or_create(name=role)
+    if not created:
+        return group
+    if role == roles.OPERATOR:
+        perms = Permission.objects.filter(content_type__app_label__in=roles.OPERATOR_APPS)
+    elif role == roles.VIEWER:
+        perms = Permission.objects.filter(
+            content_type__app_label__in=roles.VIEWER_APPS, codename__startswith="view_"
+        )
+        group.permissions.add(*_permissions(roles.VIEWER_EXTRA))
+    else:
+        perms = _permissions(roles.ROLES[role])
+    group.permissions.add(*perms)
+    return group
+
+
+def _permissions(names):
+    from django.contrib.auth.models import Permission
+
+    found = []
+    for name in names:
+        app_label, codename = name.split(".", 1)
+        found.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return found
 
 
 class DeviceFactory(factory.django.DjangoModelFactory):
