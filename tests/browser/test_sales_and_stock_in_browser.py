@@ -43,7 +43,7 @@ def build_fleet(today) -> None:
         ("ESP32_0A0000000001", "Office lobby", office, now, [10, 7, 2, 0, 9, 6]),
         ("ESP32_0A0000000002", "Office canteen", office, now, [10, 10, 9, 8, 10, 10]),
         ("ESP32_0A0000000003", "Station hall", station, None, [3, 0, 1, 4, 0, 5]),
-        ("ESP32_0A0000000004", "", station, now, [6, 5, 5, 6, 4, 7]),
+        ("ESP32_0A0000000004", "", station, now, [6, 5, 1, 6, 4, 7]),
     ]
     slots = []
     for device_id, name, location, seen, stock in machines:
