@@ -15,6 +15,8 @@ from transactions.api import urls as vend_urls
 from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
 from vending_site.dashboard import picklist as picklist_pages
 from vending_site.dashboard import views as dashboard
+from vending_site.dashboard.sales import sales_page
+from vending_site.dashboard.stock import stock_page
 from vending_site.http.health import HealthView
 from vending_site.observability import metrics
 
@@ -43,6 +45,8 @@ def build(*, asgi: bool) -> list:
     """
     return [
         path("", dashboard.index, name="dashboard"),
+        path("sales/", sales_page, name="sales"),
+        path("stock/", stock_page, name="stock"),
         path("dashboard/api/", include(("vending_site.dashboard.urls", "dashboard-api"))),
         path("picklist/", picklist_pages.picklist_page, name="picklist"),
         re_path(
