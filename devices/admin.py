@@ -121,7 +121,6 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "is_active",
         "transport",
-        "protocol",
         "firmware_version",
         "address",
         "last_seen",
@@ -321,7 +320,6 @@ class SerialPortAdmin(admin.ModelAdmin):
         "device",
         "requested",
         "last_error",
-        "reported_at",
     ]
     list_filter = ["is_open", "present", "likely_esp32", "requested"]
     actions = ["connect", "disconnect", "automatic"]
