@@ -166,13 +166,14 @@ def _driver():
 
 
 def _route(locations: list[Location], driver) -> Route:
-    route, _ = Route.objects.get_or_create(
+    route, created = Route.objects.get_or_create(
         name=ROUTE_NAME,
         defaults={"driver": driver, "notes": "Tuesdays and Fridays, station first."},
     )
-    for position, location in enumerate(locations, start=1):
-        RouteStop.objects.get_or_create(
-            route=route, location=location, defaults={"position": position}
+    if created:  # a route staff changed since keeps their stops
+        RouteStop.objects.bulk_create(
+            RouteStop(route=route, location=location, position=position)
+            for position, location in enumerate(locations, start=1)
         )
     return route
 

@@ -142,3 +142,16 @@ def test_history_goes_before_a_ledger_the_fleet_already_had(data_dir):
     for slot in Slot.objects.filter(device__device_id__startswith="ESP32_02"):
         assert slot.quantity == 8
         assert slot.transactions.count() > 10
+
+
+def test_a_second_load_leaves_the_route_as_staff_changed_it(data_dir):
+    bootstrap_demo()
+    route = Route.objects.get(name=ROUTE_NAME)
+    first, second = route.stops.order_by("position")
+    first.delete()
+    second.position = 1
+    second.save()
+
+    bootstrap_demo()
+
+    assert [(s.location, s.position) for s in route.stops.all()] == [(second.location, 1)]
