@@ -1,11 +1,15 @@
 """`make demo`'s month of history: present at both locations, adding up, loaded once."""
 
+import importlib
 from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
@@ -19,6 +23,16 @@ from transactions.models import Transaction, TransactionEvent
 from vending_site.auth.roles import DRIVER
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def roles_exist(db):
+    """The roles' groups come from a migration: a transactional test that ran earlier on
+    this worker flushed them with everything else (pytest-xdist does not keep those last)."""
+    if not Group.objects.filter(name=DRIVER).exists():
+        state = MigrationLoader(connection).project_state(("vending_site", "0003_roles"))
+        migration = importlib.import_module("vending_site.migrations.0003_roles")
+        migration.create_roles(state.apps, None)
 
 
 @pytest.fixture
