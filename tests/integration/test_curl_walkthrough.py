@@ -22,9 +22,7 @@ from tests.scratch.net import free_port, wait_http
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 
-# serialized_rollback: the flush after a transactional test would take the roles' groups
-# (made by a migration) away from the tests that run after it on the same worker.
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 
 OFFLINE_AFTER = 5  # the server's DEVICE_OFFLINE_AFTER here (10 s by default)
 PAUSE = OFFLINE_AFTER + 1  # between steps: longer than a machine stays online unheard
