@@ -132,7 +132,6 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "is_active",
         "transport",
-        "protocol",
         "firmware_version",
         "address",
         "location",
@@ -352,7 +351,6 @@ class SerialPortAdmin(admin.ModelAdmin):
         "device",
         "requested",
         "last_error",
-        "reported_at",
     ]
     list_filter = ["is_open", "present", "likely_esp32", "requested"]
     actions = ["connect", "disconnect", "automatic"]

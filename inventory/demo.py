@@ -63,8 +63,11 @@ DEMO_FLEET = [
 
 
 @transaction.atomic
-def load_demo_fleet() -> list[Device]:
-    """The simulated machines of ``make demo``, each slot stocked once (idempotent)."""
+def load_demo_fleet(*, stock: bool = True) -> list[Device]:
+    """The simulated machines of ``make demo``, each slot stocked once (idempotent).
+
+    ``stock=False``: the machines, their slots and products only (the demo history then
+    writes each slot's ledger)."""
     devices = []
     for device_id, name, transport, protocol in DEMO_FLEET:
         # The simulator may have registered the machine already: fill it all the same.
@@ -86,7 +89,7 @@ def load_demo_fleet() -> list[Device]:
             slot = Slot.objects.get(device=device, number=number)
             if slot.product_id is None:
                 Slot.objects.filter(pk=slot.pk).update(product=product, capacity=10)
-            if not slot.movements.exists():  # stocked once, never refilled behind staff's back
+            if stock and not slot.movements.exists():  # once, never behind staff's back
                 set_stock(slot=slot, quantity=8, reason=MovementReason.RESTOCK, note="demo data")
         devices.append(device)
     return devices

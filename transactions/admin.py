@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from import_export.admin import ExportMixin
 
-from inventory.admin import ReadOnlyAdminMixin
+from inventory.admin import ReadOnlyAdminMixin, short_id
 from inventory.exports import EXPORT_FORMATS
 from vending_site.http.errors import DomainError
 
@@ -19,16 +19,6 @@ from .choices import TransactionState
 from .exports import TransactionResource
 from .models import Transaction, TransactionEvent
 from .services import resolve_unconfirmed
-
-STATE_COLOURS = {
-    TransactionState.QUEUED: "#666",
-    TransactionState.SENT: "#205493",
-    TransactionState.SUCCEEDED: "#3a7d22",
-    TransactionState.FAILED: "#ba2121",
-    TransactionState.UNCONFIRMED: "#c77c00",
-    TransactionState.EXPIRED: "#888",
-    TransactionState.CANCELLED: "#888",
-}
 
 
 class TransactionEventInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -51,7 +41,7 @@ class TransactionAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     export_formats = EXPORT_FORMATS
 
     list_display = (
-        "id",
+        "id_shown",
         "created_at",
         "device",
         "slot_number",
@@ -60,6 +50,7 @@ class TransactionAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "coloured_state",
         "failure_reason",
     )
+    list_display_links = ("id_shown",)
     list_filter = ("state", "device", "created_at")
     list_select_related = ("device",)
     search_fields = ("product_name", "product_sku")
@@ -84,14 +75,15 @@ class TransactionAdmin(ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "updated_at",
     )
 
+    @admin.display(description="ID", ordering="id")
+    def id_shown(self, obj: Transaction) -> str:
+        return short_id(obj.pk)
+
     @admin.display(description="State", ordering="state")
     def coloured_state(self, obj: Transaction) -> str:
-        weight = "bold" if obj.state == TransactionState.UNCONFIRMED else "normal"
+        # Coloured by admin_lists/changelist.css: the CSP refuses style attributes.
         return format_html(
-            '<span style="color:{};font-weight:{};">{}</span>',
-            STATE_COLOURS.get(obj.state, "#333"),
-            weight,
-            obj.get_state_display(),
+            '<span class="txn-state txn-state--{}">{}</span>', obj.state, obj.get_state_display()
         )
 
     def get_search_results(self, request, queryset, search_term):

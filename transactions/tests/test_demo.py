@@ -44,6 +44,20 @@ def test_demo_customers_buy_from_online_machines_and_restock_sold_out_ones():
     assert not Transaction.objects.exclude(device__in=[online, sold_out]).exists()
 
 
+def test_demo_customers_do_not_claim_to_restock_a_machine_with_no_products():
+    fleet = load_demo_fleet()
+    bare = fleet[0]
+    Device.objects.filter(pk=bare.pk).update(last_seen=timezone.now())
+    Slot.objects.filter(device=bare).update(product=None, quantity=0)
+    out = StringIO()
+
+    call_command("demo_traffic", "--every", "0.05", "--duration", "0.3", "--seed", "1", stdout=out)
+
+    assert f"{bare.device_id}: no products assigned, nothing to sell" in out.getvalue()
+    assert "restocked" not in out.getvalue()
+    assert not Slot.objects.filter(device=bare, quantity__gt=0).exists()
+
+
 @pytest.mark.system
 @pytest.mark.django_db(transaction=True)
 def test_the_serial_simulator_keeps_a_stable_link_to_its_pty_while_it_runs(tmp_path):

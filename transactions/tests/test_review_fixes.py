@@ -131,7 +131,10 @@ def test_the_admin_list_never_writes_and_shows_a_stuck_vend_unconfirmed_once_swe
 
     assert response.status_code == 200
     assert Transaction.objects.get(pk=txn.pk).state == TransactionState.UNCONFIRMED
-    assert 'font-weight:bold;">Unconfirmed (needs staff)</span>' in response.content.decode()
+    assert (
+        '<span class="txn-state txn-state--unconfirmed">Unconfirmed (needs staff)</span>'
+        in response.content.decode()
+    )
 
 
 def test_sweep_commands_once_reports_what_it_did(online_device):

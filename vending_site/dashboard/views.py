@@ -268,23 +268,28 @@ def machines_state(user=None) -> dict[str, Any]:
     }
 
 
+def machine_to_open(machines: list[dict[str, Any]]) -> str | None:
+    """The machine the page opens on: the default (active) one if it is online, else the
+    first online one (a page that opened on a silent machine refused every Vend), else the
+    default one, shown offline, else the first."""
+    active = next((m for m in machines if m["is_active"]), None)
+    online = next((m for m in machines if m["online"]), None)
+    chosen = (active if active and active["online"] else None) or online or active
+    chosen = chosen or (machines[0] if machines else None)
+    return chosen["device_id"] if chosen else None
+
+
 def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
     """Everything the page shows, in a bounded number of queries whatever the fleet's size.
 
-    ``device`` picks the machine whose slots are shown; by default the active one, else the
-    first. The ``last_event_id`` is read first, so an event racing this read is replayed by
-    the page's catch-up rather than lost.
+    ``device`` picks the machine shown, the one the page's Vend buttons vend on; by default
+    :func:`machine_to_open`. The ``last_event_id`` is read first, so an event racing this read
+    is replayed by the page's catch-up rather than lost.
     """
     last_event_id = LiveEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
     state = machines_state(user)
     can = abilities(user)
-    if device is None:
-        device_id = next(
-            (m["device_id"] for m in state["machines"] if m["is_active"]),
-            state["machines"][0]["device_id"] if state["machines"] else None,
-        )
-    else:
-        device_id = device.device_id
+    device_id = device.device_id if device is not None else machine_to_open(state["machines"])
     slots = (
         Slot.objects.filter(device__device_id=device_id)
         .select_related("product")

@@ -122,6 +122,42 @@ def test_a_stale_device_in_the_address_falls_back_to_the_default_machine(staff, 
     assert page_state(response)["selected"] == DEVICE_ID
 
 
+def test_the_page_opens_on_the_default_machine_when_it_is_online(staff, online_device):
+    DeviceFactory(device_id="ESP32_000000000001", last_seen=timezone.now())
+
+    assert page_state(logged_in(staff).get("/"))["selected"] == DEVICE_ID
+
+
+def test_the_page_opens_on_the_first_online_machine_when_the_default_is_offline(staff):
+    DeviceFactory(device_id="ESP32_000000000001", is_active=True, last_seen=None)
+    DeviceFactory(device_id="ESP32_000000000002", last_seen=timezone.now() - timedelta(hours=1))
+    DeviceFactory(device_id="ESP32_000000000003", last_seen=timezone.now())
+    DeviceFactory(device_id="ESP32_000000000004", last_seen=timezone.now())
+
+    state = page_state(logged_in(staff).get("/"))
+
+    assert state["selected"] == "ESP32_000000000003"
+    shown = next(m for m in state["machines"] if m["device_id"] == state["selected"])
+    assert shown["online"] is True and shown["is_active"] is False
+
+
+def test_the_page_opens_on_the_offline_default_machine_when_none_is_online(staff):
+    DeviceFactory(device_id="ESP32_000000000001", last_seen=None)
+    DeviceFactory(device_id="ESP32_000000000002", is_active=True, last_seen=None)
+
+    state = page_state(logged_in(staff).get("/"))
+
+    assert state["selected"] == "ESP32_000000000002"
+    assert [m["online"] for m in state["machines"]] == [False, False]
+
+
+def test_the_page_opens_on_the_first_machine_when_none_is_online_or_default(staff):
+    DeviceFactory(device_id="ESP32_000000000002", last_seen=None)
+    DeviceFactory(device_id="ESP32_000000000001", last_seen=None)
+
+    assert page_state(logged_in(staff).get("/"))["selected"] == "ESP32_000000000001"
+
+
 def test_a_public_dashboard_shows_anonymous_visitors_a_read_only_view(
     client, settings, online_device
 ):

@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from inventory.demo import demo_data_needed, load_demo_data, load_demo_fleet
+from transactions.demo import HISTORY_DAYS, load_demo_history
 
 
 class Command(BaseCommand):
@@ -21,7 +22,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--demo-fleet",
             action="store_true",
-            help="Also ensure the simulated machines of `make demo`, with stock.",
+            help=(
+                "Also ensure the simulated machines of `make demo`, with stock, and load a "
+                "month of history (two locations, a route and its driver; once)."
+            ),
         )
 
     def handle(self, *args, no_demo: bool, demo_fleet: bool, **options):
@@ -30,8 +34,28 @@ class Command(BaseCommand):
             device = load_demo_data()
             self.stdout.write(f"Loaded demo data: machine {device.device_id} with 5 slots.")
         if demo_fleet:
+            history = load_demo_history()  # before the fleet's stock: it writes the ledgers
             fleet = load_demo_fleet()
             self.stdout.write(f"Demo fleet: {', '.join(d.device_id for d in fleet)}.")
+            self.report_history(history)
+
+    def report_history(self, history) -> None:
+        if history.loaded:
+            self.stdout.write(
+                f"Demo history: {history.vends} vends ({history.failed} failed) on "
+                f"{history.days} of the last {HISTORY_DAYS} days and {history.restocks} slot "
+                f"restocks, at {' and '.join(history.locations)} on {history.route!r}."
+            )
+        else:
+            self.stdout.write("Demo history: already loaded.")
+        if history.driver_password:
+            path = settings.DATA_DIR / "driver-password.txt"
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Created demo driver {history.driver!r} (Driver role) with password "
+                    f"{history.driver_password!r} (also saved in {path})."
+                )
+            )
 
     def ensure_staff_user(self) -> None:
         User = get_user_model()

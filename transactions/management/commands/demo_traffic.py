@@ -57,9 +57,7 @@ class Command(BaseCommand):
             Slot.objects.filter(device=device, enabled=True, product__isnull=False, quantity__gt=0)
         )
         if not slots:
-            for slot in Slot.objects.filter(device=device, product__isnull=False):
-                restock_to_capacity(slot=slot)
-            self.say(f"{device.device_id}: sold out, restocked")
+            self.restock(device)
             return
         slot = chooser.choice(slots)
         try:
@@ -68,6 +66,18 @@ class Command(BaseCommand):
             self.say(f"{device.device_id} slot {slot.number}: refused ({exc.message})")
             return
         self.say(f"{device.device_id} slot {slot.number}: {txn.product_name} ordered")
+
+    def restock(self, device) -> None:
+        """Refill a machine with nothing to sell, and say what was done: a machine with no
+        product (or only disabled slots) has nothing to restock, so it is not "restocked"."""
+        stocked = Slot.objects.filter(device=device, enabled=True, product__isnull=False)
+        filled = sum(restock_to_capacity(slot=slot) is not None for slot in stocked)
+        if filled:
+            self.say(f"{device.device_id}: sold out, restocked {filled} slot(s)")
+        elif not Slot.objects.filter(device=device, product__isnull=False).exists():
+            self.say(f"{device.device_id}: no products assigned, nothing to sell")
+        else:
+            self.say(f"{device.device_id}: sold out, no enabled slot with room to restock")
 
     def say(self, text: str) -> None:
         try:

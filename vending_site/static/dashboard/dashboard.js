@@ -464,6 +464,40 @@
     const selected = model.machines.find((m) => m.device_id === model.selected);
     $("slots-machine").textContent = selected ? `· ${machineLabel(selected)}` : "";
     $("stock-machine").textContent = selected ? machineLabel(selected) : "";
+    renderTarget();
+  }
+
+  /* One machine is shown, and the Vend buttons vend on it: the panel says which, and says
+   * so plainly when it is offline (a vend would be refused), with the buttons disabled.
+   * The default machine (for REST clients that name none) is a separate, labelled choice. */
+  function renderTarget() {
+    const machine = model.machines.find((m) => m.device_id === model.selected);
+    const target = $("slots-target");
+    const online = Boolean(machine && machine.online);
+    target.dataset.online = String(online);
+    target.hidden = !machine;
+    if (machine && online) {
+      target.textContent = config.canAct ? `Online: the Vend buttons vend on ${machineLabel(machine)}.` : "Online.";
+    } else if (machine) {
+      const seen = parseTime(machine.last_seen);
+      const when = seen === null ? "never seen" : `last seen ${formatAgo(seen)}`;
+      const others = model.machines.filter((m) => m.online).length;
+      const hint = others ? ` ${others} other machine(s) online: open one to vend.` : "";
+      target.textContent = `Offline (${when}): vends on ${machineLabel(machine)} are refused until it is heard from again.${hint}`;
+    }
+    for (const node of ui.slotNodes.values()) fillVendButton(node);
+  }
+
+  function fillVendButton(node) {
+    const button = find(node, ".slot__vend");
+    if (!button) return;
+    const machine = model.machines.find((m) => m.device_id === model.selected);
+    const name = machine ? machine.name || machine.device_id : "";
+    button.textContent = name ? `Vend on ${name}` : "Vend";
+    button.disabled = !(machine && machine.online) || button.dataset.busy === "true";
+    const product = node.dataset.product ? ` (${node.dataset.product})` : "";
+    const where = machine ? ` on ${machineLabel(machine)}` : "";
+    button.setAttribute("aria-label", `Vend slot ${node.dataset.slot}${product}${where}`);
   }
 
   function fillMachine(node, machine) {
@@ -477,7 +511,8 @@
     find(node, ".machine__firmware").textContent = machine.firmware || "unknown";
     const show = find(node, ".machine__show");
     show.hidden = machine.device_id === model.selected;
-    show.setAttribute("aria-label", `Show slots of ${machineLabel(machine)}`);
+    show.setAttribute("aria-label", `Open ${machineLabel(machine)}: show its slots and vend on it`);
+    find(node, ".machine__shown").hidden = machine.device_id !== model.selected;
     // "awaiting approval" or "moved to <address>, awaiting approval": staff must act.
     const waiting = Boolean(machine.admission && machine.admission.includes("awaiting approval"));
     const admission = find(node, ".badge--admission");
@@ -487,7 +522,7 @@
     const activate = find(node, ".machine__activate");
     if (activate) {
       activate.hidden = machine.is_active || pending;
-      activate.setAttribute("aria-label", `Make ${machineLabel(machine)} the active machine`);
+      activate.setAttribute("aria-label", `Make ${machineLabel(machine)} the default machine (for REST clients that name none)`);
     }
     // Staff approve the address they see: the server refuses if it changed meanwhile.
     const approve = find(node, ".machine__approve");
@@ -584,8 +619,9 @@
     const share = slot.capacity > 0 ? Math.min(1, slot.quantity / slot.capacity) : 0;
     find(node, ".bar__fill").style.width = `${(share * 100).toFixed(1)}%`;
     find(node, ".slot__qty").textContent = `${slot.quantity} of ${slot.capacity} left`;
-    const button = find(node, ".slot__vend");
-    if (button) button.setAttribute("aria-label", `Vend slot ${slot.number}${slot.product ? ` (${slot.product})` : ""}`);
+    node.dataset.slot = String(slot.number);
+    node.dataset.product = slot.product || "";
+    fillVendButton(node);
   }
 
   // A vend pressed here: which slot card shows its progress.
@@ -595,9 +631,11 @@
     const deviceId = model.selected;
     showNotice("slots-notice", "");
     setSlotStatus(slotNumber, "Requesting…", "");
+    button.dataset.busy = "true";
     button.disabled = true;
     const result = await request(config.vendUrl, { method: "POST", data: { device_id: deviceId, slot: slotNumber } });
-    button.disabled = false;
+    button.dataset.busy = "false";
+    fillVendButton(button.closest(".slot"));
     if (!result.ok) {
       setSlotStatus(slotNumber, result.body.detail, "bad");
       return;
@@ -709,26 +747,31 @@
       const label = !port.present ? "Absent" : port.is_open ? "Open" : "Closed";
       state.append(badge(label, port.is_open ? "ok" : port.present ? "idle" : "bad"));
       if (port.last_error) state.append(el("small", "port__error", port.last_error));
-      const actions = el("td");
-      if (config.canPorts) {
-        const group = el("div", "port__actions");
-        group.setAttribute("role", "group");
-        group.setAttribute("aria-label", `Requests for ${port.path}`);
-        for (const [value, text] of PORT_REQUESTS) {
-          const button = el("button", "button button--quiet", text);
-          button.type = "button";
-          button.setAttribute("aria-pressed", String(port.requested === value));
-          button.addEventListener("click", () => requestPort(port.path, value, button));
-          group.append(button);
-        }
-        actions.append(group);
+      row.append(where, state, el("td", "port__machine", port.device_id || "—"), el("td", "", port.requested));
+      if (!config.canPorts) return [row];
+      // The requests get a row of their own under the port, so the buttons never push the
+      // table wider than a phone or the narrow Connections column (they wrap instead).
+      row.classList.add("port__row--has-actions");
+      const actions = el("td", "port__actions-cell");
+      actions.colSpan = 4;
+      const group = el("div", "port__actions");
+      group.setAttribute("role", "group");
+      group.setAttribute("aria-label", `Requests for ${port.path}`);
+      for (const [value, text] of PORT_REQUESTS) {
+        const button = el("button", "button button--quiet", text);
+        button.type = "button";
+        button.setAttribute("aria-pressed", String(port.requested === value));
+        button.addEventListener("click", () => requestPort(port.path, value, button));
+        group.append(button);
       }
-      row.append(where, state, el("td", "", port.device_id || "—"), el("td", "", port.requested), actions);
-      return row;
+      actions.append(group);
+      const actionsRow = el("tr", "port__actions-row");
+      actionsRow.append(actions);
+      return [row, actionsRow];
     });
     const focusedPath = document.activeElement && document.activeElement.closest("#ports") ? portFocus() : null;
-    $("ports").replaceChildren(...rows);
-    if (focusedPath) restorePortFocus(focusedPath);
+    $("ports").replaceChildren(...rows.flat());
+    if (focusedPath !== null) restorePortFocus(focusedPath);
     $("ports-table").hidden = model.ports.length === 0;
     $("ports-empty").hidden = model.ports.length > 0;
   }
