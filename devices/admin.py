@@ -132,7 +132,6 @@ class DeviceAdmin(admin.ModelAdmin):
         "online",
         "is_active",
         "transport",
-        "firmware_version",
         "address",
         "location",
         "last_seen",
