@@ -200,6 +200,41 @@ def test_a_technician_reads_and_cancels_their_own_vend(fleet):
     assert client.post(f"/api/v1/transactions/{mine}/cancel").status_code == 200
 
 
+def test_a_technicians_own_vend_answers_without_its_price_and_a_kiosks_with_it(fleet):
+    client = api(fleet[TE])
+    vend = client.post("/api/v1/vend/1", V, format="json").json()
+    listed = client.get("/api/v1/transactions/").json()["results"]
+    detail = client.get(f"/api/v1/transactions/{vend['id']}").json()
+    cancelled = client.post(f"/api/v1/transactions/{vend['id']}/cancel").json()
+    on_page = post_json(page(fleet[TE]), f"{DASH}vend", {"device_id": DEVICE_ID, "slot": 1})
+
+    assert [vend["product"]["price"], listed[0]["product"]["price"]] == [None, None]
+    assert [detail["product"]["price"], cancelled["product"]["price"]] == [None, None]
+    assert on_page.json()["product"]["price"] is None
+    kiosk = api(UserFactory()).post("/api/v1/vend/2", V, format="json").json()
+    assert kiosk["product"]["price"] == "1.50"
+    assert api(fleet[OP]).get("/api/v1/transactions/").json()["results"][0]["product"]["price"]
+
+
+def test_a_driver_is_not_shown_the_discovery_listeners_last_request(fleet):
+    from devices.models import CommunicationLog
+    from vending_site.dashboard.views import DISCOVERY_ENDPOINT
+
+    CommunicationLog.objects.create(
+        direction="in",
+        transport="wifi",
+        endpoint=DISCOVERY_ENDPOINT,
+        message="VENDING_SERVER_DISCOVERY",
+        remote_addr="192.168.1.50",
+    )
+
+    driver_sees = page(fleet[DR]).get(f"{DASH}machines").json()["discovery"]
+    operator_sees = page(fleet[OP]).get(f"{DASH}machines").json()["discovery"]
+
+    assert driver_sees["last_request_from"] == "" and driver_sees["message"] == ""
+    assert operator_sees["last_request_from"] == "192.168.1.50"
+
+
 # --- The dashboard ----------------------------------------------------------------------------
 
 DASH = "/dashboard/api/"

@@ -77,7 +77,10 @@ class TransactionSerializer(serializers.ModelSerializer):
         return copy.deepcopy(prototype)
 
     def get_product(self, txn: Transaction) -> dict:
-        return {"name": txn.product_name, "sku": txn.product_sku, "price": str(txn.price)}
+        # A Driver's or a Technician's own vends answer without the price charged (no money
+        # for them); kiosks and staff who see prices get it (context "hide_prices").
+        price = None if self.context.get("hide_prices") else str(txn.price)
+        return {"name": txn.product_name, "sku": txn.product_sku, "price": price}
 
     def get_links(self, txn: Transaction) -> dict:
         return {"self": reverse("api-v1:transaction-detail", kwargs={"pk": txn.pk})}

@@ -21,6 +21,7 @@ from transactions.choices import SETTLED_STATES
 from transactions.filtersets import TransactionFilterSet
 from transactions.models import Transaction
 from transactions.services import cancel_vend, request_vend_once
+from vending_site.auth import roles
 from vending_site.auth.permissions import MayVend, is_staff
 from vending_site.auth.roles import requires
 from vending_site.http.errors import InvalidRequest
@@ -30,6 +31,12 @@ from .serializers import TransactionDetailSerializer, TransactionSerializer, Ven
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _SLOT_ID = re.compile(r"-?[0-9]{1,6}")
 MAX_KEY_LENGTH = 255
+
+
+def _context(request) -> dict:
+    """The serializers' context: staff who may not see money get no prices (a kiosk or an
+    API key, never staff, always does)."""
+    return {"hide_prices": is_staff(request) and not roles.sees_prices(request.user)}
 
 
 def _visible_transactions(request: Request, every: str = "transactions.view_transaction"):
@@ -66,7 +73,10 @@ class VendView(APIView):
             asked={name: value for name, value in request.data.items() if name != "wait"},
             status=202,
         )
-        response = Response(TransactionSerializer(outcome.transaction).data, status=outcome.status)
+        response = Response(
+            TransactionSerializer(outcome.transaction, context=_context(request)).data,
+            status=outcome.status,
+        )
         response["Location"] = response.data["links"]["self"]
         if outcome.replayed:
             response["Idempotent-Replayed"] = "true"
@@ -117,7 +127,8 @@ async def vend(request: HttpRequest, slot_id: str):
         state = await _state(response).aget()
     if state != response.data["state"]:
         txn = await Transaction.objects.select_related("device").aget(pk=response.data["id"])
-        response.data = TransactionSerializer(txn).data
+        hidden = {"hide_prices": response.data["product"]["price"] is None}
+        response.data = TransactionSerializer(txn, context=hidden).data
     return _settled(response, state)
 
 
@@ -136,7 +147,8 @@ def vend_sync(request: HttpRequest, slot_id: str):
         state = _state(response).get()
     if state != response.data["state"]:
         txn = Transaction.objects.select_related("device").get(pk=response.data["id"])
-        response.data = TransactionSerializer(txn).data
+        hidden = {"hide_prices": response.data["product"]["price"] is None}
+        response.data = TransactionSerializer(txn, context=hidden).data
     return _settled(response, state)
 
 
@@ -179,6 +191,9 @@ class TransactionListView(generics.ListAPIView):
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
+    def get_serializer_context(self) -> dict:
+        return {**super().get_serializer_context(), **_context(self.request)}
+
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
             return Transaction.objects.none()
@@ -191,6 +206,9 @@ class TransactionDetailView(generics.RetrieveAPIView):
     @docs.TRANSACTION_DETAIL
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
+
+    def get_serializer_context(self) -> dict:
+        return {**super().get_serializer_context(), **_context(self.request)}
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no database
@@ -211,7 +229,7 @@ class TransactionCancelView(APIView):
             pk=pk,
         )
         cancel_vend(txn=txn, user=request.user)
-        return Response(TransactionSerializer(txn).data)
+        return Response(TransactionSerializer(txn, context=_context(request)).data)
 
 
 class JSONOnlyNegotiation(BaseContentNegotiation):

@@ -247,13 +247,3 @@ class MayVend(IsVendClient):
     """Vend: vend clients as always; staff with ``devices.operate_device``."""
 
     staff_needs = STAFF_VENDS
-
-
-class IsStaff(BasePermission):
-    """Device management: staff only, never an API key."""
-
-    message = "Only staff may manage devices."
-    code = "staff_only"
-
-    def has_permission(self, request, view) -> bool:
-        return is_staff(request)

@@ -6,12 +6,7 @@ location chosen (resolved and scoped as the REST endpoint does it,
 ``inventory.services.restock``. A Driver sees only their routes' machines: any other is 404.
 """
 
-from collections.abc import Callable
-from functools import wraps
-
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -31,29 +26,12 @@ from inventory.exceptions import RestockRefused
 from inventory.services import restock
 from vending_site.http.errors import InvalidRequest, NotFound
 
+from .access import staff_page
+
 FILL_NOTE = "fill page"
 
 
-def staff_page(permission: str) -> Callable:
-    """A page for staff holding ``permission``: anonymous visitors go to the login page,
-    others without it get 403."""
-
-    def decorate(view: Callable) -> Callable:
-        @wraps(view)
-        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-            user = request.user
-            if not user.is_authenticated:
-                return redirect_to_login(request.get_full_path(), reverse("admin:login"))
-            if not (user.is_staff and user.has_perm(permission)):
-                raise PermissionDenied(f"This page needs the permission {permission}.")
-            return view(request, *args, **kwargs)
-
-        return wrapped
-
-    return decorate
-
-
-@staff_page("inventory.view_slot")
+@staff_page("inventory.view_slot", nav="picklist")
 def picklist_page(request: HttpRequest) -> HttpResponse:
     """``/picklist/?route=<id>`` (or ``location=<id>``, optionally ``visit=YYYY-MM-DD``):
     the pick list, printable, with the van's totals first. Without a choice, the first
@@ -115,7 +93,7 @@ def _visible_machine(request: HttpRequest, device_id: str) -> Device:
     return device
 
 
-@staff_page("inventory.restock_slot")
+@staff_page("inventory.restock_slot", nav="picklist")
 def fill_page(request: HttpRequest, device_id: str) -> HttpResponse:
     """``/machines/<device_id>/fill``: the machine's pick list with a "loaded" input per
     slot, pre-filled with the units to load. POST records the units loaded through

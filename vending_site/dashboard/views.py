@@ -254,15 +254,21 @@ def vends_per_hour(
 def machines_state(user=None) -> dict[str, Any]:
     """What changes without events of its own (presence, ports, discovery): polled. The
     machines ``user`` may see; the serial ports only with ``devices.view_serialport``."""
+    can = abilities(user) if user is not None else None
     ports = SerialPort.objects.select_related("device").order_by("path")
-    if user is not None and not abilities(user)["show_ports"]:
+    if can is not None and not can["show_ports"]:
         ports = SerialPort.objects.none()
     machines = visible_machines(user) if user is not None else Device.objects.all()
     return {
         "server_time": timezone.now().isoformat(),
         "machines": [machine_payload(d) for d in machines.order_by("device_id")],
         "ports": [port_payload(p) for p in ports],
-        "discovery": discovery_payload(),
+        # The listener's last request is a line of the communication log.
+        "discovery": (
+            discovery_payload()
+            if can is None or can["show_logs"]
+            else {"last_request_at": None, "last_request_from": "", "message": ""}
+        ),
         "services": services_state(),
         "service_stale_after": stale_after(),
     }
@@ -478,7 +484,8 @@ def vend(request: Request) -> Response:
         slot_number=data["slot"],
         user=request.user,
     )
-    return Response(TransactionSerializer(txn).data, status=202)
+    hidden = {"hide_prices": not sees_prices(request.user)}
+    return Response(TransactionSerializer(txn, context=hidden).data, status=202)
 
 
 class SelectSerializer(serializers.Serializer):

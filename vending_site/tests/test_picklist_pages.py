@@ -110,11 +110,19 @@ def test_a_driver_sees_only_their_routes_and_gets_404_for_another(fleet, driver)
     assert other.status_code == 404
 
 
-def test_a_staff_account_without_a_role_is_refused(fleet):
+def test_a_staff_account_without_a_role_is_refused_with_the_permission_named(fleet):
     client = browser_as(UserFactory(is_staff=True, vend_client=False))
 
-    assert client.get("/picklist/").status_code == 403
-    assert client.get(FILL).status_code == 403
+    for url, perm in (("/picklist/", "inventory.view_slot"), (FILL, "inventory.restock_slot")):
+        response = client.get(url)
+        assert response.status_code == 403
+        assert perm in response.content.decode()
+
+
+def test_the_pages_are_never_cached(fleet, driver):
+    """They show stock as it is now: a phone's back button must not show last week's list."""
+    for url in ("/picklist/", FILL):
+        assert "no-cache" in browser_as(driver).get(url)["Cache-Control"]
 
 
 # --- The fill page ---------------------------------------------------------------------------
