@@ -5,10 +5,7 @@ A transport: it resolves the request's route, location or machines within what t
 see (``devices.selectors``: a Driver only their routes), then calls the selector once.
 """
 
-import csv
-
 from django.http import HttpResponse
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +18,7 @@ from devices.selectors import (
 )
 from inventory import picklist
 from vending_site.auth import roles
+from vending_site.http import tables
 from vending_site.http.errors import InvalidRequest, NotFound
 
 from . import docs
@@ -77,34 +75,9 @@ def _machines(user, raws: list[str]) -> PickListSelection:
     return PickListSelection({"machines": wanted}, "machines")
 
 
-def wants_csv(request) -> bool:
-    """CSV for ``format=csv`` or ``Accept: text/csv``; ``format`` must be json or csv."""
-    wanted = request.GET.get("format")
-    if wanted is not None:
-        if wanted not in ("json", "csv"):
-            raise InvalidRequest(f"format must be json or csv, not {wanted[:20]!r}.")
-        return wanted == "csv"
-    accept = request.headers.get("Accept", "")
-    return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
-
-
 def csv_response(picks: picklist.PickList, name: str) -> HttpResponse:
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
     day = picks.visit or picks.today
-    response["Content-Disposition"] = f'attachment; filename="picklist-{name}-{day}.csv"'
-    csv.writer(response, lineterminator="\r\n").writerows(picklist.csv_rows(picks))
-    return response
-
-
-class JSONOnlyNegotiation(BaseContentNegotiation):
-    """Always JSON for DRF (errors included); the view answers CSV itself, so that
-    ``?format=csv`` is not a renderer DRF would refuse with a 404."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
+    return tables.csv_response(picklist.csv_rows(picks), f"picklist-{name}-{day}.csv")
 
 
 class PickListView(APIView):
@@ -112,12 +85,12 @@ class PickListView(APIView):
     repeated), optionally ``visit=YYYY-MM-DD``: the pick list, JSON or CSV."""
 
     permission_classes = (roles.requires("inventory.view_slot"),)
-    content_negotiation_class = JSONOnlyNegotiation
+    content_negotiation_class = tables.JSONOnlyNegotiation
 
     @docs.PICKLIST
     def get(self, request: Request) -> Response | HttpResponse:
         params = request.query_params
-        as_csv = wants_csv(request)
+        as_csv = tables.wants_csv(request)
         selection = resolve_selection(request.user, params)
         visit = picklist.parse_visit(params.get("visit"))
         picks = picklist.pick_list(**selection.kwargs, visit=visit)

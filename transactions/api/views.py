@@ -1,7 +1,6 @@
 """REST endpoints for vends and their transactions."""
 
 import asyncio
-import csv
 import re
 import time
 
@@ -9,7 +8,6 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import generics
-from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,6 +22,7 @@ from transactions.services import cancel_vend, request_vend_once
 from vending_site.auth import roles
 from vending_site.auth.permissions import MayVend, is_staff
 from vending_site.auth.roles import requires
+from vending_site.http import tables
 from vending_site.http.errors import InvalidRequest
 
 from .serializers import TransactionDetailSerializer, TransactionSerializer, VendRequestSerializer
@@ -232,17 +231,6 @@ class TransactionCancelView(APIView):
         return Response(TransactionSerializer(txn, context=_context(request)).data)
 
 
-class JSONOnlyNegotiation(BaseContentNegotiation):
-    """Always JSON for DRF (errors included); the report view answers CSV itself, so that
-    ``?format=csv`` is not a renderer DRF would refuse with a 404."""
-
-    def select_parser(self, request, parsers):
-        return parsers[0] if parsers else None
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
 class SalesReportView(APIView):
     """``GET /api/v1/reports/sales``: sales per machine, product, slot, day or hour over whole
     days (``transactions.reports``), as JSON or, with ``format=csv`` or ``Accept: text/csv``,
@@ -250,29 +238,16 @@ class SalesReportView(APIView):
 
     # Staff holding transactions.view_sales (an API key is a vend client, never a reader of money).
     permission_classes = (requires("transactions.view_sales"),)
-    content_negotiation_class = JSONOnlyNegotiation
+    content_negotiation_class = tables.JSONOnlyNegotiation
 
     @docs.SALES_REPORT
     def get(self, request: Request) -> Response | HttpResponse:
         params = request.query_params
-        as_csv = _wants_csv(request)
+        as_csv = tables.wants_csv(request)
         period = reports.parse_period(params.get("from"), params.get("to"))
         group_by = reports.check_group(params.get("group_by"))
         report = reports.sales_report(period=period, group_by=group_by)
         if not as_csv:
             return Response(report)
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
         name = f"sales-{group_by}-{report['from']}-{report['to']}.csv"
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
-        csv.writer(response, lineterminator="\r\n").writerows(reports.csv_rows(report))
-        return response
-
-
-def _wants_csv(request: Request) -> bool:
-    wanted = request.query_params.get("format")
-    if wanted is not None:
-        if wanted not in ("json", "csv"):
-            raise InvalidRequest(f"format must be json or csv, not {wanted[:20]!r}.")
-        return wanted == "csv"
-    accept = request.headers.get("Accept", "")
-    return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
+        return tables.csv_response(reports.csv_rows(report), name)

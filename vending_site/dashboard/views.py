@@ -63,7 +63,7 @@ from transactions.services import request_vend, resolve_unconfirmed
 from vending_site.auth.permissions import lacks
 from vending_site.auth.roles import PRICE_READERS, requires, sees_prices
 from vending_site.http.errors import DomainError, InvalidRequest, NotFound
-from vending_site.live.audience import for_page
+from vending_site.live.audience import VIEW_PERMISSION, for_page
 from vending_site.models import LiveEvent
 from vending_site.processes.heartbeat import services_state, stale_after
 
@@ -79,7 +79,6 @@ CHARTED_STATES = (TransactionState.SUCCEEDED, TransactionState.FAILED)
 PAGE_AUTHENTICATION = [SessionAuthentication]
 
 
-VIEW_PERMISSION = "devices.view_device"
 # What the page offers, and the permission each needs.
 ACTIONS = {
     "vend": "devices.operate_device",
