@@ -3,7 +3,8 @@
 
 An imported row is saved by ``inventory.services.save_product_changes``, as an edit in the
 admin is: a new product's first price and a changed price are recorded (PriceChange, with
-the importing user). Rows are matched on the SKU: a known SKU updates that product.
+the importing user). Rows are matched on the SKU, spaces around it dropped: a known SKU
+updates that product. Exported text cannot start a formula (``safe_cell``).
 """
 
 from decimal import InvalidOperation
@@ -11,6 +12,8 @@ from decimal import InvalidOperation
 from django.core.exceptions import ValidationError
 from import_export import fields, resources, widgets
 from import_export.formats import base_formats
+
+from vending_site.http.spreadsheet import SafeExportMixin
 
 from .models import Product, StockMovement
 from .services import save_product_changes
@@ -29,7 +32,7 @@ class PriceWidget(widgets.DecimalWidget):
             raise ValueError(f"{str(value)[:20]!r} is not a price (write it as 1.50).") from None
 
 
-class ProductResource(resources.ModelResource):
+class ProductResource(SafeExportMixin, resources.ModelResource):
     """``sku,name,price``: the columns a product import reads and an export writes (the
     export adds ``id`` and ``created_at``; ``price`` only for those who may see prices)."""
 
@@ -67,6 +70,12 @@ class ProductResource(resources.ModelResource):
                 "a product import needs sku, name and price."
             )
 
+    def before_import_row(self, row, **kwargs):
+        # A SKU typed as " W-1" names W-1: matched and saved without the spaces, so it
+        # updates that product instead of creating a second one.
+        if isinstance(row.get("sku"), str):
+            row["sku"] = row["sku"].strip()
+
     def import_instance(self, instance, row, **kwargs):
         sku = (row.get("sku") or "").strip()
         number = kwargs.get("row_number")
@@ -96,7 +105,7 @@ class ProductResource(resources.ModelResource):
         )
 
 
-class StockMovementResource(resources.ModelResource):
+class StockMovementResource(SafeExportMixin, resources.ModelResource):
     machine = fields.Field(attribute="slot__device__device_id", column_name="machine")
     slot = fields.Field(
         attribute="slot__number", column_name="slot", widget=widgets.IntegerWidget()

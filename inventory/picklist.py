@@ -48,6 +48,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from vending_site.http.errors import InvalidRequest
+from vending_site.http.spreadsheet import safe_cell
 
 from .choices import MovementReason
 from .models import Slot, StockMovement
@@ -370,22 +371,23 @@ CSV_HEADER = (
 
 def csv_rows(picks: PickList) -> Iterator[list]:
     """A header row, then the van's totals (``row`` = ``van``: product, sku, expected,
-    to_load), then one ``slot`` row per slot. Empty cells for what a row does not have."""
+    to_load), then one ``slot`` row per slot. Empty cells for what a row does not have;
+    names and SKUs (typed by staff) cannot start a formula (``safe_cell``)."""
 
     def blank(value) -> object:
         return "" if value is None else value
 
     yield list(CSV_HEADER)
     for total in picks.totals:
-        yield [
+        yield [safe_cell(cell) for cell in [
             "van", "", "", "", "", "", total.product, total.sku, "", "", "", "", "",
             blank(total.expected_by_visit), "", total.to_load,
-        ]  # fmt: skip
+        ]]  # fmt: skip
     for machine in picks.machines:
         for slot in machine.slots:
-            yield [
+            yield [safe_cell(cell) for cell in [
                 "slot", machine.device_id, machine.name, machine.location, blank(machine.stop),
                 slot.number, slot.product, slot.sku, slot.quantity, slot.capacity, slot.fill_to,
                 blank(slot.sold_28d), blank(slot.daily_average), blank(slot.expected_by_visit),
                 blank(slot.at_visit), slot.to_load,
-            ]  # fmt: skip
+            ]]  # fmt: skip

@@ -1,12 +1,14 @@
 """The admin's export (CSV, XLSX) of vends, through django-import-export: what was sold,
-where, at what price, and how it ended."""
+where, at what price, and how it ended. Exported text cannot start a formula (``safe_cell``)."""
 
 from import_export import fields, resources
+
+from vending_site.http.spreadsheet import SafeExportMixin
 
 from .models import Transaction
 
 
-class TransactionResource(resources.ModelResource):
+class TransactionResource(SafeExportMixin, resources.ModelResource):
     machine = fields.Field(attribute="device__device_id", column_name="machine")
     requested_by = fields.Field(attribute="requested_by__username", column_name="requested_by")
 

@@ -4,7 +4,7 @@ Thin: check the role, parse the query or body, call one service (``inventory.ser
 ``inventory.planogram``), serialize the result. Who sees which machines is
 ``devices.selectors.machines_visible_to`` (a Driver: their routes' machines)."""
 
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -23,6 +23,7 @@ from inventory.models import Product, StockMovement
 from inventory.planogram import copy_planogram
 from inventory.services import delete_product, save_product_changes
 from vending_site.auth import roles
+from vending_site.http.dates import parse_day
 from vending_site.http.errors import InvalidRequest, NotFound
 
 from . import docs
@@ -193,14 +194,14 @@ def _filtered(rows: QuerySet[StockMovement], params) -> QuerySet[StockMovement]:
                 f"reason must be one of {', '.join(MovementReason.values)}, not {reason[:20]!r}."
             )
         rows = rows.filter(reason=reason)
-    first = _day("from", params.get("from"))
-    last = _day("to", params.get("to"))
+    first = parse_day("from", params.get("from"))
+    last = parse_day("to", params.get("to"))
     if first and last and first > last:
         raise InvalidRequest(f"from ({first}) is after to ({last}).")
     zone = ZoneInfo(settings.TIME_ZONE)
     if first is not None:
         rows = rows.filter(created_at__gte=datetime.combine(first, time.min, tzinfo=zone))
-    if last is not None and last < date.max:
+    if last is not None:
         end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)
         rows = rows.filter(created_at__lt=end)
     return rows
@@ -210,17 +211,6 @@ def _whole(name: str, text: str, most: int) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 19) or not 1 <= int(text) <= most:
         raise InvalidRequest(f"{name} must be a whole number from 1 to {most}, not {text[:20]!r}.")
     return int(text)
-
-
-def _day(name: str, text: str | None) -> date | None:
-    if text is None:
-        return None
-    try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a date as YYYY-MM-DD, not {text[:20]!r}.") from None
 
 
 class PlanogramCopyView(APIView):

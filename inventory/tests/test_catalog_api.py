@@ -367,6 +367,7 @@ def test_the_ledger_is_paginated(as_role, ledger):
         ({"reason": "theft"}, "reason must be one of"),
         ({"from": "2026-3-1"}, "from must be a date"),
         ({"from": "2026-03-02", "to": "2026-03-01"}, "is after to"),
+        ({"to": "9999-12-31"}, "to must be a date from 2000-01-01 to 9998-12-31"),
         ({"machine": "not a machine!"}, "Invalid device id"),
     ],
 )
@@ -375,6 +376,17 @@ def test_a_bad_ledger_filter_is_400_naming_it(as_role, ledger, params, named):
 
     assert response.status_code == 400
     assert named in response.json()["detail"]
+
+
+def test_a_ledger_from_year_one_east_of_utc_is_400_not_an_overflow(as_role, settings):
+    settings.TIME_ZONE = "Europe/Zurich"  # 0001-01-01 00:00 there is year 0 in UTC
+
+    response = as_role(roles.OPERATOR).get(MOVEMENTS, {"from": "0001-01-01"})
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "from must be a date from 2000-01-01 to 9998-12-31, not '0001-01-01'."
+    )
 
 
 def test_the_ledger_costs_the_same_queries_for_few_or_many_rows(

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import openpyxl
 import pytest
+import tablib
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
@@ -137,6 +138,70 @@ def test_a_viewer_exports_vends_with_their_prices(client, online_device, user):
     assert rows[0]["requested_by"] == user.username
 
 
+# --- Text that a spreadsheet would run as a formula ----------------------------------------
+
+FORMULA = '=HYPERLINK("http://x")'
+
+
+def xlsx_rows(response) -> list[list]:
+    assert response.status_code == 200, response.content[:500]
+    sheet = openpyxl.load_workbook(io.BytesIO(response.content)).active
+    assert not [cell for row in sheet.iter_rows() for cell in row if cell.data_type == "f"]
+    return [list(row) for row in sheet.iter_rows(values_only=True)]
+
+
+def test_a_product_name_that_looks_like_a_formula_is_exported_as_text(client):
+    logged_in(client, roles.OPERATOR)
+    ProductFactory(name=FORMULA, sku="-W-1", price=Decimal("1.20"))
+
+    csv_rows = parsed_csv(export(client, "inventory_product", ProductResource))
+    header, *rows = xlsx_rows(export(client, "inventory_product", ProductResource, XLSX_FORMAT))
+
+    assert [(r["sku"], r["name"], r["price"]) for r in csv_rows] == [
+        ("'-W-1", "'" + FORMULA, "1.20")
+    ]
+    named = dict(zip(header, rows[0], strict=True))
+    assert (named["sku"], named["name"]) == ("'-W-1", "'" + FORMULA)
+
+
+def test_a_planted_ledger_note_is_exported_as_text_and_deltas_stay_numbers(client):
+    logged_in(client, roles.OPERATOR)
+    slot = SlotFactory(device=DeviceFactory(device_id="ESP32_0000000000E1"), quantity=5)
+    move_stock(slot=slot, delta=-2, reason=MovementReason.ADJUSTMENT, note="@SUM(1)")
+
+    csv_rows = parsed_csv(export(client, "inventory_stockmovement", StockMovementResource))
+    header, *rows = xlsx_rows(
+        export(client, "inventory_stockmovement", StockMovementResource, XLSX_FORMAT)
+    )
+
+    assert [(r["delta"], r["quantity_after"], r["note"]) for r in csv_rows] == [
+        ("-2", "3", "'@SUM(1)")
+    ]
+    named = dict(zip(header, rows[0], strict=True))
+    assert (named["delta"], named["quantity_after"], named["note"]) == (-2, 3, "'@SUM(1)")
+
+
+def test_a_vend_of_a_product_named_like_a_formula_is_exported_as_text(client, online_device):
+    logged_in(client, roles.OPERATOR)
+    slot = online_device.slots.get(number=2)
+    Transaction.objects.create(
+        device=online_device,
+        slot=slot,
+        slot_number=2,
+        product=slot.product,
+        product_name="+1",
+        product_sku="SKU-2",
+        price=Decimal("1.50"),
+        state="succeeded",
+    )
+
+    rows = parsed_csv(export(client, "transactions_transaction", TransactionResource))
+
+    assert [(r["product_name"], r["price"], r["slot_number"]) for r in rows] == [
+        ("'+1", "1.50", "2")
+    ]
+
+
 @pytest.mark.parametrize(
     ("role", "model"),
     [
@@ -223,3 +288,15 @@ def test_only_who_may_add_change_and_price_products_may_import(client, role):
     assert client.get(reverse("admin:inventory_product_import")).status_code == 403
     assert upload(client, GOOD).status_code == 403
     assert not Product.objects.exists()
+
+
+def test_an_imported_sku_padded_by_spaces_updates_that_product(client):
+    operator = logged_in(client, roles.OPERATOR)
+    ProductFactory(name="Water", sku="W-1", price=Decimal("1.20"))
+    data = tablib.Dataset(headers=["sku", "name", "price"])
+    data.append([" W-1 ", "Water", "1.40"])
+
+    result = ProductResource().import_data(data, dry_run=False, user=operator)
+
+    assert not result.has_errors() and not result.has_validation_errors()
+    assert list(Product.objects.values_list("sku", "price")) == [("W-1", Decimal("1.40"))]

@@ -8,7 +8,9 @@ import pytest
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
+from devices.models import Device, Location
 from inventory import picklist
+from inventory.models import Product
 from inventory.tests.picklist_data import TODAY, ZONE, build_fleet
 from tests.factories import UserFactory, staff_with_role
 from vending_site.auth import roles
@@ -182,6 +184,21 @@ def test_the_csv_parses_back_to_the_same_numbers(fleet, staff, how):
         ("ESP32_000000000002", 1, 9, "1", "2"),
         ("ESP32_000000000002", 2, 0, "8", "2"),
     ]
+
+
+def test_the_csv_writes_names_that_look_like_formulas_as_text(fleet, staff):
+    # Names a Technician (machine) or an Operator's colleague (product) may type.
+    Device.objects.filter(device_id="ESP32_000000000001").update(name="+1")
+    Location.objects.filter(name="Bakery").update(name="-2+3")
+    Product.objects.filter(sku="COLA").update(name='=HYPERLINK("http://x")')
+
+    response = as_user(staff).get(URL, {"route": fleet.north.pk, "format": "csv"})
+
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    first = next(r for r in rows if r["device_id"] == "ESP32_000000000001")
+    assert (first["machine"], first["location"]) == ("'+1", "'-2+3")
+    assert '\'=HYPERLINK("http://x")' in {r["product"] for r in rows if r["row"] == "van"}
+    assert int(first["to_load"]) == 8  # numbers stay numbers
 
 
 # --- Bad requests ----------------------------------------------------------------------------

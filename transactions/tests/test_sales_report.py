@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_api_key.models import APIKey
 
+from devices.models import Device
 from tests.factories import (
     DeviceFactory,
     ProductFactory,
@@ -265,6 +266,14 @@ def test_csv_per_machine_has_a_header_row_and_one_row_per_machine(fleet, staff_c
     )
 
 
+def test_csv_writes_a_machine_name_that_looks_like_a_formula_as_text(fleet, staff_client):
+    Device.objects.filter(device_id="ESP32_A").update(name="+1")  # renamed by a Technician
+
+    rows = parse_csv(staff_client.get(URL, {**PERIOD, "format": "csv"}))
+
+    assert rows[1] == ["ESP32_A", "'+1", "3", "4.00", "2", "0", "0", "0.4", "1", "1.00"]
+
+
 def test_csv_by_accept_header_per_hour_leaves_an_undefined_rate_empty(fleet, staff_client):
     response = staff_client.get(URL, {**PERIOD, "group_by": "hour"}, HTTP_ACCEPT="text/csv")
 
@@ -297,8 +306,12 @@ def test_csv_by_accept_header_per_hour_leaves_an_undefined_rate_empty(fleet, sta
             "The period is 367 days long; a report covers at most 366 days.",
         ),
         (
-            {"from": "0001-01-01", "to": "0001-01-02"},
-            "The period 0001-01-01 to 0001-01-02 is out of range.",
+            {"from": "0001-01-01", "to": "2026-01-02"},
+            "from must be a date from 2000-01-01 to 9998-12-31, not '0001-01-01'.",
+        ),
+        (
+            {"from": "2026-01-01", "to": "9999-12-31"},
+            "to must be a date from 2000-01-01 to 9998-12-31, not '9999-12-31'.",
         ),
         (
             {"group_by": "colour"},
@@ -313,6 +326,22 @@ def test_bad_input_is_refused_with_400_naming_the_problem(zone, staff_client, pa
 
     assert response.status_code == 400
     assert response.json() == {"detail": message, "code": "invalid"}
+
+
+def test_a_day_in_year_one_east_of_utc_is_refused_with_400_not_an_overflow(db, settings):
+    settings.TIME_ZONE = (
+        "Europe/Zurich"  # local midnight of 0001-01-02's previous day is year 0 in UTC
+    )
+    client = APIClient()
+    client.force_authenticate(staff_with_role(roles.OPERATOR))
+
+    response = client.get(URL, {"from": "0001-01-02", "to": "0001-01-02"})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "to must be a date from 2000-01-01 to 9998-12-31, not '0001-01-02'.",
+        "code": "invalid",
+    }
 
 
 def test_a_bad_request_asking_for_csv_is_answered_in_json(zone, staff_client):

@@ -212,6 +212,15 @@ def test_a_bad_period_is_a_400_page_that_says_why(client, db, query, message):
     assert message in response.content.decode()
 
 
+def test_a_day_in_year_one_east_of_utc_is_a_400_page_not_an_overflow(client, db, settings):
+    settings.TIME_ZONE = "Europe/Zurich"
+
+    response = viewer(client).get(URL + "?from=0001-01-02&to=0001-01-02")
+
+    assert response.status_code == 400
+    assert "to must be a date from 2000-01-01 to 9998-12-31" in response.content.decode()
+
+
 def test_an_empty_period_renders(client, db, money_settings):
     response = viewer(client).get(URL + PERIOD)
 
