@@ -8,11 +8,18 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Count, Q
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
-from inventory.admin import ReadOnlyAdminMixin, SlotForm, stock_badge
+from inventory.admin import (
+    ReadOnlyAdminMixin,
+    SlotForm,
+    quantity_locked,
+    slot_form_for,
+    stock_badge,
+)
 from inventory.models import Slot
 from inventory.services import ensure_slots, save_slot_changes
 from transactions.commands import queue_command
@@ -104,6 +111,15 @@ class SlotInline(admin.TabularInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("product")
 
+    def get_readonly_fields(self, request, obj=None):
+        # A raised quantity is a restock: typed only by who may restock (not a Technician).
+        return (*quantity_locked(request), *super().get_readonly_fields(request, obj))
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.form = slot_form_for(request, formset.form)
+        return formset
+
     @admin.display(description="Stock")
     def stock(self, obj: Slot) -> str:
         return stock_badge(obj) if obj.pk else "-"
@@ -138,7 +154,15 @@ class DeviceAdmin(admin.ModelAdmin):
         "admission",
     )
     list_select_related = ("location",)
-    list_filter = (OnlineFilter, "location", "transport", "protocol", "is_active", "approved")
+    # Only the locations of the listed machines: a Driver's sidebar names no other route's site.
+    list_filter = (
+        OnlineFilter,
+        ("location", admin.RelatedOnlyFieldListFilter),
+        "transport",
+        "protocol",
+        "is_active",
+        "approved",
+    )
     search_fields = ("device_id", "name", "mac_address")
     actions = (
         "make_active",
@@ -404,6 +428,15 @@ class LocationAdmin(admin.ModelAdmin):
             .filter(pk__in=visible)
             .annotate(machine_count=Count("machines", distinct=True))
         )
+
+    # The stops after a deleted location move up one place: fleet.delete_location renumbers.
+    def delete_model(self, request, obj: Location) -> None:
+        fleet.delete_location(location=obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset) -> None:
+        for location in queryset.order_by("pk"):
+            fleet.delete_location(location=location)
 
     @admin.display(description="Machines", ordering="machine_count")
     def machine_count(self, obj: Location) -> int:

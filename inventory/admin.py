@@ -10,6 +10,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
@@ -32,6 +33,13 @@ from .services import restock_to_capacity, save_product_changes, save_slot_chang
 # (roles.sees_prices: a Driver, a Technician), read-only without inventory.change_price.
 PRICE_COLUMNS = ("price_shown", "price_charged")
 PRICE_FIELDS = ("price",)
+# Who may type a slot's quantity: a raised one is a restock (roles: not a Technician).
+QUANTITY_PERMISSION = "inventory.restock_slot"
+
+
+def touches_price(lookup: str) -> bool:
+    """Whether an admin URL lookup (``price__gte``, ``product__price__lt``) reads a price."""
+    return any(part in PRICE_FIELDS for part in lookup.split(LOOKUP_SEP))
 
 
 class PriceAwareAdmin:
@@ -54,6 +62,15 @@ class PriceAwareAdmin:
         if request.user.has_perm("inventory.change_price"):
             return readonly
         return readonly + tuple(f for f in PRICE_FIELDS if f not in readonly)
+
+    def lookup_allowed(self, lookup, value, request=None):
+        # A filter in the URL (?price__gte=2.35) narrows the list and the export to the
+        # rows above a threshold: bisected, it tells the price to the cent. Refused (the
+        # admin answers 400) for whoever does not see prices. Ordering needs no guard: ?o=
+        # indexes the list's columns, and the price columns are not in it for them.
+        if request is not None and touches_price(lookup) and not sees_prices(request.user):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
 
 def on_drivers_routes(request, queryset, machine: str):
@@ -78,7 +95,13 @@ def short_id(value) -> str:
 
 
 class SlotForm(forms.ModelForm):
-    """A slot's settings; refuses a quantity above the capacity with a readable message."""
+    """A slot's settings; refuses a quantity above the capacity with a readable message.
+
+    ``may_set_quantity`` is False in the form an admin builds for a user without
+    ``inventory.restock_slot``: the quantity is read-only there, and a changed one is
+    refused here as well, should the field ever reach the form."""
+
+    may_set_quantity = True
 
     class Meta:
         model = Slot
@@ -122,7 +145,13 @@ class SlotForm(forms.ModelForm):
             )
         if "quantity" in self.fields and "quantity" in self.changed_data:
             quantity = cleaned.get("quantity")
-            if quantity is not None and quantity > capacity:
+            if not self.may_set_quantity:
+                self.add_error(
+                    "quantity",
+                    "Changing a slot's quantity records a restock or a count: it needs the "
+                    "restock permission.",
+                )
+            elif quantity is not None and quantity > capacity:
                 self.add_error(
                     "quantity",
                     f"The quantity ({quantity}) cannot exceed the slot's capacity ({capacity}).",
@@ -149,6 +178,20 @@ class SlotForm(forms.ModelForm):
             return True
         held = Slot.objects.filter(pk=self.instance.pk).values_list("quantity", flat=True)
         return quantity > (held.first() or 0)
+
+
+def slot_form_for(request: HttpRequest, form: type[SlotForm]) -> type[SlotForm]:
+    """``form`` as the admin shows it to ``request.user``: the quantity settable only with
+    ``inventory.restock_slot`` (shared by the slot page and the device page's inline)."""
+    if request.user.has_perm(QUANTITY_PERMISSION):
+        return form
+    return type(form.__name__, (form,), {"may_set_quantity": False})
+
+
+def quantity_locked(request: HttpRequest) -> tuple[str, ...]:
+    """The slot fields read-only for ``request.user`` beyond the others: the quantity,
+    unless they may restock (a raised quantity is a restock ledger row in their name)."""
+    return () if request.user.has_perm(QUANTITY_PERMISSION) else ("quantity",)
 
 
 def stock_badge(slot: Slot) -> str:
@@ -232,7 +275,13 @@ class SlotAdmin(PriceAwareAdmin, admin.ModelAdmin):
         "needs_attention",
     )
     list_display_links = ("device", "number")
-    list_filter = (StockLevelFilter, "enabled", "needs_attention", "device")
+    # Only the machines of the listed slots: a Driver's sidebar names no other route's machine.
+    list_filter = (
+        StockLevelFilter,
+        "enabled",
+        "needs_attention",
+        ("device", admin.RelatedOnlyFieldListFilter),
+    )
     list_select_related = ("device", "product")
     search_fields = ("device__device_id", "device__name", "product__name", "product__sku")
     autocomplete_fields = ("product",)
@@ -246,7 +295,16 @@ class SlotAdmin(PriceAwareAdmin, admin.ModelAdmin):
         # A slot's history belongs to its place in its machine: that place never moves.
         fixed = ("device", "number") if obj is not None else ()
         # Prices: PriceAwareAdmin (read-only without inventory.change_price).
-        return fixed + tuple(super().get_readonly_fields(request, obj))
+        return fixed + quantity_locked(request) + tuple(super().get_readonly_fields(request, obj))
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if quantity_locked(request):
+            return [field for field in fields if field != "stock_note"]  # notes a quantity
+        return fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        return slot_form_for(request, super().get_form(request, obj, **kwargs))
 
     # Quantity, capacity and the marker in one column: three made the list wider than 1440 px.
     @admin.display(description="Stock", ordering="quantity")

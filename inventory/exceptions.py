@@ -36,7 +36,8 @@ class RestockRefused(Unprocessable):
 
 class PlanogramCopyRefused(Unprocessable):
     """A planogram copy that cannot be made (a target slot holds more than the copied
-    capacity); ``slots`` names each one per machine. Nothing is copied then."""
+    capacity, or holds units and would get another product); ``slots`` names each one per
+    machine. Nothing is copied then."""
 
     code = "planogram_copy_refused"
 

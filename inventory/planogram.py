@@ -38,7 +38,9 @@ def copy_planogram(
     Only slots the target has are set; the source's other numbers are reported as
     ``skipped``, and the target's slots beyond the source's are left as they are. If a
     target slot holds more units than the capacity it would get, :class:`PlanogramCopyRefused`
-    names every such slot (``slots``: device id -> slot -> reason) and nothing is written.
+    names every such slot (``slots``: device id -> slot -> reason) and nothing is written;
+    likewise if a target slot holds units and would get another product (those units would
+    become the new product without a ledger row: they are sold or counted out first).
     The target slots are locked in primary-key order, as every multi-slot writer must.
     """
     targets = list({t.pk: t for t in targets if t.pk != source_device.pk}.values())
@@ -57,12 +59,9 @@ def copy_planogram(
     problems: dict[str, dict[str, str]] = {}
     for target in targets:
         for number, slot in sorted(by_device.get(target.pk, {}).items()):
-            capacity = source[number].capacity
-            if slot.quantity > capacity:
-                problems.setdefault(target.device_id, {})[str(number)] = (
-                    f"{target.device_id} slot {number} holds {slot.quantity} units, more than "
-                    f"the copied capacity ({capacity})."
-                )
+            reason = _refusal(slot, source[number], target.device_id)
+            if reason:
+                problems.setdefault(target.device_id, {})[str(number)] = reason
     if problems:
         first = next(iter(next(iter(problems.values())).values()))
         count = sum(len(slots) for slots in problems.values())
@@ -86,3 +85,20 @@ def copy_planogram(
             result.copied.append(number)
         results.append(result)
     return results
+
+
+def _refusal(slot: Slot, original: Slot, device_id: str) -> str | None:
+    """Why ``original``'s settings cannot be copied onto ``slot``, or None."""
+    where = f"{device_id} slot {slot.number}"
+    if slot.quantity > original.capacity:
+        return (
+            f"{where} holds {slot.quantity} units, more than the copied capacity "
+            f"({original.capacity})."
+        )
+    if slot.quantity and slot.product_id != original.product_id:
+        becomes = original.product or "no product"
+        return (
+            f"{where} holds {slot.quantity} units of another product: empty it before "
+            f"copying {becomes} onto it."
+        )
+    return None

@@ -13,8 +13,9 @@ from devices.services import log_exchange
 from inventory.choices import MovementReason
 from inventory.models import Slot, StockMovement
 from inventory.services import move_stock
-from tests.factories import DeviceFactory, ProductFactory, SlotFactory
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, staff_with_role
 from transactions.commands import queue_command
+from vending_site.auth.roles import TECHNICIAN
 
 pytestmark = pytest.mark.django_db
 
@@ -154,6 +155,25 @@ def test_raising_quantity_in_the_device_inline_is_recorded_as_a_restock(staff_cl
     assert movement.user == staff
     assert ledger_sum(slot) == slot.quantity
     assert not StockMovement.objects.filter(slot__number=2).exists()
+
+
+def test_a_technician_sees_inline_quantities_read_only_and_records_no_restock(client):
+    # A raised quantity is a restock ledger row in their name; a Technician may not restock.
+    client.force_login(staff_with_role(TECHNICIAN))
+    device = empty_device()
+    page = client.get(change_url(device))
+    data = change_page_data(page)
+    data[slot_field(1, "quantity")] = 9
+    data[f"initial-{slot_field(1, 'quantity')}"] = 0
+    data[slot_field(1, "capacity")] = 12
+
+    response = client.post(change_url(device), data)
+
+    assert 'name="slots-0-quantity"' not in page.content.decode()
+    assert response.status_code == 302
+    slot = Slot.objects.get(device=device, number=1)
+    assert (slot.quantity, slot.capacity) == (0, 12)  # the other settings remain theirs
+    assert not StockMovement.objects.filter(slot__device=device).exists()
 
 
 def test_lowering_quantity_and_capacity_together_goes_through_the_ledger(staff_client, staff):

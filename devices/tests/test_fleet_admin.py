@@ -120,3 +120,58 @@ def test_a_driver_sees_only_their_routes_part_of_the_fleet_in_the_admin(client, 
     assert listed("route") == ["Monday"]
     assert listed("location") == ["North lobby"]
     assert listed("device") == ["ESP32_00000000000A"]
+
+
+def test_a_drivers_device_filter_lists_only_their_routes_locations(client, sites):
+    dana = staff_with_role(DRIVER)
+    route = Route.objects.create(name="Monday", driver=dana)
+    for position, name in enumerate(("North lobby", "South canteen"), start=1):
+        RouteStop.objects.create(route=route, location=sites[name], position=position)
+        DeviceFactory(location=sites[name])
+    DeviceFactory(location=sites["West gate"])
+    client.force_login(dana)
+
+    page = client.get(reverse("admin:devices_device_changelist"))
+
+    specs = page.context["cl"].filter_specs
+    [locations] = [s for s in specs if getattr(s, "field_path", None) == "location"]
+    assert sorted(label for _, label in locations.lookup_choices) == [
+        "North lobby",
+        "South canteen",
+    ]
+    assert "West gate" not in page.content.decode()
+
+
+@pytest.fixture
+def three_stops(sites) -> Route:
+    route = Route.objects.create(name="Monday")
+    for position, name in enumerate(("North lobby", "South canteen", "West gate"), start=1):
+        RouteStop.objects.create(route=route, location=sites[name], position=position)
+    return route
+
+
+def stops_of(route: Route) -> list[tuple[int, str]]:
+    return [(s.position, s.location.name) for s in route.stops.order_by("position")]
+
+
+def test_deleting_a_location_on_its_page_closes_the_gap_in_its_routes(operator, three_stops):
+    middle = Location.objects.get(name="South canteen")
+    url = reverse("admin:devices_location_delete", args=[middle.pk])
+
+    response = operator.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert stops_of(three_stops) == [(1, "North lobby"), (2, "West gate")]
+
+
+def test_deleting_locations_from_the_list_closes_the_gaps_in_their_routes(operator, three_stops):
+    gone = Location.objects.filter(name__in=["North lobby", "South canteen"])
+
+    response = operator.post(
+        reverse("admin:devices_location_changelist"),
+        {"action": "delete_selected", "post": "yes", "_selected_action": [loc.pk for loc in gone]},
+    )
+
+    assert response.status_code == 302
+    assert stops_of(three_stops) == [(1, "West gate")]
+    assert not Location.objects.filter(name="North lobby").exists()

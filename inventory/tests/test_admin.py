@@ -1,5 +1,7 @@
 """The inventory admin: products, slots (stock changes only through the ledger), the ledger."""
 
+from decimal import Decimal
+
 import pytest
 from django.contrib.messages import get_messages
 from django.db import connection
@@ -7,10 +9,13 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from devices.models import Location, Route, RouteStop
+from inventory.admin import SlotForm, slot_form_for
 from inventory.choices import MovementReason
 from inventory.models import Product, Slot, StockMovement
 from inventory.services import move_stock
-from tests.factories import DeviceFactory, SlotFactory
+from tests.factories import DeviceFactory, ProductFactory, SlotFactory, staff_with_role
+from vending_site.auth import roles
 
 pytestmark = pytest.mark.django_db
 
@@ -286,3 +291,127 @@ def test_a_product_page_shows_created_at_read_only(staff_client):
     assert product.created_at == created
     page = staff_client.get(reverse("admin:inventory_product_change", args=[product.pk]))
     assert "Created at" in page.content.decode()
+
+
+# --- What a role may read and write through the admin ------------------------------------
+
+
+def logged_in(client, role):
+    user = staff_with_role(role)
+    client.force_login(user)
+    return user
+
+
+PRICE_LOOKUPS = [
+    ("inventory_product", "price__gte"),
+    ("inventory_product", "price__lt"),
+    ("inventory_slot", "price__gte"),
+    ("inventory_slot", "product__price__gte"),
+    ("inventory_slot", "price__isnull"),
+]
+
+
+@pytest.mark.parametrize("role", [roles.DRIVER, roles.TECHNICIAN])
+@pytest.mark.parametrize(("model", "lookup"), PRICE_LOOKUPS)
+def test_who_does_not_see_prices_may_not_filter_lists_by_price(client, role, model, lookup):
+    # Narrowing the list to "price >= x" and bisecting would tell the price to the cent.
+    logged_in(client, role)
+    SlotFactory(product=ProductFactory(name="Secret cola", price=Decimal("2.35")))
+    url = reverse(f"admin:{model}_changelist")
+
+    cheap = client.get(url, {lookup: "2.35" if "isnull" not in lookup else "False"})
+    dear = client.get(url, {lookup: "2.36" if "isnull" not in lookup else "True"})
+
+    assert client.get(url).status_code == 200
+    assert cheap.status_code == dear.status_code == 400
+    assert "Secret cola" not in cheap.content.decode() + dear.content.decode()
+
+
+@pytest.mark.parametrize("role", [roles.DRIVER, roles.TECHNICIAN])
+def test_who_does_not_see_prices_may_not_export_products_filtered_by_price(client, role):
+    logged_in(client, role)
+    ProductFactory(name="Secret cola", sku="SECRET-1", price=Decimal("2.35"))
+    url = reverse("admin:inventory_product_export") + "?price__gte=2.35"
+
+    response = client.post(url, {"format": "0", "resource": "0", "productresource_sku": "on"})
+
+    assert response.status_code == 400
+    assert b"SECRET-1" not in response.content
+
+
+@pytest.mark.parametrize("role", [roles.DRIVER, roles.TECHNICIAN])
+def test_who_does_not_see_prices_may_not_sort_products_by_price(client, role):
+    logged_in(client, role)
+    ProductFactory(name="Dear", price=Decimal("9.00"))
+    ProductFactory(name="Cheap", price=Decimal("1.00"))
+    url = reverse("admin:inventory_product_changelist")
+
+    # ?o= indexes the columns shown; the price column is not one of theirs.
+    response = client.get(url, {"o": "2"})
+
+    assert response.status_code == 200
+    assert "price" not in str(response.context["cl"].queryset.query.order_by)
+
+
+def test_an_operator_still_filters_products_and_slots_by_price(client):
+    logged_in(client, roles.OPERATOR)
+    SlotFactory(product=ProductFactory(name="Secret cola", price=Decimal("2.35")))
+
+    def listed(model: str, **lookup) -> int:
+        response = client.get(reverse(f"admin:{model}_changelist"), lookup)
+        assert response.status_code == 200
+        return len(response.context["cl"].result_list)
+
+    assert listed("inventory_product", price__gte="2.35") == 1
+    assert listed("inventory_product", price__gte="2.36") == 0
+    assert listed("inventory_slot", price__isnull="True") == 1
+
+
+def test_a_technician_sees_the_slot_quantity_read_only_and_cannot_restock_through_it(client):
+    tech = logged_in(client, roles.TECHNICIAN)
+    assert tech.has_perm("inventory.change_slot") and not tech.has_perm("inventory.restock_slot")
+    slot = SlotFactory(device=DeviceFactory(), quantity=1, capacity=10)
+    url = reverse("admin:inventory_slot_change", args=[slot.pk])
+
+    page = client.get(url)
+    response = client.post(url, slot_post_data(slot, quantity=9, capacity=12, stock_note="x"))
+
+    html = page.content.decode()
+    assert 'name="quantity"' not in html and 'name="stock_note"' not in html
+    assert "quantity" not in page.context["adminform"].form.fields
+    assert response.status_code == 302  # the other settings are still theirs to change
+    slot.refresh_from_db()
+    assert (slot.quantity, slot.capacity) == (1, 12)
+    assert not StockMovement.objects.filter(slot=slot).exists()
+
+
+def test_the_slot_form_refuses_a_changed_quantity_to_who_may_not_restock(rf):
+    slot = SlotFactory(device=DeviceFactory(), quantity=1, capacity=10)
+    request = rf.get("/")
+    request.user = staff_with_role(roles.TECHNICIAN)
+    form_class = slot_form_for(request, SlotForm)
+    data = {**slot_post_data(slot, quantity=9), "device": slot.device_id, "number": slot.number}
+
+    form = form_class(data, instance=slot)
+
+    assert not form.is_valid()
+    assert "restock permission" in form.errors["quantity"][0]
+    request.user = staff_with_role(roles.OPERATOR)
+    assert slot_form_for(request, SlotForm)(data, instance=slot).is_valid()
+
+
+def test_a_drivers_slot_filter_lists_only_their_routes_machines(client):
+    driver = logged_in(client, roles.DRIVER)
+    mine, theirs = Location.objects.create(name="Mine"), Location.objects.create(name="Theirs")
+    route = Route.objects.create(name="Monday", driver=driver)
+    RouteStop.objects.create(route=route, location=mine, position=1)
+    SlotFactory(device=DeviceFactory(name="Lobby machine", location=mine))
+    SlotFactory(device=DeviceFactory(name="Lobby snacks", location=mine))
+    SlotFactory(device=DeviceFactory(name="Competitor lobby", location=theirs))
+
+    page = client.get(reverse("admin:inventory_slot_changelist"))
+
+    specs = page.context["cl"].filter_specs
+    [devices] = [s for s in specs if getattr(s, "field_path", None) == "device"]
+    assert sorted(label for _, label in devices.lookup_choices) == ["Lobby machine", "Lobby snacks"]
+    assert "Competitor lobby" not in page.content.decode()

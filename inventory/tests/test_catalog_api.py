@@ -464,6 +464,29 @@ def test_a_copy_onto_a_fuller_slot_is_422_naming_it_and_nothing_is_copied(as_rol
     assert Slot.objects.get(pk=slot.pk).capacity == 10
 
 
+def test_a_copy_that_would_relabel_units_is_422_naming_the_slot_and_writes_nothing(
+    as_role, machines
+):
+    target = machines[1]
+    slot = Slot.objects.get(device=target, number=1)
+    Slot.objects.filter(pk=slot.pk).update(product=ProductFactory(sku="TEA"))
+    move_stock(slot=slot, delta=1, reason=MovementReason.RESTOCK)
+    cola = Slot.objects.get(device=machines[0], number=1).product
+
+    response = _copy(as_role(roles.OPERATOR))
+
+    assert response.status_code == 422, response.content
+    assert response.json()["slots"] == {
+        "ESP32_0000000000D2": {
+            "1": "ESP32_0000000000D2 slot 1 holds 1 units of another product: empty it "
+            f"before copying {cola} onto it."
+        }
+    }
+    slot.refresh_from_db()
+    assert (slot.product.sku, slot.quantity, slot.capacity) == ("TEA", 1, 10)
+    assert slot.movements.count() == 1 and not PriceChange.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("source", "to", "status"),
     [

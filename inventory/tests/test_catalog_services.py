@@ -123,8 +123,9 @@ def source():
 def test_a_copy_sets_product_capacity_par_threshold_and_price_never_the_quantity(source, staff):
     target = DeviceFactory(device_id="ESP32_0000000000B1", slot_count=3)
     ensure_slots(device=target, count=3)
-    old = ProductFactory(sku="OLD")
-    Slot.objects.filter(device=target, number=1).update(product=old, capacity=10)
+    # Units already of the copied product: the copy keeps them (another product is refused).
+    cola = Slot.objects.get(device=source, number=1).product
+    Slot.objects.filter(device=target, number=1).update(product=cola, capacity=10)
     filled = Slot.objects.get(device=target, number=1)
     move_stock(slot=filled, delta=5, reason=MovementReason.RESTOCK)
 
@@ -185,6 +186,47 @@ def test_a_target_slot_holding_more_than_the_copied_capacity_refuses_the_whole_c
     assert "slot 2" in refused.value.message
     assert not Slot.objects.filter(device=fine, product__isnull=False).exists()
     assert not PriceChange.objects.exists()
+
+
+def test_a_target_slot_holding_units_of_another_product_refuses_the_whole_copy(source):
+    fine = DeviceFactory(device_id="ESP32_0000000000B5", slot_count=2)
+    other = DeviceFactory(device_id="ESP32_0000000000B6", slot_count=3)
+    ensure_slots(device=fine, count=2)
+    ensure_slots(device=other, count=3)
+    held = Slot.objects.get(device=other, number=1)
+    tea = ProductFactory(sku="TEA")
+    Slot.objects.filter(pk=held.pk).update(product=tea)
+    move_stock(slot=held, delta=2, reason=MovementReason.RESTOCK)
+    emptied = Slot.objects.get(device=other, number=2)  # another product, but no units: fine
+    Slot.objects.filter(pk=emptied.pk).update(product=tea)
+
+    with pytest.raises(PlanogramCopyRefused) as refused:
+        copy_planogram(source_device=source, targets=[fine, other])
+
+    assert refused.value.details["slots"] == {
+        "ESP32_0000000000B6": {
+            "1": "ESP32_0000000000B6 slot 1 holds 2 units of another product: empty it before "
+            f"copying {Slot.objects.get(device=source, number=1).product} onto it."
+        }
+    }
+    assert list(Slot.objects.filter(device=other).values_list("product__sku", flat=True)) == [
+        "TEA",
+        "TEA",
+        None,
+    ]
+    assert not Slot.objects.filter(device=fine, product__isnull=False).exists()
+    assert held.movements.count() == 1 and not PriceChange.objects.exists()
+
+
+def test_a_slot_holding_units_is_refused_a_copy_that_would_leave_it_without_a_product(source):
+    target = DeviceFactory(device_id="ESP32_0000000000B7", slot_count=3)
+    held = SlotFactory(device=target, number=3, quantity=0, capacity=4)
+    move_stock(slot=held, delta=1, reason=MovementReason.RESTOCK)
+
+    with pytest.raises(PlanogramCopyRefused, match="slot 3 holds 1 units"):
+        copy_planogram(source_device=source, targets=[target])
+
+    assert Slot.objects.get(device=target, number=3).product is not None
 
 
 def test_copying_onto_the_source_itself_changes_nothing(source):

@@ -23,11 +23,18 @@ ROUNDS = 5
 
 @pytest.mark.django_db(transaction=True)
 def test_copies_racing_restocks_never_pass_capacity_and_the_ledger_adds_up(online_device):
+    # The sources stock what the target's slots hold: a copy never relabels units.
+    held = {s.number: s.product for s in Slot.objects.filter(device=online_device)}
     for device_id, capacity, price in zip(SOURCES, (7, 9), ("2.00", "2.50"), strict=True):
         source = DeviceFactory(device_id=device_id, slot_count=2)
         for number in (1, 2):
             SlotFactory(
-                device=source, number=number, quantity=0, capacity=capacity, price=Decimal(price)
+                device=source,
+                number=number,
+                product=held[number],
+                quantity=0,
+                capacity=capacity,
+                price=Decimal(price),
             )
     start = dict(Slot.objects.filter(device=online_device).values_list("number", "quantity"))
     operator = staff_with_role(roles.OPERATOR)
