@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from import_export.admin import ExportMixin, ImportExportMixin
 
+from devices.selectors import machines_visible_to
 from vending_site.auth.roles import is_route_bound, sees_prices
 from vending_site.http.errors import DomainError
 
@@ -75,10 +76,10 @@ class PriceAwareAdmin:
 
 def on_drivers_routes(request, queryset, machine: str):
     """``queryset`` limited to a Driver's routes' machines (``machine`` is the lookup from
-    its model to the machine; a string lookup, so the stock imports no machine code)."""
+    its model to the machine), by the one rule of ``devices.selectors.machines_visible_to``."""
     if not is_route_bound(request.user):
         return queryset
-    return queryset.filter(**{f"{machine}__location__routes__driver": request.user}).distinct()
+    return queryset.filter(**{f"{machine}__in": machines_visible_to(request.user)})
 
 
 def money(amount) -> str:

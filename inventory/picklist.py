@@ -37,16 +37,15 @@ request (a Driver's own routes) before calling :func:`pick_list`.
 
 from __future__ import annotations
 
-import zoneinfo
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.conf import settings
 from django.db.models import F, Sum
-from django.utils import timezone
 
+from vending_site.http.dates import local_today as today
+from vending_site.http.dates import server_zone
 from vending_site.http.errors import InvalidRequest
 from vending_site.http.spreadsheet import safe_cell
 
@@ -113,15 +112,6 @@ class PickList:
     @property
     def to_load(self) -> int:
         return sum(total.to_load for total in self.totals)
-
-
-def server_zone() -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
-
-
-def today() -> date:
-    """Today in the server's time zone."""
-    return timezone.now().astimezone(server_zone()).date()
 
 
 def parse_visit(raw: str | None, *, on: date | None = None) -> date | None:

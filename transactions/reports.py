@@ -23,7 +23,6 @@ does plus two joins on primary and foreign keys.
 
 from __future__ import annotations
 
-import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -31,9 +30,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db.models import Count, DecimalField, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncHour
-from django.utils import timezone
 
-from vending_site.http.dates import parse_day
+from vending_site.http.dates import local_today, parse_day, server_zone
 from vending_site.http.errors import InvalidRequest
 from vending_site.http.spreadsheet import safe_cell
 
@@ -54,10 +52,6 @@ _CENT = Decimal("0.01")
 def currency() -> str:
     """The ISO 4217 code money is shown in (the ``CURRENCY`` setting)."""
     return settings.CURRENCY
-
-
-def server_zone() -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ class Period:
 def parse_period(first: str | None, last: str | None, *, today: date | None = None) -> Period:
     """The period a request names (``from``/``to``, YYYY-MM-DD, both optional: the last
     ``DEFAULT_DAYS`` days to today), or :class:`InvalidRequest` saying what is wrong."""
-    today = today or timezone.localdate(timezone=server_zone())
+    today = today or local_today()
     last_day = parse_day("to", last) if last else None
     first_day = parse_day("from", first) if first else None
     if last_day is None:

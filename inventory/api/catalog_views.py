@@ -5,9 +5,7 @@ Thin: check the role, parse the query or body, call one service (``inventory.ser
 ``devices.selectors.machines_visible_to`` (a Driver: their routes' machines)."""
 
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.db.models import Q, QuerySet
 from rest_framework import generics, status
 from rest_framework.exceptions import PermissionDenied
@@ -23,7 +21,7 @@ from inventory.models import Product, StockMovement
 from inventory.planogram import copy_planogram
 from inventory.services import delete_product, save_product_changes
 from vending_site.auth import roles
-from vending_site.http.dates import parse_day
+from vending_site.http.dates import parse_day, server_zone
 from vending_site.http.errors import InvalidRequest, NotFound
 
 from . import docs
@@ -198,7 +196,7 @@ def _filtered(rows: QuerySet[StockMovement], params) -> QuerySet[StockMovement]:
     last = parse_day("to", params.get("to"))
     if first and last and first > last:
         raise InvalidRequest(f"from ({first}) is after to ({last}).")
-    zone = ZoneInfo(settings.TIME_ZONE)
+    zone = server_zone()
     if first is not None:
         rows = rows.filter(created_at__gte=datetime.combine(first, time.min, tzinfo=zone))
     if last is not None:

@@ -25,10 +25,10 @@ from urllib.parse import urlencode
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils import timezone
 
 from inventory.models import Slot
 from transactions import reports
+from vending_site.http.dates import local_today
 from vending_site.http.errors import InvalidRequest
 
 from .access import staff_page
@@ -277,7 +277,7 @@ def _csv_links(period: reports.Period) -> list[dict]:
 @staff_page("transactions.view_sales", nav="sales")
 def sales_page(request: HttpRequest) -> HttpResponse:
     """``GET /sales/?period=today|7d|30d`` or ``?from=YYYY-MM-DD&to=YYYY-MM-DD``."""
-    today = timezone.localdate(timezone=reports.server_zone())
+    today = local_today()
     context = {
         "nav": "sales",
         "presets": [{"key": key, "label": label} for key, (label, _) in PRESETS.items()],

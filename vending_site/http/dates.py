@@ -1,6 +1,11 @@
-"""Dates named in a request's query (``?from=YYYY-MM-DD&to=...``)."""
+"""Dates named in a request's query (``?from=YYYY-MM-DD&to=...``), and the server's own
+time zone, in which those dates are whole days."""
 
+import zoneinfo
 from datetime import date
+
+from django.conf import settings
+from django.utils import timezone
 
 from vending_site.http.errors import InvalidRequest
 
@@ -27,3 +32,13 @@ def parse_day(name: str, text: str | None) -> date | None:
     if not FIRST_DAY <= day <= LAST_DAY:
         raise InvalidRequest(f"{name} must be a date from {FIRST_DAY} to {LAST_DAY}, not {text!r}.")
     return day
+
+
+def server_zone() -> zoneinfo.ZoneInfo:
+    """The zone of ``TIME_ZONE``: reports, stock movements and pick lists count its days."""
+    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+
+
+def local_today() -> date:
+    """Today in the server's time zone."""
+    return timezone.localdate(timezone=server_zone())
