@@ -23,9 +23,11 @@ ROUNDS = 5
 
 @pytest.mark.django_db(transaction=True)
 def test_copies_racing_restocks_never_pass_capacity_and_the_ledger_adds_up(online_device):
-    # The sources stock what the target's slots hold: a copy never relabels units.
+    # The sources stock what the target's slots hold: a copy never relabels units. The second
+    # source keeps the target's capacity (10), which no restock can pass, so its copies always
+    # land whatever the order; the first's (7) is refused once the restocks passed 7.
     held = {s.number: s.product for s in Slot.objects.filter(device=online_device)}
-    for device_id, capacity, price in zip(SOURCES, (7, 9), ("2.00", "2.50"), strict=True):
+    for device_id, capacity, price in zip(SOURCES, (7, 10), ("2.00", "2.50"), strict=True):
         source = DeviceFactory(device_id=device_id, slot_count=2)
         for number in (1, 2):
             SlotFactory(
@@ -80,7 +82,7 @@ def test_copies_racing_restocks_never_pass_capacity_and_the_ledger_adds_up(onlin
         assert start[slot.number] + ledger == slot.quantity
         if slot.number in (1, 2):
             # The last copy that won set both the capacity and the price, from one source.
-            assert (slot.capacity, slot.price) in {(7, Decimal("2.00")), (9, Decimal("2.50"))}
+            assert (slot.capacity, slot.price) in {(7, Decimal("2.00")), (10, Decimal("2.50"))}
             changes = list(PriceChange.objects.filter(slot=slot).order_by("id"))
             assert changes[-1].new_price == slot.price
             for before, after in pairwise(changes):
