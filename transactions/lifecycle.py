@@ -19,6 +19,7 @@ from inventory.choices import MovementReason
 from inventory.services import move_stock
 from vending_site.backends.statements import Insert, Select, Update
 from vending_site.live.events import publish
+from vending_site.notify.events import emit
 from vending_site.observability import logging as vlog
 from vending_site.observability import metrics
 
@@ -163,11 +164,53 @@ def _transition(
             clamp=True,
         )
     publish("transaction", transaction_event_payload(txn))
+    _emit_outcome(txn, from_state)
     log.info("vend_transition", from_state=from_state, to_state=to_state, note=note)
     count = _metrics_callback(to_state, txn.created_at, now)
     if count is not None:
         db_transaction.on_commit(count, robust=True)  # a metrics failure never fails a vend
     return txn
+
+
+# The vend's webhook event on entering each state (sent is the machine's business, not news).
+VEND_EVENTS = {
+    S.SUCCEEDED: "vend.succeeded",
+    S.FAILED: "vend.failed",
+    S.UNCONFIRMED: "vend.unconfirmed",
+    S.EXPIRED: "vend.expired",
+    S.CANCELLED: "vend.cancelled",
+}
+
+
+def _emit_outcome(txn: Transaction, from_state: str) -> None:
+    """Tell subscribers, in the vend's own transaction: its outcome and, for a vend that was
+    unconfirmed, that it was resolved (``vend.resolved`` after ``vend.succeeded``/``failed``)."""
+    event_type = VEND_EVENTS.get(txn.state)
+    if event_type is None:
+        return
+    data = vend_webhook_data(txn)
+    subject = f"vend:{txn.pk}"
+    tags = {"device": txn.device.device_id, "location": txn.device.location_id}
+    emit(event_type, data, subject=subject, tags=tags)
+    if from_state == S.UNCONFIRMED:
+        emit("vend.resolved", data, subject=subject, tags=tags)
+
+
+def vend_webhook_data(txn: Transaction) -> dict:
+    """What an integrator learns of a vend: enough to match it to its payment and settle it."""
+    return {
+        "id": str(txn.pk),
+        "state": txn.state,
+        "machine": txn.device.device_id,
+        "slot": txn.slot_number,
+        "product": txn.product_name,
+        "sku": txn.product_sku,
+        "price": str(txn.price),
+        "failure_reason": txn.failure_reason,
+        "idempotency_key": txn.idempotency_key or "",
+        "requested_at": txn.created_at.isoformat(),
+        "completed_at": txn.completed_at.isoformat() if txn.completed_at else None,
+    }
 
 
 def _metrics_callback(to_state: str, requested_at, settled_at):

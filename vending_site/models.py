@@ -52,3 +52,14 @@ class ServiceHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (pid {self.pid} on {self.host})"
+
+
+# The alerts' and the outbound messages' models live with their code (vending_site.alerts,
+# vending_site.notify); Django finds a model through its app's models module.
+from vending_site.alerts.models import Alert, AlertRule  # noqa: E402, F401
+from vending_site.notify.models import (  # noqa: E402, F401
+    Delivery,
+    DeliveryAttempt,
+    Endpoint,
+    Message,
+)

@@ -68,6 +68,7 @@ CONFIRMATION = [
     "UPDATE transactions_transaction",  # sent -> succeeded, conditional on the state read
     "INSERT transactions_transactionevent",  # history: sent -> succeeded
     "INSERT vending_site_liveevent",  # the transaction's live event
+    "SELECT vending_site_endpoint",  # who takes vend.succeeded (none here: nothing written)
     "COMMIT",
 ]
 
