@@ -6,7 +6,9 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest
 
+from vending_site.auth.roles import is_route_bound
 from vending_site.http.errors import DomainError
+from vending_site.live.audience import machine_scope
 
 from . import registry, services
 from .models import Alert, AlertRule, AlertState
@@ -81,6 +83,13 @@ class AlertAdmin(admin.ModelAdmin):
     search_fields = ("subject", "title")
     date_hierarchy = "opened_at"
     actions = ("acknowledge", "resolve")
+
+    def get_queryset(self, request):
+        # A Driver sees the alerts about the machines of their routes, as on the REST list.
+        queryset = super().get_queryset(request)
+        if is_route_bound(request.user):
+            queryset = queryset.filter(tags__device__in=list(machine_scope(request.user) or ()))
+        return queryset
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in Alert._meta.fields]

@@ -6,7 +6,8 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.factories import staff_with_role
+from devices.models import Location, Route, RouteStop
+from tests.factories import DeviceFactory, staff_with_role
 from vending_site.alerts.models import Alert, AlertRule, AlertState
 from vending_site.auth import roles
 
@@ -59,6 +60,21 @@ def test_a_viewer_sees_alerts_but_has_no_actions(client):
 
     shown.refresh_from_db()
     assert shown.state == AlertState.OPEN
+
+
+def test_a_driver_sees_in_the_admin_only_the_alerts_of_their_routes_machines(client):
+    here = Location.objects.create(name="Lobby")
+    DeviceFactory(device_id="ESP32_0000000000E1", location=here)
+    driver = staff_with_role(roles.DRIVER)
+    route = Route.objects.create(name="Morning", driver=driver)
+    RouteStop.objects.create(route=route, location=here, position=1)
+    mine = alert("machine:ESP32_0000000000E1", tags={"device": "ESP32_0000000000E1"})
+    alert("machine:ESP32_0000000000E2", tags={"device": "ESP32_0000000000E2"})
+    client.force_login(driver)
+
+    response = client.get(reverse("admin:vending_site_alert_changelist"))
+
+    assert list(response.context["cl"].result_list) == [mine]
 
 
 def test_an_operator_tunes_a_rule_in_the_admin(client):

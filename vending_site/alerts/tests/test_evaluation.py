@@ -1,6 +1,7 @@
 """The alert lifecycle as run_checks drives it, on the machine_offline rule: time is
 simulated by passing ``now``; every message an endpoint would get is a Message row."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -8,7 +9,7 @@ from django.utils import timezone
 
 from devices.models import Device, Location, Route, RouteStop
 from tests.factories import DeviceFactory, staff_with_role
-from vending_site.alerts import services
+from vending_site.alerts import registry, services
 from vending_site.alerts.evaluation import ensure_rules, run_checks
 from vending_site.alerts.models import Alert, AlertRule, AlertState
 from vending_site.auth.roles import OPERATOR
@@ -202,16 +203,11 @@ def test_each_change_is_published_to_live_pages(machine):
 
 
 def test_a_failing_check_does_not_stop_the_other_rules(machine, monkeypatch):
-    from vending_site.alerts import registry
-
-    spec = registry.get("service_silent")
-
     def broken(rule, now):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(
-        registry._rules, "service_silent", spec.__class__(**{**spec.__dict__, "check": broken})
-    )
+    spec = registry.get("service_silent")
+    monkeypatch.setitem(registry._rules, "service_silent", replace(spec, check=broken))
 
     run_checks(now=T0 + timedelta(minutes=11))
 
