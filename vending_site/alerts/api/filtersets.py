@@ -1,3 +1,5 @@
+"""Filters of the alert list: state (repeatable), rule (a key), severity (repeatable)."""
+
 import django_filters
 
 from ..models import Alert, AlertState, Severity
