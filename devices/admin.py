@@ -4,6 +4,8 @@ Actions call the same services as the REST API (``select_active_device``,
 ``queue_command``); a refusal from a service becomes an error message, never a 500.
 """
 
+from datetime import timedelta
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -11,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.text import Truncator
 
 from inventory.admin import (
@@ -41,6 +44,8 @@ from .selectors import (
 )
 from .services import request_port, select_active_device
 
+MAINTENANCE = timedelta(hours=2)
+
 
 class DeviceForm(forms.ModelForm):
     """Stores the canonical spelling of the id, so the firmware's spelling finds the row."""
@@ -58,6 +63,7 @@ class DeviceForm(forms.ModelForm):
             "firmware_version",
             "slot_count",
             "location",
+            "maintenance_until",
         )
 
     def clean_device_id(self) -> str:
@@ -173,6 +179,8 @@ class DeviceAdmin(admin.ModelAdmin):
         "revoke_approval",
         "issue_token",
         "copy_planogram_from",
+        "mute_alerts",
+        "end_maintenance",
     )
     fields = (
         *DeviceForm.Meta.fields,
@@ -251,6 +259,17 @@ class DeviceAdmin(admin.ModelAdmin):
             f"token no longer works): {token}",
             messages.WARNING,
         )
+
+    @admin.action(description="Mute alerts for 2 hours (maintenance)", permissions=["change"])
+    def mute_alerts(self, request: HttpRequest, queryset) -> None:
+        until = timezone.now() + MAINTENANCE
+        count = fleet.set_maintenance(devices=queryset, until=until)
+        self.message_user(request, f"{count} device(s) in maintenance until {until:%H:%M} UTC.")
+
+    @admin.action(description="End maintenance", permissions=["change"])
+    def end_maintenance(self, request: HttpRequest, queryset) -> None:
+        count = fleet.set_maintenance(devices=queryset, until=None)
+        self.message_user(request, f"{count} device(s) out of maintenance.")
 
     @admin.display(description="Address", ordering="ip_address")
     def address(self, obj: Device) -> str:

@@ -5,11 +5,15 @@ class DevicesConfig(AppConfig):
     name = "devices"
 
     def ready(self) -> None:
+        from vending_site.alerts.registry import register_machine_context
         from vending_site.live.audience import register_machine_scope
         from vending_site.observability.metrics import register_scrape_time
 
+        from . import alert_rules
         from .metrics import DevicesCollector
         from .selectors import live_machine_scope
 
         register_scrape_time(DevicesCollector())
         register_machine_scope(live_machine_scope)
+        alert_rules.register_rules()
+        register_machine_context(alert_rules.machine_context)

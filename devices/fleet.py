@@ -8,6 +8,7 @@ the same rules (``Location``'s and ``RouteStop``'s constraints); these give the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -168,3 +169,9 @@ def update_machine(*, device: Device, changes: dict[str, Any]) -> Device:
         setattr(device, field, value)
     device.save(update_fields=list(changes))
     return device
+
+
+def set_maintenance(*, devices, until: datetime | None) -> int:
+    """Put ``devices`` (a queryset) in maintenance until ``until`` (None ends it): their
+    alerts are muted meanwhile (``vending_site.alerts.evaluation``). Returns how many."""
+    return devices.update(maintenance_until=until)

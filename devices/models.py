@@ -188,6 +188,14 @@ class Device(models.Model):
         ),
     )
     moved_at = models.DateTimeField(null=True, blank=True)
+    maintenance_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "In maintenance until then: its alerts are muted (no new alert opens, open ones "
+            "are not reminded of). Empty: not in maintenance."
+        ),
+    )
     token_hash = models.CharField(
         max_length=64,
         blank=True,
@@ -235,6 +243,10 @@ class Device(models.Model):
         if settings.DEVICE_ADDRESS_BINDING and not self.bound_address:
             return "approved, no address bound yet"
         return "approved"
+
+    @property
+    def in_maintenance(self) -> bool:
+        return self.maintenance_until is not None and self.maintenance_until > timezone.now()
 
     @property
     def awaiting_approval(self) -> bool:

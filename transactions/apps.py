@@ -8,6 +8,7 @@ class TransactionsConfig(AppConfig):
         from devices.signals import approval_revoked
         from vending_site.observability.metrics import register_scrape_time
 
+        from . import alert_rules
         from .commands import expire_commands_of_revoked_machines
         from .metrics import VendsCollector
 
@@ -15,3 +16,4 @@ class TransactionsConfig(AppConfig):
             expire_commands_of_revoked_machines, dispatch_uid="transactions.revoked"
         )
         register_scrape_time(VendsCollector())
+        alert_rules.register_rules()

@@ -7,14 +7,30 @@ class VendingSiteConfig(AppConfig):
     name = "vending_site"
     verbose_name = "Vending site"
 
+    def import_models(self) -> None:
+        super().import_models()
+        # The models of the subpackages, registered under this app (see models.py).
+        from vending_site.alerts import models as _alerts  # noqa: F401
+        from vending_site.notify import models as _notify  # noqa: F401
+
     def ready(self) -> None:
         from django.conf import settings
         from django.db.models.signals import post_migrate
 
+        from vending_site.alerts import builtin, evaluation
+        from vending_site.alerts.metrics import AlertsCollector
         from vending_site.auth import roles, tokens
+        from vending_site.observability.metrics import register_scrape_time
 
         # Every role exists after migrate and after a flush (tests' transactional teardown).
         post_migrate.connect(roles.ensure_roles, sender=self, dispatch_uid="vending-roles")
+        # Every registered alert rule has its row (the apps registered theirs in their
+        # ready(), which all ran before any post_migrate).
+        builtin.register_rules()
+        post_migrate.connect(
+            evaluation.ensure_rules, sender=self, dispatch_uid="vending-alert-rules"
+        )
+        register_scrape_time(AlertsCollector())
 
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 

@@ -55,11 +55,6 @@ class ServiceHeartbeat(models.Model):
 
 
 # The alerts' and the outbound messages' models live with their code (vending_site.alerts,
-# vending_site.notify); Django finds a model through its app's models module.
-from vending_site.alerts.models import Alert, AlertRule  # noqa: E402, F401
-from vending_site.notify.models import (  # noqa: E402, F401
-    Delivery,
-    DeliveryAttempt,
-    Endpoint,
-    Message,
-)
+# vending_site.notify); VendingSiteConfig.import_models loads them with this module's. Not
+# imported here: alerts and notify read this module (heartbeats, live events), and a
+# package must not import a sibling that imports it back (.importlinter).

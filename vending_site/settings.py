@@ -460,6 +460,8 @@ LIVE_EVENT_RETENTION = env.int("LIVE_EVENT_RETENTION", default=3600)
 # Long-running commands touch their heartbeat row this often (seconds); the dashboard calls a
 # service stopped when its heartbeat is three intervals old.
 SERVICE_HEARTBEAT_SECONDS = env.float("SERVICE_HEARTBEAT_SECONDS", default=5.0)
+# The notifier evaluates the alert rules this often (seconds; vending_site/alerts/evaluation.py).
+ALERT_CHECK_SECONDS = max(env.float("ALERT_CHECK_SECONDS", default=10.0), 1.0)
 
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")

@@ -12,6 +12,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from devices.api import urls as device_urls
 from inventory.api import urls as inventory_urls
 from transactions.api import urls as vend_urls
+from vending_site.alerts.api import urls as alert_urls
 from vending_site.auth.logins import TokenObtainView, TokenRefreshThrottledView
 from vending_site.dashboard import picklist as picklist_pages
 from vending_site.dashboard import views as dashboard
@@ -32,6 +33,7 @@ def _api_v1(*, asgi: bool) -> list:
         *vend_urls.api_v1_patterns(asgi=asgi),
         *device_urls.api_v1_patterns,
         *inventory_urls.api_v1_patterns,
+        *alert_urls.api_v1_patterns,
     ]
 
 

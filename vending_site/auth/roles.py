@@ -19,6 +19,10 @@ Four permissions are not a model's add/change/delete/view:
 - ``inventory.restock_slot``: recording the units loaded into a slot;
 - ``devices.operate_device``: vending and sending commands to a machine.
 
+Alerts (``vending_site.alerts``): every role views them and their rules; Operator and
+Technician acknowledge and resolve them (``vending_site.change_alert``); only an Operator
+edits the rules (``vending_site.change_alertrule``).
+
 This module names permissions as strings and imports no app (the infrastructure layer).
 """
 
@@ -36,9 +40,14 @@ VIEWER = "Viewer"
 # The apps whose every permission an Operator holds, beside the ones listed in ROLES.
 OPERATOR_APPS = ("devices", "inventory", "transactions", "auth", "rest_framework_api_key")
 
+ALERT_READS = ("vending_site.view_alert", "vending_site.view_alertrule")
+ALERT_HANDLING = ("vending_site.change_alert",)
+
 ROLES: dict[str, tuple[str, ...]] = {
-    OPERATOR: (),  # every permission of OPERATOR_APPS
+    # every permission of OPERATOR_APPS, and these
+    OPERATOR: (*ALERT_READS, *ALERT_HANDLING, "vending_site.change_alertrule"),
     DRIVER: (
+        *ALERT_READS,
         "devices.view_device",
         "devices.view_location",
         "devices.view_route",
@@ -49,6 +58,8 @@ ROLES: dict[str, tuple[str, ...]] = {
         "inventory.restock_slot",
     ),
     TECHNICIAN: (
+        *ALERT_READS,
+        *ALERT_HANDLING,
         "devices.view_device",
         "devices.change_device",
         "devices.operate_device",
@@ -68,7 +79,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     VIEWER: (),  # every view_* permission of the three apps, and transactions.view_sales
 }
 VIEWER_APPS = ("devices", "inventory", "transactions")
-VIEWER_EXTRA = ("transactions.view_sales",)
+VIEWER_EXTRA = ("transactions.view_sales", *ALERT_READS)
 
 
 def _named(names) -> Q:
@@ -82,7 +93,7 @@ def _named(names) -> Q:
 def grants() -> dict[str, Q]:
     """Each role's permissions, as a filter on ``auth.Permission``."""
     return {
-        OPERATOR: Q(content_type__app_label__in=OPERATOR_APPS),
+        OPERATOR: Q(content_type__app_label__in=OPERATOR_APPS) | _named(ROLES[OPERATOR]),
         DRIVER: _named(ROLES[DRIVER]),
         TECHNICIAN: _named(ROLES[TECHNICIAN]),
         VIEWER: Q(content_type__app_label__in=VIEWER_APPS, codename__startswith="view_")

@@ -38,6 +38,11 @@ def register_machine_scope(scope: Callable[[object], frozenset[str] | None]) -> 
     _machine_scope = scope
 
 
+def machine_scope(user) -> frozenset[str] | None:
+    """The device ids ``user`` may see (a Driver's routes), or None for every machine."""
+    return _machine_scope(user) if _machine_scope is not None else None
+
+
 @dataclass(frozen=True)
 class Audience:
     everything: bool = False
@@ -65,7 +70,7 @@ def audience_for(user) -> Audience | None:
     if not (user and user.is_authenticated and user.is_staff and user.has_perm(VIEW_PERMISSION)):
         return None
     kinds = frozenset(kind for kind, perm in EVENT_PERMISSIONS.items() if user.has_perm(perm))
-    machines = _machine_scope(user) if _machine_scope is not None else None
+    machines = machine_scope(user)
     return Audience(kinds=kinds, user_id=user.pk, machines=machines)
 
 

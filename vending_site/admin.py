@@ -1,0 +1,3 @@
+"""The project's own admin screens, found by the admin's autodiscovery (``<app>.admin``)."""
+
+from vending_site.alerts import admin as _alerts  # noqa: F401

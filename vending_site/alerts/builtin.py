@@ -1,0 +1,88 @@
+"""The site's own alert rules (registered in ``VendingSiteConfig.ready``): a long-running
+process gone silent, and an endpoint whose messages fail for good. One query each."""
+
+from datetime import datetime, timedelta
+
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce
+
+from vending_site.models import ServiceHeartbeat
+from vending_site.notify.models import DeliveryState, Endpoint
+from vending_site.processes.heartbeat import STALE_BEATS, beat_interval
+
+from .models import AlertRule, Severity
+from .registry import Finding, RuleSpec, register
+
+
+def silent_services(rule: AlertRule, now: datetime) -> list[Finding]:
+    """Processes (discovery, serial bridge, sweeper, notifier…) that did not stop cleanly
+    and whose last beat is older than ``threshold`` beat intervals."""
+    beats = rule.threshold or STALE_BEATS
+    cutoff = now - timedelta(seconds=beat_interval() * beats)
+    rows = ServiceHeartbeat.objects.filter(stopped_at__isnull=True, beat_at__lt=cutoff)
+    return [
+        Finding(
+            subject=f"service:{row.name}",
+            title=f"Service {row.name} is silent (pid {row.pid} on {row.host})",
+            detail={
+                "service": row.name,
+                "pid": row.pid,
+                "host": row.host,
+                "beat_at": row.beat_at.isoformat(),
+            },
+        )
+        for row in rows
+    ]
+
+
+def failing_endpoints(rule: AlertRule, now: datetime) -> list[Finding]:
+    """Endpoints whose latest finished delivery (by message order) failed for good: a
+    delivery in state ``failed`` newer than the last one delivered."""
+    rows = (
+        Endpoint.objects.annotate(
+            last_failed=Max("deliveries__id", filter=Q(deliveries__state=DeliveryState.FAILED)),
+            last_delivered=Coalesce(
+                Max("deliveries__id", filter=Q(deliveries__state=DeliveryState.DELIVERED)), 0
+            ),
+        )
+        .filter(last_failed__isnull=False, last_failed__gt=F("last_delivered"))
+        .values_list("pk", "name", "kind", "last_failed")
+    )
+    return [
+        Finding(
+            subject=f"endpoint:{pk}",
+            title=f"Deliveries to {name} fail",
+            detail={"endpoint_id": pk, "endpoint": name, "kind": kind, "delivery_id": failed},
+            tags={"endpoint": pk},
+        )
+        for pk, name, kind, failed in rows
+    ]
+
+
+RULES = (
+    RuleSpec(
+        key="service_silent",
+        name="Service silent",
+        description="A long-running process (discovery, serial bridge, sweeper, notifier) "
+        "did not stop cleanly and has not beaten for `threshold` heartbeat intervals "
+        "(SERVICE_HEARTBEAT_SECONDS).",
+        check=silent_services,
+        severity=Severity.CRITICAL,
+        threshold=STALE_BEATS,
+        cooldown_minutes=30,
+    ),
+    RuleSpec(
+        key="delivery_failed",
+        name="Deliveries failing",
+        description="An endpoint's latest finished delivery failed after every retry; "
+        "resolves when a later one is delivered.",
+        check=failing_endpoints,
+        severity=Severity.WARNING,
+        cooldown_minutes=60,
+    ),
+)
+
+
+def register_rules() -> None:
+    for spec in RULES:
+        register(spec)

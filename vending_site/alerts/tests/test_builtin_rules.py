@@ -1,0 +1,82 @@
+"""The site's own rules: a service process gone silent, an endpoint whose deliveries fail."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from vending_site.alerts import registry
+from vending_site.alerts.evaluation import evaluate
+from vending_site.alerts.models import Alert, AlertRule, AlertState
+from vending_site.models import ServiceHeartbeat
+from vending_site.notify.events import emit
+from vending_site.notify.models import Delivery, DeliveryState
+
+from .helpers import subscriber
+
+pytestmark = pytest.mark.django_db
+
+
+def check(key: str, now=None) -> list[Alert]:
+    evaluate(AlertRule.objects.get(key=key), registry.get(key), now=now or timezone.now())
+    return list(Alert.objects.filter(rule__key=key).exclude(state=AlertState.RESOLVED))
+
+
+def heartbeat(name: str, *, age: float, stopped: bool = False) -> ServiceHeartbeat:
+    now = timezone.now()
+    return ServiceHeartbeat.objects.create(
+        name=name,
+        pid=42,
+        host="box",
+        started_at=now - timedelta(hours=1),
+        beat_at=now - timedelta(seconds=age),
+        stopped_at=now if stopped else None,
+    )
+
+
+def test_a_service_three_beats_late_is_silent_and_a_clean_stop_is_not(settings):
+    settings.SERVICE_HEARTBEAT_SECONDS = 5
+    heartbeat("sweeper", age=16)
+    heartbeat("discovery", age=14)  # within three beats
+    heartbeat("serial_bridge", age=600, stopped=True)  # stopped cleanly
+
+    (alert,) = check("service_silent")
+
+    assert alert.subject == "service:sweeper" and alert.severity == "critical"
+
+
+def test_a_silent_service_beating_again_resolves(settings):
+    settings.SERVICE_HEARTBEAT_SECONDS = 5
+    row = heartbeat("notifier", age=60)
+    check("service_silent")
+
+    ServiceHeartbeat.objects.filter(pk=row.pk).update(beat_at=timezone.now())
+
+    assert check("service_silent") == []
+
+
+def deliveries(endpoint, *states) -> None:
+    """One delivery to ``endpoint`` per state, in message order."""
+    for state in states:
+        emit("vend.succeeded", {"n": 1}, subject="vend:1")
+        latest = Delivery.objects.filter(endpoint=endpoint).latest("id")
+        Delivery.objects.filter(pk=latest.pk).update(state=state)
+
+
+def test_an_endpoint_whose_latest_delivery_failed_for_good_opens_an_alert():
+    erp = subscriber("erp", events=["vend.succeeded"])
+    deliveries(erp, DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.PENDING)
+
+    (alert,) = check("delivery_failed")
+
+    assert alert.subject == f"endpoint:{erp.pk}" and alert.detail["endpoint"] == "erp"
+
+
+def test_a_later_delivery_that_arrives_resolves_it():
+    erp = subscriber("erp", events=["vend.succeeded"])
+    deliveries(erp, DeliveryState.FAILED)
+    check("delivery_failed")
+
+    deliveries(erp, DeliveryState.DELIVERED)
+
+    assert check("delivery_failed") == []
