@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from . import views
+from . import attention, views
 
 urlpatterns = [
     path("state", views.state, name="state"),
@@ -15,4 +15,5 @@ urlpatterns = [
     path("transactions", views.transactions, name="transactions"),
     path("transactions/resolve", views.resolve, name="resolve"),
     path("logs", views.logs, name="logs"),
+    path("alerts/acknowledge", attention.acknowledge, name="acknowledge"),
 ]

@@ -63,9 +63,11 @@ from transactions.services import request_vend, resolve_unconfirmed
 from vending_site.auth.permissions import lacks
 from vending_site.auth.roles import PRICE_READERS, requires, sees_prices
 from vending_site.http.errors import DomainError, InvalidRequest, NotFound
-from vending_site.live.audience import VIEW_PERMISSION, for_page
+from vending_site.live.audience import VIEW_PERMISSION, for_page, machine_scope
 from vending_site.models import LiveEvent
 from vending_site.processes.heartbeat import services_state, stale_after
+
+from .attention import attention_feed
 
 FEED_LIMIT = 50
 FEED_MAX_LIMIT = 200  # the most rows one feed request returns (the page keeps as many)
@@ -86,6 +88,7 @@ ACTIONS = {
     "approve": "devices.change_device",
     "ports": "devices.change_serialport",
     "resolve": "transactions.change_transaction",
+    "acknowledge": "vending_site.change_alert",
 }
 # What the page shows beside machines and stock, and the permission each needs (unless the
 # dashboard is public). Prices follow roles.sees_prices.
@@ -103,6 +106,7 @@ REFUSED_LABELS = {
     "approve": "approving machines",
     "ports": "steering serial ports",
     "resolve": "settling unconfirmed vends",
+    "acknowledge": "acknowledging alerts",
     "show_transactions": "seeing every vend",
     "show_logs": "reading the communication log",
     "show_ports": "seeing serial ports",
@@ -314,6 +318,11 @@ def dashboard_state(*, user, device: Device | None = None) -> dict[str, Any]:
         "vends_per_hour": vends_per_hour(devices=visible_machines(user)),
         "feed_limit": FEED_LIMIT,
         "offline_after": settings.DEVICE_OFFLINE_AFTER,
+        "alerts": attention_feed(
+            user=user,
+            machine_ids=None if settings.DASHBOARD_PUBLIC else machine_scope(user),
+            public=settings.DASHBOARD_PUBLIC,
+        ),
     }
 
 

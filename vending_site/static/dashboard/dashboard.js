@@ -21,7 +21,11 @@
     transactionsUrl: body.dataset.transactionsUrl,
     logsUrl: body.dataset.logsUrl,
     resolveUrl: body.dataset.resolveUrl,
+    canAcknowledge: body.dataset.canAcknowledge === "true",
+    canApprove: body.dataset.canApprove === "true",
+    acknowledgeUrl: body.dataset.acknowledgeUrl,
   };
+  const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
   const FEED_BUFFER = 200; // rows kept in memory; a machine's own rows come from the server
   const POLL_MS = 5000; // presence, ports and discovery raise no event when they go quiet
   const HOUR_MS = 3600 * 1000;
@@ -41,6 +45,7 @@
     discovery: "Discovery listener (UDP)",
     serial_bridge: "Serial bridge",
     sweeper: "Sweeper",
+    notifier: "Notifier (alerts, e-mail, webhooks)",
   };
   const SERVICE_STATE_LABEL = { running: "Running", stopped: "Stopped", never_started: "Never started" };
   const PORT_REQUESTS = [
@@ -66,6 +71,7 @@
     charted: new Set(), // transactions already counted in the vends chart
     feedLimit: 50,
     clockOffset: 0, // server time minus this browser's time, in ms
+    alerts: [], // open and acknowledged alerts (resolved ones leave the list)
   };
   const ui = {
     paused: false,
@@ -233,6 +239,7 @@
       if (txn.state === "succeeded" || txn.state === "failed") model.charted.add(txn.id);
     }
     setLogs(doc.logs || []);
+    model.alerts = doc.alerts || [];
     model.hours = (doc.vends_per_hour || []).map((h) => ({
       start: parseTime(h.hour),
       succeeded: h.succeeded,
@@ -346,6 +353,9 @@
       case "service":
         onService(payload);
         break;
+      case "alert":
+        onAlert(payload);
+        break;
       default:
         break; // "command" and kinds added later: nothing on this page shows them
     }
@@ -417,9 +427,165 @@
     renderServices();
   }
 
+  function onAlert(payload) {
+    const index = model.alerts.findIndex((a) => a.id === payload.id);
+    if (payload.state === "resolved") {
+      if (index >= 0) model.alerts.splice(index, 1);
+    } else if (index >= 0) {
+      model.alerts[index] = payload;
+    } else {
+      model.alerts.push(payload);
+    }
+    renderAttention();
+  }
+
+  // --- Rendering: needs attention ------------------------------------------------------
+
+  /* Pinned above everything: what a person must do, most severe and oldest first. Each
+   * alert offers its own action (settle a vend, approve a machine) and Acknowledge; a
+   * settlement asks for a second click, since it cannot be undone. */
+  function renderAttention() {
+    const alerts = [...model.alerts].sort(
+      (a, b) =>
+        (SEVERITY_RANK[a.severity] ?? 3) - (SEVERITY_RANK[b.severity] ?? 3) ||
+        (a.state === "open" ? 0 : 1) - (b.state === "open" ? 0 : 1) ||
+        parseTime(a.opened_at) - parseTime(b.opened_at),
+    );
+    const focused = document.activeElement && document.activeElement.dataset.focusKey;
+    $("attention-list").replaceChildren(...alerts.map(alertItem));
+    $("attention-empty").hidden = alerts.length > 0;
+    $("attention-count").textContent = alerts.length ? `${alerts.length} open` : "";
+    $("attention").dataset.count = String(alerts.length);
+    if (focused) {
+      const again = $("attention-list").querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  function alertItem(alert) {
+    const item = el("li", `attention__item attention__item--${alert.severity}`);
+    item.dataset.alert = String(alert.id);
+    item.dataset.state = alert.state;
+    const head = el("div", "attention__head");
+    head.append(
+      el("span", `badge badge--${alert.severity}`, alert.severity),
+      el("span", "attention__title", alert.title),
+    );
+    const meta = el("p", "attention__meta");
+    const opened = el("time", "");
+    setTime(opened, alert.opened_at, true);
+    meta.append(el("span", "", `${alert.rule_name || alert.rule} · opened `), opened);
+    if (alert.state === "acknowledged") {
+      const who = alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : "";
+      const note = alert.acknowledgement_note ? `: ${alert.acknowledgement_note}` : "";
+      meta.append(el("span", "attention__ack", ` · acknowledged${who}${note}`));
+    }
+    item.append(head, meta, alertActions(alert));
+    return item;
+  }
+
+  function alertActions(alert) {
+    const group = el("div", "attention__actions");
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", `Actions for: ${alert.title}`);
+    const action = alert.action || {};
+    if (action.kind === "settle_vend" && config.canResolve) {
+      for (const [dispensed, text] of [[true, "Dispensed"], [false, "Not dispensed"]]) {
+        const button = actionButton(text, `settle:${alert.id}:${dispensed}`);
+        button.addEventListener("click", () => confirmSettle(alert, action.transaction_id, dispensed, button));
+        group.append(button);
+      }
+    }
+    if (action.kind === "approve_machine" && config.canApprove) {
+      const button = actionButton("Approve machine", `approve:${alert.id}`);
+      button.addEventListener("click", () => approveFromAlert(action, button));
+      group.append(button);
+    }
+    if (alert.state === "open" && config.canAcknowledge) {
+      const button = actionButton("Acknowledge", `ack:${alert.id}`);
+      button.addEventListener("click", () => acknowledgeAlert(alert.id, button));
+      group.append(button);
+    }
+    return group;
+  }
+
+  function actionButton(text, focusKey) {
+    const button = el("button", "button button--quiet", text);
+    button.type = "button";
+    button.dataset.focusKey = focusKey;
+    return button;
+  }
+
+  function confirmSettle(alert, transactionId, dispensed, button) {
+    const group = button.parentElement;
+    const question = dispensed
+      ? "The product came out: the vend counts as sold. Confirm?"
+      : "Nothing came out: the unit goes back to the slot. Confirm?";
+    const confirmBox = el("div", "attention__confirm");
+    confirmBox.setAttribute("role", "group");
+    confirmBox.setAttribute("aria-label", question);
+    const yes = actionButton(dispensed ? "Confirm: dispensed" : "Confirm: not dispensed", `confirm:${alert.id}`);
+    yes.classList.add("button--primary");
+    const no = actionButton("Cancel", `cancel:${alert.id}`);
+    yes.addEventListener("click", async () => {
+      showNotice("attention-notice", "");
+      yes.disabled = true;
+      const result = await request(config.resolveUrl, {
+        method: "POST",
+        data: { transaction_id: transactionId, dispensed },
+      });
+      if (!result.ok) {
+        showNotice("attention-notice", result.body.detail);
+        renderAttention();
+        return;
+      }
+      onTransaction(result.body); // the alert itself resolves with the notifier's next check
+      confirmBox.replaceChildren(el("span", "attention__done", dispensed ? "Settled: dispensed" : "Settled: not dispensed"));
+    });
+    no.addEventListener("click", () => renderAttention());
+    confirmBox.append(el("span", "attention__question", question), yes, no);
+    group.replaceChildren(confirmBox);
+    yes.focus();
+  }
+
+  async function approveFromAlert(action, button) {
+    showNotice("attention-notice", "");
+    const machine = model.machines.find((m) => m.device_id === action.device_id);
+    const address = action.address || (machine && machine.asks_from);
+    if (!address) {
+      showNotice("attention-notice", "The machine's address is not known yet: wait for its next request.");
+      return;
+    }
+    button.disabled = true;
+    const result = await request(config.approveUrl, {
+      method: "POST",
+      data: { device_id: action.device_id, address },
+    });
+    button.disabled = false;
+    if (!result.ok) {
+      showNotice("attention-notice", result.body.detail);
+      return;
+    }
+    if (machine) Object.assign(machine, result.body);
+    renderMachines();
+  }
+
+  async function acknowledgeAlert(alertId, button) {
+    showNotice("attention-notice", "");
+    button.disabled = true;
+    const result = await request(config.acknowledgeUrl, { method: "POST", data: { alert_id: alertId } });
+    button.disabled = false;
+    if (!result.ok) {
+      showNotice("attention-notice", result.body.detail);
+      return;
+    }
+    onAlert(result.body);
+  }
+
   // --- Rendering: machines -------------------------------------------------------------
 
   function renderAll() {
+    renderAttention();
     renderMachines();
     renderSlots();
     renderPorts();
