@@ -16,6 +16,11 @@ class VendingSiteConfig(AppConfig):
         # Every role exists after migrate and after a flush (tests' transactional teardown).
         post_migrate.connect(roles.ensure_roles, sender=self, dispatch_uid="vending-roles")
 
+        from vending_site.notify.metrics import NotifyCollector
+        from vending_site.observability.metrics import register_scrape_time
+
+        register_scrape_time(NotifyCollector())  # the outbox's queue depth at /metrics
+
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 
         if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):

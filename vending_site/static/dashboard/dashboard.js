@@ -41,6 +41,7 @@
     discovery: "Discovery listener (UDP)",
     serial_bridge: "Serial bridge",
     sweeper: "Sweeper",
+    notifier: "Notifier",
   };
   const SERVICE_STATE_LABEL = { running: "Running", stopped: "Stopped", never_started: "Never started" };
   const PORT_REQUESTS = [
