@@ -190,3 +190,28 @@ def endpoint_deliveries(endpoint: Endpoint):
         .prefetch_related("attempt_log")
         .order_by("-created_at", "-id")
     )
+
+
+@dataclass(frozen=True)
+class QueueHealth:
+    endpoints: int
+    pending: int
+    overdue: int  # pending, due over ``OVERDUE_AFTER`` ago and held by no notifier
+    failed_last_day: int
+
+
+OVERDUE_AFTER = timedelta(minutes=1)
+
+
+def queue_health(*, now: datetime | None = None) -> QueueHealth:
+    """What ``check_system`` reports of the outbox (four counts)."""
+    now = now or timezone.now()
+    pending = Delivery.objects.filter(state=DeliveryState.PENDING)
+    return QueueHealth(
+        endpoints=Endpoint.objects.filter(is_active=True).count(),
+        pending=pending.count(),
+        overdue=pending.filter(_free_delivery(now - OVERDUE_AFTER)).count(),
+        failed_last_day=Delivery.objects.filter(
+            state=DeliveryState.FAILED, created_at__gte=now - timedelta(days=1)
+        ).count(),
+    )
