@@ -313,3 +313,25 @@ def test_delivered_messages_past_retention_are_pruned_and_pending_ones_kept(rece
     assert outbox.prune_delivered() == 1
 
     assert set(Message.objects.values_list("pk", flat=True)) == {old_pending.pk, recent.pk}
+
+
+def test_metrics_count_deliveries_by_outcome_and_show_the_queue_depth(receiver, client):
+    from .test_metrics import scrape, value
+
+    receiver.secret = webhook(receiver.start().url).secret
+    webhook("http://127.0.0.1:9/nobody", "dead")  # connection refused: a retry
+    vend_event(1)
+    before = scrape(client)
+    assert value(before, "vending_notify_queue_depth") == 2
+
+    Notifier().run_once()
+
+    after = scrape(client)
+    delivered = "vending_notify_deliveries_total"
+    assert (
+        value(after, delivered, outcome="delivered")
+        >= value(before, delivered, outcome="delivered") + 1
+    )
+    assert value(after, delivered, outcome="retry") >= value(before, delivered, outcome="retry") + 1
+    assert value(after, "vending_notify_delivery_seconds_count") >= 1
+    assert value(after, "vending_notify_queue_depth") == 1  # the dead one waits to retry
