@@ -18,9 +18,13 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import metrics
+from vending_site.observability.logging import get_logger
+
+from . import metrics, signals
 from .models import Delivery, DeliveryAttempt, DeliveryState, Endpoint, Message
 from .sending import ERROR_LENGTH, Outcome
+
+logger = get_logger(__name__)
 
 CANDIDATES_PER_SLOT = 4  # rows read per free slot: some are skipped for a busy endpoint
 
@@ -64,13 +68,13 @@ def claim_due(
     if limit <= 0:
         return Claim(token, until, [])
     saturated = [endpoint for endpoint, count in busy.items() if count >= per_endpoint]
+    due = Delivery.objects.filter(_free_delivery(now)).exclude(endpoint_id__in=saturated)
+    # A plain read first: an idle notifier looks four times a second, and a claim's
+    # transaction takes SQLite's write lock (IMMEDIATE) from its start.
+    if not due.exists():
+        return Claim(token, until, [])
     with transaction.atomic():
-        candidates = (
-            Delivery.objects.filter(_free_delivery(now))
-            .exclude(endpoint_id__in=saturated)
-            .order_by("next_attempt_at", "id")
-            .values_list("id", "endpoint_id")
-        )
+        candidates = due.order_by("next_attempt_at", "id").values_list("id", "endpoint_id")
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         chosen = []
@@ -145,6 +149,12 @@ def record_outcome(
     if not moved:
         return "lost"
     metrics.record_delivery(result, created_at=delivery.created_at, delivered_at=now)
+    if result == "failed":
+        for receiver, error in signals.delivery_failed.send_robust(Delivery, delivery=delivery):
+            if error is not None:
+                logger.error(
+                    "delivery_failed_receiver_error", receiver=str(receiver), error=str(error)
+                )
     return result
 
 

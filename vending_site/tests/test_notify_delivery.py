@@ -335,3 +335,23 @@ def test_metrics_count_deliveries_by_outcome_and_show_the_queue_depth(receiver, 
     assert value(after, delivered, outcome="retry") >= value(before, delivered, outcome="retry") + 1
     assert value(after, "vending_notify_delivery_seconds_count") >= 1
     assert value(after, "vending_notify_queue_depth") == 1  # the dead one waits to retry
+
+
+def test_a_delivery_that_gives_up_sends_the_delivery_failed_signal(settings):
+    from vending_site.notify.signals import delivery_failed
+
+    settings.NOTIFY_MAX_ATTEMPTS = 1
+    webhook(f"http://127.0.0.1:{free_port()}/closed")
+    vend_event()
+    heard = []
+
+    def listener(sender, delivery, **kwargs):
+        heard.append(delivery.pk)
+
+    delivery_failed.connect(listener)
+    try:
+        Notifier().run_once()
+    finally:
+        delivery_failed.disconnect(listener)
+
+    assert heard == [Delivery.objects.get(state="failed").pk]
