@@ -355,3 +355,49 @@ def test_a_delivery_that_gives_up_sends_the_delivery_failed_signal(settings):
         delivery_failed.disconnect(listener)
 
     assert heard == [Delivery.objects.get(state="failed").pk]
+
+
+@pytest.fixture
+def tls_receiver(tmp_path, monkeypatch):
+    """A receiver behind TLS with a self-signed certificate for ``localhost`` that this test
+    trusts (``SSL_CERT_FILE``, read by ``ssl.create_default_context``)."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    hooks = Receiver(tls=context).start()
+    yield hooks
+    hooks.stop()
+
+
+def test_https_is_verified_against_the_host_name_of_the_url(tls_receiver):
+    good = webhook(f"https://localhost:{tls_receiver.port}/hooks", "by name")
+    tls_receiver.secret = good.secret
+    message = vend_event()
+
+    Notifier().run_once()
+
+    (got,) = tls_receiver.wait_for(1)
+    assert got.verified and got.headers["webhook-id"] == message.msg_id
+    assert got.headers["host"] == f"localhost:{tls_receiver.port}"
+    good.delete()
+    webhook(f"https://127.0.0.1:{tls_receiver.port}/hooks", "by address")  # not on the cert
+    vend_event(2)
+
+    Notifier().run_once()
+
+    attempt = DeliveryAttempt.objects.get(delivery__endpoint__name="by address")
+    assert attempt.error.startswith("TLS failed") and "127.0.0.1" in attempt.error

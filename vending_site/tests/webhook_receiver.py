@@ -36,6 +36,7 @@ class Receiver:
     location: str = ""
     host: str = "127.0.0.1"
     port: int = 0
+    tls: object = None  # an ssl.SSLContext to serve https with
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class Receiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
