@@ -76,6 +76,13 @@ class EndpointAdmin(admin.ModelAdmin):
         obj.updated_at = timezone.now()
         super().save_model(request, obj, form, change)
 
+    def delete_model(self, request, obj) -> None:
+        services.delete_endpoint(obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for endpoint in queryset:
+            services.delete_endpoint(endpoint)
+
     @admin.action(description="Rotate the signing secret (webhooks)", permissions=["change"])
     def rotate_secrets(self, request: HttpRequest, queryset) -> None:
         count = 0

@@ -134,6 +134,11 @@ def record_outcome(
     else:
         changes.update(next_attempt_at=next_at)
     with transaction.atomic():
+        # The row lock orders this against a deletion of the endpoint or message
+        # (delete_deliveries_of locks the same rows first): a try on a delivery deleted
+        # meanwhile is not recorded, and one recorded first is deleted with it.
+        if not Delivery.objects.select_for_update().filter(pk=delivery.pk).exists():
+            return "lost"
         DeliveryAttempt.objects.create(
             delivery_id=delivery.pk,
             started_at=started_at,
@@ -184,8 +189,17 @@ def prune_delivered(*, now: datetime | None = None, batch: int = 1000) -> int:
         .values_list("id", flat=True)[:batch]
     )
     if ids:
-        Message.objects.filter(id__in=ids).delete()
+        with transaction.atomic():
+            lock_deliveries(Delivery.objects.filter(message_id__in=ids))
+            Message.objects.filter(id__in=ids).delete()
     return len(ids)
+
+
+def lock_deliveries(deliveries) -> None:
+    """Lock ``deliveries`` before deleting them (or what they belong to), inside the caller's
+    transaction, so a notifier recording a try on one waits, then finds it gone, instead of
+    adding a try the deletion did not see (a foreign-key error on PostgreSQL)."""
+    list(deliveries.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def pending_count() -> int:

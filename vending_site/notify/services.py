@@ -106,6 +106,13 @@ def update_endpoint(endpoint: Endpoint, *, changes: dict[str, Any]) -> Endpoint:
     return endpoint
 
 
+@transaction.atomic
+def delete_endpoint(endpoint: Endpoint) -> None:
+    """Delete ``endpoint`` with its deliveries and their tries, even while a notifier sends."""
+    outbox.lock_deliveries(Delivery.objects.filter(endpoint=endpoint))
+    endpoint.delete()
+
+
 def rotate_secret(endpoint: Endpoint) -> str:
     """A new signing secret; messages sent from now on are signed with it."""
     secret = new_webhook_secret()

@@ -27,6 +27,8 @@ from .sending import Outcome, send
 
 logger = get_logger(__name__)
 
+STOP_CHECK_SECONDS = 0.1  # how soon a pause notices the stop signal
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}"
@@ -52,7 +54,7 @@ class Notifier:
         self.name = name or worker_name()
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}
-        self._idle = threading.Event()
+        self._send_finished = threading.Event()
         self.sent = 0
 
     # --- the loop --------------------------------------------------------------------------
@@ -62,17 +64,24 @@ class Notifier:
         try:
             while not stop.is_set():
                 self._run_periodic()
+                self._send_finished.clear()  # before claiming: a send finishing after it wakes us
                 claimed = self._claim_and_submit(pool)
-                if not claimed:
-                    self._idle.clear()
-                    stop.wait(self.poll)
-                elif self._free() <= 0:
-                    # Every thread busy: wait for one to finish (or the poll interval).
-                    self._idle.wait(self.poll)
-                    self._idle.clear()
+                if claimed and self._free() > 0:
+                    continue  # there may be more, and threads to send it
+                # Nothing more to take now: look again when a send finishes (it frees a
+                # thread or an endpoint's share) or after the poll interval (new rows).
+                self._pause(stop, self.poll)
         finally:
             self._shut_down(pool)  # every claimed delivery is sent and recorded
             connection.close()
+
+    def _pause(self, stop: threading.Event, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not (stop.is_set() or self._send_finished.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._send_finished.wait(min(left, STOP_CHECK_SECONDS))
 
     def run_once(self) -> int:
         """Claim and send what is due now, wait for it; returns how many were claimed."""
@@ -184,4 +193,4 @@ class Notifier:
                     self._in_flight[delivery.endpoint_id] = left
                 else:
                     self._in_flight.pop(delivery.endpoint_id, None)
-            self._idle.set()
+            self._send_finished.set()

@@ -401,3 +401,48 @@ def test_https_is_verified_against_the_host_name_of_the_url(tls_receiver):
 
     attempt = DeliveryAttempt.objects.get(delivery__endpoint__name="by address")
     assert attempt.error.startswith("TLS failed") and "127.0.0.1" in attempt.error
+
+
+def test_deleting_an_endpoint_while_its_deliveries_are_being_sent_succeeds():
+    from vending_site.notify.models import Message
+    from vending_site.notify.services import delete_endpoint
+
+    fast = Receiver().start()
+    try:
+        endpoint = webhook(fast.url)
+        vend_event()
+        message = Message.objects.get()
+        Delivery.objects.bulk_create(  # a long history: the deletion takes a while
+            [Delivery(message=message, endpoint=endpoint) for _ in range(3000)]
+        )
+        stop = threading.Event()
+        notifier = Notifier(workers=8, per_endpoint=8, poll=0.01)
+        thread = threading.Thread(target=notifier.run, args=(stop,))
+        thread.start()
+        try:
+            fast.wait_for(50)  # tries keep landing while the deletion runs
+            delete_endpoint(endpoint)
+        finally:
+            stop.set()
+            thread.join(30)
+    finally:
+        fast.stop()
+    assert not Endpoint.objects.exists()
+    assert not Delivery.objects.exists() and not DeliveryAttempt.objects.exists()
+
+
+def test_a_send_finishing_lets_the_next_one_go_without_waiting_for_the_poll(receiver):
+    receiver.secret = webhook(receiver.start().url).secret
+    for number in range(20):
+        vend_event(number)
+    stop = threading.Event()
+    # One endpoint, two at a time, and a poll interval far longer than the whole queue needs:
+    # only being woken by each finished send drains it in time.
+    notifier = Notifier(workers=8, per_endpoint=2, poll=30)
+    thread = threading.Thread(target=notifier.run, args=(stop,))
+    thread.start()
+    try:
+        receiver.wait_for(20, timeout=15)
+    finally:
+        stop.set()
+        thread.join(40)

@@ -117,7 +117,7 @@ class WebhookDetailView(_RoleChecked, generics.GenericAPIView):
 
     @docs.WEBHOOK_DELETE
     def delete(self, request: Request, pk: str) -> Response:
-        _webhook(pk).delete()
+        services.delete_endpoint(_webhook(pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
