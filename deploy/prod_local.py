@@ -6,8 +6,8 @@ database if it is missing, migrates, collects static files, bootstraps the staff
 makes a self-signed certificate on first run, renders nginx's configuration into the var
 dir, then hands over to honcho with ``Procfile.prod-local``: nginx (unprivileged, in the
 foreground), granian (``deploy/web.py``: ``WEB_WORKERS`` WSGI workers, every HTTP request) and
-Daphne (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial bridge and the
-sweeper. ``prepare`` does everything but the last step. ``render-compose`` writes
+Daphne (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial bridge, the
+sweeper and the notifier. ``prepare`` does everything but the last step. ``render-compose`` writes
 ``deploy/nginx/vending.conf``, the same template rendered for docker-compose.yml.
 
 Every listener binds 127.0.0.1 (nginx included), so nothing here is reachable from the LAN;

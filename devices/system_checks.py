@@ -20,6 +20,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from vending_site.http import health
+from vending_site.notify.outbox import queue_health
+from vending_site.processes.heartbeat import NOTIFIER, ServiceState, services_state
 
 from .models import Device, SerialPort
 from .protocol import ESP32_USB_IDS, likely_esp32
@@ -110,6 +112,37 @@ def check_devices_online() -> CheckResult:
         return CheckResult("devices", Status.PASS, detail)
 
     return _guarded("devices", "check the database and migrations checks above", run)
+
+
+def check_notifier() -> CheckResult:
+    """The notification outbox: sent on time by a running ``run_notifier``?"""
+
+    def run() -> CheckResult:
+        queue = queue_health()
+        state = next(s["state"] for s in services_state() if s["name"] == NOTIFIER)
+        detail = (
+            f"{queue.pending} pending to {queue.endpoints} endpoint(s); "
+            f"notifier {state.replace('_', ' ')}"
+        )
+        if queue.overdue:
+            return CheckResult(
+                "notifier",
+                Status.WARN,
+                f"{queue.overdue} deliveries overdue by over a minute; {detail}",
+                "is manage.py run_notifier running? (make run, compose and systemd start one)",
+            )
+        if queue.endpoints and state != ServiceState.RUNNING:
+            return CheckResult("notifier", Status.WARN, detail, "start manage.py run_notifier")
+        if queue.failed_last_day:
+            return CheckResult(
+                "notifier",
+                Status.WARN,
+                f"{queue.failed_last_day} deliveries failed in the last day; {detail}",
+                "the admin's Deliveries list says why; replay them once the receiver is back",
+            )
+        return CheckResult("notifier", Status.PASS, detail)
+
+    return _guarded("notifier", "check the database and migrations checks above", run)
 
 
 # --- USB serial -------------------------------------------------------------------------
@@ -283,7 +316,16 @@ def check_web(*, url: str, timeout: float = WEB_TIMEOUT) -> CheckResult:
 
 # --- all of them ------------------------------------------------------------------------
 
-CHECK_NAMES = ("database", "migrations", "channel_layer", "serial", "discovery", "web", "devices")
+CHECK_NAMES = (
+    "database",
+    "migrations",
+    "channel_layer",
+    "serial",
+    "discovery",
+    "web",
+    "devices",
+    "notifier",
+)
 
 
 def run_checks(*, discovery_port: int, web_url: str, skip: Iterable[str] = ()) -> list[CheckResult]:
@@ -296,6 +338,7 @@ def run_checks(*, discovery_port: int, web_url: str, skip: Iterable[str] = ()) -
         "discovery": lambda: check_discovery(port=discovery_port),
         "web": lambda: check_web(url=web_url),
         "devices": check_devices_online,
+        "notifier": check_notifier,
     }
     skipped = set(skip)
     return [checks[name]() for name in CHECK_NAMES if name not in skipped]

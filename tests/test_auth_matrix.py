@@ -34,6 +34,9 @@ MATRIX = [
     ("post", f"/api/v1/devices/{DEVICE_ID}/admission", A, (401, 403, 403, 403, 403, 200)),
     ("get", "/api/v1/reports/sales", None, (401, 403, 403, 403, 403, 200)),
     ("get", "/status", None, (200, 200, 200, 200, 200, 200)),
+    # Webhook subscriptions: an Operator's (an unknown event type answers 400, nothing saved).
+    ("get", "/api/v1/webhooks/", None, (401, 403, 403, 403, 403, 200)),
+    ("post", "/api/v1/webhooks/", {"url": "x", "events": ["no"]}, (401, 403, 403, 403, 403, 400)),
 ]
 
 

@@ -32,6 +32,11 @@ class VendingSiteConfig(AppConfig):
         )
         register_scrape_time(AlertsCollector())
 
+        from vending_site.notify.metrics import NotifyCollector
+        from vending_site.observability.metrics import register_scrape_time
+
+        register_scrape_time(NotifyCollector())  # the outbox's queue depth at /metrics
+
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 
         if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):

@@ -463,6 +463,27 @@ SERVICE_HEARTBEAT_SECONDS = env.float("SERVICE_HEARTBEAT_SECONDS", default=5.0)
 # The notifier evaluates the alert rules this often (seconds; vending_site/alerts/evaluation.py).
 ALERT_CHECK_SECONDS = max(env.float("ALERT_CHECK_SECONDS", default=10.0), 1.0)
 
+# Notifications and webhooks (docs/alerts.md): the notifier (`manage.py run_notifier`) sends
+# the outbox. A webhook host resolving outside the public internet is refused unless inside
+# WEBHOOK_ALLOWED_NETWORKS (CIDRs); timeouts, retries and retention in seconds and days.
+WEBHOOK_ALLOWED_NETWORKS = env.list("WEBHOOK_ALLOWED_NETWORKS", default=[])
+NOTIFY_TIMEOUT = max(env.float("NOTIFY_TIMEOUT", default=5.0), 0.1)
+NOTIFY_MAX_ATTEMPTS = max(env.int("NOTIFY_MAX_ATTEMPTS", default=8), 1)
+NOTIFY_BACKOFF_BASE = max(env.float("NOTIFY_BACKOFF_BASE", default=5.0), 0.0)
+NOTIFY_BACKOFF_CAP = max(env.float("NOTIFY_BACKOFF_CAP", default=3600.0), 0.0)
+NOTIFY_LEASE_SECONDS = max(env.float("NOTIFY_LEASE_SECONDS", default=60.0), 1.0)
+NOTIFY_WORKERS = max(env.int("NOTIFY_WORKERS", default=8), 1)
+NOTIFY_PER_ENDPOINT = max(env.int("NOTIFY_PER_ENDPOINT", default=2), 1)
+NOTIFY_POLL_SECONDS = max(env.float("NOTIFY_POLL_SECONDS", default=0.25), 0.01)
+NOTIFY_RETENTION_DAYS = max(env.int("NOTIFY_RETENTION_DAYS", default=30), 1)
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="vending@localhost")
+
 # First-run staff account (see `manage.py bootstrap`).
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env.str("ADMIN_PASSWORD", default="")

@@ -19,6 +19,7 @@ from vending_site.dashboard import views as dashboard
 from vending_site.dashboard.sales import sales_page
 from vending_site.dashboard.stock import stock_page
 from vending_site.http.health import HealthView
+from vending_site.notify.api import urls as notify_urls
 from vending_site.observability import metrics
 
 handler404 = "vending_site.http.errors.page_not_found"
@@ -34,6 +35,7 @@ def _api_v1(*, asgi: bool) -> list:
         *device_urls.api_v1_patterns,
         *inventory_urls.api_v1_patterns,
         *alert_urls.api_v1_patterns,
+        *notify_urls.api_v1_patterns,
     ]
 
 

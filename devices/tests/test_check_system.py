@@ -92,6 +92,7 @@ def test_every_check_passes_against_running_discovery_and_web_server(discovery_p
         "discovery": "pass",
         "web": "pass",
         "devices": "pass",
+        "notifier": "pass",
     }
     details = {check["name"]: check["detail"] for check in report["checks"]}
     assert "FLASK_SERVER:127.0.0.1" in details["discovery"]
@@ -151,6 +152,7 @@ def test_json_output_parses_and_carries_each_failure_with_its_hint():
         "discovery",
         "web",
         "devices",
+        "notifier",
     ]
     assert checks["discovery"]["status"] == "fail"
     assert "run_discovery" in checks["discovery"]["hint"]
@@ -166,7 +168,7 @@ def test_skipped_checks_are_not_run_and_are_listed():
 
     assert error is None, output
     names = re.findall(r"^(\w+)\s+(?:PASS|WARN|FAIL)\s", output, re.MULTILINE)
-    assert names == ["database", "migrations", "channel_layer", "devices"]
+    assert names == ["database", "migrations", "channel_layer", "devices", "notifier"]
     assert "skipped: serial, discovery, web" in output
 
 
@@ -179,6 +181,23 @@ def test_a_warning_alone_exits_zero_and_still_prints_its_hint():
     assert error is None
     assert re.search(r"^devices\s+WARN\s+0 of 1 online", output, re.MULTILINE)
     assert "hint (devices):" in output
+
+
+@pytest.mark.django_db
+def test_deliveries_nobody_sends_warn_with_a_hint_to_start_the_notifier():
+    from vending_site.notify.events import emit
+    from vending_site.notify.models import Delivery, Endpoint
+
+    DeviceFactory(last_seen=timezone.now())
+    Endpoint.objects.create(name="erp", url="https://erp.example/", event_types=["vend.failed"])
+    emit("vend.failed", {"id": "1"}, subject="vend:1")
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=5))
+
+    output, error = check_system(*NETWORK_CHECKS)
+
+    assert error is None  # a warning
+    assert re.search(r"^notifier\s+WARN\s+1 deliveries overdue", output, re.MULTILINE)
+    assert "hint (notifier): is manage.py run_notifier running?" in output
 
 
 def test_an_unknown_check_name_is_refused():

@@ -26,6 +26,8 @@ from tests.browser.conftest import STAFF_PASSWORD, log_in
 from transactions.choices import TransactionState
 from transactions.models import Transaction
 from transactions.services import request_vend
+from vending_site.notify.events import emit
+from vending_site.notify.models import Delivery, Endpoint
 
 WIDTH = 1440
 USER_AGENT = (
@@ -100,6 +102,21 @@ def fill_every_model(user) -> None:
         ip_address="192.168.100.200",
         username="somebody",
         path_info="/admin/login/",
+    )
+    Endpoint.objects.create(
+        name="ERP of the regional distributor, production",
+        url="https://erp.distributor.example.com/integrations/vending/webhooks/v2/events",
+        event_types=["vend.succeeded", "vend.failed", "vend.unconfirmed", "stock.low"],
+    )
+    emit(
+        "vend.failed",
+        {"id": "4b2f7a34-8a5e-4ad8-9e7e-2f6f3c3d9a11", "state": "failed"},
+        subject="vend:4b2f7a34-8a5e-4ad8-9e7e-2f6f3c3d9a11",
+    )
+    Delivery.objects.update(
+        attempts=3,
+        last_status=503,
+        last_error="HTTP 503: upstream connect error or disconnect/reset before headers",
     )
 
 

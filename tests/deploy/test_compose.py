@@ -410,7 +410,7 @@ def test_each_long_running_service_counts_metrics_in_a_directory_of_its_own():
         own = env["PROMETHEUS_MULTIPROC_DIR"]
         assert Path(own).parent == Path(env["METRICS_COLLECT_DIR"]), name
         dirs[name] = own
-    assert {"web1", "web2", "ws", "discovery", "serial-bridge", "sweeper"} <= set(dirs)
+    assert {"web1", "web2", "ws", "discovery", "serial-bridge", "sweeper", "notifier"} <= set(dirs)
     assert len(set(dirs.values())) == len(dirs), dirs
 
 
@@ -620,3 +620,25 @@ def test_every_shipped_topology_runs_the_sweeper():
     assert "WantedBy=multi-user.target" in unit
     enable = re.search(r"systemctl enable --now (.*)", (ROOT / "docs/production.md").read_text())
     assert "vending-sweeper" in enable.group(1).split()
+
+
+def _notifies(argv: list[str]) -> bool:
+    """``argv`` runs the notifier: ``manage.py run_notifier``, until stopped."""
+    if argv and argv[0] == "exec":
+        argv = argv[1:]
+    return argv[1:3] == ["manage.py", "run_notifier"] and "--once" not in argv
+
+
+def test_every_shipped_topology_runs_the_notifier():
+    # Without it the outbox only fills: no webhook, e-mail or alert check ever goes out.
+    for procfile in ("Procfile", "Procfile.demo", "Procfile.prod-local"):
+        lines = (ROOT / procfile).read_text().splitlines()
+        commands = [line.split(": ", 1)[1] for line in lines if line and not line.startswith("#")]
+        assert any(_notifies(shlex.split(command)) for command in commands), procfile
+    assert any(_notifies(service.get("command", [])) for service in SERVICES.values())
+    unit = (SYSTEMD / "vending-notifier.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, re.MULTILINE)
+    assert _notifies(shlex.split(exec_start))
+    assert "WantedBy=multi-user.target" in unit
+    enable = re.search(r"systemctl enable --now (.*)", (ROOT / "docs/production.md").read_text())
+    assert "vending-notifier" in enable.group(1).split()

@@ -41,6 +41,8 @@ from devices.models import Device, Location, Route, RouteStop
 from inventory.models import Product
 from tests.accounting import assert_stock_adds_up, take_start
 from tests.factories import UserFactory, stocked_device
+from vending_site.notify.events import emit
+from vending_site.notify.models import Endpoint
 from vending_site.wsgi import application
 
 SEED = 20261124
@@ -94,6 +96,7 @@ PLANOGRAM_TAG = "planogram"  # staff's, steered onto the real machine and slots 
 PRODUCTS_TAG = "products"  # staff's, steered onto the machine's real products
 PICKLIST_TAG = "pick lists"  # staff's, steered onto the real machine too
 FLEET_TAG = "fleet"  # staff's, steered onto the real machine, location and route
+WEBHOOKS_TAG = "webhooks"  # staff's, steered onto a real subscription and its delivery
 
 
 @pytest.fixture
@@ -108,6 +111,7 @@ def fleet(transactional_db, settings):
     # Binding off: schemathesis' WSGI requests carry no address, and the device cases must
     # reach the device logic (binding has its own tests, devices/tests/test_access.py).
     settings.DEVICE_ADDRESS_BINDING = False
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]  # the steered subscription's receiver
     stocked_device(
         DEVICE,
         is_active=True,
@@ -130,6 +134,16 @@ def fleet_rows(fleet) -> dict:
     route = Route.objects.create(name="Fuzz route")
     RouteStop.objects.create(route=route, location=site, position=1)
     return {"locations": site.pk, "routes": route.pk}
+
+
+@pytest.fixture
+def webhook_rows(transactional_db) -> dict:
+    """A webhook subscription with one delivery, for the steered cases."""
+    endpoint = Endpoint.objects.create(
+        name="fuzz", url="http://127.0.0.1:9/hooks", event_types=["vend.failed"]
+    )
+    emit("vend.failed", {"id": "fuzz"}, subject="vend:fuzz")
+    return {"id": endpoint.pk, "delivery_id": endpoint.deliveries.get().pk}
 
 
 @pytest.fixture
@@ -233,6 +247,18 @@ def steer_fleet(case, rows: dict, turn: int) -> bool:
     return True
 
 
+def steer_webhook(case, rows: dict, turn: int) -> bool:
+    """Every other case of a webhook operation naming one: the real subscription and its
+    delivery in the path (bodies stay as generated). True if steered."""
+    parameters = case.path_parameters or {}
+    if turn % 2 or not parameters:
+        return False
+    for name in ("id", "delivery_id"):
+        if name in parameters:
+            parameters[name] = rows[name]
+    return True
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -242,7 +268,7 @@ def steer_fleet(case, rows: dict, turn: int) -> bool:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_as_documented_and_never_with_5xx(
-    case, fleet, fleet_rows, staff_headers, key_headers, own_vends, statuses
+    case, fleet, fleet_rows, webhook_rows, staff_headers, key_headers, own_vends, statuses
 ):
     counter = statuses.setdefault(case.operation.label, Counter())
     if VENDS_TAG in (case.operation.tags or []):
@@ -261,6 +287,10 @@ def test_every_operation_answers_as_documented_and_never_with_5xx(
             counter["steered"] += 1
         if FLEET_TAG in (case.operation.tags or []) and steer_fleet(
             case, fleet_rows, answered(counter)
+        ):
+            counter["steered"] += 1
+        if WEBHOOKS_TAG in (case.operation.tags or []) and steer_webhook(
+            case, webhook_rows, answered(counter)
         ):
             counter["steered"] += 1
     response = case.call(headers=headers)

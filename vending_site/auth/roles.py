@@ -6,7 +6,8 @@ role group has no permission beyond logging in (Django's default), so a new acco
 nothing until an operator gives it a role. The migration puts every staff account that
 existed before roles into Operator, so an upgraded install keeps what its staff could do.
 
-- **Operator**: everything (the three apps, users, groups, API keys).
+- **Operator**: everything (the three apps, users, groups, API keys, notification
+  endpoints and their deliveries).
 - **Driver**: the machines of the routes they drive (``Route.driver``): pick lists, fills,
   stock; no prices, no money, no users.
 - **Technician**: machines, commands, logs, serial ports, the planogram's slots; no money.
@@ -79,6 +80,19 @@ ROLES: dict[str, tuple[str, ...]] = {
     VIEWER: (),  # every view_* permission of the three apps, and transactions.view_sales
 }
 VIEWER_APPS = ("devices", "inventory", "transactions")
+# Webhooks, e-mail and Apprise endpoints and their deliveries (vending_site.notify): an
+# Operator manages them; the other roles neither see nor change them (a webhook's URL and
+# deliveries are an integrator's business).
+OPERATOR_EXTRA = (
+    "vending_site.view_endpoint",
+    "vending_site.add_endpoint",
+    "vending_site.change_endpoint",
+    "vending_site.delete_endpoint",
+    "vending_site.view_message",
+    "vending_site.view_delivery",
+    "vending_site.change_delivery",
+    "vending_site.view_deliveryattempt",
+)
 VIEWER_EXTRA = ("transactions.view_sales", *ALERT_READS)
 
 
@@ -93,7 +107,9 @@ def _named(names) -> Q:
 def grants() -> dict[str, Q]:
     """Each role's permissions, as a filter on ``auth.Permission``."""
     return {
-        OPERATOR: Q(content_type__app_label__in=OPERATOR_APPS) | _named(ROLES[OPERATOR]),
+        OPERATOR: Q(content_type__app_label__in=OPERATOR_APPS)
+        | _named(ROLES[OPERATOR])
+        | _named(OPERATOR_EXTRA),
         DRIVER: _named(ROLES[DRIVER]),
         TECHNICIAN: _named(ROLES[TECHNICIAN]),
         VIEWER: Q(content_type__app_label__in=VIEWER_APPS, codename__startswith="view_")

@@ -45,7 +45,7 @@ def revoke(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("vending_site", "0004_alerts_and_notify"),
+        ("vending_site", "0005_notify_delivery"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]

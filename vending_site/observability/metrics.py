@@ -46,6 +46,8 @@ Metrics (besides django-prometheus' ``django_http_*`` request metrics):
 - ``vending_device_polls_total{dialect}``: device polls; ``rate()`` of it is polls per second.
 - ``vending_devices_online``, ``vending_command_queue_depth{state}``,
   ``vending_unconfirmed_vends``: computed at scrape time.
+- ``vending_notify_deliveries_total{outcome}``, ``vending_notify_delivery_seconds`` and
+  ``vending_notify_queue_depth``: the notifier's (:mod:`vending_site.notify.metrics`).
 """
 
 from __future__ import annotations

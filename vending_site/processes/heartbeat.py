@@ -32,11 +32,13 @@ logger = logging.getLogger(__name__)
 DISCOVERY = "discovery"
 SERIAL_BRIDGE = "serial_bridge"
 SWEEPER = "sweeper"
+NOTIFIER = "notifier"
 # The services the dashboard lists, in its order, with the command that runs each.
 SERVICES = {
     DISCOVERY: "run_discovery",
     SERIAL_BRIDGE: "run_serial_bridge",
     SWEEPER: "sweep_commands --every",
+    NOTIFIER: "run_notifier",
 }
 STALE_BEATS = 3
 

@@ -33,6 +33,7 @@ def test_services_never_started_are_listed_as_such():
         "discovery": ServiceState.NEVER_STARTED,
         "serial_bridge": ServiceState.NEVER_STARTED,
         "sweeper": ServiceState.NEVER_STARTED,
+        "notifier": ServiceState.NEVER_STARTED,
     }
 
 
@@ -99,7 +100,12 @@ def test_the_machines_endpoint_lists_the_services(staff):
 
     body = client.get(MACHINES_URL).json()
 
-    assert [s["name"] for s in body["services"]] == ["discovery", "serial_bridge", "sweeper"]
+    assert [s["name"] for s in body["services"]] == [
+        "discovery",
+        "serial_bridge",
+        "sweeper",
+        "notifier",
+    ]
     assert body["services"][0]["state"] == ServiceState.RUNNING
     assert body["service_stale_after"] > 0
 

@@ -300,7 +300,7 @@ def test_every_operation_documents_503_and_429_exactly_where_a_rate_limit_applie
                     shared_name = SHARED_NAMES[status]
                     assert answers[status] == {"$ref": f"#/components/responses/{shared_name}"}
             checked += 1
-    assert checked == 50
+    assert checked == 59
     for name in ("Throttled", "Unavailable"):
         assert shared[name]["headers"]["Retry-After"]["schema"]["type"] == "integer"
 
