@@ -8,13 +8,14 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.scratch.net import free_port
 from vending_site.notify import outbox, ssrf
 from vending_site.notify.events import emit
 from vending_site.notify.models import Delivery, DeliveryAttempt, Endpoint, EndpointKind
 from vending_site.notify.sending import Outcome
 from vending_site.notify.worker import Notifier
 
-from .webhook_receiver import Receiver, free_port
+from .webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

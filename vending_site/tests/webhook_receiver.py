@@ -1,7 +1,6 @@
 """A real HTTP receiver on 127.0.0.1 for the webhook tests: it verifies every request's
 Standard Webhooks signature with the ``standardwebhooks`` library and keeps what arrived."""
 
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -9,11 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.scratch.net import free_port
 
 
 @dataclass
