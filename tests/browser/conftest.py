@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from tests.scratch import ROOT
-from tests.scratch.children import start_command, stop
+from tests.scratch.children import start_server, stop
 from tests.scratch.net import free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,9 +170,7 @@ def serve(**env: str) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         # The server must keep Django's async-safety guard: it is what the tests exercise.
         patch.delenv(ASYNC_UNSAFE, raising=False)
-        server = start_command(
-            "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null", **env
-        )
+        server = start_server(port, **env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health")
