@@ -35,21 +35,22 @@ if _WORKER:
 # Under `-n 2 --dist loadfile` a worker is handed whole files in collection order and holds
 # two at a time, so a long file collected near the end keeps one worker busy while the other
 # has nothing left: the whole suite on PostgreSQL ended with a minute of one idle core. Under
-# xdist, these files (25 s or more each on PostgreSQL, longest first) are collected first,
+# xdist, these files (25 s or more each in a busy PostgreSQL run, longest first) go first,
 # then the rest of the system tier, then the fast tier's many short files, which even the two
 # workers out at the end. tests/test_scheduling.py checks that every name here is a file.
 LONG_FILES = (
     "tests/browser/test_dashboard_live_in_browser.py",
-    "tests/integration/test_lan_attacker.py",
     "devices/tests/test_serial_bridge.py",
     "tests/fuzz/test_api_fuzz.py",
-    "tests/faults/test_soak.py",
-    "tests/integration/test_curl_walkthrough.py",
     "tests/browser/test_dashboard_roles_in_browser.py",
-    "tests/deploy/test_nginx_https.py",
+    "tests/faults/test_soak.py",
     "tests/integration/test_chunked_bodies.py",
+    "tests/deploy/test_compose.py",
+    "tests/integration/test_curl_walkthrough.py",
     "tests/integration/test_workers_sigkill.py",
     "tests/faults/test_backend_faults.py",
+    "tests/test_roles_matrix.py",
+    "tests/deploy/test_nginx_https.py",
 )
 
 
