@@ -32,11 +32,44 @@ if _WORKER:
     os.environ.setdefault("SCRATCH_REDIS_URL", f"redis://127.0.0.1:6379/{9 - _WORKER}")
 
 
+# Under `-n 2 --dist loadfile` a worker is handed whole files in collection order and holds
+# two at a time, so a long file collected near the end keeps one worker busy while the other
+# has nothing left: the whole suite on PostgreSQL ended with a minute of one idle core. Under
+# xdist, these files (25 s or more each in a busy PostgreSQL run, longest first) go first,
+# then the rest of the system tier, then the fast tier's many short files, which even the two
+# workers out at the end. tests/test_scheduling.py checks that every name here is a file.
+LONG_FILES = (
+    "tests/browser/test_dashboard_live_in_browser.py",
+    "devices/tests/test_serial_bridge.py",
+    "tests/fuzz/test_api_fuzz.py",
+    "tests/browser/test_dashboard_roles_in_browser.py",
+    "tests/faults/test_soak.py",
+    "tests/integration/test_chunked_bodies.py",
+    "tests/deploy/test_compose.py",
+    "tests/integration/test_curl_walkthrough.py",
+    "tests/integration/test_workers_sigkill.py",
+    "tests/faults/test_backend_faults.py",
+    "tests/test_roles_matrix.py",
+    "tests/deploy/test_nginx_https.py",
+)
+
+
+def scheduling_rank(item: pytest.Item) -> tuple[int, int]:
+    """Where ``item``'s file goes in an xdist run: the long files, the system tier, the rest."""
+    path = item.path.relative_to(ROOT).as_posix()
+    long_rank = LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+    return long_rank, 0 if item.get_closest_marker("system") else 1
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = item.path.relative_to(ROOT).parts
         if len(parts) > 2 and parts[0] == "tests" and parts[1] in SYSTEM_SUITES:
             item.add_marker(pytest.mark.system)
+    # Only under xdist: a run in one process keeps pytest-django's order (database tests
+    # before transactional ones). The sort is stable: a file's own tests keep their order.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=scheduling_rank)
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ is therefore set for as long as Playwright runs, and only then: it is removed wh
 browser test is done, and never passed to the server under test, whose guard must stay on.
 """
 
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from urllib.parse import urlsplit
 import pytest
 from django.conf import global_settings
 from django.contrib.auth import get_user_model
+from django.utils.module_loading import import_string
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from tests.scratch import ROOT
-from tests.scratch.children import start_command, stop
+from tests.scratch.children import start_server, stop
 from tests.scratch.net import free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -168,9 +170,7 @@ def serve(**env: str) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         # The server must keep Django's async-safety guard: it is what the tests exercise.
         patch.delenv(ASYNC_UNSAFE, raising=False)
-        server = start_command(
-            "serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", "/dev/null", **env
-        )
+        server = start_server(port, **env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health")
@@ -184,16 +184,30 @@ def serve(**env: str) -> Iterator[str]:
 STAFF_PASSWORD = "browser-staff-password-1"
 
 
-@pytest.fixture
-def staff_user(transactional_db, settings):
-    """A staff superuser the server can authenticate (password ``STAFF_PASSWORD``).
+@functools.cache
+def server_password_hash() -> str:
+    """``STAFF_PASSWORD`` hashed as the server process checks it.
 
-    The root conftest makes tests hash with fast MD5, which the server process does not
-    accept: it checks passwords with the production hashers, so this user is hashed with them.
+    The root conftest makes tests hash with fast MD5, which the server does not accept: it
+    checks passwords with the production hashers (PBKDF2, a third of a second a hash here).
+    The hash is made once per run; every account a browser test signs in with gets it.
     """
-    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
-    return get_user_model().objects.create_user(
-        "operator", password=STAFF_PASSWORD, is_staff=True, is_superuser=True
+    hasher = import_string(global_settings.PASSWORD_HASHERS[0])()
+    return hasher.encode(STAFF_PASSWORD, hasher.salt())
+
+
+def with_server_password(user):
+    """Give ``user`` the password ``STAFF_PASSWORD``, as the server checks it; saved."""
+    user.password = server_password_hash()
+    user.save(update_fields=["password"])
+    return user
+
+
+@pytest.fixture
+def staff_user(transactional_db):
+    """A staff superuser the server can authenticate (password ``STAFF_PASSWORD``)."""
+    return with_server_password(
+        get_user_model().objects.create_user("operator", is_staff=True, is_superuser=True)
     )
 
 

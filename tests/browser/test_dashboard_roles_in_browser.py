@@ -5,14 +5,13 @@ still shows its progress although the Technician sees no one else's transactions
 import re
 
 import pytest
-from django.conf import global_settings
 from django.utils import timezone
 from playwright.sync_api import expect
 
 from devices.models import Device, Location, Route, RouteStop
 from devices.simulators.wifi_firmware import WifiFirmware
 from inventory.demo import load_demo_data, load_demo_fleet
-from tests.browser.conftest import STAFF_PASSWORD, log_in
+from tests.browser.conftest import STAFF_PASSWORD, log_in, with_server_password
 from tests.scratch.net import wait_for
 from vending_site.auth import roles
 
@@ -20,17 +19,15 @@ WIFI_MACHINE = "ESP32_020000000001"
 
 
 @pytest.fixture
-def person(transactional_db, settings):
+def person(transactional_db):
     """``person(role)``: a staff account holding ``role``, password ``STAFF_PASSWORD``,
     hashed as the server checks it."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS
-
     def make(role: str):
-        user = get_user_model().objects.create_user(
-            role.lower(), password=STAFF_PASSWORD, is_staff=True
+        user = with_server_password(
+            get_user_model().objects.create_user(role.lower(), is_staff=True)
         )
         user.groups.add(Group.objects.get(name=role))
         return user

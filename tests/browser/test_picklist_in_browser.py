@@ -6,13 +6,12 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.conf import global_settings
 from playwright.sync_api import Page, expect
 
 from inventory.choices import MovementReason
 from inventory.models import Slot, StockMovement
 from inventory.tests.picklist_data import ZONE, build_fleet
-from tests.browser.conftest import STAFF_PASSWORD, log_in, serve
+from tests.browser.conftest import STAFF_PASSWORD, log_in, serve, with_server_password
 from tests.factories import staff_with_role
 from vending_site.auth import roles
 
@@ -28,12 +27,8 @@ def server_url(transactional_db):
 
 
 @pytest.fixture
-def driver(transactional_db, settings):
-    settings.PASSWORD_HASHERS = global_settings.PASSWORD_HASHERS  # what the server checks
-    user = staff_with_role(roles.DRIVER, username="dora")
-    user.set_password(STAFF_PASSWORD)
-    user.save()
-    return user
+def driver(transactional_db):
+    return with_server_password(staff_with_role(roles.DRIVER, username="dora"))
 
 
 @pytest.fixture

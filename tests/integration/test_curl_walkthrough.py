@@ -24,7 +24,7 @@ from transactions.models import Transaction
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-OFFLINE_AFTER = 5  # the server's DEVICE_OFFLINE_AFTER here (10 s by default)
+OFFLINE_AFTER = 3  # the server's DEVICE_OFFLINE_AFTER here (10 s by default)
 PAUSE = OFFLINE_AFTER + 1  # longer than a machine stays online unheard
 SHORT_PAUSE = 1
 # The steps a slow paste can break get the long pause before them: the vend (is the machine
