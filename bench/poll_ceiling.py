@@ -3,6 +3,8 @@ ceiling of the web server itself.
 
     .venv/bin/python bench/run.py --only poll_ceiling
     .venv/bin/python bench/poll_ceiling.py [--seconds 4] [--rounds 2] [--connections 64]
+    .venv/bin/python bench/poll_ceiling.py --server production,hello \
+        --variant off:DEVICE_POLL_SHORTCUT=false,DEVICE_POLL_CACHE_SECONDS=0
 
 Debian's ``wrk`` (installed with ``apt-get`` when missing, as ``.ci/run`` installs its
 tools) sends ``GET /esp32/commands/<id>`` over 1,000 known, approved machines in turn, each
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import bench_stack, make_row
 from tests.scratch.net import Client, free_port
 from tests.scratch.seed import device_id, machine_address
+from tests.scratch.stack import web_argv
 
 NAME = "poll_ceiling"
 MACHINES = 1000
@@ -159,6 +162,13 @@ def start_hello(stack) -> str:
     return url
 
 
+def start_variant(stack, name: str, env: dict[str, str]) -> str:
+    url = f"http://127.0.0.1:{free_port()}"
+    stack.start_argv(name, web_argv(url.removeprefix("http://")), env=env)
+    stack.wait_ready(name, f"{url}/health")
+    return url
+
+
 def measure(
     quick: bool,
     *,
@@ -166,8 +176,11 @@ def measure(
     rounds: int | None = None,
     connections: int = CONNECTIONS,
     servers: tuple[str, ...] = ("production", "hello", "embedded"),
+    variants: dict[str, dict[str, str]] | None = None,
 ) -> dict:
-    """``{server: [round figures]}``, with the servers' labels under ``"label"``."""
+    """``{server: [round figures]}``, with the servers' labels under ``"label"``.
+    ``variants``: more production tiers, by name, each with settings of its own (an A/B
+    of a setting in the same run)."""
     wrk = ensure_wrk()
     seconds = seconds or (2.0 if quick else 4.0)
     rounds = rounds or (1 if quick else 2)
@@ -176,13 +189,20 @@ def measure(
         "hello": "hello WSGI on the same granian (answers null)",
         "embedded": "embedded default (manage.py serve: Daphne, SQLite)",
     }
+    variants = variants or {}
+    for name, env in variants.items():
+        labels[name] = f"production tier with {' '.join(f'{k}={v}' for k, v in env.items())}"
+    servers = (*servers, *variants)
     results: dict[str, list[dict]] = {name: [] for name in servers}
     with bench_stack() as production, bench_stack(postgres=False) as embedded:
         script = write_script(production.workdir, MACHINES)
         urls = {}
-        if "production" in servers:
+        if "production" in servers or variants:
             production.seed_fleet(devices=MACHINES, keys=0, stock=10)
+        if "production" in servers:
             urls["production"] = production.start_web()
+        for name, env in variants.items():
+            urls[name] = start_variant(production, name, env)
         if "hello" in servers:
             urls["hello"] = start_hello(production)
         if "embedded" in servers:
@@ -256,8 +276,19 @@ def main() -> None:
         default="production,hello,embedded",
         help="comma-separated: production, hello, embedded",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="another production tier with these settings, e.g. off:DEVICE_POLL_SHORTCUT=false",
+    )
     args = parser.parse_args()
     servers = tuple(name for name in args.server.split(",") if name)
+    variants = {}
+    for given in args.variant:
+        name, _, settings = given.partition(":")
+        variants[name] = dict(pair.split("=", 1) for pair in settings.split(",") if "=" in pair)
     result = report(
         measure(
             False,
@@ -265,6 +296,7 @@ def main() -> None:
             rounds=max(1, min(args.rounds, 10)),
             connections=args.connections,
             servers=servers,
+            variants=variants,
         )
     )
     for row in result["rows"]:

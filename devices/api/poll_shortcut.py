@@ -40,13 +40,15 @@ from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
 
+from devices import poll_cache
 from devices.access import browser_request_reason, device_network_allowed
 from devices.choices import Protocol
+from devices.protocol import InvalidDeviceId, normalize_device_id
 from transactions.delivery import poll
 from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
 from vending_site.http.middleware import request_id_for
 from vending_site.http.network import client_ip
-from vending_site.http.throttling import allow_requests
+from vending_site.http.throttling import allow_requests_reading
 from vending_site.observability import logging as vlog
 from vending_site.observability import metrics
 
@@ -91,12 +93,21 @@ def answer(environ: dict) -> HttpResponse | None:
         return None
     signals.request_started.send(sender=WSGIHandler, environ=environ)
     raw_id = match.group(1)
+    try:
+        device_id = normalize_device_id(raw_id)
+    except InvalidDeviceId:
+        return None  # the stack answers 400
     request_id = request_id_for(request)
     vlog.clear()
     vlog.bind(request_id=request_id, device_id=raw_id[:64])
     view = SimpleNamespace(kwargs={"device_id": raw_id})
     throttles = [DeviceAddressThrottle(), DeviceThrottle()]
-    if allow_requests(throttles, request, view):
+    # The machine's notice counter is read in the throttles' round trip, before the poll
+    # reads anything else: what this process kept about it holds only if it is unchanged.
+    refused, notices = allow_requests_reading(
+        throttles, request, view, read=[poll_cache.notice_key(device_id)]
+    )
+    if refused:
         _take_back(throttles)  # the stack counts it again and answers 429
         return None
     try:
@@ -106,6 +117,7 @@ def answer(environ: dict) -> HttpResponse | None:
             remote_addr=address,
             kinds=PollView.kinds,
             endpoint=request.path,
+            notice=notices[0] if notices else None,
         )
     except Exception:  # noqa: BLE001 - the stack answers it, with its own error mapping
         _take_back(throttles)

@@ -48,7 +48,10 @@ def app():
     return application
 
 
-def test_an_idle_poll_is_answered_by_the_shortcut_with_one_query_and_no_write(online_device, app):
+def test_an_idle_poll_is_answered_by_the_shortcut_with_one_query_and_no_write(
+    online_device, app, settings
+):
+    settings.DEVICE_POLL_CACHE_SECONDS = 0  # nothing kept (test_poll_cache.py): the read each time
     call(POLL, app=app)  # the first may refresh last_seen
 
     with CaptureQueriesContext(connection) as captured:
