@@ -201,3 +201,28 @@ def test_with_redis_a_kept_idle_poll_makes_one_redis_command_and_no_query(
     with mock.patch.object(Redis, "execute_command", recording):
         assert polled(app) == (200, b"null", 0)
     assert commands == ["EVALSHA"]  # both limits counted and the notice read, together
+
+
+def test_with_the_throttles_off_the_notice_is_still_read_and_the_machine_kept(
+    online_device, app, settings
+):
+    settings.DEVICE_THROTTLE = ""
+    settings.DEVICE_ADDRESS_THROTTLE = ""
+
+    assert [polled(app)[2] for _ in range(3)] == [1, 0, 0]
+
+
+def test_with_the_cache_unreachable_every_poll_reads_the_database(online_device, app, settings):
+    from tests.scratch.net import free_port
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",  # nobody listens there
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+
+    answers = [polled(app) for _ in range(3)]
+
+    assert answers == [(200, b"null", 1)] * 3  # answered, throttles open, nothing kept
