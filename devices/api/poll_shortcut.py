@@ -43,7 +43,7 @@ from django.middleware.security import SecurityMiddleware
 from devices import poll_cache
 from devices.access import browser_request_reason, device_network_allowed
 from devices.choices import Protocol
-from devices.protocol import InvalidDeviceId, normalize_device_id
+from devices.protocol import normalize_device_id
 from transactions.delivery import poll
 from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
 from vending_site.http.middleware import request_id_for
@@ -85,18 +85,20 @@ def answer(environ: dict) -> HttpResponse | None:
     if match is None or settings.DEVICE_TOKEN_REQUIRED or _has_body(environ):
         return None
     started = time.perf_counter()
-    request = WSGIRequest(environ)
-    if browser_request_reason(request) is not None:
-        return None
-    address = client_ip(request)
-    if not device_network_allowed(address) or _security.process_request(request) is not None:
-        return None
-    signals.request_started.send(sender=WSGIHandler, environ=environ)
     raw_id = match.group(1)
     try:
         device_id = normalize_device_id(raw_id)
-    except InvalidDeviceId:
-        return None  # the stack answers 400
+        request = WSGIRequest(environ)
+        address = client_ip(request)
+        if (
+            browser_request_reason(request) is not None
+            or not device_network_allowed(address)
+            or _security.process_request(request) is not None
+        ):
+            return None
+    except Exception:  # noqa: BLE001 - a bad id (400), an odd request: the stack's to answer
+        return None
+    signals.request_started.send(sender=WSGIHandler, environ=environ)
     request_id = request_id_for(request)
     vlog.clear()
     vlog.bind(request_id=request_id, device_id=raw_id[:64])
