@@ -94,6 +94,17 @@ def throttle_counts_start_at_zero(settings):
 
 
 @pytest.fixture(autouse=True)
+def no_poll_answers_kept_from_another_test():
+    """What a process keeps about machines (devices/poll_cache.py) would outlive the test's
+    database and cache: each test starts with nothing kept."""
+    from devices import poll_cache
+
+    poll_cache.forget_all()
+    yield
+    poll_cache.forget_all()
+
+
+@pytest.fixture(autouse=True)
 def last_seen_written_in_the_request(settings):
     """In-process tests run inside a transaction that a writer thread's own connection cannot
     see: there every refresh is written by its request (devices/presence.py has its tests).

@@ -27,7 +27,15 @@ if str(ROOT) not in sys.path:
 from bench.common import exit_on_sigterm, machine_info, services_available  # noqa: E402
 
 # In this order; a module that does not exist (yet) is skipped.
-MODULES = ["vend_api", "serial_vend", "wifi_vend", "discovery", "fleet_polling", "notify"]
+MODULES = [
+    "vend_api",
+    "serial_vend",
+    "wifi_vend",
+    "discovery",
+    "poll_ceiling",
+    "fleet_polling",
+    "notify",
+]
 # Run only when named with --only (too long for the default run).
 ON_REQUEST = ["sales_report"]
 RESULTS = ROOT / "bench" / "results"

@@ -135,14 +135,16 @@ def load_application(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def build(args: argparse.Namespace, settings):
+def build(args: argparse.Namespace, settings, target: str = TARGET):
+    """The server as every launcher runs it; ``target`` is another application only for
+    ``bench/hello_wsgi.py`` (the server's own ceiling, measured with the same settings)."""
     from granian import Granian
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     server = Granian(
-        TARGET,
+        target,
         address=args.host,
         port=args.port,
         interface=Interfaces.WSGI,

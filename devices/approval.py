@@ -11,6 +11,7 @@ from django.utils import timezone
 from inventory.services import ensure_slots
 from vending_site.http.errors import DomainError
 
+from . import poll_cache
 from .access import canonical_ip
 from .models import Device
 from .services import activate_if_none_active, publish_device
@@ -69,6 +70,7 @@ def set_approved(*, devices, approved: bool, expected_address: str | None = None
                 changed += 1
         else:
             changed = rows.update(approved=False)
+            poll_cache.notify(rows.values_list("device_id", flat=True))
             approval_revoked.send(sender=Device, device_pks=pks)
             for device in rows:
                 publish_device(device)
@@ -89,6 +91,7 @@ def accept_move(*, devices, expected_address: str | None = None) -> int:
             )
         for device in Device.objects.filter(pk__in=[pk for pk, _address in moved]):
             publish_device(device)
+            poll_cache.notify([device.device_id])
     return len(moved)
 
 

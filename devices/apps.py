@@ -9,7 +9,7 @@ class DevicesConfig(AppConfig):
         from vending_site.live.audience import register_machine_scope
         from vending_site.observability.metrics import register_scrape_time
 
-        from . import alert_rules
+        from . import alert_rules, poll_cache  # noqa: F401 - poll_cache connects its signals
         from .metrics import DevicesCollector
         from .selectors import live_machine_scope
 

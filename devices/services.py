@@ -24,7 +24,7 @@ from vending_site.backends.statements import Insert
 from vending_site.http.throttling import count_hits
 from vending_site.live.events import publish, publish_many
 
-from . import presence
+from . import poll_cache, presence
 from .access import admit_wifi_request, canonical_ip
 from .choices import (
     Direction,
@@ -391,7 +391,12 @@ class CheckIn:
 
 
 def check_in(
-    *, raw_id: str, protocol: Protocol, remote_addr: str = "", endpoint: str = ""
+    *,
+    raw_id: str,
+    protocol: Protocol,
+    remote_addr: str = "",
+    endpoint: str = "",
+    notice: int | None = None,
 ) -> CheckIn:
     """A WiFi machine polls: admit it, register it if unknown, note it was seen.
 
@@ -400,9 +405,17 @@ def check_in(
     of new ids stops at the pending cap. A known machine costs one indexed read (which also
     says whether it has queued commands); its ``last_seen`` refresh is written by the
     process's writer, not by the poll (:func:`mark_seen`).
+
+    ``notice``: the machine's notice counter, read before anything else of this poll
+    (``devices.poll_cache``); with it, a known machine with nothing pending may be answered
+    from what this process kept, without the read.
     """
     device_id = canonical_id(raw_id)
-    device = device_for_poll(device_id)
+    device = poll_cache.cached(device_id, notice)
+    if device is None:
+        device = device_for_poll(device_id)
+        if device is not None:
+            poll_cache.remember(device, notice)
     if device is None and not device_id.startswith(DEVICE_ID_PREFIX):
         # The firmware's ids all start ESP32_; anything else (a browser asking for
         # favicon.ico) must not become a machine.
@@ -448,6 +461,7 @@ def mark_disconnected(device: Device) -> None:
     """The device's link is gone: it shows offline at once, not after the offline timeout."""
     now = timezone.now()
     Device.objects.filter(pk=device.pk).update(disconnected_at=now)
+    poll_cache.notify([device.device_id])
     device.disconnected_at = now
     publish("device", device_payload(device))
 

@@ -429,6 +429,15 @@ DEVICE_LOG_RATE = max(env.int("DEVICE_LOG_RATE", default=60), 0)
 # Write idle polls (no command delivered) to the communication log. Off by default: a
 # 1000-machine fleet polls 500 times a second, and `last_seen` already records them.
 LOG_IDLE_POLLS = env.bool("LOG_IDLE_POLLS", default=False)
+# Answer the v2.1 poll (GET /esp32/commands/<id>) in front of Django's handler under the
+# WSGI server (devices/api/poll_shortcut.py: the same services, throttles and checks; a
+# quarter less CPU per idle poll, docs/benchmarks.md). Off: every poll goes through the
+# middleware and DRF.
+DEVICE_POLL_SHORTCUT = env.bool("DEVICE_POLL_SHORTCUT", default=True)
+# Seconds a worker keeps "nothing waits for this approved machine" (devices/poll_cache.py):
+# an idle poll answered from it reads no database while the machine's notice counter in
+# the cache is unchanged; the longest a lost notification can delay a command. 0: off.
+DEVICE_POLL_CACHE_SECONDS = env.float("DEVICE_POLL_CACHE_SECONDS", default=5.0)
 # A queued command not delivered within this many seconds expires (the unit is returned).
 VEND_QUEUE_TTL = env.int("VEND_QUEUE_TTL", default=30)
 # A delivered vend with no confirmation within this many seconds becomes `unconfirmed`.

@@ -76,3 +76,7 @@ def build(*, asgi: bool) -> list:
 
 
 urlpatterns = build(asgi=True)
+
+# Answers the WSGI application (vending_site.wsgi) tries before Django's handler for device
+# paths: each returns a response, or None to leave the request to the handler.
+wsgi_shortcuts = [*device_urls.wsgi_shortcuts]

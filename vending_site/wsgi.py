@@ -5,7 +5,9 @@
 The firmware's requests (register, poll, confirm: :data:`DEVICE_PATH`) go through a handler of
 their own with ``DEVICE_MIDDLEWARE``, the project's middleware without what serves browsers
 and REST users only (sessions, CSRF, messages, static files...). Everything else, the staff
-endpoints under ``/esp32/devices/`` included, goes through ``MIDDLEWARE``. Both handlers
+endpoints under ``/esp32/devices/`` included, goes through ``MIDDLEWARE``. Before that handler,
+the shortcuts the URLconf lists (``wsgi_shortcuts``: the v2.1 poll's,
+``devices.api.poll_shortcut``) may answer a device request themselves. Both handlers
 resolve with ``vending_site.urls_wsgi``: the same routes, with synchronous views where the
 ASGI URLconf has async ones (Django would run those through ``async_to_sync``: a thread and
 an event loop per request).
@@ -17,6 +19,7 @@ server, so each line carries the ``X-Request-ID`` the response went out with.
 import os
 import re
 import time
+from importlib import import_module
 
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
@@ -63,13 +66,29 @@ class Application:
 
         self.handler = Handler()
         self.device_handler = DeviceHandler()
+        # Answers of some device requests in front of the handler (DEVICE_POLL_SHORTCUT):
+        # each returns a response or None. The URLconf names them (the composition root).
+        self.shortcuts = list(import_module(Handler.urlconf).wsgi_shortcuts)
         self.access = get_logger("vending.access") if settings.WEB_ACCESS_LOG else None
+
+    def respond(self, environ, start_response):
+        """The answer of the device poll's shortcut when it gives one, else the handler's."""
+        if not DEVICE_PATH.fullmatch(environ.get("PATH_INFO", "")):
+            return self.handler(environ, start_response)
+        for shortcut in self.shortcuts:
+            response = shortcut(environ)
+            if response is not None:
+                # As WSGIHandler sends its response (the shortcuts set no cookies).
+                start_response(
+                    f"{response.status_code} {response.reason_phrase}", [*response.items()]
+                )
+                return response
+        return self.device_handler(environ, start_response)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        handler = self.device_handler if DEVICE_PATH.fullmatch(path) else self.handler
         if self.access is None:
-            return handler(environ, start_response)
+            return self.respond(environ, start_response)
         started = time.perf_counter()
         answered = []
 
@@ -77,7 +96,7 @@ class Application:
             answered[:] = [status, headers]
             return start_response(status, headers, exc_info)
 
-        response = handler(environ, start_response=recording_start_response)
+        response = self.respond(environ, recording_start_response)
         status, headers = answered or ("500", [])
         request_id = length = None
         for name, value in headers:

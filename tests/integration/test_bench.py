@@ -87,3 +87,51 @@ def test_bench_quick_discovery_writes_the_table_json_and_chart(tmp_path):
     assert rows["generator floor (stub responder, no Django)"]["met"] is None
     assert isinstance(scenario["notes"], list)
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_poll_ceiling_reports_each_servers_best_round_and_its_share_of_hello():
+    from bench.poll_ceiling import report
+
+    def round_of(polls: int, status_errors: int = 0) -> dict:
+        return {
+            "requests": polls * 4,
+            "polls_per_s": float(polls),
+            "errors": status_errors,
+            "p50": 1500,
+            "p95": 4000,
+            "p99": 9000,
+            "max": 20000,
+        }
+
+    measured = {
+        "rounds": {
+            "production": [round_of(900), round_of(12_000)],
+            "hello": [round_of(60_000), round_of(40_000)],
+            "embedded": [round_of(150, status_errors=3)],
+        },
+        "labels": {"production": "production", "hello": "hello", "embedded": "embedded"},
+        "seconds": 4.0,
+        "connections": 64,
+    }
+    result = report(measured)
+
+    rows = {row["metric"]: row for row in result["rows"]}
+    production, hello, embedded = (
+        rows[f"idle poll, {label}"] for label in measured["labels"].values()
+    )
+    assert production["polls_per_s"] == 12_000 and production["ratio_to_hello"] == 0.2
+    assert production["met"] is True and production["per_round"] == [900, 12_000]
+    assert hello["ratio_to_hello"] == 1.0 and hello["met"] is None
+    assert embedded["met"] is False and embedded["errors"] == 3  # short of 2,000 and errors
+    assert production["p99"] == 9.0  # wrk's µs, reported in ms
+    for row in rows.values():
+        assert ROW_KEYS <= set(row)
+    assert any("production: 12,000 polls/s" in note for note in result["notes"])
+
+
+def test_the_hello_application_answers_every_request_with_null():
+    from bench.hello_wsgi import application
+
+    answered = []
+    body = application({"PATH_INFO": "/esp32/commands/x"}, lambda *a: answered.append(a))
+    assert b"".join(body) == b"null" and answered[0][0] == "200 OK"

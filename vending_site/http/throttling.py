@@ -60,6 +60,23 @@ def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
     return counts
 
 
+def count_hits_reading(cache: BaseCache, counters: list[tuple[str, int, int]], read: list[str]):
+    """:func:`count_hits`, and the integer values of the keys ``read`` (0 when absent), in
+    the same round trip where the cache can (Redis): ``(counts, values)``, or None when the
+    cache is unreachable."""
+    if hasattr(cache, "hit_windows_reading"):
+        return cache.hit_windows_reading(counters, read)
+    counts = count_hits(cache, counters) if counters else []
+    found = cache.get_many(read) if read else {}
+    values = []
+    for key in read:
+        try:
+            values.append(int(found.get(key, 0)))
+        except (TypeError, ValueError):
+            values.append(0)
+    return counts, values
+
+
 def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
     if hasattr(cache, "unhit_window"):
         cache.unhit_window(key, window=window)
@@ -76,16 +93,32 @@ def allow_requests(throttles: list, request, view) -> list:
     Returns the throttles that refuse (each has its ``wait()``). Every throttle that allows
     keeps its hit, as DRF's own ``check_throttles`` does with each throttle in turn.
     """
+    return allow_requests_reading(throttles, request, view, read=[])[0]
+
+
+def allow_requests_reading(
+    throttles: list, request, view, *, read: list[str], cache: BaseCache | None = None
+) -> tuple[list, list[int] | None]:
+    """:func:`allow_requests`, and the integer values of the cache keys ``read`` in the same
+    round trip: ``(refused, values)``; ``values`` is None when the cache is unreachable (the
+    throttles then fail open)."""
     now = throttles[0].timer() if throttles else 0.0
     counted = [t for t in throttles if t._start(request, view, now)]
-    if not counted:
-        return []
-    counts = count_hits(throttles[0].cache, [(t.key, t._window, t.duration) for t in counted])
+    if not counted and not read:
+        return [], []
+    cache = counted[0].cache if counted else cache or SimpleRateThrottle.cache
+    counters = [(t.key, t._window, t.duration) for t in counted]
+    if read:
+        answered = count_hits_reading(cache, counters, read)
+        counts, values = answered if answered is not None else (None, None)
+    else:
+        counts, values = count_hits(cache, counters), []
     if counts is None:  # the cache is unreachable: fail open
-        return []
-    return [
+        return [], None
+    refused = [
         t for t, (hits, before) in zip(counted, counts, strict=True) if not t._settle(hits, before)
     ]
+    return refused, values
 
 
 class WindowCounting:
