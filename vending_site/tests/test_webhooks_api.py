@@ -186,3 +186,15 @@ def test_an_operator_role_created_before_webhooks_holds_their_permissions():
     assert user.has_perms(
         ["vending_site.add_endpoint", "vending_site.view_delivery", "vending_site.change_delivery"]
     )
+
+
+@pytest.mark.parametrize(
+    "filters", [{"location": ["3\x00"]}, {"loc\x00ation": ["3"]}], ids=["value", "key"]
+)
+def test_a_nul_character_in_a_filter_is_400_not_a_database_error(operator, filters):
+    # PostgreSQL's jsonb cannot hold \u0000: unchecked, the INSERT failed with a 500.
+    answer = subscribe(operator, filters=filters)
+
+    assert answer.status_code == 400, answer.content
+    assert "filters" in answer.json()["errors"]
+    assert not Endpoint.objects.exists()
