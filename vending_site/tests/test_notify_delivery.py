@@ -451,3 +451,22 @@ def test_a_send_finishing_lets_the_next_one_go_without_waiting_for_the_poll(rece
     finally:
         stop.set()
         thread.join(40)
+
+
+def test_a_replay_of_a_delivery_being_sent_does_not_let_a_second_notifier_send_it(receiver):
+    webhook(receiver.url)
+    vend_event()
+    first = outbox.claim_due(worker="a", limit=10)  # notifier a is sending it now
+    (delivery,) = first.deliveries
+
+    outbox.replay(Delivery.objects.get(pk=delivery.pk))
+
+    assert outbox.claim_due(worker="b", limit=10).deliveries == []
+    done = outbox.record_outcome(
+        delivery=delivery,
+        token=first.token,
+        outcome=Outcome(True, 204),
+        started_at=first.until,
+        duration_ms=5,
+    )
+    assert done == "delivered"
