@@ -470,3 +470,49 @@ def test_a_replay_of_a_delivery_being_sent_does_not_let_a_second_notifier_send_i
         duration_ms=5,
     )
     assert done == "delivered"
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_well_within_the_lease(settings):
+    # One header byte every 0.2 s is never 'silence' to a per-read timeout: unbounded, a send
+    # outlived its lease and a second notifier sent the same delivery at the same time.
+    import socket
+
+    from vending_site.notify.sending import post_webhook
+
+    settings.NOTIFY_TIMEOUT = 0.5
+    settings.NOTIFY_LEASE_SECONDS = 10.0
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            deadline = time.monotonic() + 20
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        outcome = post_webhook(
+            url=f"http://127.0.0.1:{port}/hooks",
+            secret="whsec_" + "A" * 43 + "=",
+            msg_id="msg_1",
+            payload=b"{}",
+        )
+    finally:
+        took = time.monotonic() - started
+        done.set()
+        thread.join(25)
+        server.close()
+
+    assert not outcome.ok and "within" in outcome.error, outcome
+    assert took < 5  # three timeouts at most, far less than the lease
