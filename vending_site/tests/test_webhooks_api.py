@@ -60,6 +60,9 @@ def test_an_unknown_event_type_is_400_naming_it(operator):
         ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
         ("http://10.0.0.5/hooks", "private address"),
         ("not a url", "spaces"),
+        # 6to4 (2002::/16) carries an IPv4 address inside: a relay delivers it there.
+        ("http://[2002:a9fe:a9fe::1]/hooks", "cloud metadata"),
+        ("http://[2002:a00:5::]/hooks", "private address"),
     ],
 )
 def test_a_refused_url_is_400_naming_the_problem(operator, url, says):
