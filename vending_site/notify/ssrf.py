@@ -73,6 +73,11 @@ def parse(url: str) -> SplitResult:
         raise UnsafeURL("The URL must be an http:// or https:// URL of at most 2000 characters.")
     if any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
         raise UnsafeURL("The URL must not contain spaces or control characters.")
+    if not url.isascii():  # the request line and Host header go out in ASCII
+        raise UnsafeURL(
+            "The URL must be ASCII: percent-encode the path, write a host name in punycode "
+            "(xn--...)."
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port out of range

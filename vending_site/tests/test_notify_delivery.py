@@ -516,3 +516,11 @@ def test_a_receiver_trickling_its_answer_is_cut_off_well_within_the_lease(settin
 
     assert not outcome.ok and "within" in outcome.error, outcome
     assert took < 5  # three timeouts at most, far less than the lease
+
+
+def test_a_url_the_notifier_could_not_put_on_the_wire_is_refused_when_saved():
+    # http.client sends the request line and Host header in ASCII: a path or host name with
+    # other characters was accepted, then every try ended in an internal UnicodeEncodeError.
+    for url in ("http://127.0.0.1:9/hoöks", "http://127.0.0.1:9/€"):
+        with pytest.raises(ssrf.UnsafeURL, match="ASCII"):
+            ssrf.check_url(url)
