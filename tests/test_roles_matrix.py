@@ -599,3 +599,17 @@ def test_the_live_socket_sends_a_driver_only_the_alerts_of_their_machines(
     }
 
     assert {name for name, event in events.items() if audience.admits(event)} == admitted
+
+
+def test_the_live_socket_sends_alerts_only_to_those_who_may_see_alerts(db, settings):
+    # A group an Operator made with the machines but not the alerts: the page lists no alert
+    # for it (attention_feed needs view_alert), so neither does the socket.
+    from django.contrib.auth.models import Permission
+
+    settings.DASHBOARD_PUBLIC = False
+    user = UserFactory(is_staff=True, vend_client=False)
+    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    audience = audience_for(user)
+
+    assert audience.admits(_event("device", device_id=DEVICE_ID))
+    assert not audience.admits(_event("alert", id=1, device_id=DEVICE_ID))

@@ -6,7 +6,7 @@ applied to what ``/ws/events/`` pushes, so a role sees live no more than the pag
 - ``transaction`` events need ``transactions.view_transaction``; without it a socket gets only
   the vends its user asked for (a Technician's test vends); ``log`` events need
   ``devices.view_communicationlog``, ``ports`` ``devices.view_serialport``, ``command``
-  ``devices.view_command``.
+  ``devices.view_command``, ``alert`` ``vending_site.view_alert``.
 - A Driver gets only the events of the machines of their routes, read when the socket opens
   (a reload picks up a changed route), and no ``alert`` about no machine. The devices app
   registers that reading (:func:`register_machine_scope`): this package knows no app.
@@ -26,6 +26,7 @@ EVENT_PERMISSIONS = {
     "log": "devices.view_communicationlog",
     "ports": "devices.view_serialport",
     "command": "devices.view_command",
+    "alert": "vending_site.view_alert",
 }
 PRIVATE_FIELDS = ("requested_by",)
 # Kinds a machine-scoped user (a Driver) gets only about their machines: one about no machine
