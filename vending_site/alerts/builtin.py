@@ -35,8 +35,8 @@ def silent_services(rule: AlertRule, now: datetime) -> list[Finding]:
 
 
 def failing_endpoints(rule: AlertRule, now: datetime) -> list[Finding]:
-    """Endpoints whose latest finished delivery (delivered or failed, newest first) failed
-    for good. Read per endpoint from the newest end of its (endpoint, created_at) index: the
+    """Active endpoints whose latest finished delivery (delivered or failed, newest first)
+    failed for good. Read per endpoint from the newest end of its (endpoint, created_at) index: the
     cost does not grow with the deliveries kept (NOTIFY_RETENTION_DAYS)."""
     latest = (
         Delivery.objects.filter(endpoint=OuterRef("pk"))
@@ -44,7 +44,8 @@ def failing_endpoints(rule: AlertRule, now: datetime) -> list[Finding]:
         .order_by("-created_at", "-id")
     )
     rows = (
-        Endpoint.objects.annotate(
+        Endpoint.objects.filter(is_active=True)  # one switched off is not waited on
+        .annotate(
             last_state=Subquery(latest.values("state")[:1]),
             last_id=Subquery(latest.values("id")[:1]),
         )

@@ -112,3 +112,16 @@ def test_the_failing_endpoint_check_does_not_read_every_delivery_kept():
 
     assert "Seq Scan on vending_site_delivery" not in plan, plan
     assert "Aggregate" not in plan, plan
+
+
+def test_a_failing_endpoint_staff_switched_off_is_no_longer_an_alert():
+    # Switched off, it gets no new delivery that could ever succeed: resolved by hand, its
+    # alert came back after every cooldown, for good.
+    erp = subscriber("erp", events=["vend.succeeded"])
+    deliveries(erp, DeliveryState.FAILED)
+    assert len(check("delivery_failed")) == 1
+
+    erp.is_active = False
+    erp.save()
+
+    assert check("delivery_failed") == []
