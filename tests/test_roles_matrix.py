@@ -573,3 +573,43 @@ def test_the_live_socket_refuses_a_staff_account_in_no_role(db, settings):
     assert audience_for(UserFactory(is_staff=True, vend_client=False)) is None
     settings.DASHBOARD_PUBLIC = True
     assert audience_for(UserFactory(is_staff=True, vend_client=False)).everything
+
+
+@pytest.mark.parametrize(
+    ("role", "admitted"),
+    [
+        (OP, {"mine", "other", "no-machine"}),
+        (DR, {"mine"}),
+        (TE, {"mine", "other", "no-machine"}),
+        (VI, {"mine", "other", "no-machine"}),
+    ],
+    ids=ROLES,
+)
+def test_the_live_socket_sends_a_driver_only_the_alerts_of_their_machines(
+    fleet, settings, role, admitted
+):
+    # The page's list (attention_feed) and the REST list keep an alert about no machine (a
+    # silent process, a failing webhook) from a Driver; the socket must not push it either.
+    settings.DASHBOARD_PUBLIC = False
+    audience = audience_for(fleet[role])
+    events = {
+        "mine": _event("alert", id=1, device_id=DEVICE_ID),
+        "other": _event("alert", id=2, device_id=OTHER),
+        "no-machine": _event("alert", id=3, device_id=None, subject="service:sweeper"),
+    }
+
+    assert {name for name, event in events.items() if audience.admits(event)} == admitted
+
+
+def test_the_live_socket_sends_alerts_only_to_those_who_may_see_alerts(db, settings):
+    # A group an Operator made with the machines but not the alerts: the page lists no alert
+    # for it (attention_feed needs view_alert), so neither does the socket.
+    from django.contrib.auth.models import Permission
+
+    settings.DASHBOARD_PUBLIC = False
+    user = UserFactory(is_staff=True, vend_client=False)
+    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    audience = audience_for(user)
+
+    assert audience.admits(_event("device", device_id=DEVICE_ID))
+    assert not audience.admits(_event("alert", id=1, device_id=DEVICE_ID))

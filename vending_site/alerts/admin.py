@@ -2,6 +2,7 @@
 (read-only, with the actions acknowledge and resolve, which call
 ``vending_site.alerts.services`` and record who)."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest
@@ -14,8 +15,30 @@ from . import registry, services
 from .models import Alert, AlertRule, AlertState
 
 
+class AlertRuleForm(forms.ModelForm):
+    """A threshold or window of 0 means nothing a rule can use: 0 minutes offline finds every
+    machine offline, 0 failures every slot failing. Empty keeps the rule's default."""
+
+    class Meta:
+        model = AlertRule
+        fields = ("enabled", "severity", "threshold", "window", "cooldown_minutes")
+
+    def _at_least_one(self, field: str):
+        value = self.cleaned_data.get(field)
+        if value is not None and value < 1:
+            raise forms.ValidationError("Give at least 1, or leave it empty for the default.")
+        return value
+
+    def clean_threshold(self):
+        return self._at_least_one("threshold")
+
+    def clean_window(self):
+        return self._at_least_one("window")
+
+
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm
     list_display = (
         "key",
         "name",

@@ -3,11 +3,10 @@ process gone silent, and an endpoint whose messages fail for good. One query eac
 
 from datetime import datetime, timedelta
 
-from django.db.models import F, Max, Q
-from django.db.models.functions import Coalesce
+from django.db.models import OuterRef, Subquery
 
 from vending_site.models import ServiceHeartbeat
-from vending_site.notify.models import DeliveryState, Endpoint
+from vending_site.notify.models import Delivery, DeliveryState, Endpoint
 from vending_site.processes.heartbeat import STALE_BEATS, beat_interval
 
 from .models import AlertRule, Severity
@@ -36,17 +35,22 @@ def silent_services(rule: AlertRule, now: datetime) -> list[Finding]:
 
 
 def failing_endpoints(rule: AlertRule, now: datetime) -> list[Finding]:
-    """Endpoints whose latest finished delivery (by message order) failed for good: a
-    delivery in state ``failed`` newer than the last one delivered."""
+    """Active endpoints whose latest finished delivery (delivered or failed, newest first)
+    failed for good. Read per endpoint from the newest end of its (endpoint, created_at) index: the
+    cost does not grow with the deliveries kept (NOTIFY_RETENTION_DAYS)."""
+    latest = (
+        Delivery.objects.filter(endpoint=OuterRef("pk"))
+        .exclude(state=DeliveryState.PENDING)
+        .order_by("-created_at", "-id")
+    )
     rows = (
-        Endpoint.objects.annotate(
-            last_failed=Max("deliveries__id", filter=Q(deliveries__state=DeliveryState.FAILED)),
-            last_delivered=Coalesce(
-                Max("deliveries__id", filter=Q(deliveries__state=DeliveryState.DELIVERED)), 0
-            ),
+        Endpoint.objects.filter(is_active=True)  # one switched off is not waited on
+        .annotate(
+            last_state=Subquery(latest.values("state")[:1]),
+            last_id=Subquery(latest.values("id")[:1]),
         )
-        .filter(last_failed__isnull=False, last_failed__gt=F("last_delivered"))
-        .values_list("pk", "name", "kind", "last_failed")
+        .filter(last_state=DeliveryState.FAILED)
+        .values_list("pk", "name", "kind", "last_id")
     )
     return [
         Finding(

@@ -15,6 +15,10 @@ time from what was committed):
   ones are not reminded of; they still resolve when their condition clears.
 - a subject staff resolved by hand while its condition held stays quiet for the rule's
   cooldown (an hour when the rule never reminds) instead of opening again at once.
+- a condition that cleared and comes back within the cooldown of its last announcement (a
+  flapping machine or process) opens an alert at once, but announces it (``alert.opened``,
+  then ``alert.resolved``) only once that cooldown has passed, as a reminder would be: no
+  storm. The rule's own events (``machine.offline``/``online``) are still sent every time.
 
 Two notifiers may evaluate at once: the database allows one unresolved alert per rule and
 subject (the loser's INSERT fails in its own savepoint and is skipped), and reminders and
@@ -28,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from vending_site.live.events import publish
@@ -108,14 +112,14 @@ def evaluate(rule: AlertRule, spec: RuleSpec, *, now: datetime) -> None:
             alert.subject: alert for alert in alerts().filter(rule=rule, state__in=UNRESOLVED)
         }
         new = [subject for subject in findings if subject not in unresolved]
-        quiet = _quiet_subjects(rule, new, now) if new else set()
+        quiet, announced = _history(rule, new, now) if new else (set(), {})
         unchanged: list[int] = []
         for subject, (finding, context) in findings.items():
             muted = context is not None and context.muted(now)
             alert = unresolved.get(subject)
             if alert is None:
                 if not muted and subject not in quiet:
-                    _open(rule, spec, finding, now)
+                    _open(rule, spec, finding, now, announced_at=announced.get(subject))
                 continue
             if not _refresh(alert, finding, now):
                 unchanged.append(alert.pk)
@@ -157,25 +161,41 @@ def _detail(finding: Finding) -> dict[str, Any]:
     return detail
 
 
-def _quiet_subjects(rule: AlertRule, subjects: list[str], now: datetime) -> set[str]:
-    """Subjects staff resolved by hand within the quiet period: not opened again yet."""
-    quiet = (
-        timedelta(minutes=rule.cooldown_minutes)
-        if rule.cooldown_minutes
-        else QUIET_AFTER_MANUAL_RESOLVE
-    )
-    return set(
-        Alert.objects.filter(
-            rule=rule,
-            subject__in=subjects,
-            state=AlertState.RESOLVED,
-            resolved_by__isnull=False,
-            resolved_at__gt=now - quiet,
-        ).values_list("subject", flat=True)
-    )
+def _history(
+    rule: AlertRule, subjects: list[str], now: datetime
+) -> tuple[set[str], dict[str, datetime]]:
+    """Of ``subjects`` (about to open), in one query: those staff resolved by hand within the
+    quiet period (not opened again yet), and when each one announced within the cooldown
+    was last announced (opened again, but not announced before its cooldown is over)."""
+    cooldown = timedelta(minutes=rule.cooldown_minutes)
+    quiet_for = cooldown if rule.cooldown_minutes else QUIET_AFTER_MANUAL_RESOLVE
+    rows = Alert.objects.filter(
+        Q(resolved_by__isnull=False, resolved_at__gt=now - quiet_for)
+        | Q(notified_at__gt=now - cooldown),
+        rule=rule,
+        subject__in=subjects,
+        state=AlertState.RESOLVED,
+    ).values_list("subject", "resolved_by_id", "resolved_at", "notified_at")
+    quiet: set[str] = set()
+    announced: dict[str, datetime] = {}
+    for subject, resolved_by, resolved_at, notified_at in rows:
+        if resolved_by is not None and resolved_at > now - quiet_for:
+            quiet.add(subject)
+        if rule.cooldown_minutes and notified_at and notified_at > now - cooldown:
+            announced[subject] = max(notified_at, announced.get(subject, notified_at))
+    return quiet, announced
 
 
-def _open(rule: AlertRule, spec: RuleSpec, finding: Finding, now: datetime) -> Alert | None:
+def _open(
+    rule: AlertRule,
+    spec: RuleSpec,
+    finding: Finding,
+    now: datetime,
+    *,
+    announced_at: datetime | None = None,
+) -> Alert | None:
+    """Open an alert; announce it unless its subject was announced at ``announced_at``,
+    within the cooldown (it counts from then, and the alert starts with no announcement)."""
     alert = Alert(
         rule=rule,
         subject=finding.subject[:100],
@@ -186,15 +206,16 @@ def _open(rule: AlertRule, spec: RuleSpec, finding: Finding, now: datetime) -> A
         state=AlertState.OPEN,
         opened_at=now,
         checked_at=now,
-        notified_at=now,
-        notifications=1,
+        notified_at=announced_at or now,
+        notifications=0 if announced_at else 1,
     )
     try:
         with transaction.atomic():  # a savepoint: losing the race undoes this INSERT only
             alert.save(force_insert=True)
     except IntegrityError:
         return None  # another evaluator opened it first and announces it
-    _announce("alert.opened", rule, alert, reminder=False)
+    if announced_at is None:
+        _announce("alert.opened", rule, alert, reminder=False)
     if spec.opened_event:
         emit(
             spec.opened_event,
@@ -249,7 +270,8 @@ def _resolve(rule: AlertRule, spec: RuleSpec, alert: Alert, now: datetime, *, cl
         return  # resolved meanwhile (by staff, or by another evaluator that announced it)
     alert.state, alert.resolved_at, alert.resolution_note = AlertState.RESOLVED, now, note
     alert.resolved_by = None
-    _announce("alert.resolved", rule, alert)
+    if alert.notifications:  # one opened within its cooldown and never announced stays quiet
+        _announce("alert.resolved", rule, alert)
     if cleared and spec.resolved_event:
         emit(
             spec.resolved_event,

@@ -6,10 +6,10 @@ applied to what ``/ws/events/`` pushes, so a role sees live no more than the pag
 - ``transaction`` events need ``transactions.view_transaction``; without it a socket gets only
   the vends its user asked for (a Technician's test vends); ``log`` events need
   ``devices.view_communicationlog``, ``ports`` ``devices.view_serialport``, ``command``
-  ``devices.view_command``.
+  ``devices.view_command``, ``alert`` ``vending_site.view_alert``.
 - A Driver gets only the events of the machines of their routes, read when the socket opens
-  (a reload picks up a changed route). The devices app registers that reading
-  (:func:`register_machine_scope`): this package knows no app.
+  (a reload picks up a changed route), and no ``alert`` about no machine. The devices app
+  registers that reading (:func:`register_machine_scope`): this package knows no app.
 
 Transaction events carry ``requested_by`` (a user id) for this choice; it is removed before
 an event leaves the server (:func:`for_page`).
@@ -26,8 +26,12 @@ EVENT_PERMISSIONS = {
     "log": "devices.view_communicationlog",
     "ports": "devices.view_serialport",
     "command": "devices.view_command",
+    "alert": "vending_site.view_alert",
 }
 PRIVATE_FIELDS = ("requested_by",)
+# Kinds a machine-scoped user (a Driver) gets only about their machines: one about no machine
+# (an alert on a silent process or a failing webhook) is not theirs, as on the page.
+MACHINE_BOUND_KINDS = ("alert",)
 
 # user -> the device ids they may see, or None for every machine (registered by devices).
 _machine_scope: Callable[[object], frozenset[str] | None] | None = None
@@ -56,6 +60,8 @@ class Audience:
         kind, payload = event.get("kind"), event.get("payload") or {}
         device_id = payload.get("device_id")
         if self.machines is not None and device_id is not None and device_id not in self.machines:
+            return False
+        if self.machines is not None and device_id is None and kind in MACHINE_BOUND_KINDS:
             return False
         if kind in EVENT_PERMISSIONS and kind not in self.kinds:
             return kind == "transaction" and payload.get("requested_by") == self.user_id

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from . import services
 from .events import EVENT_TYPES
-from .models import Delivery, DeliveryAttempt, Endpoint, Message
+from .models import Delivery, DeliveryAttempt, Endpoint, EndpointKind, Message
 
 
 class _ReadOnly:
@@ -58,8 +58,23 @@ class EndpointAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "target", "events", "is_active")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "url", "recipients")
-    readonly_fields = ("secret", "created_by", "created_at", "updated_at")
+    readonly_fields = ("signing_secret", "created_by", "created_at", "updated_at")
     actions = ("rotate_secrets",)
+
+    @admin.display(description="Secret")
+    def signing_secret(self, endpoint: Endpoint) -> str:
+        # Shown once, in the message after adding or rotating (as the REST API does).
+        if endpoint.kind != EndpointKind.WEBHOOK:
+            return "-"
+        return "Shown once, when added or rotated; rotate it to get a new one."
+
+    def _show_secret(self, request: HttpRequest, endpoint: Endpoint) -> None:
+        self.message_user(
+            request,
+            f"Signing secret of {endpoint.name}: {endpoint.secret} (store it now: it is "
+            "not shown again).",
+            messages.WARNING,
+        )
 
     @admin.display(description="Sends to")
     def target(self, endpoint: Endpoint) -> str:
@@ -75,6 +90,8 @@ class EndpointAdmin(admin.ModelAdmin):
             obj.created_by = request.user
         obj.updated_at = timezone.now()
         super().save_model(request, obj, form, change)
+        if not change and obj.kind == EndpointKind.WEBHOOK:
+            self._show_secret(request, obj)
 
     def delete_model(self, request, obj) -> None:
         services.delete_endpoint(obj)
@@ -85,15 +102,9 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Rotate the signing secret (webhooks)", permissions=["change"])
     def rotate_secrets(self, request: HttpRequest, queryset) -> None:
-        count = 0
-        for endpoint in queryset:
+        for endpoint in queryset.filter(kind=EndpointKind.WEBHOOK):
             services.rotate_secret(endpoint)
-            count += 1
-        self.message_user(
-            request,
-            f"New secret for {count} endpoint(s); open each to copy it to the receiver.",
-            messages.SUCCESS,
-        )
+            self._show_secret(request, endpoint)
 
 
 @admin.register(Message)

@@ -165,11 +165,15 @@ def record_outcome(
 
 def replay(delivery: Delivery) -> Delivery:
     """Send ``delivery`` again as soon as a notifier is free, with the same ``webhook-id``.
-    Its attempts count starts over, so a failed delivery gets its full retries back."""
-    Delivery.objects.filter(pk=delivery.pk).update(
+    Its attempts count starts over, so a failed delivery gets its full retries back. One a
+    notifier is sending right now (its lease has not run out) is left to that send: clearing
+    the lease would let a second notifier send it at the same time."""
+    now = timezone.now()
+    in_flight = Q(state=DeliveryState.PENDING, claimed_until__gt=now)
+    Delivery.objects.filter(pk=delivery.pk).exclude(in_flight).update(
         state=DeliveryState.PENDING,
         attempts=0,
-        next_attempt_at=timezone.now(),
+        next_attempt_at=now,
         claimed_by="",
         claimed_until=None,
         delivered_at=None,

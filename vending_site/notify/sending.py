@@ -4,8 +4,9 @@ Each sender returns an :class:`Outcome` and raises nothing a receiver can cause:
 URL, a timeout, a reset connection or a 500 are an outcome with an error, which the notifier
 records as an attempt and retries. The webhook sender connects to an address it checked
 itself (:mod:`vending_site.notify.ssrf`), follows no redirect (a 3xx is a failure), gives up
-after ``NOTIFY_TIMEOUT`` seconds of connecting or of silence, and reads at most
-:data:`RESPONSE_CAP` bytes of the answer.
+after ``NOTIFY_TIMEOUT`` seconds of connecting or of silence, cuts off an exchange still going
+after :func:`exchange_budget` seconds (a receiver trickling its answer must not outlive the
+delivery's lease), and reads at most :data:`RESPONSE_CAP` bytes of the answer.
 """
 
 import http.client
@@ -96,6 +97,21 @@ def _read_capped(response: http.client.HTTPResponse, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+def exchange_budget() -> float:
+    """Seconds a webhook's request and answer may take once connected, however the receiver
+    paces its bytes: three timeouts, and at most half the lease, so a send is over before
+    another notifier may claim the delivery again."""
+    return min(3 * settings.NOTIFY_TIMEOUT, settings.NOTIFY_LEASE_SECONDS / 2)
+
+
+def _cut_off(sock: socket.socket, expired: threading.Event) -> None:
+    expired.set()
+    try:  # the plain socket's shutdown (not TLS's): a blocked read then returns at once
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def post_webhook(*, url: str, secret: str, msg_id: str, payload: bytes) -> Outcome:
     """POST ``payload`` to ``url``, signed; a 2xx answer is success."""
     timeout = settings.NOTIFY_TIMEOUT
@@ -112,6 +128,10 @@ def post_webhook(*, url: str, secret: str, msg_id: str, payload: bytes) -> Outco
         return _failed(f"cannot connect: {exc}")
     connection = http.client.HTTPConnection(parts.hostname, ssrf.port_of(parts), timeout=timeout)
     connection.sock = sock
+    budget, expired = exchange_budget(), threading.Event()
+    watchdog = threading.Timer(budget, _cut_off, args=(sock, expired))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
@@ -130,9 +150,14 @@ def post_webhook(*, url: str, secret: str, msg_id: str, payload: bytes) -> Outco
     except TimeoutError:
         return _failed(f"no answer within {timeout:g} s")
     except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            return _failed(f"no complete answer within {budget:g} s")
         return _failed(f"{type(exc).__name__}: {exc}")
     finally:
+        watchdog.cancel()
         connection.close()
+    if expired.is_set():  # cut off mid-answer: what was parsed is not a whole answer
+        return _failed(f"no complete answer within {budget:g} s", response.status)
     status = response.status
     if 200 <= status < 300:
         return Outcome(True, status)

@@ -40,12 +40,14 @@ def check_filters(filters: Any) -> dict[str, list[str]]:
         raise ValueError(f"At most {MAX_FILTER_KEYS} filter keys.")
     clean: dict[str, list[str]] = {}
     for key, values in filters.items():
-        if not isinstance(key, str) or not key or len(key) > 40:
+        if not isinstance(key, str) or not key or len(key) > 40 or "\x00" in key:
             raise ValueError("A filter key is a name of 1 to 40 characters.")
         if not isinstance(values, list) or len(values) > MAX_FILTER_VALUES:
             raise ValueError(f"Filter {key!r} takes a list of at most {MAX_FILTER_VALUES} values.")
         if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
             raise ValueError(f"Filter {key!r} takes strings or integers.")
+        if any("\x00" in str(v) for v in values):  # PostgreSQL's jsonb cannot store it
+            raise ValueError(f"Filter {key!r} has a value with a NUL character.")
         clean[key] = [str(v)[:100] for v in values]
     return clean
 

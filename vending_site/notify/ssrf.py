@@ -41,6 +41,11 @@ def why_refused(address: Address) -> str | None:
     """What kind of address ``address`` is when it is not a public one, or None."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour:
+        # 6to4 (2002::/16) is routed to the IPv4 address inside it: judge that one too.
+        inside = why_refused(address.sixtofour)
+        if inside is not None:
+            return f"a 6to4 address ({address}) of {inside}"
     if address in METADATA_ADDRESSES:
         kind = "a cloud metadata address"
     elif address.is_unspecified:
@@ -68,6 +73,11 @@ def parse(url: str) -> SplitResult:
         raise UnsafeURL("The URL must be an http:// or https:// URL of at most 2000 characters.")
     if any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
         raise UnsafeURL("The URL must not contain spaces or control characters.")
+    if not url.isascii():  # the request line and Host header go out in ASCII
+        raise UnsafeURL(
+            "The URL must be ASCII: percent-encode the path, write a host name in punycode "
+            "(xn--...)."
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port out of range

@@ -97,3 +97,21 @@ def test_the_lists_show_for_an_operator_and_not_for_a_viewer(operator):
         ).status_code
         == 200
     )
+
+
+def test_a_webhook_secret_is_shown_once_when_added_or_rotated_never_on_its_page(operator, settings):
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    added = add(operator, url="http://127.0.0.1:9/h", name="erp")
+    endpoint = Endpoint.objects.get()
+    page = f"/admin/vending_site/endpoint/{endpoint.pk}/change/"
+
+    assert endpoint.secret in operator.get(added.url).content.decode()  # the page after adding
+    assert endpoint.secret not in operator.get(page).content.decode()
+    rotated = operator.post(
+        "/admin/vending_site/endpoint/",
+        {"action": "rotate_secrets", "_selected_action": [endpoint.pk]},
+        follow=True,
+    )
+    endpoint.refresh_from_db()
+    assert endpoint.secret in rotated.content.decode()
+    assert endpoint.secret not in operator.get(page).content.decode()

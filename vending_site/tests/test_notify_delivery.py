@@ -451,3 +451,87 @@ def test_a_send_finishing_lets_the_next_one_go_without_waiting_for_the_poll(rece
     finally:
         stop.set()
         thread.join(40)
+
+
+def test_a_replay_of_a_delivery_being_sent_does_not_let_a_second_notifier_send_it(receiver):
+    webhook(receiver.url)
+    vend_event()
+    first = outbox.claim_due(worker="a", limit=10)  # notifier a is sending it now
+    (delivery,) = first.deliveries
+
+    outbox.replay(Delivery.objects.get(pk=delivery.pk))
+
+    assert outbox.claim_due(worker="b", limit=10).deliveries == []
+    done = outbox.record_outcome(
+        delivery=delivery,
+        token=first.token,
+        outcome=Outcome(True, 204),
+        started_at=first.until,
+        duration_ms=5,
+    )
+    assert done == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "opening"),
+    [
+        ("http", b"HTTP/1.1 200 OK\r\nX-Slow: "),
+        # A TLS record of 16 KiB never finished: Python bounds the whole handshake by the
+        # socket's timeout, so this one ends at the connection already.
+        ("https", b"\x16\x03\x03\x40\x00"),
+    ],
+)
+def test_a_receiver_trickling_its_answer_is_cut_off_well_within_the_lease(
+    settings, scheme, opening
+):
+    # One byte every 0.2 s is never 'silence' to a per-read timeout: unbounded, a send
+    # outlived its lease and a second notifier sent the same delivery at the same time.
+    import socket
+
+    from vending_site.notify.sending import post_webhook
+
+    settings.NOTIFY_TIMEOUT = 0.5
+    settings.NOTIFY_LEASE_SECONDS = 10.0
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(opening)
+            deadline = time.monotonic() + 20
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        outcome = post_webhook(
+            url=f"{scheme}://127.0.0.1:{port}/hooks",
+            secret="whsec_" + "A" * 43 + "=",
+            msg_id="msg_1",
+            payload=b"{}",
+        )
+    finally:
+        took = time.monotonic() - started
+        done.set()
+        thread.join(25)
+        server.close()
+
+    assert not outcome.ok and "within" in outcome.error, outcome
+    assert took < 5  # three timeouts at most, far less than the lease
+
+
+def test_a_url_the_notifier_could_not_put_on_the_wire_is_refused_when_saved():
+    # http.client sends the request line and Host header in ASCII: a path or host name with
+    # other characters was accepted, then every try ended in an internal UnicodeEncodeError.
+    for url in ("http://127.0.0.1:9/hoöks", "http://127.0.0.1:9/€"):
+        with pytest.raises(ssrf.UnsafeURL, match="ASCII"):
+            ssrf.check_url(url)

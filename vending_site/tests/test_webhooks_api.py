@@ -60,6 +60,9 @@ def test_an_unknown_event_type_is_400_naming_it(operator):
         ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
         ("http://10.0.0.5/hooks", "private address"),
         ("not a url", "spaces"),
+        # 6to4 (2002::/16) carries an IPv4 address inside: a relay delivers it there.
+        ("http://[2002:a9fe:a9fe::1]/hooks", "cloud metadata"),
+        ("http://[2002:a00:5::]/hooks", "private address"),
     ],
 )
 def test_a_refused_url_is_400_naming_the_problem(operator, url, says):
@@ -186,3 +189,15 @@ def test_an_operator_role_created_before_webhooks_holds_their_permissions():
     assert user.has_perms(
         ["vending_site.add_endpoint", "vending_site.view_delivery", "vending_site.change_delivery"]
     )
+
+
+@pytest.mark.parametrize(
+    "filters", [{"location": ["3\x00"]}, {"loc\x00ation": ["3"]}], ids=["value", "key"]
+)
+def test_a_nul_character_in_a_filter_is_400_not_a_database_error(operator, filters):
+    # PostgreSQL's jsonb cannot hold \u0000: unchecked, the INSERT failed with a 500.
+    answer = subscribe(operator, filters=filters)
+
+    assert answer.status_code == 400, answer.content
+    assert "filters" in answer.json()["errors"]
+    assert not Endpoint.objects.exists()

@@ -117,3 +117,35 @@ def test_metrics_count_unresolved_alerts_per_rule(client):
     assert samples["machine_offline"] == 2
     assert samples["vend_unconfirmed"] == 1
     assert samples["slot_empty"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        ("machine_offline", "threshold"),
+        ("slot_failure_rate", "window"),
+        ("slot_failure_rate", "threshold"),
+    ],
+)
+def test_a_threshold_or_window_of_zero_is_refused_in_the_admin(client, key, field):
+    # machine_offline at 0 minutes found every machine offline, always (a fleet-wide storm);
+    # slot_failure_rate at 0 failures found every slot failing.
+    client.force_login(staff_with_role(roles.OPERATOR))
+    tuned = rule(key)
+    form = {
+        "name": tuned.name,
+        "description": tuned.description,
+        "enabled": "on",
+        "severity": tuned.severity,
+        "threshold": str(tuned.threshold or ""),
+        "window": str(tuned.window or ""),
+        "cooldown_minutes": str(tuned.cooldown_minutes),
+    }
+    form[field] = "0"
+
+    response = client.post(reverse("admin:vending_site_alertrule_change", args=[tuned.pk]), form)
+
+    assert response.status_code == 200  # the form again, with its error
+    assert "at least 1" in response.content.decode()
+    tuned.refresh_from_db()
+    assert getattr(tuned, field) != 0

@@ -212,3 +212,27 @@ def test_a_failing_check_does_not_stop_the_other_rules(machine, monkeypatch):
     run_checks(now=T0 + timedelta(minutes=11))
 
     assert Alert.objects.filter(rule__key="machine_offline").count() == 1
+
+
+def test_a_flapping_machine_is_announced_once_per_cooldown_not_on_every_return(machine):
+    # Heard from every 11 minutes for an hour: offline (10 min) then back, six times over.
+    subscriber()
+    flaps = [T0 + timedelta(minutes=11 * n) for n in range(6)]
+    for heard in flaps:
+        Device.objects.filter(pk=machine.pk).update(last_seen=heard)
+        for now in every_10s(heard, heard + timedelta(minutes=11) - timedelta(seconds=1)):
+            run_checks(now=now)
+
+    opened = messages("alert.opened", SUBJECT)
+    assert [m.data["reminder"] for m in opened] == [False]  # the cooldown is an hour
+    assert len(messages("alert.resolved", SUBJECT)) == 1  # only what was announced
+    assert Alert.objects.count() == 6  # each outage is still an alert, on the page
+    # The integrators' facts are not muted: each outage and return is sent.
+    assert len(messages("machine.offline")) == len(messages("machine.online")) + 1 == 6
+
+    Device.objects.filter(pk=machine.pk).update(last_seen=T0)  # then it stays away
+    later = T0 + timedelta(minutes=66)
+    for now in every_10s(later, later + timedelta(minutes=10)):
+        run_checks(now=now)
+    reminded = messages("alert.opened", SUBJECT)[1:]
+    assert [m.data["reminder"] for m in reminded] == [True]  # a cooldown after the first

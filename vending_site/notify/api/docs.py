@@ -110,7 +110,8 @@ DELIVERY_REPLAY = extend_schema(
     tags=_TAG,
     summary="Send a delivery again (staff: vending_site.change_delivery)",
     description="Puts the delivery back in the queue, due now, with its tries counted from "
-    "zero. It keeps its webhook-id, so a receiver that already has it can tell.",
+    "zero. It keeps its webhook-id, so a receiver that already has it can tell. One a "
+    "notifier is sending at this moment is left to that send (it is not sent twice at once).",
     parameters=[_ID, _DELIVERY],
     request=None,
     responses={202: DeliverySerializer, **errors(400, *AUTHENTICATED, 404)},
