@@ -123,3 +123,17 @@ def live_machine_scope(user) -> frozenset[str] | None:
     if not is_route_bound(user):
         return None
     return frozenset(machines_visible_to(user).values_list("device_id", flat=True))
+
+
+def location_choices() -> list[tuple[str, str]]:
+    """Every location as ``(id, name)``, for the channels' location filter (notify.scopes)."""
+    return [
+        (str(pk), name) for pk, name in Location.objects.order_by("name").values_list("pk", "name")
+    ]
+
+
+def route_choices() -> list[tuple[str, str]]:
+    """Every route as ``(id, name)``, for the channels' route filter (notify.scopes)."""
+    return [
+        (str(pk), name) for pk, name in Route.objects.order_by("name").values_list("pk", "name")
+    ]

@@ -32,10 +32,13 @@ class VendingSiteConfig(AppConfig):
         )
         register_scrape_time(AlertsCollector())
 
+        from vending_site.alerts.registry import rules
         from vending_site.notify.metrics import NotifyCollector
-        from vending_site.observability.metrics import register_scrape_time
+        from vending_site.notify.scopes import register_scope_choices
 
         register_scrape_time(NotifyCollector())  # the outbox's queue depth at /metrics
+        # A channel may keep to some alert rules: those registered, by name.
+        register_scope_choices("rule", lambda: [(key, spec.name) for key, spec in rules().items()])
 
         tokens.connect_signals()  # a password change or deactivation ends the user's JWTs
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 from . import services
 from .events import EVENT_TYPES
 from .models import Delivery, DeliveryAttempt, Endpoint, EndpointKind, Message
+from .scopes import SCOPES, choices_for
 
 
 class _ReadOnly:
@@ -32,18 +33,61 @@ class EndpointForm(forms.ModelForm):
         help_text="What this endpoint receives.",
     )
 
+    scope_rule = forms.MultipleChoiceField(
+        label=SCOPES["rule"],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only alerts of these rules (and their events); none ticked: every rule.",
+    )
+    scope_location = forms.MultipleChoiceField(
+        label=SCOPES["location"],
+        required=False,
+        help_text="Only events about machines at these locations; none chosen: everywhere.",
+    )
+    scope_route = forms.MultipleChoiceField(
+        label=SCOPES["route"],
+        required=False,
+        help_text="Only events about machines on these routes; none chosen: every route.",
+    )
+
     class Meta:
         model = Endpoint
-        fields = ("name", "kind", "url", "recipients", "event_types", "filters", "is_active")
+        fields = (
+            "name",
+            "kind",
+            "url",
+            "recipients",
+            "event_types",
+            "scope_rule",
+            "scope_location",
+            "scope_route",
+            "is_active",
+        )
 
-    def clean_filters(self):
-        try:
-            return services.check_filters(self.cleaned_data.get("filters"))
-        except ValueError as exc:
-            raise ValidationError(str(exc)) from None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        filters = (self.instance.filters or {}) if self.instance.pk else {}
+        for tag in SCOPES:
+            field = self.fields[f"scope_{tag}"]
+            field.choices = choices_for(tag)
+            field.initial = filters.get(tag, [])
 
     def clean(self):
         cleaned = super().clean()
+        # The lists staff chose replace their tags; a tag set over REST that the form does
+        # not show (``device``) is kept.
+        filters = {
+            tag: values
+            for tag, values in (self.instance.filters or {}).items()
+            if tag not in SCOPES
+        }
+        filters.update(
+            {tag: cleaned[f"scope_{tag}"] for tag in SCOPES if cleaned.get(f"scope_{tag}")}
+        )
+        try:
+            self.instance.filters = services.check_filters(filters)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
         kind = cleaned.get("kind")
         if kind:
             services.check_endpoint_target(

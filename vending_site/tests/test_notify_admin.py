@@ -21,7 +21,7 @@ def operator() -> Client:
 
 
 def add(client, **fields):
-    form = {"name": "n", "kind": "webhook", "url": "", "recipients": "", "filters": "{}"}
+    form = {"name": "n", "kind": "webhook", "url": "", "recipients": ""}
     form.update(fields)
     form.setdefault("event_types", ["vend.succeeded"])
     form.setdefault("is_active", "on")
@@ -115,3 +115,79 @@ def test_a_webhook_secret_is_shown_once_when_added_or_rotated_never_on_its_page(
     endpoint.refresh_from_db()
     assert endpoint.secret in rotated.content.decode()
     assert endpoint.secret not in operator.get(page).content.decode()
+
+
+def test_a_channel_is_narrowed_to_rules_locations_and_routes_picked_from_lists(operator):
+    from devices.models import Location, Route
+
+    lobby = Location.objects.create(name="Lobby")
+    Location.objects.create(name="Depot")
+    morning = Route.objects.create(name="Morning")
+    page = operator.get(ADD).content.decode()
+    assert "Lobby" in page and "Depot" in page and "Morning" in page
+    assert "Machine offline" in page  # the alert rules, by name
+
+    answer = add(
+        operator,
+        kind="email",
+        recipients="ops@example.org",
+        event_types=["alert.opened"],
+        scope_rule=["machine_offline", "slot_empty"],
+        scope_location=[str(lobby.pk)],
+        scope_route=[str(morning.pk)],
+    )
+
+    assert answer.status_code == 302, answer.content.decode()[:2000]
+    channel = Endpoint.objects.get()
+    assert channel.filters == {
+        "rule": ["machine_offline", "slot_empty"],
+        "location": [str(lobby.pk)],
+        "route": [str(morning.pk)],
+    }
+    assert channel.accepts(
+        "alert.opened", {"rule": "slot_empty", "location": lobby.pk, "route": [morning.pk]}
+    )
+    assert not channel.accepts(
+        "alert.opened", {"rule": "slot_low", "location": lobby.pk, "route": [morning.pk]}
+    )
+
+
+def test_editing_a_channel_shows_its_lists_and_keeps_tags_the_form_does_not_show(operator):
+    from devices.models import Location
+
+    lobby = Location.objects.create(name="Lobby")
+    channel = Endpoint.objects.create(
+        name="staff",
+        kind="email",
+        recipients="ops@example.org",
+        event_types=["alert.opened"],
+        filters={"location": [str(lobby.pk)], "device": ["ESP32_000000000001"]},
+    )
+    change = f"/admin/vending_site/endpoint/{channel.pk}/change/"
+    page = operator.get(change).content.decode()
+    assert f'value="{lobby.pk}" selected' in page
+
+    answer = operator.post(
+        change,
+        {
+            "name": "staff",
+            "kind": "email",
+            "url": "",
+            "recipients": "ops@example.org",
+            "event_types": ["alert.opened"],
+            "scope_rule": ["vend_unconfirmed"],
+            "is_active": "on",
+        },
+    )
+
+    assert answer.status_code == 302, answer.content.decode()[:2000]
+    channel.refresh_from_db()
+    assert channel.filters == {"device": ["ESP32_000000000001"], "rule": ["vend_unconfirmed"]}
+
+
+def test_an_unknown_choice_is_refused_by_name(operator):
+    answer = add(operator, kind="email", recipients="ops@example.org", scope_location=["999999"])
+
+    assert answer.status_code == 200
+    assert "999999 is not one of the available choices" in answer.content.decode()
+    assert not Endpoint.objects.exists()
