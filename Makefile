@@ -18,13 +18,17 @@ DEV_STAMP := $(VENV)/.dev-installed-stamp
 
 .PHONY: run demo serve test test-fast test-system lint format migrate clean
 
+# --no-compile: Python compiles each module it imports on first use; compiling every file of
+# every package up front took 15 of the 40 s a fresh `make test` spends installing.
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --no-compile
+
 $(STAMP): requirements/base.txt requirements/prod.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/base.txt
+	$(PIP_INSTALL) -r requirements/base.txt
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements/dev.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(PIP_INSTALL) -r requirements/dev.txt
 	touch $(DEV_STAMP)
 
 migrate: $(STAMP)
