@@ -302,7 +302,10 @@ def test_database_and_redis_faults_answer_503_never_hang_and_recover(stack):
         assert any(r[0] == "vend" and r[3] == 202 for r in calm), calm[-5:]
 
         outcomes.append(run_fault(stack, load, "pg", "latency", 2.0, latency_ms=30))
-        outcomes.append(hang := run_fault(stack, load, "pg", "hang", 3.0))
+        # Longer than the client's own deadline (statement timeout + 1 s = 3 s), so a
+        # request caught at the hang's start answers 503 before the hang ends; at 3.0 s the
+        # two raced, and polls of idle machines kept per worker no longer touch the database.
+        outcomes.append(hang := run_fault(stack, load, "pg", "hang", STATEMENT_TIMEOUT + 2.5))
         outcomes.append(restart := run_fault(stack, load, "pg", "reset", 3.0))
         outcomes.append(redis_down := run_fault(stack, load, "redis", "reset", 3.0))
         outcomes.append(redis_hang := run_fault(stack, load, "redis", "hang", 3.0))
