@@ -13,34 +13,18 @@ from django.utils import timezone
 from devices.models import Device
 from tests.factories import DeviceFactory
 from tests.scratch.children import read_until, start_command, stop
-from tests.scratch.net import free_port
+from tests.scratch.net import free_port, wait_for
 from vending_site.alerts.models import Alert, AlertState
 from vending_site.notify.models import Endpoint, EndpointKind
-from vending_site.tests.webhook_receiver import Receiver
+from vending_site.tests.webhook_receiver import Receiver, SmtpInbox
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MACHINE = "ESP32_A1E27000E2E0"
 
 
-class Inbox:
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(envelope.content.decode("utf-8", "replace"))
-        return "250 OK"
-
-
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.05)
-
-
 def test_an_offline_machine_is_one_alert_told_once_per_channel_then_resolved():
-    inbox = Inbox()
+    inbox = SmtpInbox()
     smtp_port = free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
@@ -70,17 +54,17 @@ def test_an_offline_machine_is_one_alert_told_once_per_channel_then_resolved():
         try:
             read_until(notifier, "notifier ")
             receiver.wait_for(2, timeout=20)
-            wait_until(lambda: len(inbox.messages) >= 1, "the e-mail")
+            wait_for(lambda: len(inbox.messages) >= 1, timeout=30, what="the e-mail")
             time.sleep(3.5)  # three more checks see the machine still offline
             opened = sorted(r.payload["type"] for r in receiver.received)
             assert opened == ["alert.opened", "machine.offline"]
             assert len(inbox.messages) == 1
-            assert f"Machine {MACHINE} is offline" in inbox.messages[0]
+            assert f"Machine {MACHINE} is offline" in inbox.messages[0].content.decode()
             assert Alert.objects.filter(subject=f"machine:{MACHINE}").count() == 1
 
             Device.objects.filter(device_id=MACHINE).update(last_seen=timezone.now())
             receiver.wait_for(4, timeout=20)
-            wait_until(lambda: len(inbox.messages) >= 2, "the resolution e-mail")
+            wait_for(lambda: len(inbox.messages) >= 2, timeout=30, what="the resolution e-mail")
         finally:
             code, output = stop(notifier)
         assert code == 0, output

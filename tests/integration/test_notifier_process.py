@@ -2,11 +2,11 @@
 SIGKILLed mid-batch loses nothing (the lease runs out and another notifier sends again)."""
 
 import signal
-import time
 
 import pytest
 
 from tests.scratch.children import read_until, start_command, stop
+from tests.scratch.net import wait_for
 from vending_site.models import ServiceHeartbeat
 from vending_site.notify.events import emit
 from vending_site.notify.models import Delivery, Endpoint
@@ -23,13 +23,6 @@ NOTIFIER_ENV = {
 }
 
 
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.05)
-
-
 def test_the_notifier_sends_and_stops_cleanly_on_sigterm():
     receiver = Receiver().start()
     try:
@@ -41,8 +34,10 @@ def test_the_notifier_sends_and_stops_cleanly_on_sigterm():
         try:
             read_until(process, "notifier ")
             (got,) = receiver.wait_for(1, timeout=15)
-            wait_until(
-                lambda: ServiceHeartbeat.objects.filter(name="notifier").exists(), "heartbeat"
+            wait_for(
+                lambda: ServiceHeartbeat.objects.filter(name="notifier").exists(),
+                timeout=30,
+                what="heartbeat",
             )
         finally:
             code, output = stop(process)
@@ -72,9 +67,10 @@ def test_a_notifier_killed_mid_batch_loses_no_delivery():
         receiver.delay = 0.0
         second = start_command("run_notifier", **NOTIFIER_ENV)
         try:
-            wait_until(
+            wait_for(
                 lambda: not Delivery.objects.exclude(state="delivered").exists(),
-                "every delivery delivered",
+                timeout=30,
+                what="every delivery delivered",
             )
         finally:
             code, output = stop(second)

@@ -67,7 +67,7 @@ from vending_site.live.audience import VIEW_PERMISSION, for_page, machine_scope
 from vending_site.models import LiveEvent
 from vending_site.processes.heartbeat import services_state, stale_after
 
-from .attention import attention_feed
+from .attention import ACKNOWLEDGE_PERMISSION, attention_feed
 
 FEED_LIMIT = 50
 FEED_MAX_LIMIT = 200  # the most rows one feed request returns (the page keeps as many)
@@ -88,7 +88,7 @@ ACTIONS = {
     "approve": "devices.change_device",
     "ports": "devices.change_serialport",
     "resolve": "transactions.change_transaction",
-    "acknowledge": "vending_site.change_alert",
+    "acknowledge": ACKNOWLEDGE_PERMISSION,
 }
 # What the page shows beside machines and stock, and the permission each needs (unless the
 # dashboard is public). Prices follow roles.sees_prices.

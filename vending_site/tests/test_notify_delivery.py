@@ -15,7 +15,7 @@ from vending_site.notify.models import Delivery, DeliveryAttempt, Endpoint, Endp
 from vending_site.notify.sending import Outcome
 from vending_site.notify.worker import Notifier
 
-from .webhook_receiver import Receiver
+from .webhook_receiver import Receiver, SmtpInbox
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,15 +183,7 @@ def test_a_hanging_receiver_and_a_dead_apprise_target_do_not_hold_up_a_healthy_w
 
 
 def test_an_email_reaches_a_real_smtp_server(settings):
-    class Inbox:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    inbox = Inbox()
+    inbox = SmtpInbox()
     port = free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=port)
     smtp.start()

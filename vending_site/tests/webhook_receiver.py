@@ -102,3 +102,15 @@ class Receiver:
         raise AssertionError(
             f"{count} webhooks not received within {timeout} s: got {len(self.received)}"
         )
+
+
+class SmtpInbox:
+    """An aiosmtpd handler keeping every envelope it is sent (``messages``): the real SMTP
+    server of the e-mail tests (``aiosmtpd.controller.Controller(SmtpInbox(), ...)``)."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
