@@ -95,13 +95,17 @@ def throttle_counts_start_at_zero(settings):
 
 @pytest.fixture(autouse=True)
 def no_poll_answers_kept_from_another_test():
-    """What a process keeps about machines (devices/poll_cache.py) would outlive the test's
-    database and cache: each test starts with nothing kept."""
+    """What a process keeps about machines (devices/poll_cache.py) and the throttle counts
+    of polls answered from memory (vending_site/http/deferred_throttle.py) would outlive the
+    test's database and cache: each test starts with nothing kept."""
     from devices import poll_cache
+    from vending_site.http.deferred_throttle import windows
 
     poll_cache.forget_all()
+    windows.forget()
     yield
     poll_cache.forget_all()
+    windows.forget()
 
 
 @pytest.fixture(autouse=True)

@@ -91,7 +91,8 @@ def main() -> None:
                 environ["HTTP_DEVICE_ID"] = macs[i]
             response = handler(environ, start_response)
             b"".join(response)
-            response.close()
+            if hasattr(response, "close"):  # a list of bytes (answered from memory) has none
+                response.close()
             return statuses.pop()
 
         for _ in range(count):  # warm up: imports, URL resolver, caches

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 
@@ -216,6 +217,19 @@ def admit_wifi_request(device, *, device_id: str, address: str) -> None:
         check_wifi_request(device, address=address)
 
 
+def wifi_request_allowed(device, *, address: str) -> bool:
+    """Whether an HTTP request from ``address`` may act for ``device`` as it stands, with
+    nothing to note: a WiFi machine, from its bound address (or any, with binding off)."""
+    from .choices import Transport
+
+    if device.transport == Transport.SERIAL:
+        return False
+    if not settings.DEVICE_ADDRESS_BINDING:
+        return True
+    here = canonical_ip(address)
+    return bool(here and device.bound_address and here == canonical_ip(device.bound_address))
+
+
 def check_wifi_request(device, *, address: str) -> None:
     """May an HTTP request from ``address`` act for ``device``? Raise if not.
 
@@ -232,17 +246,15 @@ def check_wifi_request(device, *, address: str) -> None:
     machine, so an idle fleet's polls stay reads."""
     from .choices import Transport
 
+    if wifi_request_allowed(device, address=address):
+        return
     if device.transport == Transport.SERIAL:
         raise LinkedBySerial(
             f"{device.device_id} is linked by USB serial; requests over HTTP cannot act for it.",
             device_id=device.device_id,
         )
-    if not settings.DEVICE_ADDRESS_BINDING:
-        return
     here = canonical_ip(address)
     if device.bound_address:
-        if here and here == canonical_ip(device.bound_address):
-            return
         _note_candidate(device, here)
         raise DeviceBoundElsewhere(
             f"{device.device_id} is bound to another address; requests for it from "
@@ -268,19 +280,34 @@ BROWSER_FETCH_SITES = ("cross-site", "same-site", "same-origin")
 
 def browser_request_reason(request) -> str | None:
     """Why ``request`` looks like a browser's (the firmware sends none of this), or None."""
-    headers = request.headers
-    if "Origin" in headers:
+    return browser_headers_reason(request.headers.get)
+
+
+# Where a WSGI environ holds the headers browser_headers_reason() reads.
+ENVIRON_HEADERS = {
+    "Origin": "HTTP_ORIGIN",
+    "Sec-Fetch-Site": "HTTP_SEC_FETCH_SITE",
+    "Cookie": "HTTP_COOKIE",
+    "User-Agent": "HTTP_USER_AGENT",
+    "Content-Type": "CONTENT_TYPE",
+}
+
+
+def browser_headers_reason(header: Callable[[str], str | None]) -> str | None:
+    """:func:`browser_request_reason` of the request whose header ``name`` is ``header(name)``
+    (None when absent)."""
+    if header("Origin") is not None:
         return "it carries an Origin header"
-    if headers.get("Sec-Fetch-Site", "").lower() in BROWSER_FETCH_SITES:
+    if (header("Sec-Fetch-Site") or "").lower() in BROWSER_FETCH_SITES:
         return "it was sent by a browser from a web page (Sec-Fetch-Site)"
-    if headers.get("Cookie", "").strip():
+    if (header("Cookie") or "").strip():
         return "it carries cookies"
     # Every browser names itself "Mozilla/5.0 ..." and a page cannot change it; browsers
     # send Fetch Metadata and Origin only to trustworthy origins (loopback, HTTPS), not to a
     # machine port on a LAN address over plain HTTP, so this is what catches an <img> there.
-    if headers.get("User-Agent", "").startswith("Mozilla/"):
+    if (header("User-Agent") or "").startswith("Mozilla/"):
         return "it was sent by a web browser (User-Agent)"
-    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    content_type = (header("Content-Type") or "").split(";")[0].strip().lower()
     if content_type in FORM_TYPES:
         return f"its body is {content_type}, not the firmware's JSON"
     return None

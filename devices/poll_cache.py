@@ -3,21 +3,28 @@
 An idle poll of a known machine is one indexed read that says two things: what the machine
 is (admission: approved, bound to which address, over which link) and whether a command
 waits for it. This keeps that answer per process (:func:`remember`) and gives it back
-(:func:`cached`) only while it provably still holds, by a *notice* counter per machine in
-the shared cache (Redis when ``REDIS_URL`` is set): every change that could make the answer
-wrong (a command created, the machine's row saved or deleted, an approval, a revoke, a
-move accepted, a disconnect) increments it after its transaction commits (:func:`notify`).
-The poll reads the counter in the round trip its throttles already make
-(``vending_site.http.throttling.allow_requests_reading``) and uses a kept answer only when
-the counter is the one read *before* that answer's database read, and for at most
-``DEVICE_POLL_CACHE_SECONDS`` (the reconciliation: a notification that is lost, when a
-process dies between its commit and the increment or the cache is unreachable then, delays
-a command by that much at most, it never loses or doubles one).
+(:func:`cached`) while it still holds. Every change that could make it wrong (a command
+created, the machine's row saved or deleted, an approval, a revoke, a move accepted, a
+disconnect) is announced after its transaction commits (:func:`notify`), to this process at
+once and to every other through Redis pub/sub (``vending_site.backends.broadcast``), and
+the machine is forgotten.
+
+Why it cannot hand out a stale answer:
+
+- A read is kept only under the :class:`Token` taken before it (:func:`begin`), and only
+  if no announcement about that machine arrived since, nor was the subscription lost: an
+  announcement published after a change commits can never be overtaken by a read that
+  started before the commit. A read inside a transaction is never kept.
+- Nothing is kept or used while the subscription is down; it is dropped when it goes down.
+- An announcement lost with the subscription up (a process that dies between its commit and
+  its publish) is covered by ``DEVICE_POLL_CACHE_SECONDS``: no answer is kept longer, so
+  such a loss delays a command by that much at most. It never loses or doubles one.
 
 Only "nothing waits for this approved, bound WiFi machine" is kept: a kept answer can only
 make a poll answer idle. A poll that hands over a command always reads the database and
 claims it there (``transactions.delivery``), and a refusal is always decided on a fresh
-read. When the cache cannot be read, every poll reads the database.
+read. Without Redis, announcements reach this process only: other processes' changes wait
+for the time limit (the embedded default serves HTTP from one process).
 """
 
 from __future__ import annotations
@@ -28,48 +35,94 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
+
+from vending_site.backends.broadcast import Topic
 
 from .choices import Transport
 from .models import Command, Device
 
-NOTICE_PREFIX = "devpoll.notice."
 MAX_ENTRIES = 100_000  # only approved machines are kept; this bounds a process anyway
+
+
+@dataclass(frozen=True)
+class Token:
+    """Taken before a read: what the cache had heard by then."""
+
+    epoch: int
+    heard: int
 
 
 @dataclass(frozen=True)
 class Entry:
     device: Device
-    notice: int
+    epoch: int
     until: float  # time.monotonic()
 
 
 _entries: dict[str, Entry] = {}
+_last_heard: dict[str, int] = {}  # device id -> number of the last announcement naming it
+_heard = 0  # announcements received by this process
 _lock = threading.Lock()
 
 
-def notice_key(device_id: str) -> str:
-    """The cache key of ``device_id``'s notice counter (ids are canonical: [A-Z0-9_])."""
-    return NOTICE_PREFIX + device_id
+def _forget(device_ids: list[str]) -> None:
+    global _heard
+    with _lock:
+        _heard += 1
+        for device_id in device_ids:
+            _entries.pop(device_id, None)
+            _last_heard[device_id] = _heard
+        if len(_last_heard) > MAX_ENTRIES:
+            _drop_all()
 
 
-def cached(device_id: str, notice: int | None) -> Device | None:
-    """The kept machine, with nothing pending, if its answer still holds under ``notice``
-    (the counter read for this poll before any database read); else None."""
-    if notice is None or settings.DEVICE_POLL_CACHE_SECONDS <= 0:
+def _drop_all() -> None:
+    """Forget everything (the caller holds the lock); tokens taken before stay refused."""
+    global _heard
+    _heard += 1
+    _entries.clear()
+    _last_heard.clear()
+    _last_heard[""] = _heard  # marks the floor: see remember()
+
+
+def _reset() -> None:
+    with _lock:
+        _drop_all()
+
+
+topic = Topic("devices.poll", forget=_forget, reset=_reset)
+
+
+def begin() -> Token | None:
+    """Take before reading a machine; None when nothing read now may be kept: the cache is
+    off or deaf, or the read would be made inside a transaction (which may see an older
+    snapshot than the announcements say, and whose own announcements wait for its commit)."""
+    if settings.DEVICE_POLL_CACHE_SECONDS <= 0 or connection.in_atomic_block or not topic.listening:
         return None
+    return Token(topic.epoch, _heard)
+
+
+def cached(device_id: str) -> Device | None:
+    """The kept machine (``device_id`` canonical), with nothing pending, if its answer still
+    holds; else None."""
     entry = _entries.get(device_id)
-    if entry is None or entry.notice != notice or entry.until < time.monotonic():
+    if entry is None:
         return None
+    if entry.until < time.monotonic() or entry.epoch != topic.epoch or not topic.listening:
+        _entries.pop(device_id, None)
+        return None
+    if topic.backlog():
+        return None  # an announcement is on its way in: read this time
     return entry.device
 
 
-def remember(device: Device, notice: int | None) -> None:
-    """Keep ``device`` (just read, ``has_pending`` annotated) under ``notice``, read before
-    that read, when nothing is pending for it and it is an approved, bound WiFi machine."""
-    if notice is None or settings.DEVICE_POLL_CACHE_SECONDS <= 0:
+def remember(device: Device, token: Token | None) -> None:
+    """Keep ``device`` (just read, ``has_pending`` annotated, after ``token`` was taken)
+    when nothing is pending for it, it is an approved, bound WiFi machine, and nothing was
+    announced about it since the token."""
+    if token is None:
         return
     if (
         device.has_pending
@@ -81,9 +134,14 @@ def remember(device: Device, notice: int | None) -> None:
         return
     until = time.monotonic() + settings.DEVICE_POLL_CACHE_SECONDS
     with _lock:
+        if token.epoch != topic.epoch:
+            return
+        if max(_last_heard.get(device.device_id, 0), _last_heard.get("", 0)) > token.heard:
+            return  # announced while it was being read: the read may predate the change
         if len(_entries) >= MAX_ENTRIES:
-            _entries.clear()
-        _entries[device.device_id] = Entry(device, notice, until)
+            _drop_all()
+            return
+        _entries[device.device_id] = Entry(device, token.epoch, until)
 
 
 def notify(device_ids: Iterable[str]) -> None:
@@ -91,23 +149,12 @@ def notify(device_ids: Iterable[str]) -> None:
     keeps about ``device_ids`` no longer holds."""
     ids = [device_id for device_id in device_ids if device_id]
     if ids:
-        transaction.on_commit(lambda: _bump(ids))
-
-
-def _bump(device_ids: list[str]) -> None:
-    for device_id in device_ids:
-        _entries.pop(device_id, None)  # this process at once
-        key = notice_key(device_id)
-        try:
-            cache.add(key, 0, timeout=None)
-            cache.incr(key)
-        except ValueError:
-            pass  # unreachable (or evicted meanwhile): polls read the database or wait the TTL
+        transaction.on_commit(lambda: topic.publish(ids))
 
 
 def forget_all() -> None:
     """Drop every kept answer of this process (tests)."""
-    _entries.clear()
+    _reset()
 
 
 def _device_changed(sender, instance: Device, **kwargs) -> None:

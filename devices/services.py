@@ -396,7 +396,6 @@ def check_in(
     protocol: Protocol,
     remote_addr: str = "",
     endpoint: str = "",
-    notice: int | None = None,
 ) -> CheckIn:
     """A WiFi machine polls: admit it, register it if unknown, note it was seen.
 
@@ -406,16 +405,16 @@ def check_in(
     says whether it has queued commands); its ``last_seen`` refresh is written by the
     process's writer, not by the poll (:func:`mark_seen`).
 
-    ``notice``: the machine's notice counter, read before anything else of this poll
-    (``devices.poll_cache``); with it, a known machine with nothing pending may be answered
-    from what this process kept, without the read.
+    A known machine with nothing pending may be answered from what this process kept
+    (``devices.poll_cache``), without the read.
     """
     device_id = canonical_id(raw_id)
-    device = poll_cache.cached(device_id, notice)
+    device = poll_cache.cached(device_id)
     if device is None:
+        token = poll_cache.begin()
         device = device_for_poll(device_id)
         if device is not None:
-            poll_cache.remember(device, notice)
+            poll_cache.remember(device, token)
     if device is None and not device_id.startswith(DEVICE_ID_PREFIX):
         # The firmware's ids all start ESP32_; anything else (a browser asking for
         # favicon.ico) must not become a machine.

@@ -32,18 +32,16 @@ def poll(
     remote_addr: str = "",
     kinds: frozenset[str] | None = None,
     endpoint: str = "",
-    notice: int | None = None,
 ) -> tuple[Device, Command | None]:
     """A WiFi machine asks for work: admit it, register it if unknown, note it was seen
     (:func:`devices.services.check_in`), and hand it the oldest queued command it can act
     on, claimed so no other poll can get it. An idle poll of a known machine is one
-    indexed read, or none with its ``notice`` (``devices.poll_cache``)."""
+    indexed read, or none while this process keeps it (``devices.poll_cache``)."""
     visit = check_in(
         raw_id=raw_id,
         protocol=protocol,
         remote_addr=remote_addr,
         endpoint=endpoint,
-        notice=notice,
     )
     device = visit.device
     command = (

@@ -435,8 +435,8 @@ LOG_IDLE_POLLS = env.bool("LOG_IDLE_POLLS", default=False)
 # middleware and DRF.
 DEVICE_POLL_SHORTCUT = env.bool("DEVICE_POLL_SHORTCUT", default=True)
 # Seconds a worker keeps "nothing waits for this approved machine" (devices/poll_cache.py):
-# an idle poll answered from it reads no database while the machine's notice counter in
-# the cache is unchanged; the longest a lost notification can delay a command. 0: off.
+# its idle polls are answered from memory until a change is announced (Redis pub/sub); the
+# longest a lost announcement can delay a command. 0: off.
 DEVICE_POLL_CACHE_SECONDS = env.float("DEVICE_POLL_CACHE_SECONDS", default=5.0)
 # A queued command not delivered within this many seconds expires (the unit is returned).
 VEND_QUEUE_TTL = env.int("VEND_QUEUE_TTL", default=30)

@@ -67,7 +67,9 @@ class Application:
         self.handler = Handler()
         self.device_handler = DeviceHandler()
         # Answers of some device requests in front of the handler (DEVICE_POLL_SHORTCUT):
-        # each returns a response or None. The URLconf names them (the composition root).
+        # each returns None, an HttpResponse, or the WSGI answer as (status, headers, body)
+        # when it is made without Django's response machinery. The URLconf names them (the
+        # composition root).
         self.shortcuts = list(import_module(Handler.urlconf).wsgi_shortcuts)
         self.access = get_logger("vending.access") if settings.WEB_ACCESS_LOG else None
 
@@ -77,6 +79,10 @@ class Application:
             return self.handler(environ, start_response)
         for shortcut in self.shortcuts:
             response = shortcut(environ)
+            if type(response) is tuple:
+                status, headers, body = response
+                start_response(status, headers)
+                return [body]
             if response is not None:
                 # As WSGIHandler sends its response (the shortcuts set no cookies).
                 start_response(

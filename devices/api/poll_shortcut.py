@@ -40,15 +40,15 @@ from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
 
-from devices import poll_cache
 from devices.access import browser_request_reason, device_network_allowed
 from devices.choices import Protocol
 from devices.protocol import normalize_device_id
 from transactions.delivery import poll
+from vending_site.http.deferred_throttle import windows
 from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
 from vending_site.http.middleware import request_id_for
 from vending_site.http.network import client_ip
-from vending_site.http.throttling import allow_requests_reading
+from vending_site.http.throttling import allow_requests
 from vending_site.observability import logging as vlog
 from vending_site.observability import metrics
 
@@ -87,7 +87,7 @@ def answer(environ: dict) -> HttpResponse | None:
     started = time.perf_counter()
     raw_id = match.group(1)
     try:
-        device_id = normalize_device_id(raw_id)
+        normalize_device_id(raw_id)  # a bad id is the stack's 400
         request = WSGIRequest(environ)
         address = client_ip(request)
         if (
@@ -104,14 +104,13 @@ def answer(environ: dict) -> HttpResponse | None:
     vlog.bind(request_id=request_id, device_id=raw_id[:64])
     view = SimpleNamespace(kwargs={"device_id": raw_id})
     throttles = [DeviceAddressThrottle(), DeviceThrottle()]
-    # The machine's notice counter is read in the throttles' round trip, before the poll
-    # reads anything else: what this process kept about it holds only if it is unchanged.
-    refused, notices = allow_requests_reading(
-        throttles, request, view, read=[poll_cache.notice_key(device_id)]
-    )
-    if refused:
+    if allow_requests(throttles, request, view):
         _take_back(throttles)  # the stack counts it again and answers 429
         return None
+    for throttle in throttles:
+        if throttle.counted and throttle.counts:  # where polls answered from memory count on
+            hits, before = throttle.counts
+            windows.learn(throttle.key, window=throttle._window, total=hits, before=before)
     try:
         _device, command = poll(
             raw_id=raw_id,
@@ -119,7 +118,6 @@ def answer(environ: dict) -> HttpResponse | None:
             remote_addr=address,
             kinds=PollView.kinds,
             endpoint=request.path,
-            notice=notices[0] if notices else None,
         )
     except Exception:  # noqa: BLE001 - the stack answers it, with its own error mapping
         _take_back(throttles)

@@ -4,7 +4,7 @@ follows no redirects), device management for staff and kiosks, and ``/status``. 
 
 from django.urls import path, re_path
 
-from . import device_views, fleet_views, poll_shortcut
+from . import device_views, fleet_views, kept_poll, poll_shortcut
 from .views import (
     DeviceAdmissionView,
     DeviceAutoSelectView,
@@ -73,5 +73,6 @@ management_patterns = [
     path("status", StatusView.as_view(), name="status"),
 ]
 
-# The v2.1 poll answered in front of Django's handler under WSGI (poll_shortcut.py).
-wsgi_shortcuts = [poll_shortcut.answer]
+# The v2.1 poll answered in front of Django's handler under WSGI: from memory when the
+# machine is kept (kept_poll.py), else by the same services (poll_shortcut.py).
+wsgi_shortcuts = [kept_poll.answer, poll_shortcut.answer]

@@ -1,6 +1,6 @@
 """What a worker keeps about approved machines (devices/poll_cache.py), through the v2.1
-poll's shortcut: an idle poll of a kept machine reads no database, and nothing kept can
-delay a command beyond its notice (or, when the notice is lost, DEVICE_POLL_CACHE_SECONDS),
+poll's shortcuts: an idle poll of a kept machine reads no database, and nothing kept can
+delay a command beyond its announcement (or, when that is lost, DEVICE_POLL_CACHE_SECONDS),
 hand one over twice, or let a refused sender through."""
 
 import json
@@ -63,7 +63,7 @@ def test_a_lost_notice_delays_a_vend_by_the_cache_seconds_at_most(
 ):
     settings.DEVICE_POLL_CACHE_SECONDS = 0.3
     polled(app)
-    monkeypatch.setattr(poll_cache, "_bump", lambda ids: None)  # the process died before it
+    monkeypatch.setattr(poll_cache.topic, "publish", lambda ids: None)  # died before it
     queue_command(device=online_device, kind=CommandKind.VEND, slot=2)
 
     assert polled(app)[:2] == (200, b"null")  # still the kept answer
@@ -135,9 +135,11 @@ def test_with_the_cache_seconds_at_zero_every_poll_reads(online_device, app, set
 
 @pytest.fixture
 def redis_cache(settings):
-    """The shared cache of a multi-worker deployment (Redis), under a key prefix of its own."""
+    """The shared cache of a multi-worker deployment (Redis), under a key prefix of its own;
+    this process listens to the machines' announcements there."""
     import uuid
 
+    from tests.scratch.net import wait_for
     from tests.test_throttling import REDIS_URL, redis_available
 
     if not redis_available():
@@ -151,16 +153,23 @@ def redis_cache(settings):
     }
     from django.core.cache import cache
 
+    wait_for(lambda: poll_cache.topic.listening, what="the announcements' subscription")
     yield cache
+    poll_cache.topic.stop()
     cache.clear()
 
 
 def test_with_redis_a_command_another_worker_queued_is_delivered_at_the_next_poll(
     online_device, app, redis_cache
 ):
+    import redis
+
+    from tests.scratch.net import wait_for
+    from tests.test_throttling import REDIS_URL
+
     polled(app)
     assert polled(app)[2] == 0  # kept by this worker
-    # Another worker queues a vend: its row, and its notice through the shared cache (this
+    # Another worker queues a vend: its row, and its announcement through Redis (this
     # process' own copy is left as it was, as another process could not touch it).
     now = timezone.now()
     Command.objects.bulk_create(
@@ -174,8 +183,9 @@ def test_with_redis_a_command_another_worker_queued_is_delivered_at_the_next_pol
             )
         ]
     )
-    redis_cache.add(poll_cache.notice_key(DEVICE_ID), 0, timeout=None)
-    redis_cache.incr(poll_cache.notice_key(DEVICE_ID))
+    channel = redis_cache.make_key("broadcast.devices.poll")
+    assert redis.Redis.from_url(REDIS_URL).publish(channel, DEVICE_ID) == 1  # we listen
+    wait_for(lambda: poll_cache.cached(DEVICE_ID) is None, what="the announcement")
 
     status, content, queries = polled(app)
 
@@ -183,7 +193,7 @@ def test_with_redis_a_command_another_worker_queued_is_delivered_at_the_next_pol
     assert queries >= 1
 
 
-def test_with_redis_a_kept_idle_poll_makes_one_redis_command_and_no_query(
+def test_with_redis_a_kept_idle_poll_makes_no_redis_command_and_no_query(
     online_device, app, redis_cache
 ):
     from unittest import mock
@@ -200,12 +210,38 @@ def test_with_redis_a_kept_idle_poll_makes_one_redis_command_and_no_query(
 
     with mock.patch.object(Redis, "execute_command", recording):
         assert polled(app) == (200, b"null", 0)
-    assert commands == ["EVALSHA"]  # both limits counted and the notice read, together
+    assert "EVALSHA" not in commands  # counted in memory, added by the flusher later
 
 
-def test_with_the_throttles_off_the_notice_is_still_read_and_the_machine_kept(
-    online_device, app, settings
+def test_a_lost_subscription_drops_what_was_kept_and_keeps_nothing_until_it_is_back(
+    online_device, app, redis_cache
 ):
+    polled(app)
+    assert polled(app)[2] == 0
+    epoch = poll_cache.topic.epoch
+
+    poll_cache.topic.stop()  # as when the connection to Redis breaks
+
+    assert poll_cache.topic.epoch > epoch
+    assert poll_cache.cached(DEVICE_ID) is None
+    assert polled(app)[2] == 1  # read; the subscription is being made again
+
+
+def test_an_announcement_during_the_read_keeps_the_read_out(online_device, settings):
+    from devices.selectors import device_for_poll
+
+    token = poll_cache.begin()
+    device = device_for_poll(DEVICE_ID)
+    poll_cache.topic.publish([DEVICE_ID])  # a change committed while the row was read
+
+    poll_cache.remember(device, token)
+
+    assert poll_cache.cached(DEVICE_ID) is None
+    poll_cache.remember(device_for_poll(DEVICE_ID), poll_cache.begin())
+    assert poll_cache.cached(DEVICE_ID) is not None
+
+
+def test_with_the_throttles_off_the_machine_is_still_kept(online_device, app, settings):
     settings.DEVICE_THROTTLE = ""
     settings.DEVICE_ADDRESS_THROTTLE = ""
 

@@ -23,22 +23,18 @@ from vending_site.backends.outages import Breaker
 
 logger = logging.getLogger(__name__)
 
-# hit_windows in one command. KEYS: per counter, this window's key then the previous
-# window's, then the keys only read; ARGV: per counter, this window's lifetime in seconds.
-# Returns per counter this window's hits (this one included) and the previous window's, then
-# each read key's integer value (0 when absent). A script runs whole: a counter never exists
-# without its lifetime.
-_HIT_WINDOWS = """
+# add_to_windows in one command. KEYS: per counter, this window's key then the previous
+# window's; ARGV: per counter, this window's lifetime in seconds then the hits to add. Returns
+# per counter this window's hits (these included) and the previous window's. A script runs
+# whole: a counter never exists without its lifetime.
+_ADD_TO_WINDOWS = """
 local replies = {}
-for i = 1, #ARGV do
+for i = 1, #KEYS / 2 do
     local current = KEYS[2 * i - 1]
-    local hits = redis.call('INCR', current)
-    redis.call('EXPIRE', current, ARGV[i])
+    local hits = redis.call('INCRBY', current, ARGV[2 * i])
+    redis.call('EXPIRE', current, ARGV[2 * i - 1])
     replies[2 * i - 1] = hits
     replies[2 * i] = tonumber(redis.call('GET', KEYS[2 * i]) or 0)
-end
-for k = 2 * #ARGV + 1, #KEYS do
-    replies[k] = tonumber(redis.call('GET', KEYS[k]) or 0) or 0
 end
 return replies
 """
@@ -82,29 +78,24 @@ class FailOpenRedisCache(RedisCache):
         Keys are the throttles' own (id characters only), so they are not checked for
         memcached's rules, which Redis does not have.
         """
-        counted = self.hit_windows_reading(counters, ())
-        return None if counted is None else counted[0]
+        return self.add_to_windows([(key, window, period, 1) for key, window, period in counters])
 
-    def hit_windows_reading(
-        self, counters: list[tuple[str, int, int]], read: tuple[str, ...] | list[str]
-    ) -> tuple[list[tuple[int, int]], list[int]] | None:
-        """:meth:`hit_windows`, and the integer values of the keys ``read`` (0 when absent)
-        in the same round trip: ``(counts, values)``, or None when Redis is unreachable."""
-        keys, lifetimes = [], []
-        for key, window, period in counters:
+    def add_to_windows(
+        self, counters: list[tuple[str, int, int, int]]
+    ) -> list[tuple[int, int]] | None:
+        """:meth:`hit_windows` with ``(key, window, period, hits)``: add ``hits`` at once."""
+        keys, args = [], []
+        for key, window, period, hits in counters:
             keys += [self.make_key(f"{key}:{window}"), self.make_key(f"{key}:{window - 1}")]
-            lifetimes.append(2 * period)
-        keys += [self.make_key(key) for key in read]
-        pairs = 2 * len(counters)
+            args += [2 * period, hits]
 
-        def count() -> tuple[list[tuple[int, int]], list[int]]:
+        def count() -> list[tuple[int, int]]:
             client = self._cache.get_client(write=True)
             script = self._hit_script
             if script is None or script.registered_client is not client:
-                script = self._hit_script = client.register_script(_HIT_WINDOWS)
-            replies = script(keys=keys, args=lifetimes, client=client)
-            counts = [(int(replies[i]), int(replies[i + 1])) for i in range(0, pairs, 2)]
-            return counts, [int(value) for value in replies[pairs:]]
+                script = self._hit_script = client.register_script(_ADD_TO_WINDOWS)
+            replies = script(keys=keys, args=args, client=client)
+            return [(int(replies[i]), int(replies[i + 1])) for i in range(0, len(replies), 2)]
 
         return self._guarded(None, count)
 

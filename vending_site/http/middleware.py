@@ -27,9 +27,12 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def request_id_for(request) -> str:
     candidate = request.META.get(_META_KEY, "")
-    if isinstance(candidate, str) and _SANE_ID.fullmatch(candidate):
-        return candidate
-    return uuid.uuid4().hex
+    return candidate if is_sane_request_id(candidate) else uuid.uuid4().hex
+
+
+def is_sane_request_id(candidate) -> bool:
+    """Whether a client's ``X-Request-ID`` is kept (else the server makes one)."""
+    return isinstance(candidate, str) and _SANE_ID.fullmatch(candidate) is not None
 
 
 class RequestIdMiddleware:

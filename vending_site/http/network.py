@@ -35,7 +35,11 @@ def in_networks(address: str, cidrs) -> bool:
 def client_ip(request) -> str:
     """The client's address: ``REMOTE_ADDR``, or the nearest untrusted hop of
     ``X-Forwarded-For`` when the request came through a trusted proxy."""
-    meta = getattr(request, "META", {})
+    return client_ip_of(getattr(request, "META", {}))
+
+
+def client_ip_of(meta) -> str:
+    """:func:`client_ip` of the request whose ``META`` (or WSGI environ) is ``meta``."""
     peer = meta.get("REMOTE_ADDR", "") or ""
     forwarded = meta.get("HTTP_X_FORWARDED_FOR", "")
     trusted = tuple(settings.TRUSTED_PROXIES)

@@ -45,36 +45,25 @@ def count_hits(cache: BaseCache, counters: list[tuple[str, int, int]]):
     """One hit in each ``(key, window, period)`` fixed window, in one round trip where the
     cache can (Redis): per counter ``(hits in this window, hits in the one before)``, or None
     when the cache is unreachable. The throttles and the device log's budget count here."""
-    if hasattr(cache, "hit_windows"):  # vending_site.backends.cache: one Redis round trip for all
-        return cache.hit_windows(counters)
+    return add_hits(cache, [(key, window, period, 1) for key, window, period in counters])
+
+
+def add_hits(cache: BaseCache, counters: list[tuple[str, int, int, int]]):
+    """:func:`count_hits` with ``(key, window, period, hits)``: ``hits`` added at once
+    (``vending_site.http.deferred_throttle`` adds a process's hits of a fraction of a second)."""
+    if hasattr(cache, "add_to_windows"):  # vending_site.backends.cache: one round trip for all
+        return cache.add_to_windows(counters)
     counts = []
-    for key, window, period in counters:
+    for key, window, period, hits in counters:
         current = f"{key}:{window}"
         cache.add(current, 0, 2 * period)
         try:
-            hits = cache.incr(current)
+            total = cache.incr(current, hits)
         except ValueError:  # expired between add and incr
-            cache.set(current, 1, 2 * period)
-            hits = 1
-        counts.append((hits, cache.get(f"{key}:{window - 1}", 0)))
+            cache.set(current, hits, 2 * period)
+            total = hits
+        counts.append((total, cache.get(f"{key}:{window - 1}", 0)))
     return counts
-
-
-def count_hits_reading(cache: BaseCache, counters: list[tuple[str, int, int]], read: list[str]):
-    """:func:`count_hits`, and the integer values of the keys ``read`` (0 when absent), in
-    the same round trip where the cache can (Redis): ``(counts, values)``, or None when the
-    cache is unreachable."""
-    if hasattr(cache, "hit_windows_reading"):
-        return cache.hit_windows_reading(counters, read)
-    counts = count_hits(cache, counters) if counters else []
-    found = cache.get_many(read) if read else {}
-    values = []
-    for key in read:
-        try:
-            values.append(int(found.get(key, 0)))
-        except (TypeError, ValueError):
-            values.append(0)
-    return counts, values
 
 
 def _unhit_window(cache: BaseCache, key: str, *, window: int) -> None:
@@ -91,34 +80,19 @@ def allow_requests(throttles: list, request, view) -> list:
     """``allow_request`` of several throttles, counted in one cache round trip.
 
     Returns the throttles that refuse (each has its ``wait()``). Every throttle that allows
-    keeps its hit, as DRF's own ``check_throttles`` does with each throttle in turn.
+    keeps its hit, as DRF's own ``check_throttles`` does with each throttle in turn. When the
+    cache is unreachable, all allow (fail open).
     """
-    return allow_requests_reading(throttles, request, view, read=[])[0]
-
-
-def allow_requests_reading(
-    throttles: list, request, view, *, read: list[str], cache: BaseCache | None = None
-) -> tuple[list, list[int] | None]:
-    """:func:`allow_requests`, and the integer values of the cache keys ``read`` in the same
-    round trip: ``(refused, values)``; ``values`` is None when the cache is unreachable (the
-    throttles then fail open)."""
     now = throttles[0].timer() if throttles else 0.0
     counted = [t for t in throttles if t._start(request, view, now)]
-    if not counted and not read:
-        return [], []
-    cache = counted[0].cache if counted else cache or SimpleRateThrottle.cache
-    counters = [(t.key, t._window, t.duration) for t in counted]
-    if read:
-        answered = count_hits_reading(cache, counters, read)
-        counts, values = answered if answered is not None else (None, None)
-    else:
-        counts, values = count_hits(cache, counters), []
+    if not counted:
+        return []
+    counts = count_hits(counted[0].cache, [(t.key, t._window, t.duration) for t in counted])
     if counts is None:  # the cache is unreachable: fail open
-        return [], None
-    refused = [
+        return []
+    return [
         t for t, (hits, before) in zip(counted, counts, strict=True) if not t._settle(hits, before)
     ]
-    return refused, values
 
 
 class WindowCounting:
@@ -135,6 +109,7 @@ class WindowCounting:
     def _start(self, request, view, now: float) -> bool:
         """Whether this request is counted at all; if so, where."""
         self.counted = False
+        self.counts = None
         if self.rate is None:
             return False
         self.key = self.get_cache_key(request, view)
@@ -146,6 +121,7 @@ class WindowCounting:
         return True
 
     def _settle(self, hits: int, before: int) -> bool:
+        self.counts = (hits, before)  # the shared totals, this request included
         if before * (1 - self._elapsed / self.duration) + hits <= self.num_requests:
             return True
         self.take_back()

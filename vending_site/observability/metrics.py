@@ -52,9 +52,11 @@ Metrics (besides django-prometheus' ``django_http_*`` request metrics):
 
 from __future__ import annotations
 
+import bisect
 import glob
 import ipaddress
 import os
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -73,6 +75,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from vending_site.observability import metrics_files
 from vending_site.observability.logging import get_logger
+from vending_site.observability.ticker import Ticker
 
 VENDS = Counter("vending_vends_total", "Vends that reached a final state, by outcome.", ["outcome"])
 VENDS_UNCONFIRMED = Counter(
@@ -112,6 +115,11 @@ def record_poll(*, dialect: str) -> None:
         DEVICE_POLLS.labels(dialect=dialect).inc()
     except OSError:
         logger.warning("metrics_write_failed", metric="vending_device_polls_total", exc_info=True)
+
+
+def poll_counter(*, dialect: str):
+    """The poll counter's child for ``dialect`` (to count through a :class:`Tally`)."""
+    return DEVICE_POLLS.labels(dialect=dialect)
 
 
 class ViewRequestMetrics:
@@ -157,29 +165,93 @@ class ViewRequestMetrics:
         response_bytes: int,
         seconds: float,
         ajax: bool = False,
+        tally: Tally | None = None,
     ) -> None:
-        """One request answered; never lets a metrics file error fail the answer."""
+        """One request answered; never lets a metrics file error fail the answer. With a
+        ``tally``, written by its thread a moment later instead of now."""
         try:
             by_method, by_transport, by_view, by_status, by_status_view, by_charset, latency = (
                 self._bound("https" if secure else "http", str(status), charset)
             )
-            m = self.metrics
-            m.requests_total.inc()
-            by_method.inc()
-            by_transport.inc()
-            if ajax:
-                m.requests_ajax.inc()
-            m.requests_body_bytes.observe(request_bytes)
-            by_view.inc()
-            by_status.inc()
-            by_status_view.inc()
-            by_charset.inc()
-            m.responses_body_bytes.observe(response_bytes)
-            latency.observe(seconds)
-            m.responses_total.inc()
-            m.requests_latency_before.observe(seconds)
         except OSError:
             logger.warning("metrics_write_failed", metric="django_http_*", exc_info=True)
+            return
+        m = self.metrics
+        counted = [m.requests_total, by_method, by_transport, by_view, by_status]
+        counted += [by_status_view, by_charset, m.responses_total]
+        if ajax:
+            counted.append(m.requests_ajax)
+        observed = [
+            (m.requests_body_bytes, request_bytes),
+            (m.responses_body_bytes, response_bytes),
+            (latency, seconds),
+            (m.requests_latency_before, seconds),
+        ]
+        if tally is not None:
+            tally.add(counted, observed)
+            return
+        try:
+            for child in counted:
+                child.inc()
+            for child, value in observed:
+                child.observe(value)
+        except OSError:
+            logger.warning("metrics_write_failed", metric="django_http_*", exc_info=True)
+
+
+class Tally:
+    """Counter increments and histogram observations of a hot path (the idle poll answered
+    from memory, ``devices.api.kept_poll``), summed in this process's memory and written to
+    the metric files every :data:`TALLY_SECONDS` by a thread of its own.
+
+    In multiprocess mode every ``inc`` and ``observe`` writes a memory-mapped file (with a
+    ``getpid()`` and a lock): the 17 writes of one request were a third of an idle poll's
+    CPU (``bench/poll_profile.py``). Summed here, a flush writes each series once. A scrape
+    sees them at most that much later; a process killed without its exit loses at most that
+    much. Histograms are summed per bucket, as ``Histogram.observe`` files an observation:
+    into the first bucket whose upper bound is at least the value, and into the sum.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[object, float] = {}
+        self._observed: dict[object, list[float]] = {}  # child -> [sum, count per bucket...]
+        self.ticker = Ticker("metrics-flush", TALLY_SECONDS, self.flush)
+
+    def add(self, counted: list, observed: list[tuple[object, float]]) -> None:
+        """Count each counter child in ``counted`` once and each ``(histogram child,
+        value)`` in ``observed``."""
+        with self._lock:
+            counts = self._counts
+            for child in counted:
+                counts[child] = counts.get(child, 0) + 1
+            for child, value in observed:
+                sums = self._observed.get(child)
+                if sums is None:
+                    sums = self._observed[child] = [0.0] * (len(child._upper_bounds) + 1)
+                sums[0] += value
+                sums[1 + bisect.bisect_left(child._upper_bounds, value)] += 1
+        self.ticker.ensure()
+
+    def flush(self) -> None:
+        """Write what was summed since the last flush."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            observed, self._observed = self._observed, {}
+        try:
+            for child, amount in counts.items():
+                child.inc(amount)
+            for child, sums in observed.items():
+                child._sum.inc(sums[0])
+                for bucket, count in zip(child._buckets, sums[1:], strict=False):
+                    if count:
+                        bucket.inc(count)
+        except OSError:
+            logger.warning("metrics_write_failed", metric="tally", exc_info=True)
+
+
+TALLY_SECONDS = 0.25
+tally = Tally()
 
 
 # --- Scrape-time facts --------------------------------------------------------------------

@@ -268,3 +268,39 @@ def test_metrics_sum_the_files_of_services_in_their_own_subdirectories(
     samples = scrape(client)
 
     assert value(samples, "vending_vends_total", outcome="succeeded") == 7.0
+
+
+# --- The tally of hot paths (metrics.Tally) ---------------------------------------------
+
+
+def test_a_tally_writes_what_direct_calls_would_once_flushed():
+    """Summed in memory and written by the flush, counters and histograms end where the
+    same inc() and observe() calls would have left them (this pins prometheus_client's
+    bucket rule and the private parts Tally writes through)."""
+    import uuid
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from vending_site.observability.metrics import Tally
+
+    registry = CollectorRegistry()
+    name = f"t{uuid.uuid4().hex[:8]}"
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    direct = Histogram(f"{name}_direct", "d", buckets=buckets, registry=registry)
+    tallied = Histogram(f"{name}_tallied", "t", buckets=buckets, registry=registry)
+    count_direct = Counter(f"{name}_cd", "c", registry=registry)
+    count_tallied = Counter(f"{name}_ct", "c", registry=registry)
+    tally = Tally()
+    values = [0.0, 0.0005, 0.001, 0.002, 0.01, 0.5, 1.0, 7.0]
+    for value in values:
+        direct.observe(value)
+        count_direct.inc()
+        tally.add([count_tallied], [(tallied, value)])
+    assert tallied._sum.get() == 0  # not yet written
+
+    tally.flush()
+    tally.ticker.stop()
+
+    assert tallied._sum.get() == pytest.approx(direct._sum.get())
+    assert [b.get() for b in tallied._buckets] == [b.get() for b in direct._buckets]
+    assert count_tallied._value.get() == count_direct._value.get() == len(values)

@@ -30,7 +30,14 @@ MAC = "6C:C8:40:4F:E0:3C"
 
 
 def call(
-    path: str, *, method: str = "GET", body: bytes = b"", query: str = "", app=None, **headers
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    query: str = "",
+    app=None,
+    remote_addr: str = "127.0.0.1",
+    **headers,
 ) -> tuple:
     """One request into the application (``app``, default the module's) as a WSGI server
     makes it: (status, headers, body)."""
@@ -38,7 +45,7 @@ def call(
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
         "QUERY_STRING": query,
-        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_ADDR": remote_addr,
         "wsgi.input": io.BytesIO(body),
         "CONTENT_LENGTH": str(len(body)),
         "CONTENT_TYPE": "application/json",
@@ -55,7 +62,8 @@ def call(
     try:
         content = b"".join(response)
     finally:
-        response.close()
+        if hasattr(response, "close"):  # optional in WSGI: a list of bytes has none
+            response.close()
     return answered["status"], answered["headers"], content
 
 

@@ -1,0 +1,102 @@
+"""Announcements between processes over Redis pub/sub (vending_site/backends/broadcast.py):
+each topic instance stands for one process; Redis is the real one on loopback."""
+
+import uuid
+
+import pytest
+
+from tests.scratch.net import wait_for
+from tests.test_throttling import REDIS_URL, redis_available
+from vending_site.backends.broadcast import Topic
+
+
+class Holder:
+    """What a process keeps, as the topic's callbacks see it."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+        self.resets = 0
+
+    def forget(self, keys: list[str]) -> None:
+        self.forgotten += keys
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+@pytest.fixture
+def redis_cache(settings):
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"bc{uuid.uuid4().hex[:8]}",
+        }
+    }
+
+
+@pytest.fixture
+def topics():
+    made = []
+
+    def make() -> tuple[Topic, Holder]:
+        holder = Holder()
+        topic = Topic(f"test{len(made)}", forget=holder.forget, reset=holder.reset)
+        topic.name = "test"  # every instance on one channel, as one topic in two processes
+        made.append(topic)
+        return topic, holder
+
+    yield make
+    for topic in made:
+        topic.stop()
+
+
+def test_an_announcement_reaches_every_listening_process_and_the_publisher_at_once(
+    redis_cache, topics
+):
+    here, mine = topics()
+    there, theirs = topics()
+    wait_for(lambda: here.listening and there.listening, what="both subscriptions")
+
+    here.publish(["ESP32_A", "ESP32_B"])
+
+    assert mine.forgotten == ["ESP32_A", "ESP32_B"]  # before publish() returns
+    wait_for(lambda: theirs.forgotten == ["ESP32_A", "ESP32_B"], what="the other process")
+
+
+def test_a_lost_subscription_moves_the_epoch_and_resets_the_holder(redis_cache, topics):
+    topic, holder = topics()
+    wait_for(lambda: topic.listening, what="the subscription")
+    epoch, resets = topic.epoch, holder.resets
+
+    topic.stop()
+
+    assert topic.epoch > epoch
+    assert holder.resets > resets
+    wait_for(lambda: topic.listening, what="the subscription made again")
+
+
+def test_with_redis_unreachable_the_topic_never_claims_to_listen(settings, topics):
+    from tests.scratch.net import free_port
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+    topic, holder = topics()
+
+    assert not any(topic.listening for _ in range(20))
+    topic.publish(["ESP32_A"])  # logged, not raised; this process still forgets
+    assert holder.forgotten == ["ESP32_A"]
+
+
+def test_without_a_redis_cache_a_topic_is_local_and_always_listening(topics):
+    topic, holder = topics()
+
+    assert topic.listening
+    topic.publish(["ESP32_A"])
+    assert holder.forgotten == ["ESP32_A"]
