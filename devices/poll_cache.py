@@ -23,8 +23,8 @@ Why it cannot hand out a stale answer:
 Only "nothing waits for this approved, bound WiFi machine" is kept: a kept answer can only
 make a poll answer idle. A poll that hands over a command always reads the database and
 claims it there (``transactions.delivery``), and a refusal is always decided on a fresh
-read. Without Redis, announcements reach this process only: other processes' changes wait
-for the time limit (the embedded default serves HTTP from one process).
+read. Without Redis the announcements go through a file that every process of the host
+looks at before it answers from memory (``vending_site.backends.broadcast``).
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def cached(device_id: str) -> Device | None:
     if entry.until < time.monotonic() or entry.epoch != topic.epoch or not topic.listening:
         _entries.pop(device_id, None)
         return None
-    if topic.backlog():
-        return None  # an announcement is on its way in: read this time
+    if topic.catch_up() or device_id not in _entries:
+        return None  # an announcement is (or was just) on its way in: read this time
     return entry.device
 
 
@@ -133,6 +133,8 @@ def remember(device: Device, token: Token | None) -> None:
         _entries.pop(device.device_id, None)
         return
     until = time.monotonic() + settings.DEVICE_POLL_CACHE_SECONDS
+    if topic.catch_up():
+        return  # announcements on their way in may be about it
     with _lock:
         if token.epoch != topic.epoch:
             return

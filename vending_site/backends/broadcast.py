@@ -14,9 +14,12 @@ is called so the holder drops everything. So a lost connection costs reads, neve
 answer. A message that is lost with the connection up (a publisher that dies between its
 commit and its publish) is not detected here: the holder's own time limit bounds it.
 
-Without a Redis cache (the embedded default: SQLite, one web process) a topic is local: a
-change made in this process reaches its holder at once; one made by another process (a
-management command) is seen when the holder's time limit runs out.
+Without a Redis cache (the embedded default: SQLite, every process on one host) the topic is
+a file under ``DATA_DIR/run/``: a publisher appends a line of keys, and a holder asked for
+something first looks whether the file grew (:meth:`Topic.catch_up`: one ``stat``) and
+reads what was added. Every process of the host sees an announcement as soon as its
+publisher's ``write`` returns. The file is started afresh past :data:`FILE_LIMIT` bytes; a
+holder that sees another file (or a shorter one) drops everything.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from django.core.signals import setting_changed
 
 logger = logging.getLogger(__name__)
 
+NO_FILE = (0, 0)  # looked, and found no file
+FILE_LIMIT = 1 << 20  # bytes of announcements before the file is started afresh
 RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0)  # pauses between tries, the last one repeated
 POLL_SECONDS = 1.0  # how long the listener blocks on one read before it checks its stop
 HEALTH_CHECK_SECONDS = 5  # redis-py pings an idle subscription this often: a dead link shows
@@ -63,6 +68,7 @@ class Topic:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._publisher: redis.Redis | None = None
+        self._file_seen: tuple[int, int] | None = None  # (inode, bytes read) of the file
 
     @property
     def listening(self) -> bool:
@@ -71,16 +77,71 @@ class Topic:
         if target is False:
             target = self._look_up()
         if target is None:
-            return True  # local: every change that can reach us does at once
+            return True  # the file: read at every catch_up()
         if not self._connected:
             self._ensure_listener()
         return self._connected
 
-    def backlog(self) -> bool:
-        """Whether announcements have reached this process's socket and wait to be read: a
-        holder asked now must not answer from memory. This closes the gap between a change's
-        publish (after which its author answers its own client) and the listener thread's
-        turn to run; one ``select`` without waiting."""
+    def catch_up(self) -> bool:
+        """Take in what was announced and not yet heard; True when some of it may still be
+        on its way in (a holder must not answer from memory now). Over Redis: whether the
+        subscription's socket has unread bytes (the listener thread takes them in; this
+        closes the gap until it runs), one ``select`` without waiting. Over the file: read
+        what it gained since, one ``stat`` when nothing was added."""
+        target = self._target
+        if target is False:
+            target = self._look_up()
+        if target is not None:
+            return self._backlog()
+        try:
+            found = os.stat(self._path())
+        except FileNotFoundError:
+            found = None
+        except OSError:
+            return True
+        seen = self._file_seen
+        if found is None:
+            if seen == NO_FILE:
+                return False
+        elif seen is not None and found.st_ino == seen[0] and found.st_size == seen[1]:
+            return False
+        with self._lock:
+            return self._read_file(found)
+
+    def _read_file(self, found) -> bool:
+        """Read the announcements the file gained (the caller holds the lock)."""
+        seen = self._file_seen
+        if found is None:
+            if seen not in (None, NO_FILE):
+                self._lost()  # the file went away: what it said since our read is unknown
+            self._file_seen = NO_FILE
+            return False
+        if seen is None:
+            # This process's first look: it keeps nothing yet, so what was said before
+            # does not concern it.
+            self._file_seen = (found.st_ino, found.st_size)
+            return False
+        if found.st_ino != seen[0] or found.st_size < seen[1]:
+            if seen != NO_FILE:
+                self._lost()  # started afresh: what the old one said last is unknown
+            seen = (found.st_ino, 0)
+        try:
+            with open(self._path(), "rb") as stream:
+                stream.seek(seen[1])
+                added = stream.read(max(found.st_size - seen[1], 0))
+        except OSError:
+            return True
+        complete = added.rfind(b"\n") + 1  # a line still being written waits for its end
+        self._file_seen = (found.st_ino, seen[1] + complete)
+        for line in added[:complete].splitlines():
+            if line:
+                self._received(line.decode("utf-8", "replace").split(","))
+        return complete < len(added)
+
+    def _path(self) -> str:
+        return os.path.join(settings.DATA_DIR, "run", f"broadcast-{self.name}.log")
+
+    def _backlog(self) -> bool:
         sock = self._socket
         if sock is None:
             return False
@@ -98,6 +159,7 @@ class Topic:
         self._received(keys)
         target = self._target if self._target is not False else self._look_up()
         if target is None:
+            self._append(",".join(keys))
             return
         url, channel = target
         try:
@@ -110,6 +172,18 @@ class Topic:
             self._publisher.publish(channel, ",".join(keys))
         except redis.RedisError as exc:
             logger.warning("could not publish %s to %s: %s", self.name, channel, exc)
+
+    def _append(self, line: str) -> None:
+        path = self._path()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as stream:
+                stream.write(line + "\n")  # one write of a short line: appended whole
+                size = stream.tell()
+            if size > FILE_LIMIT:
+                os.replace(path, path + ".old")  # holders see another file and start afresh
+        except OSError as exc:
+            logger.warning("could not announce %s in %s: %s", self.name, path, exc)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop listening (tests; a process that ends just drops the daemon thread)."""
@@ -195,7 +269,8 @@ class Topic:
             stopping.wait(RECONNECT_SECONDS[min(max(failures, 1), len(RECONNECT_SECONDS)) - 1])
 
     def _settings_changed(self, *, setting: str, **kwargs) -> None:
-        if setting in ("CACHES", "REDIS_URL"):
+        if setting in ("CACHES", "REDIS_URL", "DATA_DIR"):
             self.stop()
             self._target = False
             self._publisher = None
+            self._file_seen = None
