@@ -49,8 +49,8 @@ serve: migrate
 	$(BIN)/python manage.py serve
 
 # The production topology natively on loopback (see docs/production.md): nginx with TLS on
-# 8443 (self-signed), 8080 -> HTTPS, device port 5000, granian for HTTP (8001), Daphne for
-# /ws/ (8002), discovery, bridge, sweeper and notifier, on PostgreSQL (DATABASE_URL, default
+# 8443 (self-signed), 8080 -> HTTPS, device port 5000, granian for HTTP (8001), manage.py
+# serve for /ws/ (8002), discovery, bridge, sweeper and notifier, on PostgreSQL (DATABASE_URL, default
 # .../vending_prod) and Redis (REDIS_URL).
 .PHONY: prod-local
 prod-local: $(STAMP)

@@ -16,8 +16,16 @@ against:
   x 8 threads), PostgreSQL and Redis, the throttles lifted (``bench.common.BASE_ENV``);
 - **hello**: the same granian with the same settings serving a WSGI application that
   answers ``null`` (``bench/hello_wsgi.py``): the ceiling;
-- **embedded**: the default that ``make run`` starts (``manage.py serve``: one Daphne
-  process, SQLite, the in-memory channel layer).
+- **embedded**: the default that ``make run`` starts (``manage.py serve``: granian, ASGI,
+  one worker; SQLite, the in-memory channel layer);
+- on request (``--server``): **hello-asgi**, the same granian serving an ASGI application
+  that answers ``null`` (``bench/hello_asgi.py``: the embedded default's ceiling), and
+  **daphne**, the embedded default before granian (Daphne serving Channels' router, every
+  request through Django's ASGI handler).
+
+Each row also gives the server's own CPU per poll (its process tree's CPU time over the
+round's polls, the least of the rounds): the other load on a shared box moves it less than
+the polls/s.
 
 Rounds alternate between the servers (the machine's capacity moves between runs, so each
 round's three figures are taken within seconds of each other); the best round of each is
@@ -52,6 +60,7 @@ FIRMWARE_TIMEOUT = "3s"
 MARK = "POLL_CEILING "
 TARGETS = {"production": 10_000, "embedded": 2_000}  # polls/s (issue 18)
 HELLO = Path(__file__).resolve().parent / "hello_wsgi.py"
+HELLO_ASGI = Path(__file__).resolve().parent / "hello_asgi.py"
 
 # Each wrk thread cycles over every machine's request (prepared once), starting at its own
 # place; done() prints the figures as one JSON line (latencies in µs).
@@ -143,6 +152,26 @@ def run_wrk(wrk: str, script: Path, url: str, seconds: float, connections: int) 
     return figures
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants
+    (granian's workers); 0.0 for what has gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def check_idle_answer(url: str, index: int = 0) -> None:
     """The server answers a known machine's poll with ``null`` (not a refusal)."""
     client = Client(url, headers={"X-Forwarded-For": machine_address(index)})
@@ -154,17 +183,38 @@ def check_idle_answer(url: str, index: int = 0) -> None:
         raise RuntimeError(f"{url}: idle poll answered {status} {body[:200]!r}")
 
 
-def start_hello(stack) -> str:
+def start_hello(stack, name: str = "hello", script: Path = HELLO) -> str:
     url = f"http://127.0.0.1:{free_port()}"
-    argv = [sys.executable, str(HELLO), "--bind", url.removeprefix("http://")]
-    stack.start_argv("hello", argv)
-    stack.wait_ready("hello", f"{url}/health")
+    argv = [sys.executable, str(script), "--bind", url.removeprefix("http://")]
+    stack.start_argv(name, argv)
+    stack.wait_ready(name, f"{url}/health")
     return url
 
 
 def start_variant(stack, name: str, env: dict[str, str]) -> str:
     url = f"http://127.0.0.1:{free_port()}"
     stack.start_argv(name, web_argv(url.removeprefix("http://")), env=env)
+    stack.wait_ready(name, f"{url}/health")
+    return url
+
+
+def start_daphne(stack, name: str = "daphne") -> str:
+    """The embedded default before granian: Daphne serving Channels' router alone (Django's
+    ASGI handler for every HTTP request), as ``manage.py serve`` ran it."""
+    port = free_port()
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    stack.start_argv(name, [*argv, "--access-log", os.devnull, "vending_site.asgi:router"])
+    url = f"http://127.0.0.1:{port}"
+    stack.wait_ready(name, f"{url}/health")
+    return url
+
+
+def start_embedded(stack, name: str, env: dict[str, str] | None = None) -> str:
+    """``manage.py serve`` (as ``make run`` starts it, no access log) with ``env`` added."""
+    port = free_port()
+    serve = ("serve", "--host", "127.0.0.1", "--port", str(port), "--access-log", os.devnull)
+    stack.start(name, *serve, env=env)
+    url = f"http://127.0.0.1:{port}"
     stack.wait_ready(name, f"{url}/health")
     return url
 
@@ -177,22 +227,29 @@ def measure(
     connections: int = CONNECTIONS,
     servers: tuple[str, ...] = ("production", "hello", "embedded"),
     variants: dict[str, dict[str, str]] | None = None,
+    embedded_variants: dict[str, dict[str, str]] | None = None,
 ) -> dict:
     """``{server: [round figures]}``, with the servers' labels under ``"label"``.
     ``variants``: more production tiers, by name, each with settings of its own (an A/B
-    of a setting in the same run)."""
+    of a setting in the same run); ``embedded_variants`` the same for the embedded default
+    (on the same SQLite file)."""
     wrk = ensure_wrk()
     seconds = seconds or (2.0 if quick else 4.0)
     rounds = rounds or (1 if quick else 2)
     labels = {
         "production": "production tier (granian 2x8, PostgreSQL + Redis)",
         "hello": "hello WSGI on the same granian (answers null)",
-        "embedded": "embedded default (manage.py serve: Daphne, SQLite)",
+        "hello-asgi": "hello ASGI on the embedded default's granian (answers null)",
+        "daphne": "the embedded default before: Daphne, Django's ASGI handler, SQLite",
+        "embedded": "embedded default (manage.py serve: granian ASGI, SQLite)",
     }
     variants = variants or {}
+    embedded_variants = embedded_variants or {}
     for name, env in variants.items():
         labels[name] = f"production tier with {' '.join(f'{k}={v}' for k, v in env.items())}"
-    servers = (*servers, *variants)
+    for name, env in embedded_variants.items():
+        labels[name] = f"embedded with {' '.join(f'{k}={v}' for k, v in env.items())}"
+    servers = (*servers, *variants, *embedded_variants)
     results: dict[str, list[dict]] = {name: [] for name in servers}
     with bench_stack() as production, bench_stack(postgres=False) as embedded:
         script = write_script(production.workdir, MACHINES)
@@ -205,16 +262,35 @@ def measure(
             urls[name] = start_variant(production, name, env)
         if "hello" in servers:
             urls["hello"] = start_hello(production)
-        if "embedded" in servers:
+        if "hello-asgi" in servers:
+            urls["hello-asgi"] = start_hello(embedded, "hello-asgi", HELLO_ASGI)
+        if "embedded" in servers or "daphne" in servers or embedded_variants:
             embedded.seed_fleet(devices=MACHINES, keys=0, stock=10)
-            urls["embedded"] = embedded.start_workers(1)[0]
+        if "embedded" in servers:
+            urls["embedded"] = start_embedded(embedded, "embedded")
+        for name, env in embedded_variants.items():
+            urls[name] = start_embedded(embedded, name, env)
+        if "daphne" in servers:
+            urls["daphne"] = start_daphne(embedded)
         for name in servers:
-            if name != "hello":
+            if not name.startswith("hello"):
                 check_idle_answer(urls[name])
             run_wrk(wrk, script, urls[name], 1, connections)  # warm up: connections, caches
+        pids = {
+            name: stack.children[name].pid
+            for stack in (production, embedded)
+            for name in servers
+            if name in stack.children
+        }
         for _ in range(rounds):
             for name in servers:
-                results[name].append(run_wrk(wrk, script, urls[name], seconds, connections))
+                # The server's own CPU per poll: a figure the other load on the box moves
+                # less than the polls/s (the client and other processes take cores away).
+                cpu = tree_cpu_seconds(pids[name])
+                figures = run_wrk(wrk, script, urls[name], seconds, connections)
+                cpu = tree_cpu_seconds(pids[name]) - cpu
+                figures["cpu_us_per_poll"] = cpu * 1e6 / max(1, figures["requests"])
+                results[name].append(figures)
                 time.sleep(0.5)
     return {"rounds": results, "labels": labels, "seconds": seconds, "connections": connections}
 
@@ -240,6 +316,7 @@ def report(measured: dict) -> dict:
             target=f">= {target:,} polls/s" if target else "ceiling",
             polls_per_s=round(top["polls_per_s"]),
             per_round=[round(figures["polls_per_s"]) for figures in figures_list],
+            cpu_us_per_poll=round(min(f["cpu_us_per_poll"] for f in figures_list)),
             ratio_to_hello=round(ratio, 4) if ratio is not None else None,
         )
         # wrk's own latency figures (µs) of the best round, at its closed-loop load.
@@ -253,6 +330,7 @@ def report(measured: dict) -> dict:
         notes.append(
             f"{name}: {round(top['polls_per_s']):,} polls/s (rounds: {shown})"
             + (f", {ratio:.2%} of hello" if ratio is not None and name != "hello" else "")
+            + f"; server CPU {row['cpu_us_per_poll']} µs per poll (least of the rounds)"
         )
     notes.append(
         f"wrk -t{WRK_THREADS} -c{measured['connections']} --timeout {FIRMWARE_TIMEOUT}, "
@@ -274,7 +352,7 @@ def main() -> None:
     parser.add_argument(
         "--server",
         default="production,hello,embedded",
-        help="comma-separated: production, hello, embedded",
+        help="comma-separated: production, hello, embedded, hello-asgi, daphne",
     )
     parser.add_argument(
         "--variant",
@@ -283,12 +361,21 @@ def main() -> None:
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="another production tier with these settings, e.g. off:DEVICE_POLL_SHORTCUT=false",
     )
+    parser.add_argument(
+        "--embedded-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="another embedded default with these settings, e.g. off:DEVICE_POLL_SHORTCUT=false",
+    )
     args = parser.parse_args()
     servers = tuple(name for name in args.server.split(",") if name)
-    variants = {}
-    for given in args.variant:
+    variants, embedded_variants = {}, {}
+    for given, into in [(v, variants) for v in args.variant] + [
+        (v, embedded_variants) for v in args.embedded_variant
+    ]:
         name, _, settings = given.partition(":")
-        variants[name] = dict(pair.split("=", 1) for pair in settings.split(",") if "=" in pair)
+        into[name] = dict(pair.split("=", 1) for pair in settings.split(",") if "=" in pair)
     result = report(
         measure(
             False,
@@ -297,6 +384,7 @@ def main() -> None:
             connections=args.connections,
             servers=servers,
             variants=variants,
+            embedded_variants=embedded_variants,
         )
     )
     for row in result["rows"]:

@@ -1,11 +1,12 @@
 """Serial vend latency: REST request -> `VEND:` line at the device -> `succeeded`.
 
-Starts the real web server (Daphne) and serial bridge as processes on a throwaway database
-(SQLite in a temporary DATA_DIR; with --postgres a scratch PostgreSQL database ``bench_*``
-and Redis database 14), with a virtual ESP32 on a pseudo-terminal that answers at once,
-then sends vends on a fixed schedule (one every --interval seconds; the firmware handles
-one vend at a time). Latencies run from each vend's scheduled time, so a slow vend that
-delays the next one shows in the next one's figures too. Loopback only; bounded.
+Starts the real web server (``manage.py serve``) and serial bridge as processes on a
+throwaway database (SQLite in a temporary DATA_DIR; with --postgres a scratch PostgreSQL
+database ``bench_*`` and Redis database 14), with a virtual ESP32 on a pseudo-terminal that
+answers at once, then sends vends on a fixed schedule (one every --interval seconds; the
+firmware handles one vend at a time). Latencies run from each vend's scheduled time, so a
+slow vend that delays the next one shows in the next one's figures too. Loopback only;
+bounded.
 
     .venv/bin/python bench/serial_vend.py --vends 50
     .venv/bin/python bench/serial_vend.py --vends 50 --postgres --json
@@ -259,7 +260,8 @@ def run(quick: bool) -> dict:
         "rows": rows_for(figures),
         "notes": [
             f"{figures['vends']} vends, one every {figures['interval'] * 1000:.0f} ms, one "
-            f"Daphne worker + serial bridge (polls the queue every 50 ms), {figures['database']}, "
+            "manage.py serve + serial bridge (polls the queue every 50 ms), "
+            f"{figures['database']}, "
             "pty device answering at once",
             *figures["errors"][:3],
         ],

@@ -1,11 +1,11 @@
 """WiFi vend with the deployed firmware's timing: REST request -> command delivered -> succeeded.
 
 Simulated v2.1 machines (devices/simulators/wifi_firmware.py) poll every 2 s (from the end
-of one poll), run the motor 1.3 s, confirm, and pause 2 s, against two Daphne workers on
-PostgreSQL + Redis with the sweeper running. Vends arrive open-loop: each machine gets one
-every 7 s (longer than a whole vend cycle) at a jittered time, so requests land at every
-phase of the poll cycle; latencies run from the scheduled request time to the moment the
-machine holds the command, and to the moment its confirmation was answered.
+of one poll), run the motor 1.3 s, confirm, and pause 2 s, against two ``manage.py serve``
+processes on PostgreSQL + Redis with the sweeper running. Vends arrive open-loop: each
+machine gets one every 7 s (longer than a whole vend cycle) at a jittered time, so requests
+land at every phase of the poll cycle; latencies run from the scheduled request time to the
+moment the machine holds the command, and to the moment its confirmation was answered.
 """
 
 import random

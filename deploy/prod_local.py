@@ -6,9 +6,10 @@ database if it is missing, migrates, collects static files, bootstraps the staff
 makes a self-signed certificate on first run, renders nginx's configuration into the var
 dir, then hands over to honcho with ``Procfile.prod-local``: nginx (unprivileged, in the
 foreground), granian (``deploy/web.py``: ``WEB_WORKERS`` WSGI workers, every HTTP request) and
-Daphne (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial bridge, the
-sweeper and the notifier. ``prepare`` does everything but the last step. ``render-compose`` writes
-``deploy/nginx/vending.conf``, the same template rendered for docker-compose.yml.
+``manage.py serve`` (the WebSocket ``/ws/`` only) on loopback ports, discovery, the serial
+bridge, the sweeper and the notifier. ``prepare`` does everything but the last step.
+``render-compose`` writes ``deploy/nginx/vending.conf``, the same template rendered for
+docker-compose.yml.
 
 Every listener binds 127.0.0.1 (nginx included), so nothing here is reachable from the LAN;
 the tests run this script with free ports, a throwaway database and their own Redis db.
@@ -34,7 +35,7 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "vending.conf.template"
 COMPOSE_CONF = ROOT / "deploy" / "nginx" / "vending.conf"
 PROCFILE = ROOT / "Procfile.prod-local"
 
-# What docker-compose.yml runs: two granian services (web1, web2), one Daphne service (ws),
+# What docker-compose.yml runs: two granian services (web1, web2), one manage.py serve service (ws),
 # all on port 8000 of their containers, and nginx's ports inside its container.
 COMPOSE_WEB_SERVICES = ("web1", "web2")
 COMPOSE_WS_SERVICES = ("ws",)
@@ -287,7 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--web-port", type=int, default=8001, help="granian's port (every HTTP request)"
     )
-    parser.add_argument("--ws-port", type=int, default=8002, help="Daphne's port (/ws/ only)")
+    parser.add_argument(
+        "--ws-port", type=int, default=8002, help="manage.py serve's port (/ws/ only)"
+    )
     parser.add_argument("--cert", help="certificate to use instead of the generated one")
     parser.add_argument("--key", help="its private key")
     args = parser.parse_args(argv)

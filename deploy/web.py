@@ -1,5 +1,5 @@
 """The production web server: granian serving ``vending_site.wsgi`` (every HTTP request;
-Daphne serves only the WebSocket ``/ws/``).
+``manage.py serve``, granian's ASGI interface, serves only the WebSocket ``/ws/``).
 
 Every production launcher runs this file and gives only ``--bind`` (docker-compose.yml,
 Procfile.prod-local, deploy/systemd/vending-web.service, the tests, the benchmarks)::
@@ -17,8 +17,8 @@ plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-51
   ``WEB_THREADS`` (default 8) blocking threads. Each thread may keep one PostgreSQL
   connection, and the worker's ``last_seen`` writer (``devices/presence.py``) one more, so a
   node holds up to workers x (threads + 1) of them.
-- **Persistent connections**: ``CONN_MAX_AGE`` defaults to 60 s here (0 for Daphne and the
-  commands, see settings); an explicit ``CONN_MAX_AGE`` in the environment wins.
+- **Persistent connections**: ``CONN_MAX_AGE`` defaults to 60 s here (0 for ``manage.py
+  serve`` and the commands, see settings); an explicit ``CONN_MAX_AGE`` in the environment wins.
 - **No preload**: this process (granian's main process) loads the settings module only
   (pure configuration: it reads the environment and creates DATA_DIR; it opens no
   connection and starts no thread), so the ``WEB_*`` variables come from the same place as
@@ -50,7 +50,7 @@ plus 20 vends/s, in three side-by-side rounds: poll p99 34-208 ms against 346-51
   access log is the application's (``vending_site.wsgi``, ``WEB_ACCESS_LOG``), so each line
   carries the ``request_id`` Django answered with.
 - **Scheme**: granian never derives ``https`` from ``X-Forwarded-Proto`` itself; Django
-  does, only with ``TRUST_X_FORWARDED_PROTO`` (as under Daphne).
+  does, only with ``TRUST_X_FORWARDED_PROTO`` (as under ``manage.py serve``).
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ class SeenBuffer:
             _close_quietly()  # this thread's own connection
 
     def _flush_logged(self) -> None:
-        # The thread keeps its connection whatever CONN_MAX_AGE says (Daphne and the bridge
+        # The thread keeps its connection whatever CONN_MAX_AGE says (manage.py serve and the bridge
         # run with 0: a connection every flush); one that failed is closed and made anew.
         try:
             self.flush()

@@ -62,7 +62,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 HOST = env.str("HOST", default="0.0.0.0")
 PORT = env.int("PORT", default=5000)
 
-# granian, the production server for HTTP (deploy/web.py reads these; Daphne serves only the
+# granian, the production server for HTTP (deploy/web.py reads these; manage.py serve, only the
 # WebSocket there). Threads share a worker's CPU, so two workers of eight threads suit two
 # cores; each thread may keep a PostgreSQL connection (CONN_MAX_AGE), and each worker's
 # last_seen writer one more, so workers x (threads + 1) per node must fit max_connections
@@ -185,8 +185,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # Persistent connections: 0 (a connection per request) is Django's advice under ASGI,
     # where they leak (measured: Daphne exhausted max_connections with 60), and stays the
-    # default for Daphne and commands. granian's threads serve one request after another
-    # and reuse theirs: deploy/web.py defaults CONN_MAX_AGE to 60 for its workers.
+    # default for manage.py serve (ASGI) and commands. granian's WSGI threads serve one
+    # request after another and reuse theirs: deploy/web.py defaults CONN_MAX_AGE to 60.
     # CONN_HEALTH_CHECKS: a connection the server dropped meanwhile is replaced, not used;
     # vending_site.backends.postgresql (Django's backend otherwise) checks a quiet connection by its
     # socket instead of a SELECT 1 round trip.

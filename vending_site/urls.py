@@ -40,7 +40,8 @@ def _api_v1(*, asgi: bool) -> list:
 
 
 def build(*, asgi: bool) -> list:
-    """The routes, with the views for an ASGI server (Daphne) or a WSGI one (granian).
+    """The routes, with the views for the ASGI server (``manage.py serve``) or the WSGI one
+    (``deploy/web.py``).
 
     The vend's wait holds a request without a thread under ASGI, so its view is async
     there. A WSGI thread is held either way, and Django would run an async view through
@@ -80,3 +81,6 @@ urlpatterns = build(asgi=True)
 # Answers the WSGI application (vending_site.wsgi) tries before Django's handler for device
 # paths: each returns a response, or None to leave the request to the handler.
 wsgi_shortcuts = [*device_urls.wsgi_shortcuts]
+# The same for the ASGI application (vending_site.asgi, ``manage.py serve``): async callables
+# taking the ASGI scope, returning (status, headers, body) or None (vending_site.http.asgi_devices).
+asgi_shortcuts: list = []

@@ -1,6 +1,6 @@
 """WSGI entry point: granian serves every HTTP request from here in production
-(``deploy/web.py``); Daphne (``asgi.py``) serves the WebSocket there, and everything under
-``make run``.
+(``deploy/web.py``); ``manage.py serve`` (``asgi.py``) serves the WebSocket there, and
+everything under ``make run``.
 
 The firmware's requests (register, poll, confirm: :data:`DEVICE_PATH`) go through a handler of
 their own with ``DEVICE_MIDDLEWARE``, the project's middleware without what serves browsers
@@ -8,53 +8,22 @@ and REST users only (sessions, CSRF, messages, static files...). Everything else
 endpoints under ``/esp32/devices/`` included, goes through ``MIDDLEWARE``. Before that handler,
 the shortcuts the URLconf lists (``wsgi_shortcuts``: the v2.1 poll's,
 ``devices.api.poll_shortcut``) may answer a device request themselves. Both handlers
-resolve with ``vending_site.urls_wsgi``: the same routes, with synchronous views where the
-ASGI URLconf has async ones (Django would run those through ``async_to_sync``: a thread and
-an event loop per request).
+resolve with ``vending_site.urls_wsgi`` (``vending_site.http.handlers``).
 
 The access log is written here (``WEB_ACCESS_LOG``, logger ``vending.access``), not by the
 server, so each line carries the ``X-Request-ID`` the response went out with.
 """
 
 import os
-import re
 import time
 from importlib import import_module
 
 from django.conf import settings
-from django.core.handlers.wsgi import WSGIHandler
 from django.core.wsgi import get_wsgi_application
 
+from vending_site.http.handlers import DEVICE_PATH, DeviceHandler, Handler, answer_device
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
-
-# Exactly the paths of devices.api.urls.firmware_patterns (a test holds the two together).
-DEVICE_PATH = re.compile(
-    r"/esp32/(?:register|confirm|commands/[^/]+|wifi/(?:register|command|confirm))"
-)
-
-
-class Handler(WSGIHandler):
-    """Django's WSGI handler, resolving with the WSGI URLconf (synchronous views)."""
-
-    urlconf = "vending_site.urls_wsgi"
-
-    def get_response(self, request):
-        request.urlconf = self.urlconf
-        return super().get_response(request)
-
-
-class DeviceHandler(Handler):
-    """:class:`Handler` with its middleware chain built from ``DEVICE_MIDDLEWARE``."""
-
-    def load_middleware(self, is_async: bool = False) -> None:
-        # Django builds the chain from settings.MIDDLEWARE; it is swapped for the time of the
-        # build, once, while the application is imported (no request is being served yet).
-        full = settings.MIDDLEWARE
-        settings.MIDDLEWARE = settings.DEVICE_MIDDLEWARE
-        try:
-            super().load_middleware(is_async)
-        finally:
-            settings.MIDDLEWARE = full
 
 
 class Application:
@@ -77,19 +46,7 @@ class Application:
         """The answer of the device poll's shortcut when it gives one, else the handler's."""
         if not DEVICE_PATH.fullmatch(environ.get("PATH_INFO", "")):
             return self.handler(environ, start_response)
-        for shortcut in self.shortcuts:
-            response = shortcut(environ)
-            if type(response) is tuple:
-                status, headers, body = response
-                start_response(status, headers)
-                return [body]
-            if response is not None:
-                # As WSGIHandler sends its response (the shortcuts set no cookies).
-                start_response(
-                    f"{response.status_code} {response.reason_phrase}", [*response.items()]
-                )
-                return response
-        return self.device_handler(environ, start_response)
+        return answer_device(self.shortcuts, self.device_handler, environ, start_response)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")

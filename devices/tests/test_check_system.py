@@ -57,7 +57,7 @@ def discovery_port():
 
 @pytest.fixture
 def web_url():
-    """A real ``serve`` (Daphne) on a free loopback TCP port, answering ``/health``."""
+    """A real ``serve`` on a free loopback TCP port, answering ``/health``."""
     port = free_port(socket.SOCK_STREAM)
     process = start_command("serve", "--host", LOOPBACK, "--port", str(port))
     url = f"http://{LOOPBACK}:{port}/health"

@@ -1,4 +1,5 @@
-"""The virtual WiFi ESP32 against the real server (Daphne in a subprocess), on loopback."""
+"""The virtual WiFi ESP32 against the real server (``manage.py serve``, a subprocess), on
+loopback."""
 
 import http.client
 import http.server

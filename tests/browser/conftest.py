@@ -152,7 +152,7 @@ def screenshot(page: Page):
 
 @pytest.fixture
 def live_server_url(transactional_db) -> Iterator[str]:
-    """The real server (``manage.py serve``, Daphne) on a free loopback port, on the test database.
+    """The real server (``manage.py serve``) on a free loopback port, on the test database.
 
     Rows the test creates are committed (transactional_db), so the server sees them.
     """

@@ -119,7 +119,7 @@ def test_every_service_built_from_our_image_runs_a_real_command():
         assert_real_command(SERVICES[name]["command"], f"service {name}")
 
 
-def test_http_is_served_by_granian_and_the_websocket_by_daphne():
+def test_http_is_served_by_granian_and_the_websocket_by_manage_py_serve():
     for name in ("web1", "web2"):
         assert is_web(SERVICES[name]["command"]), name
         # Docker waits this long after SIGTERM before its SIGKILL: longer than deploy/web.py
@@ -253,8 +253,8 @@ def upstream_servers(conf: str, name: str) -> list[tuple[str, str]]:
 
 def test_nginx_upstreams_are_the_compose_services_on_their_ports():
     """vending_web: the granian services (deploy/web.py), on the port they bind;
-    vending_ws: Daphne's, on the port it serves; nginx waits for each to be healthy; /ws/
-    alone goes to Daphne."""
+    vending_ws: ``manage.py serve``'s, on the port it serves; nginx waits for each to be
+    healthy; /ws/ alone goes to it."""
     conf = (ROOT / "deploy/nginx/vending.conf").read_text()
     web, ws = upstream_servers(conf, "vending_web"), upstream_servers(conf, "vending_ws")
     assert len(web) >= 2 and len(ws) >= 1

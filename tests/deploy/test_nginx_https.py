@@ -1,10 +1,10 @@
 """Smoke test of the production topology through nginx, over real sockets on loopback.
 
 The stack is started the way ``make prod-local`` starts it (``deploy/prod_local.py run``:
-nginx, granian (``deploy/web.py``) for HTTP, Daphne for ``/ws/``, discovery, bridge, sweeper
-under honcho), with free ports, a throwaway PostgreSQL database, a Redis db of its own and a
-self-signed certificate this test makes with openssl. It does not use pytest-django's test
-database: the stack's processes own their database, as in production.
+nginx, granian (``deploy/web.py``) for HTTP, ``manage.py serve`` for ``/ws/``, discovery,
+bridge, sweeper under honcho), with free ports, a throwaway PostgreSQL database, a Redis db
+of its own and a self-signed certificate this test makes with openssl. It does not use
+pytest-django's test database: the stack's processes own their database, as in production.
 ``SCRATCH_DATABASE_PREFIX`` and ``SCRATCH_REDIS_URL`` pick the database name and the Redis
 database (shared servers).
 """
@@ -181,7 +181,7 @@ def stack():
 
 
 def _wait_until_up(stack: Stack, process: subprocess.Popen, log_path: Path) -> None:
-    """granian and Daphne listen and /health answers through nginx over HTTPS (bounded)."""
+    """web and ws listen and /health answers through nginx over HTTPS (bounded)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -474,7 +474,7 @@ def _logged_by(stack: Stack, needle: str) -> set[str]:
     return names
 
 
-def test_http_is_answered_by_granian_and_the_websocket_by_daphne(stack):
+def test_http_is_answered_by_granian_and_the_websocket_by_manage_py_serve(stack):
     marker = f"route-{os.getpid()}-{time.monotonic_ns()}"
     assert stack.https("GET", "/health", headers={"X-Request-ID": marker}).status == 200
     device = stack.http(
@@ -501,7 +501,7 @@ def test_http_is_answered_by_granian_and_the_websocket_by_daphne(stack):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _logged_by(stack, "/ws/events/"):
         time.sleep(0.1)
-    # Daphne's access log has the handshake (nginx's too); granian never saw the path.
+    # ws's access log (manage.py serve) has the handshake (nginx's too); web never saw it.
     assert _logged_by(stack, "/ws/events/") - {"nginx"} == {"ws"}
 
 

@@ -2,7 +2,7 @@
 port against the test database: a SIGKILLed worker is replaced and every poll stays counted
 exactly once, SIGTERM ends it with 0 and leaves only the metrics archive, its logs (granian's
 own and the application's access log) are JSON lines on stderr, and its workers keep
-database connections where Daphne does not.
+database connections where ``manage.py serve`` does not.
 
 granian exits when a worker dies again within 5.5 s of being replaced (a crash loop), so no
 test here kills a worker twice."""
@@ -260,10 +260,10 @@ def test_with_the_access_log_off_no_request_is_logged(start_web):
     assert logged[-3:] == ["q-0", "q-1", "q-2"], logged
 
 
-def test_granian_workers_keep_database_connections_and_daphne_does_not(tmp_path):
+def test_granian_workers_keep_database_connections_and_serve_does_not(tmp_path):
     """The settings each launcher ends up with: deploy/web.py's main() run in a child up to
     serving (its workers are forks of that process, settings loaded), and a child that loads
-    the settings as ``manage.py serve`` (Daphne) does."""
+    the settings as ``manage.py serve`` (granian, ASGI) does."""
     env = dict(
         os.environ,
         DATABASE_URL="postgres://u@127.0.0.1:1/x",
@@ -279,7 +279,7 @@ def test_granian_workers_keep_database_connections_and_daphne_does_not(tmp_path)
     built = dry_run_web(["--bind", "127.0.0.1:8001"], dict(env, CONN_MAX_AGE="0"))
     assert (built["conn_max_age"], built["conn_health_checks"]) == (0, True)
 
-    daphne = run_python(
+    serve = run_python(
         [
             "-c",
             "import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'vending_site.settings';"
@@ -288,4 +288,4 @@ def test_granian_workers_keep_database_connections_and_daphne_does_not(tmp_path)
         ],
         env,
     )
-    assert daphne.split() == ["0", "True"]
+    assert serve.split() == ["0", "True"]

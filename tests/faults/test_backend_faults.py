@@ -1,4 +1,4 @@
-"""Network faults between a real Daphne worker and PostgreSQL/Redis, through fault proxies.
+"""Network faults between a real web server and PostgreSQL/Redis, through fault proxies.
 
 One worker (``manage.py serve``) on a throwaway PostgreSQL database (``dbfault_...``) that it
 reaches only through a :class:`FaultProxy`, and Redis db 12 through another. A simulated

@@ -1,7 +1,8 @@
 """A body sent ``Transfer-Encoding: chunked`` (no Content-Length) meets the same size limit
-as any other, on both real servers: granian (``deploy/web.py``, production) and Daphne
-(``manage.py serve``). Over the limit it is the JSON 413 naming the limit, with no traceback
-in the server's log; under it, it is read like a body with a length."""
+as any other, on both real servers: granian's WSGI workers (``deploy/web.py``, production)
+and ``manage.py serve`` (granian, ASGI: the embedded default). Over the limit it is the JSON
+413 naming the limit, with no traceback in the server's log; under it, it is read like a
+body with a length."""
 
 import json
 import signal
@@ -111,7 +112,7 @@ class Server:
             return self.process.wait(timeout=10)
 
 
-@pytest.fixture(params=["granian", "daphne"])
+@pytest.fixture(params=["granian", "serve"])
 def server(request, tmp_path):
     server = Server(request.param, tmp_path)
     try:

@@ -1,4 +1,4 @@
-"""The real processes together: Daphne, the discovery listener and the serial bridge, driven
+"""The real processes together: the web server, the discovery listener and the serial bridge, driven
 over HTTP, UDP and a pseudo-terminal exactly as clients and machines drive them."""
 
 import json

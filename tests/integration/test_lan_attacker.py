@@ -1,6 +1,6 @@
 """A stranger on the machines' network against a real server with default settings.
 
-The server (Daphne, ``manage.py serve``) runs as shipped; an approved WiFi machine (the
+The server (``manage.py serve``) runs as shipped; an approved WiFi machine (the
 firmware simulator) polls from 127.0.0.1, the address it is bound to; an attacker speaks
 the same protocol from 127.0.0.2, another host on the LAN, while a kiosk vends. Every
 attack of the device-trust review's findings 1, 2, 4 and 5 is tried: take a queued vend,

@@ -60,7 +60,7 @@ def start_command(*args: str, **env: str) -> subprocess.Popen:
 
 
 def start_server(port: int, **env: str) -> subprocess.Popen:
-    """The web server as ``make run`` starts it (``manage.py serve``: Daphne) on
+    """The web server as ``make run`` starts it (``manage.py serve``: granian, ASGI) on
     127.0.0.1:``port``, without an access log; ``env`` adds settings. Its output is
     :func:`drained`: :func:`stop` returns all of it."""
     return drained(

@@ -61,7 +61,7 @@ def _loopback(host: str | None) -> bool:
 
 class Headers(dict):
     """Response headers by name in any case, as HTTP means them (granian sends every name in
-    lower case, Daphne as the application wrote it)."""
+    lower case; Daphne wrote them as the application did)."""
 
     def __init__(self, pairs) -> None:
         super().__init__((name.lower(), value) for name, value in pairs)

@@ -197,7 +197,7 @@ class Stack:
         return url
 
     def start_workers(self, count: int, timeout: float = 90.0) -> list[str]:
-        """``count`` Daphne workers (``manage.py serve``, no access log) on free ports; their
+        """``count`` embedded servers (``manage.py serve``, no access log) on free ports; their
         base URLs once each answers ``/health``."""
         urls = []
         for n in range(count):

@@ -1,6 +1,6 @@
 """The vend app's routes, included by ``vending_site.urls``. The vend's view differs by server:
-under ASGI (Daphne) it is async, so a vend asked to ``wait`` holds no thread; under WSGI
-(granian, ``vending_site.urls_wsgi``) it is the same view, synchronous."""
+under ASGI (``manage.py serve``) it is async, so a vend asked to ``wait`` holds no thread;
+under WSGI (granian, ``vending_site.urls_wsgi``) it is the same view, synchronous."""
 
 from django.urls import re_path
 

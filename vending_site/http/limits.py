@@ -7,10 +7,10 @@ middleware refuses a declared ``Content-Length`` over the limit before any view 
 the parser (``vending_site.http.parsers``) stops reading at the limit whatever was declared.
 
 A body sent ``Transfer-Encoding: chunked`` declares no length. Django's WSGI request reads
-such a body as empty and DRF ignores a body without a ``Content-Length``, while Daphne's
-``request.body`` raises at the limit; so the middleware reads it here, at most one byte past
-the limit, and either refuses it with the same 413 or hands it on with its length set, as
-if it had been sent with one. Anything that still meets Django's own limit check answers
+such a body as empty and DRF ignores a body without a ``Content-Length``, while the ASGI
+handler's ``request.body`` raises at the limit; so the middleware reads it here, at most one
+byte past the limit, and either refuses it with the same 413 or hands it on with its length
+set, as if it had been sent with one. Anything that still meets Django's own limit check answers
 the same JSON 413 (``process_exception``), never a 400 and a traceback.
 """
 

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, from every logger in the process.
 
 structlog is wired *through* the standard library (``ProcessorFormatter``), so Django's,
-Daphne's, the libraries' and our own ``logging.getLogger(__name__)`` loggers all come out in
+granian's, the libraries' and our own ``logging.getLogger(__name__)`` loggers all come out in
 the same shape: ``timestamp`` (UTC, ISO 8601), ``level``, ``logger``, ``event`` plus whatever
 is bound in the current context. Context travels in :mod:`contextvars` (``structlog.contextvars``):
 

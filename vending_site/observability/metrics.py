@@ -1,6 +1,6 @@
 """Prometheus metrics at ``GET /metrics``, correct across the server's several processes.
 
-The stack is several processes (granian's web workers, Daphne, ``run_serial_bridge``,
+The stack is several processes (granian's web workers, ``manage.py serve``, ``run_serial_bridge``,
 ``run_discovery``, ``sweep_commands``, possibly one-shot commands from cron), and a vend can
 reach its final state in any of them. Two kinds of numbers, two designs:
 

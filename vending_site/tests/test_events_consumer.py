@@ -249,7 +249,7 @@ def test_a_sender_that_keeps_sending_unreadable_frames_is_closed_with_1008():
 
 
 @pytest.mark.system
-def test_daphne_answers_unreadable_frames_without_logging_a_traceback():
+def test_the_server_answers_unreadable_frames_without_logging_a_traceback():
     port = free_port()
     server = start_server(
         port,

@@ -1,6 +1,6 @@
 """The request size limit for bodies that declare no length (``Transfer-Encoding: chunked``),
 in-process through the WSGI application as granian calls it (tests/integration/
-test_chunked_bodies.py sends them to the real granian and Daphne)."""
+test_chunked_bodies.py sends them to the real granian, WSGI and ASGI)."""
 
 import io
 import json

@@ -1,7 +1,8 @@
 """``/ws/events/`` opens only for pages of the site itself, whatever ``ALLOWED_HOSTS`` says.
 
 The handshakes go through the whole ASGI application (origin check, session cookie, the
-consumer), as Daphne hands them over; one goes to a real Daphne process over a socket.
+consumer), as the server hands them over; one goes to a real ``manage.py serve`` over a
+socket.
 """
 
 import pytest
@@ -99,7 +100,7 @@ def handshake_status(port: int, origin: str) -> int:
 
 
 @pytest.mark.system
-def test_daphne_refuses_the_handshake_of_another_sites_page():
+def test_the_server_refuses_the_handshake_of_another_sites_page():
     port = free_port()
     server = start_server(
         port,
