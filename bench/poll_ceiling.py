@@ -277,10 +277,11 @@ def measure(
                 check_idle_answer(urls[name])
             run_wrk(wrk, script, urls[name], 1, connections)  # warm up: connections, caches
         pids = {
-            name: stack.children[name].pid
+            name: stack.children[child].pid
             for stack in (production, embedded)
             for name in servers
-            if name in stack.children
+            # the production tier is the scratch stack's own web server
+            if (child := "web" if name == "production" else name) in stack.children
         }
         for _ in range(rounds):
             for name in servers:

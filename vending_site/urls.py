@@ -83,4 +83,4 @@ urlpatterns = build(asgi=True)
 wsgi_shortcuts = [*device_urls.wsgi_shortcuts]
 # The same for the ASGI application (vending_site.asgi, ``manage.py serve``): async callables
 # taking the ASGI scope, returning (status, headers, body) or None (vending_site.http.asgi_devices).
-asgi_shortcuts: list = []
+asgi_shortcuts = [*device_urls.asgi_shortcuts]

@@ -50,6 +50,7 @@ from devices.access import (
 )
 from devices.choices import Protocol
 from devices.services import mark_seen
+from vending_site.http.asgi_devices import environ_for
 from vending_site.http.deferred_throttle import windows
 from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
 from vending_site.http.middleware import is_sane_request_id
@@ -72,8 +73,16 @@ _request_metrics = metrics.ViewRequestMetrics(view="esp32-poll")  # the route's 
 _polls = metrics.poll_counter(dialect=Protocol.WIFI_V2)
 
 
-def answer(environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
-    """``(status, headers, body)`` of an idle poll answered from memory, or None."""
+def answer(
+    environ: dict, *, on_loop: bool = False
+) -> tuple[str, list[tuple[str, str]], bytes] | None:
+    """``(status, headers, body)`` of an idle poll answered from memory, or None.
+
+    ``on_loop``: called on an event loop (:func:`answer_scope`), where nothing may block:
+    a machine whose poll would write (it comes back online, or ``last_seen`` is written by
+    the request) is left to the full path, and a poll over a limit is handed on without
+    adding this process's counts first (the full path's own try does that, in its thread).
+    """
     started = time.perf_counter()
     if environ.get("REQUEST_METHOD") != "GET":
         return None
@@ -86,13 +95,16 @@ def answer(environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
     config = _config or _read_config()
     if not config.serves or not _request_qualifies(environ, config):
         return None
+    if on_loop and not (config.seen_in_memory and device.is_online):
+        return None
     address = client_ip_of(environ)
     if not _admits(device, address):
         return None  # refused: the full path answers, and notes the address for staff
     keys = _keys.get((device.device_id, address))
     if keys is None:
         keys = _keys[(device.device_id, address)] = _throttle_keys(environ, device.device_id)
-    if not windows.allow([(keys[0], config.address_rate), (keys[1], config.device_rate)]):
+    limits = [(keys[0], config.address_rate), (keys[1], config.device_rate)]
+    if not windows.allow(limits, flush=not on_loop):
         return None  # the throttles decide, on the shared count
     mark_seen(device)  # an online machine's refresh is noted for the writer
     request_id = environ.get("HTTP_X_REQUEST_ID", "")
@@ -116,6 +128,19 @@ def answer(environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
     return STATUS, [*headers, (REQUEST_ID_HEADER, request_id)], BODY
 
 
+async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """:func:`answer` under the ASGI server, on its event loop (``asgi_shortcuts``)."""
+    answered = answer(environ_for(scope, b""), on_loop=True)
+    if answered is None:
+        return None
+    status, headers, body = answered
+    return (
+        int(status[:3]),
+        [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+        body,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The settings an answer depends on, read once (again after a change: tests)."""
@@ -126,6 +151,7 @@ class Config:
     device_rate: tuple[int, int] | None
     proxy_ssl_header: tuple[str, str] | None
     debug_log: bool
+    seen_in_memory: bool  # an online machine's refresh is noted for the writer, not written
 
 
 _config: Config | None = None
@@ -143,6 +169,7 @@ def _read_config() -> Config:
         device_rate=windows.rate(settings.DEVICE_THROTTLE),
         proxy_ssl_header=settings.SECURE_PROXY_SSL_HEADER or None,
         debug_log=log.isEnabledFor(logging.DEBUG),
+        seen_in_memory=settings.DEVICE_SEEN_FLUSH_SECONDS > 0,
     )
     return _config
 

@@ -76,3 +76,6 @@ management_patterns = [
 # The v2.1 poll answered in front of Django's handler under WSGI: from memory when the
 # machine is kept (kept_poll.py), else by the same services (poll_shortcut.py).
 wsgi_shortcuts = [kept_poll.answer, poll_shortcut.answer]
+# Under the ASGI server (manage.py serve): the kept idle poll on the event loop, before the
+# thread hop to the WSGI shortcuts above (vending_site.http.asgi_devices).
+asgi_shortcuts = [kept_poll.answer_scope]

@@ -74,9 +74,13 @@ def test_a_kept_machine_that_went_offline_comes_online_again_at_its_poll(
 
     from django.utils import timezone
 
+    from devices import poll_cache
+
     long_ago = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER + 5)
-    kept.last_seen = long_ago  # the kept row, as a machine silent for a while leaves it
-    assert not kept.is_online
+    Device.objects.filter(pk=kept.pk).update(last_seen=long_ago)  # no announcement
+    row = poll_cache.cached(DEVICE_ID)
+    row.last_seen = long_ago  # the kept row, as a machine silent for a while leaves it
+    assert not row.is_online
 
     assert call(POLL, app=app)[::2] == (200, b"null")
 
@@ -102,3 +106,39 @@ def test_kept_polls_count_in_the_poll_and_request_metrics_once_tallied(kept, app
     after = (polls._value.get(), by_view._value.get(), sum(b.get() for b in latency._buckets))
     assert [b - a for a, b in zip(before, after, strict=True)] == [3, 3, 3]
     assert app.stack_calls == 0
+
+
+# --- Under the ASGI server, on the event loop (manage.py serve) ----------------------------
+
+
+def test_on_the_event_loop_a_kept_idle_poll_is_answered_without_the_database(kept, settings):
+    import asyncio
+
+    from devices.api.kept_poll import answer_scope
+    from vending_site.tests.test_asgi_devices import scope_for
+
+    settings.DEVICE_SEEN_FLUSH_SECONDS = 0.5  # as shipped: refreshes noted for the writer
+
+    with CaptureQueriesContext(connection) as captured:
+        status, headers, body = asyncio.run(answer_scope(scope_for(POLL)))
+
+    assert (status, body, len(captured)) == (200, b"null", 0)
+    assert (b"Content-Type", b"application/json") in headers
+
+
+def test_on_the_event_loop_a_poll_that_would_write_is_left_to_the_thread(kept, settings):
+    import asyncio
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices import poll_cache
+    from devices.api.kept_poll import answer_scope
+    from vending_site.tests.test_asgi_devices import scope_for
+
+    settings.DEVICE_SEEN_FLUSH_SECONDS = 0.5
+    assert asyncio.run(answer_scope(scope_for(POLL))) is not None
+    row = poll_cache.cached(DEVICE_ID)
+    row.last_seen = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER + 5)
+
+    assert asyncio.run(answer_scope(scope_for(POLL))) is None  # coming online writes

@@ -50,11 +50,13 @@ class DeferredWindows:
             rate = self._rates[text] = SimpleRateThrottle.parse_rate(None, text) if text else None
         return rate
 
-    def allow(self, limits: list[tuple[str, tuple[int, int] | None]]) -> bool:
+    def allow(
+        self, limits: list[tuple[str, tuple[int, int] | None]], *, flush: bool = True
+    ) -> bool:
         """Count one request under each ``(key, rate)`` if it fits every rate, as far as
         this process knows; else count nothing, add what this process counted to the shared
-        counters at once (so the throttles, which the caller leaves the request to, see it)
-        and return False."""
+        counters at once (so the throttles, which the caller leaves the request to, see it;
+        not with ``flush=False``, on an event loop) and return False."""
         now = time.time()
         with self._lock:
             slots = []
@@ -84,7 +86,8 @@ class DeferredWindows:
                         self._pending[(key, window)] = [1, period]
                 self.ticker.ensure()
                 return True
-        self.flush()
+        if flush:
+            self.flush()
         return False
 
     def learn(self, key: str, *, window: int, total: int, before: int) -> None:
