@@ -61,6 +61,15 @@ def scheduling_rank(item: pytest.Item) -> tuple[int, int]:
     return long_rank, 0 if item.get_closest_marker("system") else 1
 
 
+def pytest_configure(config):
+    # pytest-xdist (3.x) hands out the files of `--dist loadfile` by how many tests each has,
+    # most first, unless told to keep the collection order: that put the one-test files,
+    # the longest of the system tier, at the very end, one worker on them while the other
+    # sat idle. The collection order is the one below, so xdist must keep it.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = item.path.relative_to(ROOT).parts
