@@ -29,6 +29,7 @@ looks at before it answers from memory (``vending_site.backends.broadcast``).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -132,7 +133,9 @@ def remember(device: Device, token: Token | None) -> None:
     ):
         _entries.pop(device.device_id, None)
         return
-    until = time.monotonic() + settings.DEVICE_POLL_CACHE_SECONDS
+    # Spread over the last quarter of the limit: machines kept together (every machine after
+    # a restart) are not all read again in the same second.
+    until = time.monotonic() + settings.DEVICE_POLL_CACHE_SECONDS * random.uniform(0.75, 1.0)
     if topic.catch_up():
         return  # announcements on their way in may be about it
     with _lock:

@@ -92,9 +92,10 @@ def test_bench_quick_discovery_writes_the_table_json_and_chart(tmp_path):
 def test_poll_ceiling_reports_each_servers_best_round_and_its_share_of_hello():
     from bench.poll_ceiling import report
 
-    def round_of(polls: int, status_errors: int = 0) -> dict:
+    def round_of(polls: int, status_errors: int = 0, cpu: float = 100.0) -> dict:
         return {
             "requests": polls * 4,
+            "cpu_us_per_poll": cpu,
             "polls_per_s": float(polls),
             "errors": status_errors,
             "p50": 1500,
@@ -105,7 +106,7 @@ def test_poll_ceiling_reports_each_servers_best_round_and_its_share_of_hello():
 
     measured = {
         "rounds": {
-            "production": [round_of(900), round_of(12_000)],
+            "production": [round_of(900, cpu=180.4), round_of(12_000, cpu=95.6)],
             "hello": [round_of(60_000), round_of(40_000)],
             "embedded": [round_of(150, status_errors=3)],
         },
@@ -124,6 +125,7 @@ def test_poll_ceiling_reports_each_servers_best_round_and_its_share_of_hello():
     assert hello["ratio_to_hello"] == 1.0 and hello["met"] is None
     assert embedded["met"] is False and embedded["errors"] == 3  # short of 2,000 and errors
     assert production["p99"] == 9.0  # wrk's µs, reported in ms
+    assert production["cpu_us_per_poll"] == 96  # the least of the rounds
     for row in rows.values():
         assert ROW_KEYS <= set(row)
     assert any("production: 12,000 polls/s" in note for note in result["notes"])
