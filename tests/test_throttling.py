@@ -43,6 +43,14 @@ def fresh_cache(request, settings):
         }
         yield None
         return
+    cache = use_redis_cache(settings)
+    yield cache
+    cache.clear()
+
+
+def use_redis_cache(settings):
+    """The default cache on this worker's Redis database, as a multi-worker deployment has
+    it, under a key prefix of the test's own (skips the test when Redis is not there)."""
     if not redis_available():
         pytest.skip("no Redis on 127.0.0.1:6379")
     settings.CACHES = {
@@ -54,8 +62,7 @@ def fresh_cache(request, settings):
     }
     from django.core.cache import cache
 
-    yield cache
-    cache.clear()
+    return cache
 
 
 def key_client() -> APIClient:

@@ -137,22 +137,10 @@ def test_with_the_cache_seconds_at_zero_every_poll_reads(online_device, app, set
 def redis_cache(settings):
     """The shared cache of a multi-worker deployment (Redis), under a key prefix of its own;
     this process listens to the machines' announcements there."""
-    import uuid
-
     from tests.scratch.net import wait_for
-    from tests.test_throttling import REDIS_URL, redis_available
+    from tests.test_throttling import use_redis_cache
 
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": f"pc{uuid.uuid4().hex[:8]}",
-        }
-    }
-    from django.core.cache import cache
-
+    cache = use_redis_cache(settings)
     wait_for(lambda: poll_cache.topic.listening, what="the announcements' subscription")
     yield cache
     poll_cache.topic.stop()

@@ -1,12 +1,10 @@
 """Announcements between processes over Redis pub/sub (vending_site/backends/broadcast.py):
 each topic instance stands for one process; Redis is the real one on loopback."""
 
-import uuid
-
 import pytest
 
 from tests.scratch.net import wait_for
-from tests.test_throttling import REDIS_URL, redis_available
+from tests.test_throttling import use_redis_cache
 from vending_site.backends.broadcast import Topic
 
 
@@ -26,15 +24,7 @@ class Holder:
 
 @pytest.fixture
 def redis_cache(settings):
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "vending_site.backends.cache.FailOpenRedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": f"bc{uuid.uuid4().hex[:8]}",
-        }
-    }
+    return use_redis_cache(settings)
 
 
 @pytest.fixture
