@@ -29,6 +29,7 @@ looks at before it answers from memory (``vending_site.backends.broadcast``).
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -96,6 +97,16 @@ def _reset() -> None:
 topic = Topic("devices.poll", forget=_forget, reset=_reset)
 
 
+def _fresh_process() -> None:
+    """A forked child starts with nothing kept and a lock nobody holds."""
+    global _lock
+    _lock = threading.Lock()
+    _drop_all()
+
+
+os.register_at_fork(after_in_child=_fresh_process)
+
+
 def begin() -> Token | None:
     """Take before reading a machine; None when nothing read now may be kept: the cache is
     off or deaf, or the read would be made inside a transaction (which may see an older
@@ -139,7 +150,7 @@ def remember(device: Device, token: Token | None) -> None:
     if topic.catch_up():
         return  # announcements on their way in may be about it
     with _lock:
-        if token.epoch != topic.epoch:
+        if token.epoch != topic.epoch or not topic.listening:
             return
         if max(_last_heard.get(device.device_id, 0), _last_heard.get("", 0)) > token.heard:
             return  # announced while it was being read: the read may predate the change

@@ -34,12 +34,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from random import getrandbits
 from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.middleware.security import SecurityMiddleware
+from django.utils import timezone
 
 from devices import poll_cache
 from devices.access import (
@@ -62,6 +64,7 @@ from .device_views import PollView
 from .throttles import DeviceAddressThrottle, DeviceThrottle
 
 PREFIX = "/esp32/commands/"
+MAX_KEYS = 100_000  # (machine, address) pairs whose throttle keys are remembered
 BODY = b"null"
 STATUS = "200 OK"
 
@@ -95,13 +98,15 @@ def answer(
     config = _config or _read_config()
     if not config.serves or not _request_qualifies(environ, config):
         return None
-    if on_loop and not (config.seen_in_memory and device.is_online):
+    if on_loop and not (config.seen_in_memory and _online_with_margin(device)):
         return None
     address = client_ip_of(environ)
     if not _admits(device, address):
         return None  # refused: the full path answers, and notes the address for staff
     keys = _keys.get((device.device_id, address))
     if keys is None:
+        if len(_keys) >= MAX_KEYS:  # many addresses for kept machines (binding off): start over
+            _keys.clear()
         keys = _keys[(device.device_id, address)] = _throttle_keys(environ, device.device_id)
     limits = [(keys[0], config.address_rate), (keys[1], config.device_rate)]
     if not windows.allow(limits, flush=not on_loop):
@@ -139,6 +144,15 @@ async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], byt
         [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
         body,
     )
+
+
+def _online_with_margin(device) -> bool:
+    """Online, and still so a second from now: ``mark_seen``, which looks again, will note
+    the refresh for the writer rather than write it (no database call on the loop)."""
+    if not device.is_online:
+        return False
+    cutoff = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER - 1)
+    return device.last_seen >= cutoff
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,8 @@ def answer(environ: dict) -> HttpResponse | None:
     if allow_requests(throttles, request, view):
         _take_back(throttles)  # the stack counts it again and answers 429
         return None
-    for throttle in throttles:
-        if throttle.counted and throttle.counts:  # where polls answered from memory count on
-            hits, before = throttle.counts
-            windows.learn(throttle.key, window=throttle._window, total=hits, before=before)
     try:
-        _device, command = poll(
+        device, command = poll(
             raw_id=raw_id,
             protocol=Protocol.WIFI_V2,
             remote_addr=address,
@@ -123,6 +119,17 @@ def answer(environ: dict) -> HttpResponse | None:
         _take_back(throttles)
         return None
     # From here on the answer is this one: a claimed command must reach the machine.
+    if device.approved and device.bound_address:  # one a worker may keep (devices.poll_cache)
+        for throttle in throttles:
+            if throttle.counted and throttle.counts:  # where its polls from memory count on
+                hits, before = throttle.counts
+                windows.learn(
+                    throttle.key,
+                    window=throttle._window,
+                    period=throttle.duration,
+                    total=hits,
+                    before=before,
+                )
     metrics.record_poll(dialect=Protocol.WIFI_V2)
     log.debug("device_poll", delivered=command.pk if command else None)
     response = PollView.answer(command)

@@ -142,3 +142,15 @@ def test_on_the_event_loop_a_poll_that_would_write_is_left_to_the_thread(kept, s
     row.last_seen = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER + 5)
 
     assert asyncio.run(answer_scope(scope_for(POLL))) is None  # coming online writes
+
+
+def test_polls_of_machines_nobody_keeps_leave_no_throttle_totals_behind(db, app, settings):  # noqa: F811
+    """Anyone on the LAN can send made-up ids: what is learnt for polls from memory is
+    learnt only for machines a worker may keep (approved, bound)."""
+    from vending_site.http.deferred_throttle import windows
+
+    settings.DEVICE_APPROVAL_REQUIRED = True
+    for n in range(5):
+        assert call(f"/esp32/commands/ESP32_00000000000{n}", app=app)[0] == 200  # pending
+
+    assert windows._known == {}

@@ -60,6 +60,7 @@ class Topic:
         setting_changed.connect(self._settings_changed, weak=False)
 
     def _fresh_process(self) -> None:
+        self._lock = threading.Lock()  # a fork may have copied it held
         self.epoch = 0
         self._pid = os.getpid()
         self._target: tuple[str, str] | bool | None = False  # False: not looked up yet
@@ -106,6 +107,12 @@ class Topic:
         elif seen is not None and found.st_ino == seen[0] and found.st_size == seen[1]:
             return False
         with self._lock:
+            try:  # again: another thread may have read further meanwhile
+                found = os.stat(self._path())
+            except FileNotFoundError:
+                found = None
+            except OSError:
+                return True
             return self._read_file(found)
 
     def _read_file(self, found) -> bool:
@@ -252,6 +259,10 @@ class Topic:
                         if message is None:
                             continue
                         if message["type"] == "subscribe":
+                            # What was kept while nobody listened (a read that began before
+                            # the loss and ended after it) goes, with every token of then.
+                            self.epoch += 1
+                            self._reset_holder()
                             # redis-py keeps the socket private; without it no backlog shows.
                             self._socket = getattr(pubsub.connection, "_sock", None)
                             self._connected = True  # from here on nothing is missed

@@ -18,6 +18,7 @@ fail open (``vending_site.backends.cache``).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -35,13 +36,19 @@ class DeferredWindows:
     """This process's hits per throttle key, and the shared totals learnt at the last flush."""
 
     def __init__(self) -> None:
+        self.ticker = Ticker("throttle-flush", FLUSH_SECONDS, self.flush)
+        self._fresh_process()
+        os.register_at_fork(after_in_child=self._fresh_process)
+
+    def _fresh_process(self) -> None:
+        """Nothing counted yet (the parent adds its own) and a lock nobody holds."""
         self._lock = threading.Lock()
         # (key, window) -> [hits not yet added, period]
         self._pending: dict[tuple[str, int], list[int]] = {}
         # key -> (window, its total, the total of the window before) at the last flush
         self._known: dict[str, tuple[int, int, int]] = {}
+        self._periods: dict[str, int] = {}  # key -> its window's length
         self._rates: dict[str, tuple[int, int] | None] = {}
-        self.ticker = Ticker("throttle-flush", FLUSH_SECONDS, self.flush)
 
     def rate(self, text: str) -> tuple[int, int] | None:
         """``"600/min"`` as (requests, seconds); None for no limit."""
@@ -90,10 +97,11 @@ class DeferredWindows:
             self.flush()
         return False
 
-    def learn(self, key: str, *, window: int, total: int, before: int) -> None:
+    def learn(self, key: str, *, window: int, period: int, total: int, before: int) -> None:
         """The shared totals of ``key`` as a throttle just counted them (this request
         included): the first request of a machine is counted there, not here."""
         with self._lock:
+            self._periods[key] = period
             known = self._known.get(key)
             if known is None or known[0] < window or (known[0] == window and known[1] < total):
                 self._known[key] = (window, total, before)
@@ -108,20 +116,34 @@ class DeferredWindows:
         counts = add_hits(caches["default"], counters)
         if counts is None:
             return  # unreachable: the hits are dropped, as the throttles fail open
-        current = int(time.time())
         with self._lock:
-            for (key, window, period, _hits), (total, before) in zip(counters, counts, strict=True):
+            for (key, window, _period, _hits), (total, before) in zip(
+                counters, counts, strict=True
+            ):
                 known = self._known.get(key)
                 if known is None or known[0] <= window:
                     self._known[key] = (window, total, before)
-                if current // period > window + 1:
-                    self._known.pop(key, None)  # too old to weigh in any estimate
+            self._periods.update((key, period) for key, _w, period, _h in counters)
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget totals too old to weigh in any estimate (the caller holds the lock)."""
+        now = time.time()
+        stale = [
+            key
+            for key, (window, _total, _before) in self._known.items()
+            if now // self._periods.get(key, 60) > window + 1
+        ]
+        for key in stale:
+            del self._known[key]
+            self._periods.pop(key, None)
 
     def forget(self) -> None:
         """Drop everything counted and learnt (tests)."""
         with self._lock:
             self._pending.clear()
             self._known.clear()
+            self._periods.clear()
 
 
 windows = DeferredWindows()

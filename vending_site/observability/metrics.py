@@ -213,10 +213,15 @@ class Tally:
     """
 
     def __init__(self) -> None:
+        self._fresh_process()
+        self.ticker = Ticker("metrics-flush", TALLY_SECONDS, self.flush)
+        os.register_at_fork(after_in_child=self._fresh_process)
+
+    def _fresh_process(self) -> None:
+        """Nothing tallied yet (the parent writes its own) and a lock nobody holds."""
         self._lock = threading.Lock()
         self._counts: dict[object, float] = {}
         self._observed: dict[object, list[float]] = {}  # child -> [sum, count per bucket...]
-        self.ticker = Ticker("metrics-flush", TALLY_SECONDS, self.flush)
 
     def add(self, counted: list, observed: list[tuple[object, float]]) -> None:
         """Count each counter child in ``counted`` once and each ``(histogram child,

@@ -65,7 +65,10 @@ def test_a_lost_subscription_moves_the_epoch_and_resets_the_holder(redis_cache, 
 
     assert topic.epoch > epoch
     assert holder.resets > resets
+    lost_at = topic.epoch
     wait_for(lambda: topic.listening, what="the subscription made again")
+    # What a read begun while deaf kept is gone too, with the tokens of then.
+    assert topic.epoch > lost_at
 
 
 def test_with_redis_unreachable_the_topic_never_claims_to_listen(settings, topics):

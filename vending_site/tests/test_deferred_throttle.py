@@ -44,7 +44,7 @@ def test_hits_reach_the_shared_counter_at_the_flush(windows):
 
 def test_what_the_throttle_counted_first_counts_against_the_rate(windows):
     hits, before = count_hits(cache, [(KEY, window(), RATE[1])])[0]  # the first poll's
-    windows.learn(KEY, window=window(), total=hits, before=before)
+    windows.learn(KEY, window=window(), period=RATE[1], total=hits, before=before)
 
     assert allowed(windows, 20) == 9  # 10 in all
 
@@ -83,3 +83,14 @@ def test_no_rate_means_no_limit_and_no_count(windows):
     assert shared_total() == 0
     assert windows.rate("") is None
     assert windows.rate("600/min") == (600, 60)
+
+
+def test_totals_of_windows_gone_by_are_forgotten_at_the_next_flush(windows):
+    """Learnt for every machine that polls: kept only while they can weigh in an estimate."""
+    windows.learn(KEY, window=window() - 2, period=RATE[1], total=5, before=0)
+    windows.learn("another", window=window(), period=RATE[1], total=1, before=0)
+    windows.allow([("a third", RATE)])
+
+    windows.flush()
+
+    assert set(windows._known) == {"another", "a third"}
