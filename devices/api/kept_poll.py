@@ -96,11 +96,11 @@ def answer(
     if device is None:
         return None
     config = _config or _read_config()
-    if not config.serves or not _request_qualifies(environ, config):
+    address = client_ip_of(environ)
+    if not config.serves or not _request_qualifies(environ, address, config):
         return None
     if on_loop and not (config.seen_in_memory and _online_with_margin(device)):
         return None
-    address = client_ip_of(environ)
     if not _admits(device, address):
         return None  # refused: the full path answers, and notes the address for staff
     keys = _keys.get((device.device_id, address))
@@ -188,13 +188,13 @@ def _read_config() -> Config:
     return _config
 
 
-def _request_qualifies(environ: dict, config: Config) -> bool:
+def _request_qualifies(environ: dict, address: str, config: Config) -> bool:
     """The request is one the full path would serve without a refusal or a write."""
     if environ.get("CONTENT_LENGTH", "") not in ("", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
         return False
     if browser_headers_reason(lambda name: environ.get(ENVIRON_HEADERS[name])) is not None:
         return False
-    return not config.allowed_networks or device_network_allowed(client_ip_of(environ))
+    return not config.allowed_networks or device_network_allowed(address)
 
 
 def _admits(device, address: str) -> bool:

@@ -16,15 +16,10 @@ from vending_site.tests.test_wsgi import call
 
 from .test_poll_shortcut import app  # noqa: F401 - the fixture: counts the stack's calls
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def own_announcements(settings, tmp_path):
-    """Without Redis, announcements go through a file under DATA_DIR shared by every process
-    there, other test processes included; one of them starting it afresh would drop what
-    this test keeps. Each test gets a file of its own."""
-    settings.DATA_DIR = tmp_path
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("own_announcements"),
+]
 
 
 DEVICE_ID = "ESP32_6CC8404FE03C"

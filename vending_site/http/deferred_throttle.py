@@ -45,9 +45,9 @@ class DeferredWindows:
         self._lock = threading.Lock()
         # (key, window) -> [hits not yet added, period]
         self._pending: dict[tuple[str, int], list[int]] = {}
-        # key -> (window, its total, the total of the window before) at the last flush
-        self._known: dict[str, tuple[int, int, int]] = {}
-        self._periods: dict[str, int] = {}  # key -> its window's length
+        # key -> (window, its total, the total of the window before, the window's length)
+        # at the last flush
+        self._known: dict[str, tuple[int, int, int, int]] = {}
         self._rates: dict[str, tuple[int, int] | None] = {}
 
     def rate(self, text: str) -> tuple[int, int] | None:
@@ -101,10 +101,9 @@ class DeferredWindows:
         """The shared totals of ``key`` as a throttle just counted them (this request
         included): the first request of a machine is counted there, not here."""
         with self._lock:
-            self._periods[key] = period
             known = self._known.get(key)
             if known is None or known[0] < window or (known[0] == window and known[1] < total):
-                self._known[key] = (window, total, before)
+                self._known[key] = (window, total, before, period)
 
     def flush(self) -> None:
         """Add this process's hits to the shared counters and learn their totals."""
@@ -117,33 +116,24 @@ class DeferredWindows:
         if counts is None:
             return  # unreachable: the hits are dropped, as the throttles fail open
         with self._lock:
-            for (key, window, _period, _hits), (total, before) in zip(
-                counters, counts, strict=True
-            ):
+            for (key, window, period, _hits), (total, before) in zip(counters, counts, strict=True):
                 known = self._known.get(key)
                 if known is None or known[0] <= window:
-                    self._known[key] = (window, total, before)
-            self._periods.update((key, period) for key, _w, period, _h in counters)
+                    self._known[key] = (window, total, before, period)
             self._prune()
 
     def _prune(self) -> None:
         """Forget totals too old to weigh in any estimate (the caller holds the lock)."""
         now = time.time()
-        stale = [
-            key
-            for key, (window, _total, _before) in self._known.items()
-            if now // self._periods.get(key, 60) > window + 1
-        ]
+        stale = [key for key, known in self._known.items() if now // known[3] > known[0] + 1]
         for key in stale:
             del self._known[key]
-            self._periods.pop(key, None)
 
     def forget(self) -> None:
         """Drop everything counted and learnt (tests)."""
         with self._lock:
             self._pending.clear()
             self._known.clear()
-            self._periods.clear()
 
 
 windows = DeferredWindows()
