@@ -36,6 +36,7 @@ class DeferredWindows:
     """This process's hits per throttle key, and the shared totals learnt at the last flush."""
 
     def __init__(self) -> None:
+        self.clock = time.time  # a test's own clock
         self.ticker = Ticker("throttle-flush", FLUSH_SECONDS, self.flush)
         self._fresh_process()
         os.register_at_fork(after_in_child=self._fresh_process)
@@ -64,7 +65,7 @@ class DeferredWindows:
         this process knows; else count nothing, add what this process counted to the shared
         counters at once (so the throttles, which the caller leaves the request to, see it;
         not with ``flush=False``, on an event loop) and return False."""
-        now = time.time()
+        now = self.clock()
         with self._lock:
             slots = []
             for key, rate in limits:
@@ -82,6 +83,9 @@ class DeferredWindows:
                     total, before = 0, known[1]
                 pending = self._pending.get((key, window))
                 mine = pending[0] if pending else 0
+                earlier = self._pending.get((key, window - 1))
+                if earlier:  # counted here in the window before, not yet added
+                    before += earlier[0]
                 if before * (1 - elapsed / period) + total + mine + 1 > limit:
                     break
                 slots.append((key, window, period, pending))
@@ -124,7 +128,7 @@ class DeferredWindows:
 
     def _prune(self) -> None:
         """Forget totals too old to weigh in any estimate (the caller holds the lock)."""
-        now = time.time()
+        now = self.clock()
         stale = [key for key, known in self._known.items() if now // known[3] > known[0] + 1]
         for key in stale:
             del self._known[key]

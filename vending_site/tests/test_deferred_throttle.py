@@ -94,3 +94,16 @@ def test_totals_of_windows_gone_by_are_forgotten_at_the_next_flush(windows):
     windows.flush()
 
     assert set(windows._known) == {"another", "a third"}
+
+
+def test_hits_not_yet_added_weigh_in_the_next_window_as_the_throttle_weighs_them(windows):
+    """A burst at the end of a minute is not forgotten by the first request of the next
+    one (the sliding estimate counts the window before), flushed or not."""
+    start = (window() + 1) * RATE[1]
+    windows.clock = lambda: start - 0.01
+    windows.learn(KEY, window=window(), period=RATE[1], total=1, before=0)  # the throttle's
+    assert allowed(windows, 9) == 9  # 10 in all, none added yet
+
+    windows.clock = lambda: start + 0.01  # the next window has just begun
+
+    assert not windows.allow([(KEY, RATE)])  # 10 * (1 - 0.01 / 60) + 1 > 10
