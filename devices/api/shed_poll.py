@@ -101,15 +101,15 @@ async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], byt
     budget = settings.DEVICE_POLL_SHED_AFTER
     if not budget:
         return None
+    if device_queue.expected_wait() > budget:
+        reason = "queue"
+    elif any(name == b"x-request-start" for name, _value in scope.get("headers", ())):
+        reason = "late"  # by nginx's time, before it reached this process, if at all
+    else:
+        return None  # the common case, decided without building the environ
     environ = environ_for(scope, b"")
     dialect = _poll_dialect(environ)
-    if dialect is None:
-        return None
-    if waited(environ) > budget:  # nginx's time: late before it reached this process
-        reason = "late"
-    elif device_queue.expected_wait() > budget:
-        reason = "queue"
-    else:
+    if dialect is None or (reason == "late" and waited(environ) <= budget):
         return None
     status, headers, body = _shed_answer(environ, dialect, reason)
     return (

@@ -213,7 +213,7 @@ def test_under_asgi_a_poll_behind_a_deep_queue_is_shed_on_the_loop_before_the_ho
 
     command = queue_command(device=online_device, kind=CommandKind.VEND, slot=5)
     queue = asgi_devices.device_queue
-    monkeypatch.setattr(queue, "pending", 40)  # 40 requests at 50 ms each: 2 s ahead
+    monkeypatch.setattr(queue, "entered", queue.started + 40)  # 40 at 50 ms each: 2 s ahead
     monkeypatch.setattr(queue, "per_request", 0.05)
     hops = []
     monkeypatch.setattr(application.device_app, "respond", lambda *args: hops.append(args) or None)
@@ -246,19 +246,19 @@ def test_under_asgi_a_poll_that_waited_for_the_busy_device_thread_is_shed_in_it(
         _scope, run, sent = asgi_get(application, POLL)
         poll = asyncio.ensure_future(run())
         await asyncio.sleep(0.3)  # the poll waits in the queue, past the budget
-        pending = asgi_devices.device_queue.pending
+        waiting = asgi_devices.device_queue.waiting
         release.set()
         await asyncio.gather(blocker, poll)
-        return pending, sent
+        return waiting, sent
 
-    pending, sent = asyncio.run(scenario())
+    waiting, sent = asyncio.run(scenario())
 
-    assert pending == 1
+    assert waiting == 1  # the poll, behind the blocker
     assert answered(sent)[::2] == (200, b"null")
     command.refresh_from_db()
     assert command.state == CommandState.QUEUED
     assert shed_total() == before + 1
-    assert asgi_devices.device_queue.pending == 0
+    assert asgi_devices.device_queue.waiting == 0
 
 
 def test_the_shed_counter_is_on_metrics_from_the_start(client):

@@ -167,6 +167,7 @@ def _respond(wsgi_app: Callable, environ: dict) -> tuple[int, list[tuple[bytes, 
 
 def _respond_timed(wsgi_app: Callable, environ: dict, queue: HopQueue):
     """:func:`_respond`, its time told to ``queue``."""
+    queue.started += 1
     started = time.monotonic()
     try:
         return _respond(wsgi_app, environ)
@@ -182,8 +183,8 @@ class SyncDeviceApp:
     """An ASGI application answering each request with the synchronous ``wsgi_app`` (a
     Django handler), in asgiref's thread-sensitive thread: one thread hop per request.
 
-    Each request is counted in ``queue`` while it waits for or runs in the thread, and its
-    ``environ`` carries the time it was handed over (``queue_wait.ARRIVED``), so what runs
+    Each request is counted in ``queue`` until the thread begins it, and its ``environ``
+    carries the time it was handed over (``queue_wait.ARRIVED``), so what runs
     in the thread knows how long it waited (``queue_wait.waited``)."""
 
     def __init__(self, wsgi_app: Callable, queue: HopQueue = device_queue) -> None:
@@ -197,10 +198,7 @@ class SyncDeviceApp:
             return
         environ = environ_for(scope, body)
         environ[ARRIVED] = time.monotonic()
-        self.queue.pending += 1
-        try:
-            status, headers, content = await self.respond(self.wsgi_app, environ, self.queue)
-        finally:
-            self.queue.pending -= 1
+        self.queue.entered += 1
+        status, headers, content = await self.respond(self.wsgi_app, environ, self.queue)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

@@ -61,19 +61,29 @@ def waited(environ: dict) -> float:
 
 
 class HopQueue:
-    """The ASGI front's requests waiting for, or in, the one device thread.
+    """The ASGI front's requests handed to the one device thread and not yet begun there.
 
-    ``pending`` is changed on the event loop only (around the hop, cancelled ones included);
-    ``per_request`` is written by the thread (one float: a torn read cannot happen) and read
-    on the loop. ``expected_wait`` = pending x per_request: with one thread serving in
-    order, what a request handed over now waits before its turn, give or take one."""
+    ``entered`` is counted on the event loop when a request is handed over, ``started`` by
+    the thread when it begins one (asgiref shields the hop, so every request handed over
+    does begin, even when its client has gone). Each has one writer, so no lock: the loop
+    reads ``started`` as the thread last wrote it. Counting a request until the thread
+    *begins* it, not until the loop takes its answer back, keeps a busy loop's backlog of
+    answers out of the queue (a queue read too long sheds polls the thread had time for).
+    ``per_request`` is the thread's smoothed time per request (one float, written by the
+    thread). :meth:`expected_wait`: with one thread serving in order, what a request handed
+    over now waits before it begins, give or take the one being served."""
 
     def __init__(self) -> None:
-        self.pending = 0
+        self.entered = 0
+        self.started = 0
         self.per_request = 0.0  # seconds, smoothed
 
+    @property
+    def waiting(self) -> int:
+        return self.entered - self.started
+
     def expected_wait(self) -> float:
-        return self.pending * self.per_request
+        return self.waiting * self.per_request
 
     def served(self, seconds: float) -> None:
         """The thread spent ``seconds`` on one request."""

@@ -40,6 +40,6 @@ def test_the_expected_wait_is_the_queue_times_the_thread_time_per_request():
     queue = HopQueue()
     for _ in range(200):
         queue.served(0.01)
-    queue.pending = 50
+    queue.entered, queue.started = 60, 10
 
     assert queue.expected_wait() == pytest.approx(0.5, rel=0.01)
