@@ -21,7 +21,8 @@ to polls that can still be answered in time.
   server keeps up, so nothing is shed short of an overload.
 - *queue* (:func:`answer_scope`, an ASGI shortcut after the kept poll's, on the event loop
   of ``manage.py serve``): the requests already waiting for the one device thread would
-  keep this one waiting longer than that (``HopQueue.expected_wait``): shed before the
+  keep this one waiting longer than half that (``HopQueue.expected_wait``, an estimate:
+  the margin keeps polls from being admitted only to be shed late): shed before the
   thread hop is even paid for.
 
 A kept machine's idle poll (``devices.api.kept_poll``) is answered before either: it is
@@ -64,6 +65,10 @@ from vending_site.observability import metrics
 from .device_views import DocumentedPollView, PollView
 
 STATUS = "200 OK"
+# A poll is shed on the loop when the queue ahead is longer than this share of the budget:
+# the estimate is rough (the thread's recent time per request), and one admitted only to
+# be shed late in the thread costs the hop for nothing.
+QUEUE_SHARE = 0.5
 V2_PATH = re.compile(r"/esp32/commands/[^/]+")
 DOCUMENTED_PATH = "/esp32/wifi/command"
 # dialect -> (view, the route's name in devices.api.urls, for the django_http_* labels)
@@ -101,7 +106,7 @@ async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], byt
     budget = settings.DEVICE_POLL_SHED_AFTER
     if not budget:
         return None
-    if device_queue.expected_wait() > budget:
+    if device_queue.expected_wait() > budget * QUEUE_SHARE:
         reason = "queue"
     elif any(name == b"x-request-start" for name, _value in scope.get("headers", ())):
         reason = "late"  # by nginx's time, before it reached this process, if at all
