@@ -1,21 +1,28 @@
 """Overload: polls answered within the firmware's 3 s at twice the knee, with and without
 shedding (``devices/api/shed_poll.py``, ``DEVICE_POLL_SHED_AFTER``).
 
-    flock /work/bench.lock .venv/bin/python bench/overload.py                # ramp, then 2x
-    flock /work/bench.lock .venv/bin/python bench/overload.py --capacity 420 --seconds 60
+    flock /work/bench.lock .venv/bin/python bench/overload.py --server embedded \
+        --devices 3000 --rates 400,500,600,700,800 --step 8      # ramp, then 2x both ways
+    flock /work/bench.lock .venv/bin/python bench/overload.py --server production \
+        --devices 5000 --capacity 1000 --seconds 45 --only shed  # one 2x run, no ramp
+    .venv/bin/python bench/run.py --only overload                # the embedded default
 
-The server is the production tier as shipped (``deploy/web.py``: granian WSGI, 2 workers x
-8 threads, PostgreSQL, Redis) with ``DEVICE_POLL_SHORTCUT=false``: every poll goes through
-Django's device stack and the database. That is the honest case: an overload happens when
-polls are slow (a cold cache after a restart, the database slow, a release that slows the
-poll); idle polls of kept machines are answered from memory at a rate one generator process
-cannot offer on these 2 cores (docs/benchmarks.md), so their knee cannot be reached here.
+The server (``--server``) is the production tier as shipped (``deploy/web.py``: granian
+WSGI, 2 workers x 8 threads, PostgreSQL, Redis) or the embedded default (``manage.py
+serve``: granian ASGI, one process, SQLite), with ``DEVICE_POLL_SHORTCUT=false``: every poll
+goes through Django's device stack and the database. That is the honest case: an overload
+happens when polls are slow (a cold cache after a restart, the database slow, a release that
+slows the poll); idle polls of kept machines are answered from memory at a rate one
+generator process cannot offer on these 2 cores (docs/benchmarks.md), so their knee cannot
+be reached here.
 
 The load is open-loop, as ``bench/fleet_polling.py``'s: each machine polls on its own 2 s
-clock and a poll's time runs from when it was *scheduled*. Each poll carries
-``X-Request-Start`` with that time, as nginx's device server block stamps a poll on
+clock and a poll's time runs from when it was *scheduled*. For the production tier each poll
+carries ``X-Request-Start`` with that time, as nginx's device server block stamps a poll on
 arrival: the generator's connections (a bounded :class:`~bench._fleet_load.Pool`) stand in
-for the machines' own, so a poll waiting for one of them is a poll queued at the server.
+for the machines' own, so a poll waiting for one of them is a poll queued at the server. The
+embedded default has no nginx: the machines talk to it directly (800 connections) and it
+knows only its own queue.
 An answer later than 3 s after that time is one the firmware gave up on: wasted.
 
 1. **Capacity** (unless ``--capacity``): offered rates stepping up for ``--step`` seconds
@@ -247,6 +254,78 @@ def report(result: dict, capacity: float) -> list[str]:
     return lines
 
 
+def measure(
+    *,
+    server: str,
+    devices: int,
+    rates: list[float],
+    step: float,
+    seconds: float,
+    capacity: float | None = None,
+    factor: float = 2.0,
+    only: str | None = None,
+) -> dict:
+    """The ramp (unless ``capacity``) and the two runs at ``factor`` x capacity, printed as
+    they finish; ``{"capacity", "knee", "shed", "noshed"}`` (the runs asked for)."""
+    SETUP.update(SERVERS[server])
+    results: dict = {"knee": None}
+    with Stack(ENV, Path(tempfile.mkdtemp(prefix="overload_"))) as stack:
+        if server == "production":
+            prepare(stack, devices=devices, keys=1, stock=1, db_prefix="overload_")
+        else:  # SQLite and no Redis, as make run
+            stack.use_sqlite()
+            stack.seed_fleet(devices=devices, keys=1, stock=1)
+        if capacity is None:
+            print(f"capacity (shedding off, steps of {step:.0f} s):")
+            capacity, results["knee"] = find_capacity(stack, rates, step, devices)
+            print(f"capacity {capacity:.0f} polls/s within 3 s; knee at {results['knee']:.0f}")
+        results["capacity"] = capacity
+        runs = [] if only == "ramp" else [("1", "shed"), ("0", "noshed")]
+        for shed_after, name in runs:
+            if only and only != name:
+                continue
+            result = run_load(stack, shed_after, factor * capacity, seconds, devices)
+            print("\n".join(report(result, capacity)))
+            results[name] = result
+    return results
+
+
+def run(quick: bool) -> dict:
+    """``bench/run.py --only overload``: the embedded default, ramp and both 2x runs."""
+    from bench.common import make_row
+
+    results = measure(
+        server="embedded",
+        devices=3000,
+        rates=[300.0, 400.0, 500.0, 600.0, 700.0, 800.0],
+        step=8.0,
+        seconds=20.0 if quick else 60.0,
+    )
+    rows = []
+    for name in ("shed", "noshed"):
+        result = results[name]
+        row = make_row(
+            f"overload embedded 2x, {'shedding' if name == 'shed' else 'no shedding'}",
+            [],
+            target=f"served within 3 s >= {TARGET_SHARE:.0%} of capacity in every {BIN:.0f} s",
+            unit="share",
+            lowest_share=result["lowest_share"],
+            capacity=results["capacity"],
+            offered=result["rate"],
+            shed=result["shed"],
+        )
+        row["met"] = result["lowest_share"] >= TARGET_SHARE if name == "shed" else None
+        rows.append(row)
+    return {
+        "scenario": NAME,
+        "rows": rows,
+        "notes": [
+            "served = answered within 3 s less shed; capacity from a ramp with shedding off "
+            "(docs/benchmarks.md, Overload)"
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capacity", type=float, help="polls/s answered in time (skip the ramp)")
@@ -261,31 +340,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--server", choices=tuple(SERVERS), default="production")
     args = parser.parse_args(argv)
-    SETUP.update(SERVERS[args.server])
-    devices = args.devices
-    results = {}
-    with Stack(ENV, Path(tempfile.mkdtemp(prefix="overload_"))) as stack:
-        if args.server == "production":
-            prepare(stack, devices=devices, keys=1, stock=1, db_prefix="overload_")
-        else:  # SQLite and no Redis, as make run
-            stack.use_sqlite()
-            stack.seed_fleet(devices=devices, keys=1, stock=1)
-        capacity = args.capacity
-        if capacity is None:
-            print(f"capacity (shedding off, steps of {args.step:.0f} s):")
-            capacity, knee = find_capacity(
-                stack, [float(r) for r in args.rates.split(",")], args.step, devices
-            )
-            print(f"capacity {capacity:.0f} polls/s within 3 s; knee at {knee:.0f} offered")
-        rate = args.factor * capacity
-        runs = [] if args.only == "ramp" else [("1", "shed"), ("0", "noshed")]
-        for shed_after, name in runs:
-            if args.only and args.only != name:
-                continue
-            result = run_load(stack, shed_after, rate, args.seconds, devices)
-            print("\n".join(report(result, capacity)))
-            results[name] = result
-    results["capacity"] = capacity
+    results = measure(
+        server=args.server,
+        devices=args.devices,
+        rates=[float(r) for r in args.rates.split(",")],
+        step=args.step,
+        seconds=args.seconds,
+        capacity=args.capacity,
+        factor=args.factor,
+        only=args.only,
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
