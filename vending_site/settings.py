@@ -438,15 +438,12 @@ DEVICE_POLL_SHORTCUT = env.bool("DEVICE_POLL_SHORTCUT", default=True)
 # its idle polls are answered from memory until a change is announced (Redis pub/sub); the
 # longest a lost announcement can delay a command. 0: off.
 DEVICE_POLL_CACHE_SECONDS = env.float("DEVICE_POLL_CACHE_SECONDS", default=5.0)
-# Overload: a poll that has waited this many seconds for the server (nginx's X-Request-Start,
-# or manage.py serve's own queue) is answered idle at once, unexamined (devices/api/
-# shed_poll.py): its command stays queued for the next poll, and the server spends its time on
-# polls the firmware still waits for (it gives up after 3 s). 0: never shed.
+# Overload: a poll that waited this long for the server is answered idle at once, its command
+# left queued (devices/api/shed_poll.py); under the firmware's 3 s timeout. 0: never shed.
 DEVICE_POLL_SHED_AFTER = env.float("DEVICE_POLL_SHED_AFTER", default=1.0)
 if not 0 <= DEVICE_POLL_SHED_AFTER < 3:
     raise ImproperlyConfigured(
-        "DEVICE_POLL_SHED_AFTER must be 0 (off) or more, and under the firmware's 3 s timeout, "
-        f"not {DEVICE_POLL_SHED_AFTER}"
+        f"DEVICE_POLL_SHED_AFTER: 0 to under 3, not {DEVICE_POLL_SHED_AFTER}"
     )
 # A queued command not delivered within this many seconds expires (the unit is returned).
 VEND_QUEUE_TTL = env.int("VEND_QUEUE_TTL", default=30)

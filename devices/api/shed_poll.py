@@ -94,8 +94,10 @@ def answer(environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
     budget = settings.DEVICE_POLL_SHED_AFTER
     if not budget:
         return None
+    if waited(environ) <= budget:  # the common case first: it costs a look-up or two
+        return None
     dialect = _poll_dialect(environ)
-    if dialect is None or waited(environ) <= budget:
+    if dialect is None:
         return None
     return _shed_answer(environ, dialect, "late")
 
