@@ -125,6 +125,14 @@ def last_seen_written_in_the_request(settings):
     settings.DEVICE_SEEN_FLUSH_SECONDS = 0
 
 
+@pytest.fixture(autouse=True)
+def no_poll_cache_reconciler(settings):
+    """Nor can the reconciler's thread (devices/poll_cache.py): in-process tests keep answers
+    that expire one by one, as with it off, and a test of reconciliation runs it itself
+    (test_poll_reconcile.py). The servers that tests start as processes keep the default."""
+    settings.DEVICE_POLL_RECONCILE_SECONDS = 0
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

@@ -1,6 +1,7 @@
 """Scenario 1, fleet polling: N WiFi machines polling every 2 s while REST clients vend.
 
-    .venv/bin/python bench/fleet_polling.py --devices 1000 --seconds 30 --server daphne
+    .venv/bin/python bench/fleet_polling.py --devices 10000 --seconds 60 --ceiling
+    .venv/bin/python bench/fleet_polling.py --devices 10000,20000 --seconds 15 --server stub
     .venv/bin/python bench/fleet_polling.py --devices 100,500,1000,2000 \
         --server granian,gunicorn,daphne
 
@@ -15,23 +16,27 @@ are polling. Every machine sends ``X-Forwarded-For`` with an address of its own,
 would add it, so the per-address device throttle sees one address per machine (loopback is
 a trusted proxy by default).
 
-``--server`` picks what serves the app: ``granian`` (the production server, as
-``deploy/web.py`` runs it: WSGI, 2 workers x 8 threads), ``daphne`` (2 processes, as
-Procfile.prod-local), ``uvicorn`` (2 processes, lifespan off), ``gunicorn`` (WSGI, 2 gthread
-or sync workers; the production server before granian),
-``gunicorn-asgi`` (gunicorn 27's own ASGI worker) or ``stub`` (no Django: the generator's
-own floor and ceiling). The generator spreads its connections over the ports itself (no
-nginx). ``--conn-max-age`` overrides CONN_MAX_AGE (default 0 for ASGI, 60 for WSGI).
+``--server``: ``granian`` (production, as ``deploy/web.py`` runs it: WSGI, 2 workers x 8
+threads), ``daphne``, ``uvicorn``, ``gunicorn``, ``gunicorn-asgi`` (see
+:func:`bench._fleet_load.describe`) or ``stub`` (no Django: the generator's own floor and
+ceiling). ``--conn-max-age`` overrides CONN_MAX_AGE (default 0 for ASGI, 60 for WSGI).
 
-The server runs against a scratch PostgreSQL database (``fleet_*``) and Redis db 15; its
-processes' CPU (psutil) and the generator's own CPU are measured over the measured window.
-Every load loop is bounded in count and in time; every child is ended in ``finally``.
+The generator runs in ``--procs`` processes (default 2), each owning every ``procs``-th
+machine (with its phase) and vend, on asyncio Protocols (no stream reader, no task per
+request); the parent picks a common start, meters the CPU of the server's processes and of
+the generator's over the measured window, and merges their figures. ``--ceiling`` first
+offers the same load, then twice the machines (and vends), to ``stub``: the generator's own
+ceiling, printed beside the real run. After a run with vends, the accounting check
+(``tests/accounting.py``): every vend answered 202 dispensed exactly once by the machines'
+own records (or refunded / flagged for staff), nothing doubled, stock and ledger agree.
+
+The server runs against a scratch PostgreSQL database (``fleet_*``) and Redis db 15. Every
+load loop is bounded in count and in time; every child is ended in ``finally``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -40,284 +45,114 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._fleet_generator import (
+    LATE,
+    LOOPS,
+    MAX_CONNECTIONS,
+    POLL_INTERVAL,
+    VEND_CONNECTIONS,
+    WARMUP,
+    offer,
+)
 from bench._fleet_load import (
     SERVERS,
-    CpuMeter,
-    HttpError,
-    Pool,
+    account,
     fleet_stack,
     prepare,
     start_server,
     summary,
 )
-from tests.scratch.seed import device_id, mac, machine_address
+from tests.scratch import databases
 
 NAME = "fleet_polling"
-POLL_INTERVAL = 2.0  # firmware v2.1
-POLL_TIMEOUT = 3.0  # the firmware's HTTP read timeout: a later answer is lost
-MOTOR_SECONDS = 1.9
-TARGET_DEVICES = 1000
-TARGET_P99_MS = 100.0
-WARMUP = POLL_INTERVAL  # every machine polls once (and is marked online) before measuring
-MAX_CONNECTIONS = 200  # device connections; the vend clients have their own few
+TARGET_DEVICES = 10_000
+TARGET_P99_MS = 100.0  # polls and vends
+# After the last vend is scheduled the machines poll on this long, so a vend accepted at the
+# end is delivered (next poll), dispensed (1.9 s of motor) and confirmed before accounting.
+TAIL = POLL_INTERVAL * 2 + 1.9 + 1  # 1.9 s: the motor
+SETTLE_MAX = 15.0  # then at most this long for vends still queued or sent
+# Machines coming online per second before the window (a fleet is switched on over time; a
+# machine's first poll writes it online, the rest of its polls are the steady state).
+RAMP_RATE = 500.0
 
 
-async def _load(
-    ports: list[int],
-    *,
-    devices: int,
-    seconds: float,
-    vend_rate: float,
-    keys: list[str],
-    meters: tuple[CpuMeter, CpuMeter] | None,
-    tail: float = 0.0,
-    interval: float = 0.0,
-    on_interval=None,
-    steady_connections: bool = False,
-) -> dict:
-    """Drive the fleet; returns the figures of the measured window.
-
-    ``tail``: the machines go on polling (and dispensing) that long after the last vend is
-    scheduled, so vends accepted at the end are delivered. ``on_interval(figures)``, if
-    given, is called in a worker thread every ``interval`` seconds of the window with the
-    figures of that interval, which are then reset (the result holds only the last part).
-    ``accepted`` (transaction ids answered 202) and ``dispensed`` (``[device, slot,
-    transaction id]`` of every VEND a machine acted on: its own record) cover the whole run.
-    ``steady_connections``: every connection of the pools is opened before the first request
-    and they take turns (:class:`Pool`'s ``steady``).
-    """
-    loop = asyncio.get_running_loop()
-    size = min(MAX_CONNECTIONS, max(devices // 5, 10))
-    device_pool = Pool(ports, size, steady=steady_connections)
-    vend_pool = Pool(ports, 20, steady=steady_connections)
-    if steady_connections:
-        await asyncio.gather(device_pool.open_all(), vend_pool.open_all())
-    t0 = loop.time() + 0.5
-    measure_from = t0 + WARMUP
-    t_end = measure_from + seconds
-    stats = {
-        "poll": [],
-        "poll_errors": {},
-        "vend": [],
-        "vend_errors": {},
-        "confirm": [],
-        "confirm_errors": {},
-        "commands": 0,
-        "confirmed": 0,
-        "early_errors": 0,
-        "accepted": [],
-        "dispensed": [],
-    }
-
-    def error(kind: str, what: str, sched: float) -> None:
-        if sched < measure_from:
-            stats["early_errors"] += 1
-        else:
-            stats[kind][what] = stats[kind].get(what, 0) + 1
-
-    async def machine(index: int) -> None:
-        ident, headers = device_id(index), {"X-Forwarded-For": machine_address(index)}
-        sched = t0 + POLL_INTERVAL * index / devices
-        while sched < t_end + tail:
-            await asyncio.sleep(max(sched - loop.time(), 0))
-            try:
-                status, body = await device_pool.request(
-                    "GET", f"/esp32/commands/{ident}", headers=headers, timeout=POLL_TIMEOUT
-                )
-            except HttpError as exc:
-                error("poll_errors", str(exc)[:60], sched)
-                sched += POLL_INTERVAL
-                continue
-            latency = (loop.time() - sched) * 1000
-            if status != 200:
-                error("poll_errors", f"HTTP {status}", sched)
-            elif latency > POLL_TIMEOUT * 1000:
-                error("poll_errors", "answered after the firmware's 3 s timeout", sched)
-            elif sched >= measure_from:
-                stats["poll"].append(latency)
-            try:
-                command = json.loads(body) if status == 200 and body.strip() else None
-            except ValueError:
-                error("poll_errors", "answer is not JSON", sched)
-                command = None
-            if isinstance(command, dict) and command.get("command") == "VEND":
-                stats["commands"] += 1
-                stats["dispensed"].append(
-                    [ident, command.get("slot"), command.get("transaction_id")]
-                )
-                await asyncio.sleep(MOTOR_SECONDS)
-                await confirm(index, command.get("slot"))
-                resume = loop.time() + POLL_INTERVAL
-                while sched < resume:  # the next tick of its own clock
-                    sched += POLL_INTERVAL
-            else:
-                sched += POLL_INTERVAL
-
-    async def confirm(index: int, slot) -> None:
-        body = json.dumps(
-            {
-                "device_id": mac(index),
-                "slot": slot,
-                "success": True,
-                "message": "Item dispensed successfully",
-                "timestamp": int(loop.time() * 1000),
-            }
-        ).encode()
-        started = loop.time()
-        try:
-            status, answer = await device_pool.request(
-                "POST",
-                "/esp32/confirm",
-                body=body,
-                timeout=POLL_TIMEOUT,
-                headers={"X-Forwarded-For": machine_address(index)},
-            )
-        except HttpError as exc:
-            error("confirm_errors", str(exc)[:60], started)
-            return
-        if status != 200:
-            error("confirm_errors", f"HTTP {status}", started)
-            return
-        stats["confirm"].append((loop.time() - started) * 1000)
-        if b'"status":"ok"' in answer.replace(b" ", b""):
-            stats["confirmed"] += 1
-
-    async def vend(number: int, sched: float) -> None:
-        await asyncio.sleep(max(sched - loop.time(), 0))
-        # Spread over the polling machines and their five slots.
-        target = device_id((number * 7919) % devices)
-        body = json.dumps({"device_id": target}).encode()
-        headers = {"Authorization": f"Api-Key {keys[number % len(keys)]}"}
-        try:
-            status, answer = await vend_pool.request(
-                "POST",
-                f"/api/v1/vend/{number % 5 + 1}",
-                body=body,
-                headers=headers,
-                timeout=10.0,
-            )
-        except HttpError as exc:
-            error("vend_errors", str(exc)[:60], sched)
-            return
-        if status != 202:
-            code = ""
-            try:
-                code = json.loads(answer).get("code", "")
-            except ValueError:
-                pass
-            error("vend_errors", f"HTTP {status} {code}".strip(), sched)
-            return
-        stats["vend"].append((loop.time() - sched) * 1000)
-        try:
-            stats["accepted"].append(json.loads(answer)["id"])
-        except (ValueError, KeyError, TypeError):
-            error("vend_errors", "202 without a transaction id", sched)
-
-    async def window() -> None:
-        await asyncio.sleep(max(measure_from - loop.time(), 0))
-        for meter in meters or ():
-            meter.start()
-        await asyncio.sleep(max(t_end - loop.time(), 0))
-        stats["cpu"] = [meter.stop() for meter in meters or ()]
-
-    async def ticker() -> None:
-        due = measure_from
-        while due + interval <= t_end + tail + 1e-6:
-            due += interval
-            await asyncio.sleep(max(due - loop.time(), 0))
-            figures = {"at": due - measure_from}
-            for key in ("poll", "vend", "confirm"):
-                figures[key], stats[key] = stats[key], []
-            for key in ("poll_errors", "vend_errors", "confirm_errors"):
-                figures[key], stats[key] = stats[key], {}
-            for key in ("commands", "confirmed"):
-                figures[key], stats[key] = stats[key], 0
-            await loop.run_in_executor(None, on_interval, figures)
-
-    total_vends = int(seconds * vend_rate)
-    tasks = [asyncio.ensure_future(machine(i)) for i in range(devices)]
-    tasks += [
-        asyncio.ensure_future(vend(j, measure_from + j / vend_rate)) for j in range(total_vends)
-    ]  # vend_rate 0: polls only
-    tasks.append(asyncio.ensure_future(window()))
-    if on_interval is not None and interval > 0:
-        tasks.append(asyncio.ensure_future(ticker()))
-    try:
-        # Bounded: a machine stops scheduling at t_end; stragglers get the firmware's
-        # timeout plus a motor run and a confirm, then are cancelled.
-        done, pending = await asyncio.wait(
-            tasks, timeout=t_end + tail - loop.time() + POLL_TIMEOUT * 2 + MOTOR_SECONDS + 5
-        )
-        for task in pending:
-            task.cancel()
-        stats["unfinished"] = len(pending)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()
-    finally:
-        device_pool.close()
-        vend_pool.close()
-    return stats
+# --- rows -------------------------------------------------------------------------------
 
 
 def _rows(server: str, devices: int, seconds: float, vend_rate: float, stats: dict) -> list:
     server_cpu, generator_cpu = stats["cpu"]
     poll_errors = sum(stats["poll_errors"].values())
     vend_errors = sum(stats["vend_errors"].values())
+    poll, vend = summary(stats["poll"]), summary(stats["vend"])
+    # CPU per request answered in the window (polls, late ones included, vends, confirms):
+    # a poll the generator gave up on before sending it cost the server nothing.
+    late = stats["poll_errors"].get(LATE, 0)
+    requests = poll["count"] + late + vend["count"] + len(stats["confirm"])
+    per_request = 1e6 / max(requests, 1)
     common = {
         "server": server,
         "devices": devices,
         "seconds": seconds,
+        "offered_polls_per_s": round(devices / POLL_INTERVAL, 1),
         "server_cpu_pct": server_cpu["cpu_pct"],
         "generator_cpu_pct": generator_cpu["cpu_pct"],
         "machine_busy_pct": server_cpu["machine_busy_pct"],
+        "server_cpu_us_per_request": round(server_cpu["cpu_seconds"] * per_request, 1),
+        "generator_cpu_us_per_request": round(generator_cpu["cpu_seconds"] * per_request, 1),
     }
-    poll = summary(stats["poll"])
-    requests = (
-        poll["count"] + poll_errors + len(stats["vend"]) + vend_errors + len(stats["confirm"])
-    )
-    at_target = devices == TARGET_DEVICES
-    poll_row = {
-        "metric": f"poll {server} N={devices}",
-        "unit": "ms",
-        **poll,
-        "errors": poll_errors,
-        "target": f"p99 < {TARGET_P99_MS:.0f} ms, 0 errors at {TARGET_DEVICES} devices",
-        "met": (poll["p99"] < TARGET_P99_MS and poll_errors == 0) if at_target else None,
-        **common,
-        "polls_per_s": round(poll["count"] / seconds, 1),
-        # All requests of the window (polls, vends, confirms), answered or not.
-        "server_cpu_ms_per_request": round(
-            10 * server_cpu["cpu_pct"] / max(requests / seconds, 1e-9), 2
+    at_target = devices == TARGET_DEVICES and server != "stub"
+    accounting = stats.get("accounting")
+    accounted = bool(accounting and accounting["ok"])
+
+    def row(kind: str, figures: dict, errors: int, target: str, met: bool, **extra) -> dict:
+        return {
+            "metric": f"{kind} {server} N={devices}",
+            "unit": "ms",
+            **figures,
+            "errors": errors,
+            "target": target,
+            "met": met if at_target else None,
+            **common,
+            "error_kinds": stats[f"{kind}_errors"],
+            **extra,
+        }
+
+    poll_met = poll["p99"] < TARGET_P99_MS and poll_errors == 0
+    vend_met = vend["p99"] < TARGET_P99_MS and vend_errors == 0 and accounted
+    return [
+        row(
+            "poll",
+            poll,
+            poll_errors,
+            f"p99 < {TARGET_P99_MS:.0f} ms, 0 errors at {TARGET_DEVICES} devices"
+            if server != "stub"
+            else "the generator's ceiling",
+            poll_met,
+            polls_per_s=round(poll["count"] / seconds, 1),
+            # The ramp and warm-up before the window: each machine's first polls.
+            coming_online={**summary(stats["early"]), "errors": stats["early_errors"]},
+            ramp_seconds=round(stats.get("ramp", 0.0), 1),
         ),
-        "error_kinds": stats["poll_errors"],
-        "warmup_errors": stats["early_errors"],
-    }
-    vend = summary(stats["vend"])
-    vend_row = {
-        "metric": f"vend {server} N={devices}",
-        "unit": "ms",
-        **vend,
-        "errors": vend_errors,
-        "target": f"{vend_rate:g}/s scheduled, reported (no latency target)",
-        "met": None,
-        **common,
-        "error_kinds": stats["vend_errors"],
-        "commands_received": stats["commands"],
-        "confirmed": stats["confirmed"],
-    }
-    confirm = summary(stats["confirm"])
-    confirm_row = {
-        "metric": f"confirm {server} N={devices}",
-        "unit": "ms",
-        **confirm,
-        "errors": sum(stats["confirm_errors"].values()),
-        "target": "reported (no target)",
-        "met": None,
-        **common,
-        "error_kinds": stats["confirm_errors"],
-    }
-    return [poll_row, vend_row, confirm_row]
+        row(
+            "vend",
+            vend,
+            vend_errors,
+            f"{vend_rate:g}/s: p99 < {TARGET_P99_MS:.0f} ms, 0 errors, accounting clean"
+            if server != "stub"
+            else "the generator's ceiling",
+            vend_met,
+            commands_received=stats["commands"],
+            confirmed=stats["confirmed"],
+            accounting=accounting,
+        ),
+        row(
+            "confirm",
+            summary(stats["confirm"]),
+            sum(stats["confirm_errors"].values()),
+            "reported (no target)",
+            None,
+        ),
+    ]
 
 
 def measure(
@@ -325,77 +160,117 @@ def measure(
     servers: list[str],
     device_counts: list[int],
     seconds: float,
-    then: tuple[tuple[str, int], ...] = (),
+    ceiling: tuple[int, ...] = (),
+    ceiling_seconds: float | None = None,
     vend_rate: float = 20.0,
     key_count: int = 20,
+    procs: int = 2,
+    ramp_rate: float = RAMP_RATE,
+    loop: str = LOOPS[0],
     gunicorn_worker: str = "gthread",
     conn_max_age: int | None = None,
     log=print,
 ) -> dict:
-    """Run every (server, N) pair on one scratch stack, then each ``then`` (server, N);
-    returns the scenario's result."""
-    import psutil
-
+    """``ceiling``: the stub at each of these N first (``ceiling_seconds`` each, vends
+    scaled with N); then every (server, N) pair on one scratch stack; the scenario's
+    result. A run with vends against a real server ends with the accounting."""
     rows, notes = [], []
     stack = fleet_stack()
     try:
         started = time.monotonic()
-        if set(servers) == {"stub"}:  # no Django, no database
-            seeded = {"keys": ["stub.key"], "devices": max(device_counts)}
-        else:
-            most = max([*device_counts, *(n for _server, n in then)])
-            seeded = prepare(stack, devices=most, keys=key_count, stock=20)
+        plan = [("stub", list(ceiling), ceiling_seconds or seconds)] if ceiling else []
+        plan += [(server, device_counts, seconds) for server in servers]
+        real = [n for server, counts, _s in plan if server != "stub" for n in counts]
+        if real:
+            # Each (machine, slot) a run's vends pick gets at most this many vends.
+            stock = max(20, int(seconds * vend_rate / (5 * min(real))) + 5)
+            seeded = prepare(stack, devices=max(real), keys=key_count, stock=stock)
             log(f"seeded {seeded['devices']} machines in {time.monotonic() - started:.0f} s")
-        plan = [(server, device_counts) for server in servers]
-        plan += [(server, [devices]) for server, devices in then]
-        for server, counts in plan:
+        else:  # no Django, no database
+            seeded = {"keys": ["stub.key"]}
+        for server, counts, length in plan:
             age = conn_max_age if conn_max_age is not None else (60 if server in WSGI else 0)
             ports = start_server(stack, server, gunicorn_worker=gunicorn_worker, conn_max_age=age)
             try:
                 for devices in counts:
-                    meters = (CpuMeter(stack.processes()), CpuMeter([psutil.Process()]))
-                    stats = asyncio.run(
-                        _load(
-                            ports,
-                            devices=devices,
-                            seconds=seconds,
-                            vend_rate=vend_rate,
-                            keys=seeded["keys"],
-                            meters=meters,
-                        )
+                    accounted = server != "stub" and vend_rate > 0
+                    if accounted:
+                        last = stack.sql("SELECT max(id) FROM inventory_stockmovement")[0][0]
+                    ramp = devices / ramp_rate if ramp_rate and server != "stub" else 0.0
+                    stats = offer(
+                        ports,
+                        devices=devices,
+                        seconds=length,
+                        vend_rate=vend_rate * (devices / counts[0] if server == "stub" else 1),
+                        keys=seeded["keys"],
+                        procs=procs,
+                        server_processes=stack.processes(),
+                        tail=TAIL if accounted else 0.0,
+                        ramp=ramp,
+                        loop=loop,
                     )
-                    for row in _rows(server, devices, seconds, vend_rate, stats):
+                    stats["ramp"] = ramp
+                    if accounted:
+                        settle = time.monotonic() + SETTLE_MAX
+                        while (
+                            databases.count_open_vends(stack.database_url)
+                            and time.monotonic() < settle
+                        ):
+                            time.sleep(0.5)
+                        stats["accounting"] = account(stack, last or 0, stats)
+                        log(f"accounting {server} N={devices}: {stats['accounting']['line']}")
+                    for row in _rows(server, devices, length, vend_rate, stats):
                         rows.append(row)
                         log(format_row(row))
             finally:
                 stack.stop()
             label = server + (f" ({gunicorn_worker})" if server == "gunicorn" else "")
             notes.append(f"{label}: CONN_MAX_AGE={age}; {describe(server, gunicorn_worker)}")
-            notes += _server_trouble(label, stack.logs(f"{server}-[0-9]*"))
+            notes += server_trouble(label, stack.logs(f"{server}-[0-9]*"))
     finally:
         stack.close()
     notes.append(f"server logs kept in {stack.workdir}")
-    notes += _knees(rows)
+    notes += _ceiling(rows)
     notes.append(
-        "Open-loop: latency from each request's scheduled time; devices share at most "
-        f"{MAX_CONNECTIONS} keep-alive connections (vend clients 20 more), spread round-robin "
-        "over the server's ports by the generator (no nginx in front)."
+        f"Open-loop from {procs} generator processes on {loop} (each every {procs}th machine, "
+        "with its phase, and vend): latency from each request's scheduled time; devices share "
+        f"at most {MAX_CONNECTIONS} keep-alive connections (vend clients {VEND_CONNECTIONS} more), "
+        "spread round-robin over the server's ports (no nginx in front)."
     )
     notes.append(
-        f"Measured after a {WARMUP:.0f} s warm-up (every machine polled once); CPU % is of one "
-        f"core ({os.cpu_count()} cores); machine_busy_pct is the whole machine, other users "
-        "included."
+        f"Measured after the ramp and a {WARMUP:.0f} s warm-up (every machine polled once); CPU "
+        f"% is of one core ({os.cpu_count()} cores); machine_busy_pct is the whole machine, "
+        "other users included; CPU per request: over the requests answered in the window "
+        "(polls, late ones included, vends, confirms)."
     )
     return {"scenario": NAME, "rows": rows, "notes": notes}
 
 
-# Each compared server at an N where it still answers beside granian, so p99s compare:
-# gunicorn (the production server before granian) at the target, Daphne where it still can.
-COMPARED = (("gunicorn", TARGET_DEVICES), ("daphne", 300))
-WSGI = ("granian", "gunicorn")  # CONN_MAX_AGE 60 by default, as deploy/web.py runs it
+def _ceiling(rows: list[dict]) -> list[str]:
+    """The generator's ceiling beside each real run: the stub at the same and at more load."""
+    stub = [r for r in rows if r["server"] == "stub" and r["metric"].startswith("poll ")]
+    real = [r for r in rows if r["server"] != "stub" and r["metric"].startswith("poll ")]
+    notes = [
+        f"generator ceiling (stub) at {r['offered_polls_per_s']:.0f} polls/s offered: "
+        f"{r['polls_per_s']:.0f} answered/s, p50 {r['p50']} p99 {r['p99']} max {r['max']} ms, "
+        f"{r['errors']} errors; generator {r['generator_cpu_us_per_request']} us of CPU a "
+        f"request ({r['generator_cpu_pct']} % of a core)"
+        for r in stub
+    ]
+    for r in real:
+        notes.append(
+            f"{r['server']} at {r['offered_polls_per_s']:.0f} polls/s offered: "
+            f"{r['polls_per_s']:.0f} answered/s, p99 {r['p99']} ms, {r['errors']} errors; "
+            f"server {r['server_cpu_us_per_request']} us of CPU a request "
+            f"({r['server_cpu_pct']} %), generator {r['generator_cpu_us_per_request']} us "
+            f"({r['generator_cpu_pct']} %), machine {r['machine_busy_pct']} % busy; before "
+            f"the window (machines coming online over {r['ramp_seconds']} s, then one poll "
+            f"each): p99 {r['coming_online']['p99']} ms, {r['coming_online']['errors']} errors"
+        )
+    return notes
 
 
-def _server_trouble(label: str, logs: str) -> list[str]:
+def server_trouble(label: str, logs: str) -> list[str]:
     """What the server's own log says went wrong (counted, not parsed in detail)."""
     signs = {
         "too many clients already": "PostgreSQL refused connections (max_connections)",
@@ -409,6 +284,7 @@ def _server_trouble(label: str, logs: str) -> list[str]:
 
 
 def describe(server: str, gunicorn_worker: str) -> str:
+    """One line on how ``server`` runs (workers, ports)."""
     return {
         "daphne": "2 Daphne processes (one port each), as Procfile.prod-local",
         "uvicorn": "2 uvicorn processes (one port each, h11, asyncio loop, lifespan off)",
@@ -421,55 +297,22 @@ def describe(server: str, gunicorn_worker: str) -> str:
     }[server]
 
 
-def _knees(rows: list[dict]) -> list[str]:
-    notes = []
-    by_server: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["metric"].startswith("poll "):
-            by_server.setdefault(row["server"], []).append(row)
-    for server, polls in by_server.items():
-        polls.sort(key=lambda row: row["devices"])
-        bad = [r for r in polls if r["p99"] >= TARGET_P99_MS or r["errors"] > 0]
-        if bad:
-            good = [r["devices"] for r in polls if r["devices"] < bad[0]["devices"]]
-            notes.append(
-                f"knee ({server}): poll p99 >= {TARGET_P99_MS:.0f} ms or errors from "
-                f"N={bad[0]['devices']} (p99 {bad[0]['p99']} ms, {bad[0]['errors']} errors, "
-                f"server CPU {bad[0]['server_cpu_pct']} %)"
-                + (f"; fine up to N={good[-1]}" if good else "")
-            )
-        else:
-            notes.append(
-                f"knee ({server}): not reached up to N={polls[-1]['devices']} "
-                f"(p99 {polls[-1]['p99']} ms)"
-            )
-    return notes
+WSGI = ("granian", "gunicorn")  # CONN_MAX_AGE 60 by default, as deploy/web.py runs it
 
 
 def run(quick: bool) -> dict:
-    """The scenario as the harness calls it: the shipped web tier (granian) over N, then
-    gunicorn (the previous one) and Daphne each at one N for comparison; quick is granian at
-    100 and 1000 for 5 s."""
+    """The scenario as the harness calls it: the generator's ceiling (the stub at the
+    target's load and twice it, 15 s each), then granian as shipped at the target (10,000
+    machines + 20 vends/s) for 60 s, accounted; quick: the same at 1,000 machines, 5 s."""
     if quick:
-        return measure(servers=["granian"], device_counts=[100, 1000], seconds=5)
-    counts = [100, 300, 500, 1000, 1500, 2000]
-    result = measure(servers=["granian"], device_counts=counts, seconds=20, then=COMPARED)
-    for _server, devices in COMPARED:
-        result["notes"] += _comparison(result["rows"], devices)
-    return result
-
-
-def _comparison(rows: list[dict], devices: int) -> list[str]:
-    """One line ranking the servers at ``devices``: errors first, then poll p99."""
-    polls = [r for r in rows if r["metric"].startswith("poll ") and r["devices"] == devices]
-    if len(polls) < 2:
-        return []
-    polls.sort(key=lambda r: (r["errors"], r["p99"]))
-    ranking = ", ".join(
-        f"{r['server']} (p99 {r['p99']} ms, {r['errors']} errors, CPU {r['server_cpu_pct']} %)"
-        for r in polls
+        return measure(servers=["granian"], device_counts=[1000], seconds=5, ceiling=(1000, 2000))
+    return measure(
+        servers=["granian"],
+        device_counts=[TARGET_DEVICES],
+        seconds=60,
+        ceiling=(TARGET_DEVICES, 2 * TARGET_DEVICES),
+        ceiling_seconds=15,
     )
-    return [f"servers at N={devices}, best first: {ranking}"]
 
 
 def format_row(row: dict) -> str:
@@ -497,6 +340,22 @@ def main(argv: list[str] | None = None) -> None:
         "--vend-rate", type=float, default=20.0, help="vend requests per second (0: polls only)"
     )
     parser.add_argument("--keys", type=int, default=20, help="API keys the vend clients use")
+    parser.add_argument("--procs", type=int, default=2, help="generator processes")
+    parser.add_argument("--loop", choices=LOOPS, default=LOOPS[0], help="the generator's loop")
+    parser.add_argument(
+        "--ramp-rate",
+        type=float,
+        default=RAMP_RATE,
+        help="machines coming online per second before the window (0: all in one interval)",
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="first the stub at the largest N and twice it: the generator's own ceiling",
+    )
+    parser.add_argument(
+        "--ceiling-seconds", type=float, default=15.0, help="measured seconds per stub run"
+    )
     parser.add_argument("--gunicorn-worker", choices=("gthread", "sync"), default="gthread")
     parser.add_argument(
         "--conn-max-age",
@@ -511,20 +370,26 @@ def main(argv: list[str] | None = None) -> None:
         if server not in SERVERS:
             parser.error(f"--server {server!r}: one of {', '.join(SERVERS)}")
     counts = [int(n) for n in args.devices.split(",")]
-    if not all(1 <= n <= 5000 for n in counts) or not 1 <= args.seconds <= 600:
-        parser.error("--devices 1..5000 each, --seconds 1..600")
+    if not all(1 <= n <= 50_000 for n in counts) or not 1 <= args.seconds <= 600:
+        parser.error("--devices 1..50000 each, --seconds 1..600")
     if not 0 <= args.vend_rate <= 200 or not 1 <= args.keys <= 200:
         parser.error("--vend-rate 0..200, --keys 1..200")
+    if not 1 <= args.procs <= 16 or not 1 <= args.ceiling_seconds <= 120:
+        parser.error("--procs 1..16, --ceiling-seconds 1..120")
     result = measure(
         servers=servers,
         device_counts=counts,
         seconds=args.seconds,
+        ceiling=(max(counts), 2 * max(counts)) if args.ceiling else (),
+        ceiling_seconds=args.ceiling_seconds,
         vend_rate=args.vend_rate,
         key_count=args.keys,
+        procs=args.procs,
+        ramp_rate=args.ramp_rate,
+        loop=args.loop,
         gunicorn_worker=args.gunicorn_worker,
         conn_max_age=args.conn_max_age,
     )
-    result["notes"] += _comparison(result["rows"], max(counts)) if len(servers) > 1 else []
     for note in result["notes"]:
         print(f"note: {note}")
     if args.json:

@@ -60,9 +60,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._fleet_generator import POLL_INTERVAL, POLL_TIMEOUT, WARMUP, drive
 from bench._fleet_load import CpuMeter, HttpError, Pool, summary
 from bench.common import bench_stack, exit_on_sigterm, machine_info
-from bench.fleet_polling import POLL_INTERVAL, POLL_TIMEOUT, WARMUP, _load
 from tests.scratch.stack import Stack
 
 NAME = "login_pressure"
@@ -174,15 +174,15 @@ async def _phase(
     keyword arguments of :func:`_token_requests` but the timing), token requests over the
     same measured window."""
     polls = asyncio.ensure_future(
-        _load(ports, devices=devices, seconds=seconds, vend_rate=0, keys=["-"], meters=meters)
+        drive(ports, devices=devices, seconds=seconds, vend_rate=0, keys=["-"], meters=meters)
     )
     tokens = None
     if hammer is not None:
-        # _load measures from 0.5 s + its warm-up after it starts: the same window.
+        # drive measures from 0.5 s + its warm-up after it starts: the same window.
         tokens = await _token_requests(
             ports, username=username, start_in=0.5 + WARMUP, seconds=seconds, **hammer
         )
-    # Bounded inside _load (its own timeout); this is a last guard.
+    # Bounded inside drive (its own timeout); this is a last guard.
     stats = await asyncio.wait_for(polls, timeout=seconds + WARMUP + POLL_TIMEOUT * 3 + 30)
     return stats, tokens
 

@@ -42,23 +42,22 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._fleet_load import SERVERS, fleet_stack, prepare, start_server
-from bench.fleet_polling import POLL_INTERVAL, WSGI, _load
+from bench._fleet_generator import POLL_INTERVAL, drive
+from bench._fleet_load import SERVERS, account, fleet_stack, prepare, start_server
+from bench.fleet_polling import WSGI
 from bench.soak_sampler import Sampler
 from tests.scratch import databases
-from tests.scratch.net import StackError, free_port
+from tests.scratch.net import free_port
 from tests.scratch.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,64 +210,6 @@ def _open_vends(stack: Stack) -> int:
     return databases.count_open_vends(stack.database_url)
 
 
-def account(stack: Stack, last_movement: int, stats: dict) -> dict:
-    """tests/accounting.py on the scratch database, in a child process (Django there)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=stack.workdir, delete=False) as f:
-        json.dump(
-            {
-                "last_movement": last_movement,
-                "accepted": stats["accepted"],
-                "dispensed": stats["dispensed"],
-            },
-            f,
-        )
-    try:
-        out = stack.run(str(Path(__file__)), "account", f.name, timeout=TEARDOWN)
-    except StackError as exc:
-        return {"ok": False, "line": "accounting failed to run", "error": str(exc)[-3000:]}
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def _account_child(path: str) -> dict:
-    """The child's side: stock per slot by vends and by ledger, and the outcomes from the
-    machines' records (``dispensed``) against the vends clients were told were accepted."""
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vending_site.settings")
-    django.setup()
-    from tests import accounting
-
-    data = json.loads(Path(path).read_text())
-    figures = accounting.slot_figures(accounting.start_at_movement(data["last_movement"]))
-    stock_problems = [text for slot in figures for text in slot.problems()]
-    vends = accounting.accepted_vends(data["accepted"])
-    dispensed = [
-        accounting.Dispense(device_id=d, slot=s, transaction_id=t) for d, s, t in data["dispensed"]
-    ]
-    outcomes = accounting.count_outcomes(vends, dispensed)
-    still_open = [v.transaction_id for v in vends if v.state in accounting.OPEN]
-    try:
-        outcomes.check()
-        outcome_problems = ""
-    except AssertionError as exc:
-        outcome_problems = str(exc)
-    return {
-        "ok": not stock_problems and not outcome_problems,
-        "line": outcomes.line(),
-        "slots": len(figures),
-        "stock_problems": stock_problems[:20],
-        "stock_problem_count": len(stock_problems),
-        "outcome_problems": outcome_problems[:3000],
-        "still_open": len(still_open),
-        "lost": len(outcomes.lost),
-        "duplicated": len(outcomes.duplicated),
-        "unexpected": len(outcomes.unexpected),
-        "dispensed_but_refunded": len(outcomes.dispensed_but_refunded),
-        "unconfirmed_undelivered": len(outcomes.unconfirmed_undelivered),
-        "credited_to_another_vend": len(outcomes.credited_to_another_vend),
-    }
-
-
 def run(
     *,
     server: str = "granian",
@@ -319,7 +260,7 @@ def run(
         sampler = Sampler(stack, log=log)
         sampler({"at": 0.0})  # before the first poll
         stats = asyncio.run(
-            _load(
+            drive(
                 ports,
                 devices=devices,
                 seconds=load_seconds,
@@ -338,7 +279,7 @@ def run(
         settle_until = min(time.monotonic() + SETTLE_MAX, deadline - TEARDOWN)
         while _open_vends(stack) and time.monotonic() < settle_until:
             time.sleep(1.0)
-        accounting = account(stack, last_movement, stats)
+        accounting = account(stack, last_movement, stats, timeout=TEARDOWN)
         log(accounting["line"])
         if not accounting["ok"]:
             log(json.dumps({k: v for k, v in accounting.items() if k != "line"}, indent=1))
@@ -441,9 +382,6 @@ def format_report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["account"]:
-        sys.stdout.write("\n" + json.dumps(_account_child(argv[1])) + "\n")
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=None, help="soak length (default 10)")

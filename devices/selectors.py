@@ -1,5 +1,6 @@
 """Reads of devices and commands."""
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -74,6 +75,25 @@ _DEVICE_FOR_POLL = Select(_device_for_poll_queryset, device_id=Device._meta.get_
 def device_for_poll(device_id: str) -> Device | None:
     """The polling device with ``has_pending`` annotated, in one indexed query."""
     return _DEVICE_FOR_POLL.first(device_id=device_id)
+
+
+def poll_states(first: str, last: str, fields: Sequence[str]) -> dict[str, tuple]:
+    """``fields`` (attribute names, as ``device_for_poll`` reads them) of every machine whose
+    ``device_id`` lies between ``first`` and ``last`` (both included), by ``device_id``: one
+    range scan of the unique index, with two parameters however many machines it spans."""
+    rows = (
+        Device.objects.filter(device_id__gte=first, device_id__lte=last)
+        .order_by()
+        .values_list("device_id", *fields)
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+def machines_with_pending_commands() -> set[str]:
+    """The ids of the machines a command is queued for (the ``command_state_expiry`` index:
+    a few rows, however large the fleet)."""
+    queued = Command.objects.filter(state=CommandState.QUEUED).order_by()
+    return set(queued.values_list("device__device_id", flat=True).distinct())
 
 
 def pending_commands(device: Device) -> QuerySet[Command]:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.common import make_row, open_loop, percentile
 from tests.scratch import ROOT
 
@@ -137,3 +139,120 @@ def test_the_hello_application_answers_every_request_with_null():
     answered = []
     body = application({"PATH_INFO": "/esp32/commands/x"}, lambda *a: answered.append(a))
     assert b"".join(body) == b"null" and answered[0][0] == "200 OK"
+
+
+# --- the fleet's generator (bench/_fleet_generator.py, bench/_fleet_load.py) ----------------
+
+
+def test_an_answer_is_read_by_its_length_or_its_chunks_and_waits_while_incomplete():
+    from bench._fleet_load import parse_response
+
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnullHTTP/1.1 200"
+    assert parse_response(whole) == (200, b"null", len(whole) - len(b"HTTP/1.1 200"), False)
+    assert parse_response(whole[:30]) is None
+    assert parse_response(b'HTTP/1.1 202 Accepted\r\ncontent-length: 9\r\n\r\n{"id": 1') is None
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b'3\r\n{"a\r\n2\r\n":\r\n1\r\n1\r\n1\r\n}\r\n0\r\n\r\n'
+    )
+    assert parse_response(chunked) == (200, b'{"a":1}', len(chunked), True)
+    assert parse_response(chunked[:-3]) is None
+    with pytest.raises(ValueError):
+        parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+def test_merged_processes_keep_every_figure_and_a_vend_dispensed_in_two_is_doubled():
+    from bench._fleet_generator import merge
+    from tests.accounting import Dispense, Vend, count_outcomes
+
+    first = {
+        "poll": [1.0, 2.0],
+        "poll_errors": {"timeout": 1},
+        "accepted": ["t1"],
+        "dispensed": [["ESP32_A", 1, "t1"]],
+        "commands": 1,
+        "early_errors": 2,
+    }
+    second = {
+        "poll": [3.0],
+        "poll_errors": {"timeout": 2, "HTTP 503": 1},
+        "vend_errors": {"HTTP 409 device_offline": 1},
+        "accepted": ["t2"],
+        "dispensed": [["ESP32_A", 1, "t1"]],
+        "commands": 1,
+    }
+    merged = merge([first, second])
+    assert sorted(merged["poll"]) == [1.0, 2.0, 3.0]
+    assert merged["poll_errors"] == {"timeout": 3, "HTTP 503": 1}
+    assert merged["vend_errors"] == {"HTTP 409 device_offline": 1}
+    assert merged["commands"] == 2 and merged["early_errors"] == 2 and merged["confirm"] == []
+    vends = [Vend(t, "ESP32_A", 1, "succeeded") for t in merged["accepted"]]
+    outcomes = count_outcomes(vends, [Dispense(d, s, t) for d, s, t in merged["dispensed"]])
+    assert outcomes.duplicated and outcomes.lost  # t1 twice, t2 never
+    with pytest.raises(AssertionError):
+        outcomes.check()
+
+
+def test_a_poll_the_firmware_gave_up_on_is_an_error_and_is_not_sent():
+    """A server that accepts and never answers: the request fails at its deadline; one
+    whose deadline passed while it waited for a connection is never written."""
+    import asyncio
+    import socket
+
+    from bench._fleet_load import HttpError, Pool, request_bytes
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pool = Pool([port], 1)
+        raw = request_bytes("GET", "/esp32/commands/ESP32_X")
+        try:
+            late = loop.time() - 0.01
+            with pytest.raises(HttpError, match="waited for a connection"):
+                await pool.send(raw, 3.0, deadline=late)
+            with pytest.raises(HttpError, match="timeout"):
+                await pool.send(raw, 3.0, deadline=loop.time() + 0.3)
+        finally:
+            pool.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+        listener.settimeout(5)
+        peer, _ = listener.accept()  # the one request that was sent
+        peer.settimeout(5)
+        assert peer.recv(4096).startswith(b"GET /esp32/commands/ESP32_X HTTP/1.1\r\n")
+        peer.close()
+    finally:
+        listener.close()
+
+
+def test_the_generator_from_two_processes_sends_each_machines_polls_on_its_clock():
+    """Against the stub, 40 machines from two processes, 4 s measured: every machine polls
+    twice in the window (no more, no less), every vend is answered with an id."""
+    import psutil
+
+    from bench._fleet_generator import offer
+    from bench._fleet_load import fleet_stack, start_server
+
+    stack = fleet_stack("fleet_test_")
+    try:
+        ports = start_server(stack, "stub", timeout=30)
+        stats = offer(
+            ports,
+            devices=40,
+            seconds=4,
+            vend_rate=2,
+            keys=["k"],
+            procs=2,
+            server_processes=[psutil.Process()],
+        )
+    finally:
+        stack.stop()
+        stack.close()
+    assert stats["poll_errors"] == {} and stats["vend_errors"] == {}
+    assert len(stats["poll"]) == 40 * 2
+    assert len(stats["vend"]) == 8 and len(set(stats["accepted"])) == 8
+    assert stats["unfinished"] == 0
+    assert [meter["cpu_seconds"] >= 0 for meter in stats["cpu"]] == [True, True]

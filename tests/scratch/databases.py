@@ -41,14 +41,24 @@ def database_url(name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
 
 
+ADMIN_STATEMENT_TIMEOUT = "120s"
+
+
 def admin_sql(*statements: str) -> None:
-    """Statements run in autocommit on the maintenance database."""
+    """Statements run in autocommit on the maintenance database, each ended by the server
+    after ``ADMIN_STATEMENT_TIMEOUT``. Not the application's bound on waits (its statement
+    timeout plus a second, ``vending_site.backends.database``, installed in any process that
+    loaded the settings): a CREATE or DROP DATABASE waits for a checkpoint and for the
+    backends it ends, which took over 11 s on a loaded CI machine."""
     import psycopg2
+
+    from vending_site.backends.database import waits_left_to_the_server
 
     connection = psycopg2.connect(pg_admin_url(), connect_timeout=5)
     connection.autocommit = True
     try:
-        with connection.cursor() as cursor:
+        with waits_left_to_the_server(), connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = '{ADMIN_STATEMENT_TIMEOUT}'")
             for statement in statements:
                 cursor.execute(statement)
     finally:

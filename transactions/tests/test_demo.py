@@ -87,3 +87,17 @@ def test_the_demo_fleet_stocks_a_machine_that_registered_itself_first(client):
 
     slots = Slot.objects.filter(device__device_id=device_id)
     assert [slot.quantity for slot in slots] == [8] * 5
+
+
+@pytest.mark.system
+@pytest.mark.django_db(transaction=True)
+def test_demo_customers_stop_at_sigterm_before_their_duration_is_up():
+    load_demo_fleet()
+    process = start_command("demo_traffic", "--every", "0.2", "--duration", "120")
+    try:
+        read_until(process, "demo customers: a vend every")
+    finally:
+        code, output = stop(process, timeout=10)
+
+    assert "demo customers gone" in output, output
+    assert code == 0, output

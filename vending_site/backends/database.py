@@ -82,24 +82,35 @@ def install() -> None:
 
 
 @contextlib.contextmanager
+def waits_left_to_the_server():
+    """While the block runs, this process waits for a statement as long as the server takes
+    (the server's own ``statement_timeout``, if any, still ends it); connecting stays
+    bounded. Process-wide: for schema changes and test scaffolding, never for requests."""
+    global _unbounded_statements
+    previous = _unbounded_statements
+    _unbounded_statements = True
+    try:
+        yield
+    finally:
+        _unbounded_statements = previous
+
+
+@contextlib.contextmanager
 def statements_unbounded(alias: str = "default"):
     """No statement timeout, on the server or here, for this process's connection ``alias``
     while the block runs (on PostgreSQL; elsewhere a no-op). For schema changes only."""
-    global _unbounded_statements
     from django.db import connections
 
     connection = connections[alias]
     if connection.vendor != "postgresql":
         yield
         return
-    previous = _unbounded_statements
-    _unbounded_statements = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SET statement_timeout = 0")
-        yield
+        with waits_left_to_the_server():
+            with connection.cursor() as cursor:
+                cursor.execute("SET statement_timeout = 0")
+            yield
     finally:
-        _unbounded_statements = previous
         if connection.connection is not None:
             with contextlib.suppress(Exception), connection.cursor() as cursor:
                 cursor.execute("RESET statement_timeout")  # back to the connection's option

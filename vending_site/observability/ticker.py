@@ -4,8 +4,9 @@ half of what hot paths count in memory (``vending_site.http.deferred_throttle``,
 
 The thread starts on the first :meth:`Ticker.ensure` (so a WSGI server's forked workers each
 start their own, after the fork), starts again if it died, and runs the action one last
-time when the process exits normally. A failing action is logged once per run of failures,
-not every tick.
+time when the process exits normally (unless made with ``last_tick=False``: an action that
+only reads). A failing action is logged once per run of failures, not every tick; ``cleanup``
+runs in the thread when it ends (to close what it opened: its database connection).
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ logger = logging.getLogger(__name__)
 
 
 class Ticker:
-    def __init__(self, name: str, seconds: float, action: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        seconds: float,
+        action: Callable[[], object],
+        *,
+        last_tick: bool = True,
+        cleanup: Callable[[], object] | None = None,
+    ) -> None:
         self.name = name
-        self.seconds = seconds
+        self.seconds = seconds  # read before every wait: may be changed while it runs
         self.action = action
+        self.last_tick = last_tick
+        self.cleanup = cleanup
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
         atexit.register(self.stop)
@@ -59,6 +70,17 @@ class Ticker:
                 self.tick()
         finally:
             self._running = False
+            if self.cleanup is not None:
+                try:
+                    self.cleanup()
+                except Exception:
+                    logger.warning("%s could not clean up", self.name, exc_info=True)
+
+    @property
+    def running(self) -> bool:
+        """Whether this process's thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def tick(self) -> None:
         """Run the action now, in the calling thread; a failure is logged, not raised."""
@@ -76,11 +98,13 @@ class Ticker:
             self._failing = False
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread and run the action once more (exit, tests)."""
+        """Stop the thread and run the action once more, unless ``last_tick`` is off (exit,
+        tests)."""
         with self._lock:
             thread, self._thread = self._thread, None
             self._stopping.set()
             self._stopping = threading.Event()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        self.tick()
+        if self.last_tick:
+            self.tick()

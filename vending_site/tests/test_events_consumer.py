@@ -324,3 +324,39 @@ def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings)
     process, message = run(scenario())
     assert stop(process)[0] == 0
     assert message["payload"] == {"device_id": "X"}
+
+
+@pytest.mark.system
+def test_with_redis_a_refused_socket_never_waits_on_the_channel_layer(settings, monkeypatch):
+    """The refusal is sent and the application returns without taking a channel: the
+    server's 403 does not wait for a cancelled layer receive (nor costs a Redis call)."""
+    if not redis_available():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    from channels_redis.core import RedisChannelLayer
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    settings.DASHBOARD_PUBLIC = False
+    channels_taken = []
+    new_channel = RedisChannelLayer.new_channel
+
+    async def counted(layer, *args, **kwargs):
+        channels_taken.append(args)
+        return await new_channel(layer, *args, **kwargs)
+
+    monkeypatch.setattr(RedisChannelLayer, "new_channel", counted)
+
+    async def attempt(user):
+        communicator = listen(user)
+        connected, code = await communicator.connect()
+        await communicator.disconnect()
+        return connected, code
+
+    assert run(attempt(AnonymousUser())) == (False, CLOSE_FORBIDDEN)
+    assert channels_taken == []
+    assert run(attempt(UserFactory(is_staff=True, is_superuser=True)))[0] is True
+    assert len(channels_taken) == 1  # the layer is used, by the socket it accepted

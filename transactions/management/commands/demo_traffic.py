@@ -2,6 +2,7 @@
 
 import random
 import threading
+import time
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -36,10 +37,13 @@ class Command(BaseCommand):
         customer, _ = get_user_model().objects.get_or_create(username=CUSTOMER)
         stop = threading.Event()
         stop_on_signals(stop)
-        if duration:
-            threading.Timer(duration, stop.set).start()
+        # A deadline, not a threading.Timer: a timer thread is not a daemon, so a SIGTERM
+        # before it fired left the process waiting for it for the rest of --duration.
+        deadline = time.monotonic() + duration if duration else None
         self.say(f"demo customers: a vend every {every:g} s")
-        while not stop.wait(every):
+        while not stop.wait(every if deadline is None else min(every, deadline - time.monotonic())):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             try:
                 self.one_customer(chooser, customer)
             except DatabaseError as exc:
