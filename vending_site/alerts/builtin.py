@@ -72,14 +72,19 @@ SHED_WINDOW_MINUTES = 5
 _shed_samples: deque[tuple[datetime, float]] = deque(maxlen=1000)
 
 
+def shed_total() -> float:
+    """``vending_polls_shed_total`` over every process of the install (its metric files)."""
+    return metrics.counter_total("vending_polls_shed")
+
+
 def polls_shed(rule: AlertRule, now: datetime) -> list[Finding]:
     """The web servers answered at least ``threshold`` device polls idle without examining
     them (``devices.api.shed_poll``: overloaded) in the last ``window`` minutes. Known from
     the second evaluation of a process on (the first has nothing to compare with)."""
-    total = metrics.counter_total("vending_polls_shed")
+    total = shed_total()
     window = timedelta(minutes=rule.window or SHED_WINDOW_MINUTES)
-    if _shed_samples and total < _shed_samples[-1][1]:
-        _shed_samples.clear()  # the metric files were wiped: start again
+    if _shed_samples and (total < _shed_samples[-1][1] or now < _shed_samples[-1][0]):
+        _shed_samples.clear()  # the metric files were wiped, or the clock went back: again
     while len(_shed_samples) > 1 and _shed_samples[1][0] <= now - window:
         _shed_samples.popleft()  # the oldest kept is the last at or before the window
     _shed_samples.append((now, total))
