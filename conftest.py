@@ -118,6 +118,20 @@ def no_poll_answers_kept_from_another_test():
 
 
 @pytest.fixture(autouse=True)
+def no_shed_polls_seen_by_another_test(monkeypatch):
+    """The *Polls shed* alert reads the shed-poll counter of every process sharing the metric
+    files (vending_site/alerts/builtin.py): a test shedding polls in another xdist worker
+    would open it in a test that evaluates the rules here. It reads 0 unless a test of it
+    says otherwise, and starts with no earlier reading."""
+    from vending_site.alerts import builtin
+
+    builtin._shed_samples.clear()
+    monkeypatch.setattr(builtin, "shed_total", lambda: 0.0)
+    yield
+    builtin._shed_samples.clear()
+
+
+@pytest.fixture(autouse=True)
 def last_seen_written_in_the_request(settings):
     """In-process tests run inside a transaction that a writer thread's own connection cannot
     see: there every refresh is written by its request (devices/presence.py has its tests).

@@ -37,7 +37,7 @@ MODULES = [
     "notify",
 ]
 # Run only when named with --only (too long for the default run).
-ON_REQUEST = ["sales_report"]
+ON_REQUEST = ["sales_report", "overload"]
 RESULTS = ROOT / "bench" / "results"
 ROW_KEYS = ("metric", "unit", "count", "errors", "p50", "p95", "p99", "max", "target", "met")
 

@@ -443,6 +443,9 @@ DEVICE_POLL_CACHE_SECONDS = env.float("DEVICE_POLL_CACHE_SECONDS", default=5.0)
 # its poll, and one an announcement missed is dropped. At most half of the above. 0: off
 # (each answer is read again DEVICE_POLL_CACHE_SECONDS after it was read).
 DEVICE_POLL_RECONCILE_SECONDS = env.float("DEVICE_POLL_RECONCILE_SECONDS", default=2.5)
+# Overload: a poll that waited this long is answered idle at once, its command left queued
+# (devices/api/shed_poll.py). 0: never; at most 2.5, under the firmware's 3 s timeout.
+DEVICE_POLL_SHED_AFTER = min(max(env.float("DEVICE_POLL_SHED_AFTER", default=1.0), 0.0), 2.5)
 # A queued command not delivered within this many seconds expires (the unit is returned).
 VEND_QUEUE_TTL = env.int("VEND_QUEUE_TTL", default=30)
 # A delivered vend with no confirmation within this many seconds becomes `unconfirmed`.

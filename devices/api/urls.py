@@ -4,7 +4,7 @@ follows no redirects), device management for staff and kiosks, and ``/status``. 
 
 from django.urls import path, re_path
 
-from . import device_views, fleet_views, kept_poll, poll_shortcut
+from . import device_views, fleet_views, kept_poll, poll_shortcut, shed_poll
 from .views import (
     DeviceAdmissionView,
     DeviceAutoSelectView,
@@ -74,8 +74,10 @@ management_patterns = [
 ]
 
 # The v2.1 poll answered in front of Django's handler under WSGI: from memory when the
-# machine is kept (kept_poll.py), else by the same services (poll_shortcut.py).
-wsgi_shortcuts = [kept_poll.answer, poll_shortcut.answer]
-# Under the ASGI server (manage.py serve): the kept idle poll on the event loop, before the
-# thread hop to the WSGI shortcuts above (vending_site.http.asgi_devices).
-asgi_shortcuts = [kept_poll.answer_scope]
+# machine is kept (kept_poll.py); idle, unexamined, when it has waited too long for the
+# server (shed_poll.py, either dialect); else by the same services (poll_shortcut.py).
+wsgi_shortcuts = [kept_poll.answer, shed_poll.answer, poll_shortcut.answer]
+# Under the ASGI server (manage.py serve): the kept idle poll on the event loop, then the
+# poll the device thread's queue would keep too long, before the thread hop to the WSGI
+# shortcuts above (vending_site.http.asgi_devices).
+asgi_shortcuts = [kept_poll.answer_scope, shed_poll.answer_scope]

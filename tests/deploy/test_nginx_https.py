@@ -241,6 +241,34 @@ def test_device_port_serves_a_poll_over_plain_http_without_redirect(stack):
     assert poll.getheader("X-Request-ID")
 
 
+def _polls_seen(stack) -> tuple[float, float]:
+    """(polls examined, polls shed) on /metrics, read through the HTTPS port."""
+    text = stack.https("GET", "/metrics").body.decode()
+    examined = shed = 0.0
+    for line in text.splitlines():
+        if line.startswith('vending_device_polls_total{dialect="wifi_v2"}'):
+            examined = float(line.split()[-1])
+        elif line.startswith("vending_polls_shed_total{"):
+            shed += float(line.split()[-1])
+    return examined, shed
+
+
+def test_device_port_stamps_the_arrival_itself_so_a_sender_cannot_age_its_poll(stack):
+    # nginx sets X-Request-Start (devices/api/shed_poll.py sheds a poll that waited past
+    # DEVICE_POLL_SHED_AFTER); a client's own value, from 1970, is replaced, never passed on.
+    examined, shed = _polls_seen(stack)
+    poll = stack.http(
+        "device", "GET", "/esp32/commands/ESP32_AABBCCDDEEFF", headers={"X-Request-Start": "t=1"}
+    )
+    assert poll.status == 200, poll.body
+    deadline = time.monotonic() + 10
+    while _polls_seen(stack)[0] <= examined and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # two of the shed counter's write-behind periods (metrics.TALLY_SECONDS)
+
+    assert _polls_seen(stack) == (examined + 1, shed)
+
+
 def test_device_port_serves_nothing_but_the_device_protocol(stack):
     assert stack.http("device", "GET", "/health").status == 200
     # The v2.1 firmware probes /status on port 5000 before it accepts a discovered server.

@@ -1,12 +1,15 @@
 """The site's own alert rules (registered in ``VendingSiteConfig.ready``): a long-running
-process gone silent, and an endpoint whose messages fail for good. One query each."""
+process gone silent, an endpoint whose messages fail for good (one query each), and device
+polls shed under overload (no query: the metric files)."""
 
+from collections import deque
 from datetime import datetime, timedelta
 
 from django.db.models import OuterRef, Subquery
 
 from vending_site.models import ServiceHeartbeat
 from vending_site.notify.models import Delivery, DeliveryState, Endpoint
+from vending_site.observability import metrics
 from vending_site.processes.heartbeat import STALE_BEATS, beat_interval
 
 from .models import AlertRule, Severity
@@ -63,6 +66,41 @@ def failing_endpoints(rule: AlertRule, now: datetime) -> list[Finding]:
     ]
 
 
+SHED_WINDOW_MINUTES = 5
+# (when, vending_polls_shed_total) as this process read it at each evaluation: the counter
+# is a total since the install began, the rule asks about the last `window` minutes.
+_shed_samples: deque[tuple[datetime, float]] = deque(maxlen=1000)
+
+
+def shed_total() -> float:
+    """``vending_polls_shed_total`` over every process of the install (its metric files)."""
+    return metrics.counter_total("vending_polls_shed")
+
+
+def polls_shed(rule: AlertRule, now: datetime) -> list[Finding]:
+    """The web servers answered at least ``threshold`` device polls idle without examining
+    them (``devices.api.shed_poll``: overloaded) in the last ``window`` minutes. Known from
+    the second evaluation of a process on (the first has nothing to compare with)."""
+    total = shed_total()
+    window = timedelta(minutes=rule.window or SHED_WINDOW_MINUTES)
+    if _shed_samples and (total < _shed_samples[-1][1] or now < _shed_samples[-1][0]):
+        _shed_samples.clear()  # the metric files were wiped, or the clock went back: again
+    while len(_shed_samples) > 1 and _shed_samples[1][0] <= now - window:
+        _shed_samples.popleft()  # the oldest kept is the last at or before the window
+    _shed_samples.append((now, total))
+    shed = total - _shed_samples[0][1]
+    if len(_shed_samples) < 2 or shed < (rule.threshold or 1):
+        return []
+    return [
+        Finding(
+            subject="service:web",
+            title=f"{shed:.0f} device polls shed in {window.seconds // 60} min: the web "
+            "server is overloaded",
+            detail={"shed": int(shed), "since": _shed_samples[0][0].isoformat()},
+        )
+    ]
+
+
 RULES = (
     RuleSpec(
         key="service_silent",
@@ -82,6 +120,19 @@ RULES = (
         "resolves when a later one is delivered.",
         check=failing_endpoints,
         severity=Severity.WARNING,
+        cooldown_minutes=60,
+    ),
+    RuleSpec(
+        key="polls_shed",
+        name="Polls shed (overload)",
+        description="The web servers answered at least `threshold` device polls idle at once, "
+        "unexamined, within `window` minutes, because they had waited longer than "
+        "DEVICE_POLL_SHED_AFTER: more machines than the servers can serve. Queued vends "
+        "still go out, later; add capacity or find what slows the server.",
+        check=polls_shed,
+        severity=Severity.WARNING,
+        threshold=1,
+        window=SHED_WINDOW_MINUTES,
         cooldown_minutes=60,
     ),
 )

@@ -27,12 +27,14 @@ from __future__ import annotations
 import io
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
 from vending_site.http.limits import max_body
+from vending_site.http.queue_wait import ARRIVED, HopQueue
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 Shortcut = Callable[[dict], Awaitable[Answer | None]]
@@ -163,18 +165,40 @@ def _respond(wsgi_app: Callable, environ: dict) -> tuple[int, list[tuple[bytes, 
     return int(status.split(None, 1)[0]), encoded, body
 
 
+def _respond_timed(wsgi_app: Callable, environ: dict, queue: HopQueue):
+    """:func:`_respond`, its time told to ``queue``."""
+    queue.started += 1
+    started = time.monotonic()
+    try:
+        return _respond(wsgi_app, environ)
+    finally:
+        queue.served(time.monotonic() - started)
+
+
+# The device thread's queue of the process (devices.api.shed_poll reads it on the loop).
+device_queue = HopQueue()
+
+
 class SyncDeviceApp:
     """An ASGI application answering each request with the synchronous ``wsgi_app`` (a
-    Django handler), in asgiref's thread-sensitive thread: one thread hop per request."""
+    Django handler), in asgiref's thread-sensitive thread: one thread hop per request.
 
-    def __init__(self, wsgi_app: Callable) -> None:
-        self.respond = sync_to_async(_respond, thread_sensitive=True)
+    Each request is counted in ``queue`` until the thread begins it, and its ``environ``
+    carries the time it was handed over (``queue_wait.ARRIVED``), so what runs
+    in the thread knows how long it waited (``queue_wait.waited``)."""
+
+    def __init__(self, wsgi_app: Callable, queue: HopQueue = device_queue) -> None:
+        self.respond = sync_to_async(_respond_timed, thread_sensitive=True)
         self.wsgi_app = wsgi_app
+        self.queue = queue
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         body = await read_body(receive, max_body())
         if body is None:
             return
-        status, headers, content = await self.respond(self.wsgi_app, environ_for(scope, body))
+        environ = environ_for(scope, body)
+        environ[ARRIVED] = time.monotonic()
+        self.queue.entered += 1
+        status, headers, content = await self.respond(self.wsgi_app, environ, self.queue)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})

@@ -44,6 +44,8 @@ Metrics (besides django-prometheus' ``django_http_*`` request metrics):
 - ``vending_vend_duration_seconds{outcome}``: time from the request (``created_at``) to the
   final state.
 - ``vending_device_polls_total{dialect}``: device polls; ``rate()`` of it is polls per second.
+- ``vending_polls_shed_total{dialect,reason}``: polls answered idle at once because the
+  server was overloaded (``devices.api.shed_poll``); not counted in the polls above.
 - ``vending_devices_online``, ``vending_command_queue_depth{state}``,
   ``vending_unconfirmed_vends``: computed at scrape time.
 - ``vending_notify_deliveries_total{outcome}``, ``vending_notify_delivery_seconds`` and
@@ -91,6 +93,13 @@ VEND_DURATION = Histogram(
 DEVICE_POLLS = Counter(
     "vending_device_polls_total", "Polls by WiFi devices, by firmware dialect.", ["dialect"]
 )
+POLLS_SHED = Counter(
+    "vending_polls_shed_total",
+    "Device polls answered idle at once, unexamined, because the server was overloaded "
+    "(late: the poll had waited past DEVICE_POLL_SHED_AFTER; queue: it would have).",
+    ["dialect", "reason"],
+)
+SHED_REASONS = ("late", "queue")
 
 logger = get_logger(__name__)
 
@@ -120,6 +129,12 @@ def record_poll(*, dialect: str) -> None:
 def poll_counter(*, dialect: str):
     """The poll counter's child for ``dialect`` (to count through a :class:`Tally`)."""
     return DEVICE_POLLS.labels(dialect=dialect)
+
+
+def shed_counter(*, dialect: str, reason: str):
+    """The shed-poll counter's child (to count through a :class:`Tally`). Made for every
+    dialect and reason when the shedding module loads, so ``/metrics`` shows them at 0."""
+    return POLLS_SHED.labels(dialect=dialect, reason=reason)
 
 
 class ViewRequestMetrics:
@@ -349,6 +364,18 @@ class SharedFilesCollector:
             # Listed again under the locks: a compaction that ran meanwhile removed files.
             files = glob.glob(str(self.root / "**" / "*.db"), recursive=True)
             return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def counter_total(name: str) -> float:
+    """The counter ``name`` (as declared, e.g. ``vending_polls_shed``) summed over every
+    process and label set, as ``/metrics`` would show it: for checks that read a counter
+    (the alert rules, ``vending_site.alerts.builtin``). Reads every metric file."""
+    root = Path(settings.METRICS_COLLECT_DIR or multiproc_dir())
+    total = 0.0
+    for family in SharedFilesCollector(root).collect():
+        if family.name == name:
+            total += sum(s.value for s in family.samples if s.name == f"{name}_total")
+    return total
 
 
 def build_registry() -> CollectorRegistry:

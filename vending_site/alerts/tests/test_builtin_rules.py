@@ -125,3 +125,19 @@ def test_a_failing_endpoint_staff_switched_off_is_no_longer_an_alert():
     erp.save()
 
     assert check("delivery_failed") == []
+
+
+def test_polls_shed_in_the_window_open_an_alert_and_a_quiet_window_resolves_it(monkeypatch):
+    from vending_site.alerts import builtin
+
+    shed = {"total": 100.0}  # another xdist worker may shed meanwhile: a counter of our own
+    monkeypatch.setattr(builtin, "shed_total", lambda: shed["total"])
+    start = timezone.now()
+
+    assert check("polls_shed", now=start) == []  # the first reading: nothing to compare with
+    shed["total"] += 25
+    (alert,) = check("polls_shed", now=start + timedelta(minutes=1))
+    later = check("polls_shed", now=start + timedelta(minutes=7))
+
+    assert alert.subject == "service:web" and alert.detail["shed"] == 25
+    assert later == []  # no poll shed in the last 5 minutes
