@@ -35,12 +35,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from random import getrandbits
 from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.middleware.security import SecurityMiddleware
 from django.utils import timezone
 
 from devices import poll_cache
@@ -54,19 +52,17 @@ from devices.choices import Protocol
 from devices.services import mark_seen
 from vending_site.http.asgi_devices import environ_for
 from vending_site.http.deferred_throttle import windows
-from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
-from vending_site.http.middleware import is_sane_request_id
 from vending_site.http.network import client_ip_of
 from vending_site.observability import logging as vlog
 from vending_site.observability import metrics
 
+from . import idle_answer
 from .device_views import PollView
 from .throttles import DeviceAddressThrottle, DeviceThrottle
 
 PREFIX = "/esp32/commands/"
 MAX_KEYS = 100_000  # (machine, address) pairs whose throttle keys are remembered
 BODY = b"null"
-STATUS = "200 OK"
 
 log = vlog.get_logger("devices.api.device_views")  # the view's own logger: same log lines
 _headers: dict[bool, list[tuple[str, str]]] = {}  # secure? -> the answer's fixed headers
@@ -112,38 +108,27 @@ def answer(
     if not windows.allow(limits, flush=not on_loop):
         return None  # the throttles decide, on the shared count
     mark_seen(device)  # an online machine's refresh is noted for the writer
-    request_id = environ.get("HTTP_X_REQUEST_ID", "")
-    if not is_sane_request_id(request_id):
-        request_id = f"{getrandbits(128):032x}"  # unique, as uuid4().hex, without a syscall
-    if config.debug_log:
-        log.debug("device_poll", delivered=None, request_id=request_id, device_id=device.device_id)
-    secure = _is_secure(environ, config)
+    secure = idle_answer.is_secure(environ, config.proxy_ssl_header)
     headers = _headers.get(secure) or _fixed_headers(secure)
-    _request_metrics.record(
+    answered = idle_answer.give(
+        environ,
+        headers=headers,
+        body=BODY,
         secure=secure,
-        status=200,
-        charset="utf-8",
-        request_bytes=0,
-        response_bytes=len(BODY),
-        seconds=time.perf_counter() - started,
-        ajax=environ.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
-        tally=metrics.tally,
+        started=started,
+        request_metrics=_request_metrics,
+        counter=_polls,
     )
-    metrics.tally.add([_polls], [])
-    return STATUS, [*headers, (REQUEST_ID_HEADER, request_id)], BODY
+    if config.debug_log:
+        request_id = answered[1][-1][1]
+        log.debug("device_poll", delivered=None, request_id=request_id, device_id=device.device_id)
+    return answered
 
 
 async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
     """:func:`answer` under the ASGI server, on its event loop (``asgi_shortcuts``)."""
     answered = answer(environ_for(scope, b""), on_loop=True)
-    if answered is None:
-        return None
-    status, headers, body = answered
-    return (
-        int(status[:3]),
-        [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
-        body,
-    )
+    return None if answered is None else idle_answer.for_asgi(answered)
 
 
 def _online_with_margin(device) -> bool:
@@ -219,25 +204,9 @@ def _throttle_keys(environ: dict, device_id: str) -> tuple[str, str]:
     )
 
 
-def _is_secure(environ: dict, config: Config) -> bool:
-    """``HttpRequest.is_secure()`` of the environ, as Django decides it."""
-    if config.proxy_ssl_header:
-        header, secure_value = config.proxy_ssl_header
-        value = environ.get(header)
-        if value is not None:
-            return value.split(",", 1)[0].strip() == secure_value
-    return environ.get("wsgi.url_scheme") == "https"
-
-
 def _fixed_headers(secure: bool) -> list[tuple[str, str]]:
-    """The headers the shortcut answers an idle poll with, but the request id: the view's
-    response, its ``Allow``, and ``SecurityMiddleware``'s headers, made once."""
-    request = SimpleNamespace(is_secure=lambda: secure)
-    response = PollView.answer(None)
-    response["Allow"] = ", ".join(method.upper() for method in PollView.http_method_names)
-    SecurityMiddleware(lambda request: response).process_response(request, response)
-    headers = [(name, value) for name, value in response.items()]
-    _headers[secure] = headers
+    """The headers the shortcut answers an idle poll with, but the request id, made once."""
+    headers = _headers[secure] = idle_answer.view_answer(PollView, secure)[0]
     return headers
 
 

@@ -47,24 +47,20 @@ from __future__ import annotations
 
 import re
 import time
-from random import getrandbits
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.middleware.security import SecurityMiddleware
 
 from devices.access import ENVIRON_HEADERS, browser_headers_reason, device_network_allowed
 from devices.choices import Protocol
 from vending_site.http.asgi_devices import device_queue, environ_for
-from vending_site.http.middleware import HEADER as REQUEST_ID_HEADER
-from vending_site.http.middleware import is_sane_request_id
 from vending_site.http.network import client_ip_of
 from vending_site.http.queue_wait import waited
 from vending_site.observability import metrics
 
+from . import idle_answer
 from .device_views import DocumentedPollView, PollView
 
-STATUS = "200 OK"
 # A poll is shed on the loop when the queue ahead is longer than this share of the budget:
 # the estimate is rough (the thread's recent time per request), and one admitted only to
 # be shed late in the thread costs the hop for nothing.
@@ -88,7 +84,7 @@ _shed = {
 }
 
 
-def answer(environ: dict) -> tuple[str, list[tuple[str, str]], bytes] | None:
+def answer(environ: dict) -> idle_answer.Answer | None:
     """The WSGI idle answer ``(status, headers, body)`` of a poll that has waited longer
     than ``DEVICE_POLL_SHED_AFTER``, or None (the request goes on as usual)."""
     budget = settings.DEVICE_POLL_SHED_AFTER
@@ -118,12 +114,7 @@ async def answer_scope(scope: dict) -> tuple[int, list[tuple[bytes, bytes]], byt
     dialect = _poll_dialect(environ)
     if dialect is None or (reason == "late" and waited(environ) <= budget):
         return None
-    status, headers, body = _shed_answer(environ, dialect, reason)
-    return (
-        int(status[:3]),
-        [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
-        body,
-    )
+    return idle_answer.for_asgi(_shed_answer(environ, dialect, reason))
 
 
 def _poll_dialect(environ: dict) -> str | None:
@@ -146,49 +137,24 @@ def _poll_dialect(environ: dict) -> str | None:
     return dialect
 
 
-def _shed_answer(
-    environ: dict, dialect: str, reason: str
-) -> tuple[str, list[tuple[str, str]], bytes]:
+def _shed_answer(environ: dict, dialect: str, reason: str) -> idle_answer.Answer:
     started = time.perf_counter()
-    secure = _is_secure(environ)
+    secure = idle_answer.is_secure(environ, settings.SECURE_PROXY_SSL_HEADER)
     headers, body = _answers.get((dialect, secure)) or _idle_answer(dialect, secure)
-    request_id = environ.get("HTTP_X_REQUEST_ID", "")
-    if not is_sane_request_id(request_id):
-        request_id = f"{getrandbits(128):032x}"
-    _request_metrics[dialect].record(
+    return idle_answer.give(
+        environ,
+        headers=headers,
+        body=body,
         secure=secure,
-        status=200,
-        charset="utf-8",
-        request_bytes=0,
-        response_bytes=len(body),
-        seconds=time.perf_counter() - started,
-        ajax=environ.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
-        tally=metrics.tally,
+        started=started,
+        request_metrics=_request_metrics[dialect],
+        counter=_shed[(dialect, reason)],
     )
-    metrics.tally.add([_shed[(dialect, reason)]], [])
-    return STATUS, [*headers, (REQUEST_ID_HEADER, request_id)], body
-
-
-def _is_secure(environ: dict) -> bool:
-    """``HttpRequest.is_secure()`` of the environ, as Django decides it."""
-    proxy_header = settings.SECURE_PROXY_SSL_HEADER
-    if proxy_header:
-        header, secure_value = proxy_header
-        value = environ.get(header)
-        if value is not None:
-            return value.split(",", 1)[0].strip() == secure_value
-    return environ.get("wsgi.url_scheme") == "https"
 
 
 def _idle_answer(dialect: str, secure: bool) -> tuple[list[tuple[str, str]], bytes]:
-    """The headers (but the request id) and body of the view's idle answer, as the full
-    path sends it: the view's response, its ``Allow``, ``SecurityMiddleware``'s headers."""
-    view, _name = VIEWS[dialect]
-    response = view.answer(None)
-    response["Allow"] = ", ".join(method.upper() for method in view.http_method_names)
-    request = type("Request", (), {"is_secure": staticmethod(lambda: secure)})()
-    SecurityMiddleware(lambda request: response).process_response(request, response)
-    made = _answers[(dialect, secure)] = (list(response.items()), response.content)
+    """The view's idle answer (but the request id), made once per dialect and scheme."""
+    made = _answers[(dialect, secure)] = idle_answer.view_answer(VIEWS[dialect][0], secure)
     return made
 
 
