@@ -294,8 +294,9 @@ def redis_available() -> bool:
         return False
 
 
-@pytest.mark.system
-def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings):
+@pytest.fixture
+def redis_layer(settings):
+    """Channels' Redis layer on REDIS_URL, as a deployment with Redis has it."""
     if not redis_available():
         pytest.skip("no Redis on 127.0.0.1:6379")
     settings.CHANNEL_LAYERS = {
@@ -304,6 +305,10 @@ def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings)
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
+
+
+@pytest.mark.system
+def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(redis_layer):
     staff = UserFactory(is_staff=True, is_superuser=True)
 
     async def scenario():
@@ -327,19 +332,13 @@ def test_with_redis_an_event_from_another_process_is_pushed_not_tailed(settings)
 
 
 @pytest.mark.system
-def test_with_redis_a_refused_socket_never_waits_on_the_channel_layer(settings, monkeypatch):
+def test_with_redis_a_refused_socket_never_waits_on_the_channel_layer(
+    redis_layer, settings, monkeypatch
+):
     """The refusal is sent and the application returns without taking a channel: the
     server's 403 does not wait for a cancelled layer receive (nor costs a Redis call)."""
-    if not redis_available():
-        pytest.skip("no Redis on 127.0.0.1:6379")
     from channels_redis.core import RedisChannelLayer
 
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
-        }
-    }
     settings.DASHBOARD_PUBLIC = False
     channels_taken = []
     new_channel = RedisChannelLayer.new_channel
